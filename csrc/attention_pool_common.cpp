@@ -1,0 +1,34 @@
+#include "attention_pool_common.h"
+
+#include <ATen/ATen.h>
+
+namespace seqcls_fast {
+
+PoolSizes check_attention_pool_inputs(const at::Tensor& values,
+                                      const c10::optional<at::Tensor>& keys,
+                                      const at::Tensor& query,
+                                      const c10::optional<at::Tensor>& lengths) {
+  SEQCLS_CHECK_VALUE(values.dim() == 3, "values must have shape [B, T, D], got ", values.sizes());
+  SEQCLS_CHECK_TYPE(at::isFloatingType(values.scalar_type()),
+                    "values must be a floating tensor, got ", values.scalar_type());
+  const int64_t B = values.size(0), T = values.size(1), D = values.size(2);
+  int64_t A = D;
+  if (keys.has_value()) {
+    check_same_kind(*keys, "keys", values, "values");
+    SEQCLS_CHECK_VALUE(keys->dim() == 3 && keys->size(0) == B && keys->size(1) == T,
+                       "keys must have shape [B, T, A] = [", B, ", ", T, ", A], got ",
+                       keys->sizes());
+    A = keys->size(2);
+  }
+  check_same_kind(query, "query", values, "values");
+  SEQCLS_CHECK_VALUE(query.dim() == 1 && query.size(0) == A, "query must have shape [", A,
+                     "] (the feature size of ", keys.has_value() ? "keys" : "values", "), got ",
+                     query.sizes());
+  SEQCLS_CHECK_VALUE(B == 0 || T > 0,
+                     "values must have at least one time step (T >= 1), got shape ",
+                     values.sizes());
+  check_lengths_form(lengths, B, values.device());
+  return {B, T, D, A};
+}
+
+}  // namespace seqcls_fast

@@ -1,0 +1,25 @@
+// Input checks shared by the CPU and CUDA masked attention pooling kernels.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <cstdint>
+
+#include "checks.h"
+
+namespace seqcls_fast {
+
+struct PoolSizes {
+  int64_t batch;     // B
+  int64_t steps;     // T
+  int64_t features;  // D, of values
+  int64_t key_size;  // A, of keys and query (D when keys are the values)
+};
+
+PoolSizes check_attention_pool_inputs(const at::Tensor& values,
+                                      const c10::optional<at::Tensor>& keys,
+                                      const at::Tensor& query,
+                                      const c10::optional<at::Tensor>& lengths);
+
+}  // namespace seqcls_fast

@@ -1,0 +1,75 @@
+// LSTM cell math, written once. The CPU kernels instantiate it with scalars
+// and with at::vec::Vectorized<T>; the CUDA kernels with float/double in
+// registers. A backend only supplies exp and tanh for its value type through
+// CellMath<V>; every formula below is shared, so the CPU tests exercise the
+// same expressions the GPU runs.
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define SEQCLS_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define SEQCLS_HOST_DEVICE inline
+#endif
+
+namespace seqcls_fast {
+
+// exp and tanh for a value type V. Specialised here for scalars; the CPU
+// backend adds a specialisation for its vector type.
+template <typename V>
+struct CellMath;
+
+template <>
+struct CellMath<float> {
+  SEQCLS_HOST_DEVICE static float exp(float x) { return ::expf(x); }
+  SEQCLS_HOST_DEVICE static float tanh(float x) { return ::tanhf(x); }
+};
+
+template <>
+struct CellMath<double> {
+  SEQCLS_HOST_DEVICE static double exp(double x) { return ::exp(x); }
+  SEQCLS_HOST_DEVICE static double tanh(double x) { return ::tanh(x); }
+};
+
+// 1 / (1 + e^-x): exp overflows to inf for very negative x and the quotient
+// is then exactly 0, so no branch is needed.
+template <typename V>
+SEQCLS_HOST_DEVICE V sigmoid(V x) {
+  return V(1) / (V(1) + CellMath<V>::exp(V(0) - x));
+}
+
+// One hidden unit of one step, forward. Inputs are the pre-activations of the
+// four gates (x W_ih^T + h W_hh^T + b, gate order i, f, g, o) and the previous
+// cell state; outputs are the activated gates (kept for the backward), the new
+// cell state and the new hidden state.
+template <typename V>
+SEQCLS_HOST_DEVICE void lstm_cell_forward(V pre_i, V pre_f, V pre_g, V pre_o, V c_prev,
+                                          V& i, V& f, V& g, V& o, V& c, V& h) {
+  i = sigmoid(pre_i);
+  f = sigmoid(pre_f);
+  g = CellMath<V>::tanh(pre_g);
+  o = sigmoid(pre_o);
+  c = f * c_prev + i * g;
+  h = o * CellMath<V>::tanh(c);
+}
+
+// One hidden unit of one step, backward. dh is the total gradient reaching
+// h_t (from the output at t and from step t+1 through W_hh); dc_next is the
+// gradient reaching c_t from step t+1. Produces the gradients of the four
+// pre-activations and of c_{t-1}. The activated gates come from the forward,
+// so only tanh(c) is recomputed.
+template <typename V>
+SEQCLS_HOST_DEVICE void lstm_cell_backward(V i, V f, V g, V o, V c, V c_prev, V dh, V dc_next,
+                                           V& d_pre_i, V& d_pre_f, V& d_pre_g, V& d_pre_o,
+                                           V& dc_prev) {
+  const V tanh_c = CellMath<V>::tanh(c);
+  const V dc = dc_next + dh * o * (V(1) - tanh_c * tanh_c);
+  d_pre_i = dc * g * i * (V(1) - i);
+  d_pre_f = dc * c_prev * f * (V(1) - f);
+  d_pre_g = dc * i * (V(1) - g * g);
+  d_pre_o = dh * tanh_c * o * (V(1) - o);
+  dc_prev = dc * f;
+}
+
+}  // namespace seqcls_fast

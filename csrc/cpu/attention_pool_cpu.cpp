@@ -1,0 +1,176 @@
+// masked_attention_pool_forward / _backward on the CPU. One task per batch
+// row; every reduction runs in a fixed order in the accumulation type, so
+// results are deterministic. Inputs are read through their strides.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../attention_pool_common.h"
+
+namespace seqcls_fast::cpu {
+namespace {
+
+using at::Tensor;
+using c10::optional;
+
+// A [B, T, F] tensor read through its strides (in elements).
+template <typename T>
+struct Strided3 {
+  const T* data;
+  int64_t stride_b, stride_t, stride_f;
+  explicit Strided3(const Tensor& t)
+      : data(t.const_data_ptr<T>()), stride_b(t.stride(0)), stride_t(t.stride(1)),
+        stride_f(t.stride(2)) {}
+  const T* row(int64_t b, int64_t t) const { return data + b * stride_b + t * stride_t; }
+};
+
+template <typename T, typename Acc>
+Acc dot(const T* a, int64_t stride_a, const T* b, int64_t stride_b, int64_t n) {
+  Acc acc = 0;
+  for (int64_t k = 0; k < n; ++k) acc += Acc(a[k * stride_a]) * Acc(b[k * stride_b]);
+  return acc;
+}
+
+// lengths on the CPU as int64 (values checked), or nullptr for "all T".
+Tensor lengths_or_undefined(const optional<Tensor>& lengths, int64_t steps) {
+  return lengths.has_value() ? checked_lengths_cpu(*lengths, steps) : Tensor();
+}
+
+void check_cpu(const Tensor& values) {
+  SEQCLS_CHECK_VALUE(values.device().is_cpu(),
+                     "values must be on the CPU for the CPU kernel, got ", values.device());
+}
+
+std::tuple<Tensor, Tensor> masked_attention_pool_forward_cpu(const Tensor& values,
+                                                              const optional<Tensor>& keys,
+                                                              const Tensor& query,
+                                                              const optional<Tensor>& lengths) {
+  const PoolSizes sz = check_attention_pool_inputs(values, keys, query, lengths);
+  check_cpu(values);
+  const int64_t B = sz.batch, T = sz.steps, D = sz.features, A = sz.key_size;
+  Tensor pooled = at::zeros({B, D}, values.options());
+  Tensor weights = at::zeros({B, T}, values.options());
+  if (B == 0) return {pooled, weights};
+  const Tensor len = lengths_or_undefined(lengths, T);
+  const Tensor& key_tensor = keys.has_value() ? *keys : values;
+
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "masked_attention_pool_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Strided3<scalar_t> v(values), k(key_tensor);
+    const scalar_t* q = query.const_data_ptr<scalar_t>();
+    const int64_t q_stride = query.stride(0);
+    const int64_t* len_ptr = len.defined() ? len.const_data_ptr<int64_t>() : nullptr;
+    scalar_t* pooled_ptr = pooled.data_ptr<scalar_t>();
+    scalar_t* weights_ptr = weights.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> score(T), acc(D);
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t L = len_ptr ? len_ptr[b] : T;
+        acc_t max_score = -std::numeric_limits<acc_t>::infinity();
+        for (int64_t t = 0; t < L; ++t) {
+          score[t] = dot<scalar_t, acc_t>(k.row(b, t), k.stride_f, q, q_stride, A);
+          max_score = std::max(max_score, score[t]);
+        }
+        acc_t total = 0;
+        for (int64_t t = 0; t < L; ++t) {
+          score[t] = std::exp(score[t] - max_score);
+          total += score[t];
+        }
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        for (int64_t t = 0; t < L; ++t) {
+          const acc_t w = score[t] / total;
+          weights_ptr[b * T + t] = static_cast<scalar_t>(w);
+          const scalar_t* vr = v.row(b, t);
+          for (int64_t d = 0; d < D; ++d) acc[d] += w * acc_t(vr[d * v.stride_f]);
+        }
+        for (int64_t d = 0; d < D; ++d) pooled_ptr[b * D + d] = static_cast<scalar_t>(acc[d]);
+      }
+    });
+  });
+  return {pooled, weights};
+}
+
+std::tuple<Tensor, Tensor, Tensor> masked_attention_pool_backward_cpu(
+    const Tensor& grad_pooled, const Tensor& grad_weights, const Tensor& values,
+    const optional<Tensor>& keys, const Tensor& query, const optional<Tensor>& lengths,
+    const Tensor& weights) {
+  const PoolSizes sz = check_attention_pool_inputs(values, keys, query, lengths);
+  check_cpu(values);
+  const int64_t B = sz.batch, T = sz.steps, D = sz.features, A = sz.key_size;
+  check_shape(grad_pooled, {B, D}, "grad_pooled");
+  check_shape(grad_weights, {B, T}, "grad_weights");
+  check_shape(weights, {B, T}, "weights");
+  Tensor grad_values = at::zeros({B, T, D}, values.options());
+  Tensor grad_keys = keys.has_value() ? at::zeros({B, T, A}, values.options())
+                                      : at::empty({0}, values.options());
+  // Each row's share of grad_query, summed over rows afterwards in a fixed order.
+  Tensor grad_query_rows = at::zeros({B, A}, values.options().dtype(at::toOpMathType(values.scalar_type())));
+  if (B == 0) return {grad_values, grad_keys, at::zeros({A}, values.options())};
+  const Tensor len = lengths_or_undefined(lengths, T);
+  const Tensor& key_tensor = keys.has_value() ? *keys : values;
+  const Tensor gp = grad_pooled.contiguous(), gw = grad_weights.contiguous(),
+               w_all = weights.contiguous();
+
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "masked_attention_pool_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Strided3<scalar_t> v(values), k(key_tensor);
+    const scalar_t* q = query.const_data_ptr<scalar_t>();
+    const int64_t q_stride = query.stride(0);
+    const int64_t* len_ptr = len.defined() ? len.const_data_ptr<int64_t>() : nullptr;
+    const scalar_t* gp_ptr = gp.const_data_ptr<scalar_t>();
+    const scalar_t* gw_ptr = gw.const_data_ptr<scalar_t>();
+    const scalar_t* w_ptr = w_all.const_data_ptr<scalar_t>();
+    scalar_t* gv_ptr = grad_values.data_ptr<scalar_t>();
+    scalar_t* gk_ptr = keys.has_value() ? grad_keys.data_ptr<scalar_t>() : nullptr;
+    acc_t* gq_rows = grad_query_rows.data_ptr<acc_t>();
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> grad_score(T);
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t L = len_ptr ? len_ptr[b] : T;
+        const scalar_t* gpb = gp_ptr + b * D;
+        // dL/dw_t = grad_pooled . v_t + grad_weights_t; softmax backward:
+        // dL/ds_t = w_t (dL/dw_t - sum_u w_u dL/dw_u).
+        acc_t weighted = 0;
+        for (int64_t t = 0; t < L; ++t) {
+          grad_score[t] = dot<scalar_t, acc_t>(gpb, 1, v.row(b, t), v.stride_f, D) +
+                          acc_t(gw_ptr[b * T + t]);
+          weighted += acc_t(w_ptr[b * T + t]) * grad_score[t];
+        }
+        for (int64_t t = 0; t < L; ++t) {
+          const acc_t w = w_ptr[b * T + t];
+          const acc_t ds = w * (grad_score[t] - weighted);
+          scalar_t* gv = gv_ptr + (b * T + t) * D;
+          for (int64_t d = 0; d < D; ++d) gv[d] = static_cast<scalar_t>(w * acc_t(gpb[d]));
+          if (gk_ptr != nullptr) {
+            scalar_t* gk = gk_ptr + (b * T + t) * A;
+            for (int64_t a = 0; a < A; ++a) gk[a] = static_cast<scalar_t>(ds * acc_t(q[a * q_stride]));
+          } else {  // keys are the values: their gradient adds to grad_values
+            for (int64_t d = 0; d < D; ++d)
+              gv[d] = static_cast<scalar_t>(acc_t(gv[d]) + ds * acc_t(q[d * q_stride]));
+          }
+          const scalar_t* kr = k.row(b, t);
+          acc_t* gq = gq_rows + b * A;
+          for (int64_t a = 0; a < A; ++a) gq[a] += ds * acc_t(kr[a * k.stride_f]);
+        }
+      }
+    });
+  });
+  Tensor grad_query = grad_query_rows.sum(0).to(values.scalar_type());
+  return {grad_values, grad_keys, grad_query};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(seqcls_fast, CPU, m) {
+  m.impl("masked_attention_pool_forward", &masked_attention_pool_forward_cpu);
+  m.impl("masked_attention_pool_backward", &masked_attention_pool_backward_cpu);
+}
+
+}  // namespace seqcls_fast::cpu

@@ -1,0 +1,56 @@
+// Portable build of the pointwise step kernels (ATen's Vectorized at the
+// baseline ISA), and the runtime choice between it and the AVX2 build in
+// lstm_cell_cpu_avx2.cpp (x86-64 only).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+
+#include "../cell.h"
+#include "lstm_cell_cpu.h"
+
+namespace seqcls_fast {
+
+template <typename T>
+struct CellMath<at::vec::Vectorized<T>> {
+  using V = at::vec::Vectorized<T>;
+  static V exp(V x) { return x.exp(); }
+  static V tanh(V x) { return x.tanh(); }
+};
+
+namespace cpu::generic {
+
+template <typename T>
+struct VecOps {
+  using Vec = at::vec::Vectorized<T>;
+  static constexpr int64_t size = Vec::size();
+  static Vec load(const T* p, int64_t n) { return n == size ? Vec::loadu(p) : Vec::loadu(p, n); }
+  static void store(const Vec& v, T* p, int64_t n) { v.store(p, static_cast<int>(n)); }
+};
+
+#define SEQCLS_CPU_KERNEL
+#include "lstm_cell_cpu_kernel.h"
+
+}  // namespace cpu::generic
+
+namespace cpu {
+
+void lstm_forward_step_cpu(const LstmForwardStepParams& params, c10::ScalarType dtype) {
+#if defined(SEQCLS_WITH_AVX2)
+  static const bool avx2_ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx2_ok) return avx2::lstm_forward_step(params, dtype);
+#endif
+  generic::lstm_forward_step(params, dtype);
+}
+
+void lstm_backward_step_cpu(const LstmBackwardStepParams& params, c10::ScalarType dtype) {
+#if defined(SEQCLS_WITH_AVX2)
+  static const bool avx2_ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx2_ok) return avx2::lstm_backward_step(params, dtype);
+#endif
+  generic::lstm_backward_step(params, dtype);
+}
+
+}  // namespace cpu
+}  // namespace seqcls_fast

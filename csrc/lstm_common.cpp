@@ -1,0 +1,87 @@
+#include "lstm_common.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <numeric>
+
+namespace seqcls_fast {
+
+namespace {
+
+void check_state(const c10::optional<at::Tensor>& s, const at::Tensor& x, int64_t batch,
+                 int64_t hidden, const char* name) {
+  if (!s.has_value()) return;
+  check_same_kind(*s, name, x, "x");
+  SEQCLS_CHECK_VALUE(s->dim() == 2 && s->size(0) == batch && s->size(1) == hidden, name,
+                     " must have shape [B, H] = [", batch, ", ", hidden, "], got ", s->sizes());
+}
+
+}  // namespace
+
+LstmSizes check_lstm_forward_inputs(const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
+                                    const c10::optional<at::Tensor>& h0,
+                                    const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih,
+                                    const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                                    const c10::optional<at::Tensor>& b_hh) {
+  SEQCLS_CHECK_VALUE(x.dim() == 3, "x must have shape [T, B, I], got ", x.sizes());
+  SEQCLS_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "x must be a floating tensor, got ",
+                    x.scalar_type());
+  const int64_t steps_total = x.size(0), batch = x.size(1), input_size = x.size(2);
+  SEQCLS_CHECK_VALUE(w_hh.dim() == 2 && w_hh.size(0) % 4 == 0 && w_hh.size(0) > 0 &&
+                         w_hh.size(1) * 4 == w_hh.size(0),
+                     "w_hh must have shape [4H, H], got ", w_hh.sizes());
+  const int64_t hidden = w_hh.size(1);
+  check_same_kind(w_ih, "w_ih", x, "x");
+  check_same_kind(w_hh, "w_hh", x, "x");
+  SEQCLS_CHECK_VALUE(w_ih.dim() == 2 && w_ih.size(0) == 4 * hidden && w_ih.size(1) == input_size,
+                     "w_ih must have shape [4H, I] = [", 4 * hidden, ", ", input_size,
+                     "] (I from x), got ", w_ih.sizes());
+  SEQCLS_CHECK_VALUE(b_ih.has_value() == b_hh.has_value(),
+                     "b_ih and b_hh must be given together or not at all");
+  for (const auto* b : {&b_ih, &b_hh}) {
+    if (!b->has_value()) continue;
+    const char* name = b == &b_ih ? "b_ih" : "b_hh";
+    check_same_kind(**b, name, x, "x");
+    SEQCLS_CHECK_VALUE((*b)->dim() == 1 && (*b)->size(0) == 4 * hidden, name,
+                       " must have shape [4H] = [", 4 * hidden, "], got ", (*b)->sizes());
+  }
+  check_state(h0, x, batch, hidden, "h0");
+  check_state(c0, x, batch, hidden, "c0");
+  SEQCLS_CHECK_VALUE(batch == 0 || steps_total > 0,
+                     "x must have at least one time step (T >= 1), got shape ", x.sizes());
+  check_lengths_form(lengths, batch, x.device());
+  return {steps_total, batch, input_size, hidden};
+}
+
+LengthPlan make_length_plan(const c10::optional<at::Tensor>& lengths_cpu, int64_t steps_total,
+                            int64_t batch) {
+  LengthPlan plan;
+  if (!lengths_cpu.has_value()) {
+    plan.steps = batch > 0 ? steps_total : 0;
+    plan.active.assign(plan.steps, batch);
+    plan.sorted_lengths = at::full({batch}, steps_total, at::kLong);
+    return plan;
+  }
+  const at::Tensor lengths = checked_lengths_cpu(*lengths_cpu, steps_total);
+  const int64_t* len = lengths.data_ptr<int64_t>();
+  plan.order = at::empty({batch}, at::kLong);
+  int64_t* order = plan.order.data_ptr<int64_t>();
+  std::iota(order, order + batch, int64_t{0});
+  std::stable_sort(order, order + batch, [len](int64_t a, int64_t b) { return len[a] > len[b]; });
+  plan.sorted_lengths = at::empty({batch}, at::kLong);
+  int64_t* sorted = plan.sorted_lengths.data_ptr<int64_t>();
+  for (int64_t j = 0; j < batch; ++j) sorted[j] = len[order[j]];
+  plan.steps = batch > 0 ? sorted[0] : 0;
+  plan.all_full = batch == 0 || sorted[batch - 1] == steps_total;
+  if (plan.all_full) plan.order = at::Tensor();  // identity: no gathers needed
+  plan.active.resize(plan.steps);
+  int64_t rows = batch;
+  for (int64_t s = 0; s < plan.steps; ++s) {
+    while (rows > 0 && sorted[rows - 1] <= s) --rows;
+    plan.active[s] = rows;
+  }
+  return plan;
+}
+
+}  // namespace seqcls_fast

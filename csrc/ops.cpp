@@ -1,0 +1,55 @@
+// Operator schemas, declared once. Each backend registers its kernels for
+// these names in its own file (csrc/cpu/*.cpp, csrc/cuda/*.cu) with
+// TORCH_LIBRARY_IMPL; Python adds fake (meta) kernels and autograd in
+// seqcls_fast/_ops.py.
+//
+// Layout conventions shared by every backend:
+//   LSTM ops are time-major: x [T, B, I], output [T, B, H]. One call runs one
+//   layer in one direction. `lengths` [B] (int64, on the CPU or on x's device)
+//   gives each row's valid steps, 1 <= lengths[b] <= T; None means all T.
+//   With reverse=true each row runs from its own last valid step down to 0.
+//   Weights use nn.LSTM's layout and gate order (i, f, g, o): w_ih [4H, I],
+//   w_hh [4H, H], b_ih/b_hh [4H].
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(seqcls_fast, m) {
+  // Returns (output [T,B,H], h_n [B,H], c_n [B,H], gates [T,B,4H], cell [T,B,H]).
+  // gates holds the activated gates (i, f, g, o) and cell the cell state of
+  // every valid step; both are what the backward needs. Entries past a row's
+  // length are 0 in output and unspecified in gates/cell.
+  m.def(
+      "lstm_layer_forward(Tensor x, Tensor? lengths, Tensor? h0, Tensor? c0, "
+      "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Returns (grad_x [T,B,I], grad_h0 [B,H], grad_c0 [B,H], grad_w_ih [4H,I],
+  // grad_w_hh [4H,H], grad_bias [4H]); grad_bias is the gradient of b_ih and
+  // of b_hh alike. grad_x is all zeros when compute_grad_x is false (the
+  // input needs no gradient, e.g. the first layer fed by data).
+  m.def(
+      "lstm_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, "
+      "Tensor x, Tensor? lengths, Tensor? h0, Tensor? c0, Tensor w_ih, Tensor w_hh, "
+      "Tensor output, Tensor gates, Tensor cell, bool reverse, bool compute_grad_x) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // values [B,T,D], keys [B,T,A] (None: keys are the values), query [A].
+  // scores s[b,t] = keys[b,t] . query over t < lengths[b]; weights = masked
+  // softmax of s (0 at padding); pooled[b] = sum_t weights[b,t] values[b,t].
+  // Returns (pooled [B,D], weights [B,T]). Any strides are accepted.
+  m.def(
+      "masked_attention_pool_forward(Tensor values, Tensor? keys, Tensor query, "
+      "Tensor? lengths) -> (Tensor, Tensor)");
+  // Returns (grad_values [B,T,D], grad_keys [B,T,A], grad_query [A]). When keys
+  // is None the key gradient is folded into grad_values and grad_keys is an
+  // empty tensor.
+  m.def(
+      "masked_attention_pool_backward(Tensor grad_pooled, Tensor grad_weights, "
+      "Tensor values, Tensor? keys, Tensor query, Tensor? lengths, Tensor weights) "
+      "-> (Tensor, Tensor, Tensor)");
+}
+
+// An importable module so `import seqcls_fast._C` loads the library and runs
+// the registrations above; no Python functions are bound here.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

@@ -1,0 +1,11 @@
+"""seqcls_fast: fused LSTM and masked attention pooling kernels for
+variable-length sequence classification in PyTorch."""
+from . import _ops  # noqa: F401  (registers fake kernels and autograd)
+from ._ops import lstm_layer, masked_attention_pool
+from .classifier import LSTMClassifier
+from .lstm import LSTM
+from .pooling import MaskedAttentionPooling
+
+__all__ = ["LSTM", "MaskedAttentionPooling", "LSTMClassifier", "lstm_layer",
+           "masked_attention_pool"]
+__version__ = "0.1.0"

@@ -1,0 +1,123 @@
+"""The seqcls_fast operators: fake (shape) kernels for torch.compile and
+autograd formulas, wired with torch.library onto the schemas in csrc/ops.cpp.
+
+The kernels themselves are C++/CUDA; this file holds no math.
+"""
+import torch
+
+from . import _C  # noqa: F401  (loads the library: schemas and kernels)
+
+ops = torch.ops.seqcls_fast
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _state_dtype(dtype):
+    """The cell state is kept in float32 when storage is half precision."""
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+# ----------------------------------------------------------------- LSTM layer
+@torch.library.register_fake("seqcls_fast::lstm_layer_forward")
+def _lstm_layer_forward_fake(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
+    steps, batch, _ = x.shape
+    hidden = w_hh.shape[1]
+    return (
+        x.new_empty(steps, batch, hidden),
+        x.new_empty(batch, hidden),
+        x.new_empty(batch, hidden),
+        x.new_empty(steps, batch, 4 * hidden),
+        x.new_empty(steps, batch, hidden, dtype=_state_dtype(x.dtype)),
+    )
+
+
+@torch.library.register_fake("seqcls_fast::lstm_layer_backward")
+def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, x, lengths, h0, c0, w_ih, w_hh,
+                              output, gates, cell, reverse, compute_grad_x):
+    batch, hidden = x.shape[1], w_hh.shape[1]
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        x.new_empty(batch, hidden),
+        x.new_empty(batch, hidden),
+        torch.empty_like(w_ih, memory_format=torch.contiguous_format),
+        torch.empty_like(w_hh, memory_format=torch.contiguous_format),
+        w_hh.new_empty(w_hh.shape[0]),
+    )
+
+
+def _lstm_setup_context(ctx, inputs, output):
+    x, lengths, h0, c0, w_ih, w_hh, b_ih, _b_hh, reverse = inputs
+    out, _h_n, _c_n, gates, cell = output
+    ctx.save_for_backward(x, lengths, h0, c0, w_ih, w_hh, out, gates, cell)
+    ctx.reverse = reverse
+    ctx.has_bias = b_ih is not None
+
+
+def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cell):
+    x, lengths, h0, c0, w_ih, w_hh, out, gates, cell = ctx.saved_tensors
+    if grad_output is None:
+        grad_output = torch.zeros_like(out)
+    if grad_h_n is None:
+        grad_h_n = out.new_zeros(out.shape[1:])
+    if grad_c_n is None:
+        grad_c_n = out.new_zeros(out.shape[1:])
+    need = ctx.needs_input_grad
+    grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = ops.lstm_layer_backward(
+        grad_output, grad_h_n, grad_c_n, x, lengths, h0, c0, w_ih, w_hh, out, gates, cell,
+        ctx.reverse, need[0])
+    grad_b = grad_bias if ctx.has_bias else None
+    return (grad_x if need[0] else None, None,
+            grad_h0 if h0 is not None else None, grad_c0 if c0 is not None else None,
+            grad_w_ih, grad_w_hh, grad_b, grad_b, None)
+
+
+torch.library.register_autograd("seqcls_fast::lstm_layer_forward", _lstm_backward,
+                                setup_context=_lstm_setup_context)
+
+
+def lstm_layer(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
+    """One LSTM layer in one direction, time-major: x [T, B, I] ->
+    (output [T, B, H], h_n [B, H], c_n [B, H])."""
+    out, h_n, c_n, _gates, _cell = ops.lstm_layer_forward(x, lengths, h0, c0, w_ih, w_hh, b_ih,
+                                                          b_hh, reverse)
+    return out, h_n, c_n
+
+
+# ------------------------------------------------- masked attention pooling
+@torch.library.register_fake("seqcls_fast::masked_attention_pool_forward")
+def _pool_forward_fake(values, keys, query, lengths):
+    batch, steps, features = values.shape
+    return values.new_empty(batch, features), values.new_empty(batch, steps)
+
+
+@torch.library.register_fake("seqcls_fast::masked_attention_pool_backward")
+def _pool_backward_fake(grad_pooled, grad_weights, values, keys, query, lengths, weights):
+    grad_keys = values.new_empty(keys.shape) if keys is not None else values.new_empty(0)
+    return values.new_empty(values.shape), grad_keys, query.new_empty(query.shape)
+
+
+def _pool_setup_context(ctx, inputs, output):
+    values, keys, query, lengths = inputs
+    _pooled, weights = output
+    ctx.save_for_backward(values, keys, query, lengths, weights)
+
+
+def _pool_backward(ctx, grad_pooled, grad_weights):
+    values, keys, query, lengths, weights = ctx.saved_tensors
+    if grad_pooled is None:
+        grad_pooled = values.new_zeros(values.shape[0], values.shape[2])
+    if grad_weights is None:
+        grad_weights = torch.zeros_like(weights)
+    grad_values, grad_keys, grad_query = ops.masked_attention_pool_backward(
+        grad_pooled, grad_weights, values, keys, query, lengths, weights)
+    return grad_values, (grad_keys if keys is not None else None), grad_query, None
+
+
+torch.library.register_autograd("seqcls_fast::masked_attention_pool_forward", _pool_backward,
+                                setup_context=_pool_setup_context)
+
+
+def masked_attention_pool(values, keys, query, lengths):
+    """values [B, T, D], keys [B, T, A] or None (keys = values), query [A] ->
+    (pooled [B, D], weights [B, T])."""
+    return ops.masked_attention_pool_forward(values, keys, query, lengths)
