@@ -1,0 +1,27 @@
+"""Command line: ``python -m seqcls_fast {bench,train} ...`` (also the
+``seqcls-fast`` console script)."""
+import sys
+
+COMMANDS = {
+    "bench": "compare against nn.LSTM (+ packing) and other RNN libraries",
+    "train": "train a classifier on a UEA dataset or your own data",
+}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: seqcls-fast {bench,train} [options]   (-h after a command for its options)")
+        for name, what in COMMANDS.items():
+            print(f"  {name:6s} {what}")
+        return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
+    command, rest = argv[0], argv[1:]
+    if command == "bench":
+        from .bench import main as run
+    else:
+        from .train import main as run
+    return run(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
