@@ -55,32 +55,43 @@ LstmSizes check_lstm_forward_inputs(const at::Tensor& x, const c10::optional<at:
 }
 
 LengthPlan make_length_plan(const c10::optional<at::Tensor>& lengths_cpu, int64_t steps_total,
-                            int64_t batch) {
+                            int64_t batch, bool reverse) {
   LengthPlan plan;
-  if (!lengths_cpu.has_value()) {
-    plan.steps = batch > 0 ? steps_total : 0;
-    plan.active.assign(plan.steps, batch);
-    plan.sorted_lengths = at::full({batch}, steps_total, at::kLong);
-    return plan;
-  }
-  const at::Tensor lengths = checked_lengths_cpu(*lengths_cpu, steps_total);
-  const int64_t* len = lengths.data_ptr<int64_t>();
   plan.order = at::empty({batch}, at::kLong);
+  plan.sorted_lengths = at::full({batch}, steps_total, at::kLong);
   int64_t* order = plan.order.data_ptr<int64_t>();
-  std::iota(order, order + batch, int64_t{0});
-  std::stable_sort(order, order + batch, [len](int64_t a, int64_t b) { return len[a] > len[b]; });
-  plan.sorted_lengths = at::empty({batch}, at::kLong);
   int64_t* sorted = plan.sorted_lengths.data_ptr<int64_t>();
-  for (int64_t j = 0; j < batch; ++j) sorted[j] = len[order[j]];
+  std::iota(order, order + batch, int64_t{0});
+  if (lengths_cpu.has_value()) {
+    const at::Tensor lengths = checked_lengths_cpu(*lengths_cpu, steps_total);
+    const int64_t* len = lengths.data_ptr<int64_t>();
+    std::stable_sort(order, order + batch,
+                     [len](int64_t a, int64_t b) { return len[a] > len[b]; });
+    for (int64_t j = 0; j < batch; ++j) sorted[j] = len[order[j]];
+  }
   plan.steps = batch > 0 ? sorted[0] : 0;
   plan.all_full = batch == 0 || sorted[batch - 1] == steps_total;
-  if (plan.all_full) plan.order = at::Tensor();  // identity: no gathers needed
   plan.active.resize(plan.steps);
+  plan.offset.assign(plan.steps + 1, 0);
   int64_t rows = batch;
   for (int64_t s = 0; s < plan.steps; ++s) {
     while (rows > 0 && sorted[rows - 1] <= s) --rows;
     plan.active[s] = rows;
+    plan.offset[s + 1] = plan.offset[s] + rows;
   }
+  plan.packed_rows = plan.offset[plan.steps];
+  plan.packed_time = at::empty({plan.packed_rows}, at::kLong);
+  plan.packed_batch = at::empty({plan.packed_rows}, at::kLong);
+  int64_t* time = plan.packed_time.data_ptr<int64_t>();
+  int64_t* row = plan.packed_batch.data_ptr<int64_t>();
+  for (int64_t s = 0; s < plan.steps; ++s) {
+    for (int64_t j = 0; j < plan.active[s]; ++j) {
+      const int64_t q = plan.offset[s] + j;
+      time[q] = reverse ? sorted[j] - 1 - s : s;
+      row[q] = order[j];
+    }
+  }
+  if (plan.all_full) plan.order = at::Tensor();  // identity: no gathers needed
   return plan;
 }
 

@@ -30,18 +30,27 @@ LstmSizes check_lstm_forward_inputs(const at::Tensor& x, const c10::optional<at:
 
 // How the batch runs through the recurrence. Rows are visited in `order`
 // (caller row indices sorted by length, descending, ties in caller order), so
-// at step s the rows still running are the prefix of size active[s].
+// at step s the rows still running are the prefix of size active[s]. Their
+// per-step data is stored packed, step after step, as in a PackedSequence:
+// packed row offset[s] + j is step s of sorted row j.
 struct LengthPlan {
-  at::Tensor order;                // [B] int64, CPU; empty when the order is the identity
+  at::Tensor order;                // [B] int64, CPU; undefined when the order is the identity
   at::Tensor sorted_lengths;       // [B] int64, CPU; lengths in `order`
   std::vector<int64_t> active;     // [steps] rows with length > s
+  std::vector<int64_t> offset;     // [steps + 1] first packed row of each step; offset[steps] = N
+  at::Tensor packed_time;          // [N] int64, CPU: time index of each packed row
+  at::Tensor packed_batch;         // [N] int64, CPU: caller row of each packed row
   int64_t steps = 0;               // longest length
+  int64_t packed_rows = 0;         // N = sum of lengths
   bool all_full = true;            // every row has length T (order is the identity)
+
+  // Packed row q of a forward pass over full rows is x.view(T * B, I)[q]: no gather needed.
+  bool packed_is_time_major(bool reverse) const { return all_full && !reverse; }
 };
 
 // Builds the plan from lengths on the CPU (any integer dtype), checking every
 // value lies in [1, T]. No lengths means every row runs all T steps.
 LengthPlan make_length_plan(const c10::optional<at::Tensor>& lengths_cpu, int64_t steps_total,
-                            int64_t batch);
+                            int64_t batch, bool reverse);
 
 }  // namespace seqcls_fast

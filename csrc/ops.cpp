@@ -14,22 +14,28 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(seqcls_fast, m) {
-  // Returns (output [T,B,H], h_n [B,H], c_n [B,H], gates [T,B,4H], cell [T,B,H]).
-  // gates holds the activated gates (i, f, g, o) and cell the cell state of
-  // every valid step; both are what the backward needs. Entries past a row's
-  // length are 0 in output and unspecified in gates/cell.
+  // Returns (output [T,B,H], h_n [B,H], c_n [B,H], gates [T*B,4H],
+  // cell [T*B,H], h_prev [T*B,H]); output is 0 past each row's length.
+  // The last three are what the backward needs, in the packed layout of a
+  // PackedSequence: step s of the recurrence holds rows offset[s] ..
+  // offset[s] + active[s] - 1 (the rows still running, sorted by length,
+  // descending, ties in caller order), and only the first sum(lengths) rows
+  // are used (the rest are 0). gates holds the activated gates (i, f, g, o),
+  // cell c_t, and h_prev the hidden state each step started from (h0 at the
+  // first step). With save_activations=false (inference) cell and h_prev are
+  // empty [0, H] and gates is scratch.
   m.def(
       "lstm_layer_forward(Tensor x, Tensor? lengths, Tensor? h0, Tensor? c0, "
-      "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse, "
+      "bool save_activations) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Returns (grad_x [T,B,I], grad_h0 [B,H], grad_c0 [B,H], grad_w_ih [4H,I],
   // grad_w_hh [4H,H], grad_bias [4H]); grad_bias is the gradient of b_ih and
   // of b_hh alike. grad_x is all zeros when compute_grad_x is false (the
   // input needs no gradient, e.g. the first layer fed by data).
   m.def(
       "lstm_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, "
-      "Tensor x, Tensor? lengths, Tensor? h0, Tensor? c0, Tensor w_ih, Tensor w_hh, "
-      "Tensor output, Tensor gates, Tensor cell, bool reverse, bool compute_grad_x) "
+      "Tensor x, Tensor? lengths, Tensor? c0, Tensor w_ih, Tensor w_hh, "
+      "Tensor gates, Tensor cell, Tensor h_prev, bool reverse, bool compute_grad_x) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // values [B,T,D], keys [B,T,A] (None: keys are the values), query [A].
   // scores s[b,t] = keys[b,t] . query over t < lengths[b]; weights = masked

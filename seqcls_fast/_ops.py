@@ -19,56 +19,66 @@ def _state_dtype(dtype):
 
 # ----------------------------------------------------------------- LSTM layer
 @torch.library.register_fake("seqcls_fast::lstm_layer_forward")
-def _lstm_layer_forward_fake(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
+def _lstm_layer_forward_fake(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse,
+                             save_activations):
     steps, batch, _ = x.shape
     hidden = w_hh.shape[1]
+    kept = steps * batch if save_activations else 0
     return (
         x.new_empty(steps, batch, hidden),
         x.new_empty(batch, hidden),
         x.new_empty(batch, hidden),
-        x.new_empty(steps, batch, 4 * hidden),
-        x.new_empty(steps, batch, hidden, dtype=_state_dtype(x.dtype)),
+        x.new_empty(steps * batch, 4 * hidden),
+        x.new_empty(kept, hidden, dtype=_state_dtype(x.dtype)),
+        x.new_empty(kept, hidden),
     )
 
 
 @torch.library.register_fake("seqcls_fast::lstm_layer_backward")
-def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, x, lengths, h0, c0, w_ih, w_hh,
-                              output, gates, cell, reverse, compute_grad_x):
+def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, x, lengths, c0, w_ih, w_hh,
+                              gates, cell, h_prev, reverse, compute_grad_x):
     batch, hidden = x.shape[1], w_hh.shape[1]
     return (
-        torch.empty_like(x, memory_format=torch.contiguous_format),
+        x.new_empty(x.shape),
         x.new_empty(batch, hidden),
         x.new_empty(batch, hidden),
-        torch.empty_like(w_ih, memory_format=torch.contiguous_format),
-        torch.empty_like(w_hh, memory_format=torch.contiguous_format),
+        w_ih.new_empty(w_ih.shape),
+        w_hh.new_empty(w_hh.shape),
         w_hh.new_empty(w_hh.shape[0]),
     )
 
 
 def _lstm_setup_context(ctx, inputs, output):
-    x, lengths, h0, c0, w_ih, w_hh, b_ih, _b_hh, reverse = inputs
-    out, _h_n, _c_n, gates, cell = output
-    ctx.save_for_backward(x, lengths, h0, c0, w_ih, w_hh, out, gates, cell)
+    x, lengths, h0, c0, w_ih, w_hh, b_ih, _b_hh, reverse, save_activations = inputs
+    if not save_activations:
+        return  # inference call: backward() below raises if reached
+    _out, _h_n, _c_n, gates, cell, h_prev = output
+    ctx.save_for_backward(x, lengths, c0, w_ih, w_hh, gates, cell, h_prev)
     ctx.reverse = reverse
     ctx.has_bias = b_ih is not None
+    ctx.has_h0 = h0 is not None
 
 
-def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cell):
-    x, lengths, h0, c0, w_ih, w_hh, out, gates, cell = ctx.saved_tensors
+def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cell, _grad_h_prev):
+    if not hasattr(ctx, "reverse"):
+        raise RuntimeError("seqcls_fast: lstm_layer_forward was called with "
+                           "save_activations=False and cannot be differentiated")
+    x, lengths, c0, w_ih, w_hh, gates, cell, h_prev = ctx.saved_tensors
+    steps, batch, hidden = x.shape[0], x.shape[1], w_hh.shape[1]
     if grad_output is None:
-        grad_output = torch.zeros_like(out)
+        grad_output = x.new_zeros(steps, batch, hidden)
     if grad_h_n is None:
-        grad_h_n = out.new_zeros(out.shape[1:])
+        grad_h_n = x.new_zeros(batch, hidden)
     if grad_c_n is None:
-        grad_c_n = out.new_zeros(out.shape[1:])
+        grad_c_n = x.new_zeros(batch, hidden)
     need = ctx.needs_input_grad
     grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = ops.lstm_layer_backward(
-        grad_output, grad_h_n, grad_c_n, x, lengths, h0, c0, w_ih, w_hh, out, gates, cell,
+        grad_output, grad_h_n, grad_c_n, x, lengths, c0, w_ih, w_hh, gates, cell, h_prev,
         ctx.reverse, need[0])
     grad_b = grad_bias if ctx.has_bias else None
     return (grad_x if need[0] else None, None,
-            grad_h0 if h0 is not None else None, grad_c0 if c0 is not None else None,
-            grad_w_ih, grad_w_hh, grad_b, grad_b, None)
+            grad_h0 if ctx.has_h0 else None, grad_c0 if c0 is not None else None,
+            grad_w_ih, grad_w_hh, grad_b, grad_b, None, None)
 
 
 torch.library.register_autograd("seqcls_fast::lstm_layer_forward", _lstm_backward,
@@ -77,9 +87,12 @@ torch.library.register_autograd("seqcls_fast::lstm_layer_forward", _lstm_backwar
 
 def lstm_layer(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
     """One LSTM layer in one direction, time-major: x [T, B, I] ->
-    (output [T, B, H], h_n [B, H], c_n [B, H])."""
-    out, h_n, c_n, _gates, _cell = ops.lstm_layer_forward(x, lengths, h0, c0, w_ih, w_hh, b_ih,
-                                                          b_hh, reverse)
+    (output [T, B, H], h_n [B, H], c_n [B, H]). Keeps what the backward needs
+    only when autograd will ask for it."""
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
+    out, h_n, c_n, _gates, _cell, _h_prev = ops.lstm_layer_forward(
+        x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, save)
     return out, h_n, c_n
 
 

@@ -40,38 +40,36 @@ template <typename T>
 SEQCLS_CPU_KERNEL void forward_rows(const LstmForwardStepParams& p, int64_t begin, int64_t end) {
   const int64_t H = p.hidden, G = 4 * H, B = p.batch;
   T* gates = static_cast<T*>(p.gates);
-  const T* gates_hh = static_cast<const T*>(p.gates_hh);
   T* h_state = static_cast<T*>(p.h_state);
   T* c_state = static_cast<T*>(p.c_state);
   T* output = static_cast<T*>(p.output);
   T* cell = static_cast<T*>(p.cell);
-    for (int64_t j = begin; j < end; ++j) {
-      const int64_t r = p.order ? p.order[j] : j;
-      const int64_t t = time_index(p.reverse, p.sorted_lengths, j, p.step);
-      T* g = gates + (t * B + r) * G;
-      const T* ghh = gates_hh + j * G;
-      T* h_row = h_state + j * H;
-      T* c_row = c_state + j * H;
-      T* out_row = output + (t * B + r) * H;
-      T* cell_row = cell + (t * B + r) * H;
-      for (int64_t k = 0; k < H; k += VecOps<T>::size) {
-        const int64_t n = std::min<int64_t>(VecOps<T>::size, H - k);
-        Vec<T> i, f, gg, o, c, h;
-        lstm_cell_forward(load(g + k, n) + load(ghh + k, n),
-                          load(g + H + k, n) + load(ghh + H + k, n),
-                          load(g + 2 * H + k, n) + load(ghh + 2 * H + k, n),
-                          load(g + 3 * H + k, n) + load(ghh + 3 * H + k, n),
-                          load(c_row + k, n), i, f, gg, o, c, h);
-        store(i, g + k, n);
-        store(f, g + H + k, n);
-        store(gg, g + 2 * H + k, n);
-        store(o, g + 3 * H + k, n);
-        store(c, c_row + k, n);
-        store(c, cell_row + k, n);
-        store(h, h_row + k, n);
-        store(h, out_row + k, n);
-      }
+  T* h_prev_next = static_cast<T*>(p.h_prev_next);
+  for (int64_t j = begin; j < end; ++j) {
+    const int64_t r = p.order ? p.order[j] : j;
+    const int64_t t = time_index(p.reverse, p.sorted_lengths, j, p.step);
+    T* g = gates + j * G;
+    T* h_row = h_state + j * H;
+    T* c_row = c_state + j * H;
+    T* out_row = output + (t * B + r) * H;
+    T* cell_row = cell ? cell + j * H : nullptr;
+    T* h_next_row = h_prev_next && j < p.rows_next ? h_prev_next + j * H : nullptr;
+    for (int64_t k = 0; k < H; k += VecOps<T>::size) {
+      const int64_t n = std::min<int64_t>(VecOps<T>::size, H - k);
+      Vec<T> i, f, gg, o, c, h;
+      lstm_cell_forward(load(g + k, n), load(g + H + k, n), load(g + 2 * H + k, n),
+                        load(g + 3 * H + k, n), load(c_row + k, n), i, f, gg, o, c, h);
+      store(i, g + k, n);
+      store(f, g + H + k, n);
+      store(gg, g + 2 * H + k, n);
+      store(o, g + 3 * H + k, n);
+      store(c, c_row + k, n);
+      store(h, h_row + k, n);
+      store(h, out_row + k, n);
+      if (cell_row) store(c, cell_row + k, n);
+      if (h_next_row) store(h, h_next_row + k, n);
     }
+  }
 }
 
 template <typename T>
@@ -85,42 +83,35 @@ SEQCLS_CPU_KERNEL void backward_rows(const LstmBackwardStepParams& p, int64_t be
   const int64_t H = p.hidden, G = 4 * H, B = p.batch;
   const T* gates = static_cast<const T*>(p.gates);
   const T* cell = static_cast<const T*>(p.cell);
-  const T* c0 = static_cast<const T*>(p.c0);
+  const T* cell_prev = static_cast<const T*>(p.cell_prev);
   const T* grad_output = static_cast<const T*>(p.grad_output);
   T* grad_h = static_cast<T*>(p.grad_h_state);
   T* grad_c = static_cast<T*>(p.grad_c_state);
   T* grad_gates = static_cast<T*>(p.grad_gates);
-  T* grad_gates_step = static_cast<T*>(p.grad_gates_step);
-    for (int64_t j = begin; j < end; ++j) {
-      const int64_t r = p.order ? p.order[j] : j;
-      const int64_t t = time_index(p.reverse, p.sorted_lengths, j, p.step);
-      const int64_t t_prev = p.reverse ? t + 1 : t - 1;
-      const T* g = gates + (t * B + r) * G;
-      const T* c_row = cell + (t * B + r) * H;
-      const T* c_prev_row = p.step == 0 ? c0 + j * H : cell + (t_prev * B + r) * H;
-      const T* dout_row = grad_output + (t * B + r) * H;
-      T* dh_row = grad_h + j * H;
-      T* dc_row = grad_c + j * H;
-      T* dg = grad_gates + (t * B + r) * G;
-      T* dg_step = grad_gates_step + j * G;
-      for (int64_t k = 0; k < H; k += VecOps<T>::size) {
-        const int64_t n = std::min<int64_t>(VecOps<T>::size, H - k);
-        Vec<T> di, df, dgg, dout, dc_prev;
-        lstm_cell_backward(load(g + k, n), load(g + H + k, n), load(g + 2 * H + k, n),
-                           load(g + 3 * H + k, n), load(c_row + k, n), load(c_prev_row + k, n),
-                           load(dh_row + k, n) + load(dout_row + k, n), load(dc_row + k, n), di,
-                           df, dgg, dout, dc_prev);
-        store(di, dg + k, n);
-        store(df, dg + H + k, n);
-        store(dgg, dg + 2 * H + k, n);
-        store(dout, dg + 3 * H + k, n);
-        store(di, dg_step + k, n);
-        store(df, dg_step + H + k, n);
-        store(dgg, dg_step + 2 * H + k, n);
-        store(dout, dg_step + 3 * H + k, n);
-        store(dc_prev, dc_row + k, n);
-      }
+  for (int64_t j = begin; j < end; ++j) {
+    const int64_t r = p.order ? p.order[j] : j;
+    const int64_t t = time_index(p.reverse, p.sorted_lengths, j, p.step);
+    const T* g = gates + j * G;
+    const T* c_row = cell + j * H;
+    const T* c_prev_row = cell_prev + j * H;
+    const T* dout_row = grad_output + (t * B + r) * H;
+    T* dh_row = grad_h + j * H;
+    T* dc_row = grad_c + j * H;
+    T* dg = grad_gates + j * G;
+    for (int64_t k = 0; k < H; k += VecOps<T>::size) {
+      const int64_t n = std::min<int64_t>(VecOps<T>::size, H - k);
+      Vec<T> di, df, dgg, dout, dc_prev;
+      lstm_cell_backward(load(g + k, n), load(g + H + k, n), load(g + 2 * H + k, n),
+                         load(g + 3 * H + k, n), load(c_row + k, n), load(c_prev_row + k, n),
+                         load(dh_row + k, n) + load(dout_row + k, n), load(dc_row + k, n), di, df,
+                         dgg, dout, dc_prev);
+      store(di, dg + k, n);
+      store(df, dg + H + k, n);
+      store(dgg, dg + 2 * H + k, n);
+      store(dout, dg + 3 * H + k, n);
+      store(dc_prev, dc_row + k, n);
     }
+  }
 }
 
 template <typename T>

@@ -1,7 +1,10 @@
 // lstm_layer_forward / lstm_layer_backward on the CPU: the GEMMs through
 // ATen, the pointwise step kernels from lstm_cell_cpu.h.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <cstring>
 
 #include "../lstm_common.h"
 #include "lstm_cell_cpu.h"
@@ -32,101 +35,128 @@ void check_cpu(const Tensor& x) {
                      x.device());
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward_cpu(
+// x's rows in packed order: [N, I].
+Tensor pack_input(const Tensor& x, const LengthPlan& plan, bool reverse) {
+  if (plan.packed_is_time_major(reverse)) return x.reshape({plan.packed_rows, x.size(2)});
+  return at::index(x, {plan.packed_time, plan.packed_batch});
+}
+
+// Zeroes output[t, b, :] for t >= lengths[b] (the padding a PackedSequence
+// does not have), touching nothing else.
+void zero_padding(Tensor& output, const LengthPlan& plan) {
+  if (plan.all_full) return;
+  const int64_t T = output.size(0), B = output.size(1), H = output.size(2);
+  const int64_t* order = plan.order.data_ptr<int64_t>();
+  const int64_t* sorted = plan.sorted_lengths.data_ptr<int64_t>();
+  const size_t row_bytes = H * output.element_size();
+  char* base = static_cast<char*>(output.data_ptr());
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      for (int64_t t = sorted[j]; t < T; ++t) {
+        std::memset(base + (t * B + order[j]) * row_bytes, 0, row_bytes);
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward_cpu(
     const Tensor& x, const optional<Tensor>& lengths, const optional<Tensor>& h0,
     const optional<Tensor>& c0, const Tensor& w_ih, const Tensor& w_hh,
-    const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, bool reverse) {
+    const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, bool reverse,
+    bool save_activations) {
   const LstmSizes sz = check_lstm_forward_inputs(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh);
   check_cpu(x);
-  const int64_t T = sz.steps_total, B = sz.batch, I = sz.input_size, H = sz.hidden;
-  const LengthPlan plan = make_length_plan(lengths, T, B);
-  const int64_t steps = plan.steps;
+  const int64_t T = sz.steps_total, B = sz.batch, H = sz.hidden;
+  const LengthPlan plan = make_length_plan(lengths, T, B, reverse);
+  const int64_t N = plan.packed_rows;
+  const auto opts = x.options();
 
-  Tensor output = at::zeros({T, B, H}, x.options());
-  Tensor cell = at::zeros({T, B, H}, x.options());
-  Tensor gates = at::zeros({T, B, 4 * H}, x.options());
-  if (B == 0) {
-    return {output, at::zeros({B, H}, x.options()), at::zeros({B, H}, x.options()), gates, cell};
+  Tensor output = at::empty({T, B, H}, opts);
+  Tensor gates = at::empty({T * B, 4 * H}, opts);
+  const int64_t kept_rows = save_activations ? T * B : 0;
+  Tensor cell = at::empty({kept_rows, H}, opts);
+  Tensor h_prev = at::empty({kept_rows, H}, opts);
+  // Rows past N are never used; zero them so every output is well defined.
+  gates.narrow(0, N, T * B - N).zero_();
+  if (save_activations) {
+    cell.narrow(0, N, T * B - N).zero_();
+    h_prev.narrow(0, N, T * B - N).zero_();
   }
+  zero_padding(output, plan);
+  Tensor h_state = h0.has_value() ? to_sorted(*h0, plan) : at::zeros({B, H}, opts);
+  Tensor c_state = c0.has_value() ? to_sorted(*c0, plan) : at::zeros({B, H}, opts);
+  if (N == 0) return {output, h_state, c_state, gates, cell, h_prev};
 
   // 1. Input projection of every valid step in one GEMM, both biases folded in.
-  Tensor x_valid = x.narrow(0, 0, steps).reshape({steps * B, I});
-  Tensor gates_valid = gates.narrow(0, 0, steps).view({steps * B, 4 * H});
+  Tensor gates_valid = gates.narrow(0, 0, N);
+  const Tensor x_packed = pack_input(x, plan, reverse);
   if (b_ih.has_value()) {
-    at::addmm_out(gates_valid, *b_ih + *b_hh, x_valid, w_ih.t());
+    at::addmm_out(gates_valid, *b_ih + *b_hh, x_packed, w_ih.t());
   } else {
-    at::mm_out(gates_valid, x_valid, w_ih.t());
+    at::mm_out(gates_valid, x_packed, w_ih.t());
   }
+  if (save_activations) h_prev.narrow(0, 0, B).copy_(h_state);
 
-  // 2. The recurrence on the length-sorted active prefix.
-  Tensor h_state = h0.has_value() ? to_sorted(*h0, plan) : at::zeros({B, H}, x.options());
-  Tensor c_state = c0.has_value() ? to_sorted(*c0, plan) : at::zeros({B, H}, x.options());
-  Tensor gates_hh = at::empty({B, 4 * H}, x.options());
+  // 2. The recurrence on the length-sorted active prefix: per step one GEMM
+  // accumulating h_{s-1} W_hh^T into that step's packed rows, then the cell.
   const Tensor w_hh_t = w_hh.t();
-
   LstmForwardStepParams p{};
   p.batch = B;
   p.hidden = H;
   p.reverse = reverse;
   p.order = data_or_null(plan.order);
   p.sorted_lengths = plan.sorted_lengths.data_ptr<int64_t>();
-  p.gates = gates.data_ptr();
-  p.gates_hh = gates_hh.data_ptr();
   p.h_state = h_state.data_ptr();
   p.c_state = c_state.data_ptr();
   p.output = output.data_ptr();
-  p.cell = cell.data_ptr();
-  for (int64_t s = 0; s < steps; ++s) {
-    const int64_t rows = plan.active[s];
-    Tensor hh = gates_hh.narrow(0, 0, rows);
-    if (s == 0 && !h0.has_value()) {
-      hh.zero_();  // h_{-1} = 0: skip the GEMM
-    } else {
-      at::mm_out(hh, h_state.narrow(0, 0, rows), w_hh_t);
-    }
+  for (int64_t s = 0; s < plan.steps; ++s) {
+    const int64_t rows = plan.active[s], begin = plan.offset[s];
+    Tensor gates_step = gates.narrow(0, begin, rows);
+    if (s > 0 || h0.has_value()) gates_step.addmm_(h_state.narrow(0, 0, rows), w_hh_t);
     p.step = s;
     p.rows = rows;
+    p.rows_next = s + 1 < plan.steps ? plan.active[s + 1] : 0;
+    p.gates = gates_step.data_ptr();
+    p.cell = save_activations ? cell.narrow(0, begin, rows).data_ptr() : nullptr;
+    p.h_prev_next = save_activations && p.rows_next > 0
+                        ? h_prev.narrow(0, plan.offset[s + 1], p.rows_next).data_ptr()
+                        : nullptr;
     lstm_forward_step_cpu(p, x.scalar_type());
   }
-  return {output, from_sorted(h_state, plan), from_sorted(c_state, plan), gates, cell};
+  return {output, from_sorted(h_state, plan), from_sorted(c_state, plan), gates, cell, h_prev};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward_cpu(
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& x,
-    const optional<Tensor>& lengths, const optional<Tensor>& h0, const optional<Tensor>& c0,
-    const Tensor& w_ih, const Tensor& w_hh, const Tensor& output, const Tensor& gates,
-    const Tensor& cell, bool reverse, bool compute_grad_x) {
-  const LstmSizes sz =
-      check_lstm_forward_inputs(x, lengths, h0, c0, w_ih, w_hh, c10::nullopt, c10::nullopt);
+    const optional<Tensor>& lengths, const optional<Tensor>& c0, const Tensor& w_ih,
+    const Tensor& w_hh, const Tensor& gates, const Tensor& cell, const Tensor& h_prev,
+    bool reverse, bool compute_grad_x) {
+  const LstmSizes sz = check_lstm_forward_inputs(x, lengths, c10::nullopt, c0, w_ih, w_hh,
+                                                 c10::nullopt, c10::nullopt);
   check_cpu(x);
   const int64_t T = sz.steps_total, B = sz.batch, I = sz.input_size, H = sz.hidden;
   check_shape(grad_output, {T, B, H}, "grad_output");
   check_shape(grad_h_n, {B, H}, "grad_h_n");
   check_shape(grad_c_n, {B, H}, "grad_c_n");
-  check_shape(output, {T, B, H}, "output");
-  check_shape(gates, {T, B, 4 * H}, "gates");
-  check_shape(cell, {T, B, H}, "cell");
-  const LengthPlan plan = make_length_plan(lengths, T, B);
-  const int64_t steps = plan.steps;
+  check_shape(gates, {T * B, 4 * H}, "gates");
+  check_shape(cell, {T * B, H}, "cell");
+  check_shape(h_prev, {T * B, H}, "h_prev");
+  const LengthPlan plan = make_length_plan(lengths, T, B, reverse);
+  const int64_t N = plan.packed_rows;
   const auto opts = x.options();
 
-  Tensor grad_x = at::zeros({T, B, I}, opts);
-  Tensor grad_w_ih = at::zeros({4 * H, I}, opts);
-  Tensor grad_w_hh = at::zeros({4 * H, H}, opts);
-  Tensor grad_bias = at::zeros({4 * H}, opts);
-  if (B == 0) {
-    return {grad_x, at::zeros({B, H}, opts), at::zeros({B, H}, opts), grad_w_ih, grad_w_hh,
-            grad_bias};
+  Tensor grad_h_state = to_sorted(grad_h_n, plan);
+  Tensor grad_c_state = to_sorted(grad_c_n, plan);
+  if (N == 0) {
+    return {at::zeros({T, B, I}, opts), grad_h_state, grad_c_state, at::zeros({4 * H, I}, opts),
+            at::zeros({4 * H, H}, opts), at::zeros({4 * H}, opts)};
   }
 
   // 1. The recurrence backward, steps in reverse, on the active prefix.
   const Tensor gates_c = gates.contiguous(), cell_c = cell.contiguous();
   const Tensor grad_output_c = grad_output.contiguous();
-  Tensor grad_h_state = to_sorted(grad_h_n, plan);
-  Tensor grad_c_state = to_sorted(grad_c_n, plan);
-  Tensor c0_sorted = c0.has_value() ? to_sorted(*c0, plan) : at::zeros({B, H}, opts);
-  Tensor grad_gates = at::zeros({steps, B, 4 * H}, opts);
-  Tensor grad_gates_step = at::empty({B, 4 * H}, opts);
+  const Tensor c0_sorted = c0.has_value() ? to_sorted(*c0, plan) : at::zeros({B, H}, opts);
+  Tensor grad_gates = at::empty({N, 4 * H}, opts);  // every row written below
 
   LstmBackwardStepParams p{};
   p.batch = B;
@@ -134,48 +164,38 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward_c
   p.reverse = reverse;
   p.order = data_or_null(plan.order);
   p.sorted_lengths = plan.sorted_lengths.data_ptr<int64_t>();
-  p.gates = gates_c.data_ptr();
-  p.cell = cell_c.data_ptr();
-  p.c0 = c0_sorted.data_ptr();
   p.grad_output = grad_output_c.data_ptr();
   p.grad_h_state = grad_h_state.data_ptr();
   p.grad_c_state = grad_c_state.data_ptr();
-  p.grad_gates = grad_gates.data_ptr();
-  p.grad_gates_step = grad_gates_step.data_ptr();
-  for (int64_t s = steps - 1; s >= 0; --s) {
-    const int64_t rows = plan.active[s];
+  for (int64_t s = plan.steps - 1; s >= 0; --s) {
+    const int64_t rows = plan.active[s], begin = plan.offset[s];
+    Tensor grad_gates_step = grad_gates.narrow(0, begin, rows);
     p.step = s;
     p.rows = rows;
+    p.gates = gates_c.narrow(0, begin, rows).data_ptr();
+    p.cell = cell_c.narrow(0, begin, rows).data_ptr();
+    p.cell_prev = s == 0 ? c0_sorted.data_ptr() : cell_c.narrow(0, plan.offset[s - 1], rows).data_ptr();
+    p.grad_gates = grad_gates_step.data_ptr();
     lstm_backward_step_cpu(p, x.scalar_type());
-    // dL/dh_{s-1} = dG_s W_hh for the rows active at s; the others keep
-    // the gradient they were given until their own last step comes up.
+    // dL/dh_{s-1} = dG_s W_hh for the rows active at s; the others keep the
+    // gradient they were given until their own last step comes up.
     Tensor grad_h_rows = grad_h_state.narrow(0, 0, rows);
-    at::mm_out(grad_h_rows, grad_gates_step.narrow(0, 0, rows), w_hh);
+    at::mm_out(grad_h_rows, grad_gates_step, w_hh);
   }
 
   // 2. Weight gradients as single GEMMs over all valid steps.
-  Tensor dg = grad_gates.view({steps * B, 4 * H});
-  Tensor x_valid = x.narrow(0, 0, steps).reshape({steps * B, I});
-  at::mm_out(grad_w_ih, dg.t(), x_valid);
-  at::sum_out(grad_bias, dg, {0});
-  if (compute_grad_x) {
-    Tensor grad_x_valid = grad_x.narrow(0, 0, steps).view({steps * B, I});
-    at::mm_out(grad_x_valid, dg, w_ih);
-  }
-  // dW_hh = sum over (t, b) of dG[t, b]^T h_prev[t, b]. At step 0 h_prev is h0;
-  // after that it is the output one step earlier in the row's own direction:
-  // output[t-1] forward, output[t+1] in reverse. Where that neighbour lies past
-  // the row's length, output is 0, and where t itself does, dG is 0, so two
-  // shifted GEMMs over whole time slices are exact.
-  if (steps > 1) {
-    const int64_t n = (steps - 1) * B;
-    Tensor dg_later = grad_gates.narrow(0, reverse ? 0 : 1, steps - 1).reshape({n, 4 * H});
-    Tensor h_prev = output.narrow(0, reverse ? 1 : 0, steps - 1).reshape({n, H});
-    grad_w_hh.addmm_(dg_later.t(), h_prev);
-  }
-  if (h0.has_value()) {
-    // grad_gates_step holds step 0's gradients, in sorted order.
-    grad_w_hh.addmm_(grad_gates_step.t(), to_sorted(*h0, plan));
+  const Tensor x_packed = pack_input(x, plan, reverse);
+  Tensor grad_w_ih = at::mm(grad_gates.t(), x_packed);
+  Tensor grad_w_hh = at::mm(grad_gates.t(), h_prev.narrow(0, 0, N));
+  Tensor grad_bias = grad_gates.sum(0);
+  Tensor grad_x;
+  if (!compute_grad_x) {
+    grad_x = at::zeros({T, B, I}, opts);
+  } else if (plan.packed_is_time_major(reverse)) {
+    grad_x = at::mm(grad_gates, w_ih).view({T, B, I});
+  } else {
+    grad_x = at::zeros({T, B, I}, opts);
+    grad_x.index_put_({plan.packed_time, plan.packed_batch}, at::mm(grad_gates, w_ih));
   }
   return {grad_x,    from_sorted(grad_h_state, plan), from_sorted(grad_c_state, plan),
           grad_w_ih, grad_w_hh,                       grad_bias};
