@@ -1,0 +1,121 @@
+"""Bad input gets a clear exception naming the argument, never a crash or a
+silent result."""
+import pytest
+import torch
+
+import seqcls_fast as sf
+
+
+@pytest.fixture
+def lstm():
+    return sf.LSTM(3, 4, bidirectional=True)
+
+
+X = lambda: torch.randn(5, 2, 3)  # noqa: E731
+
+
+@pytest.mark.parametrize("lengths,exc,match", [
+    (torch.tensor([5, 0]), ValueError, r"lengths must lie in \[1, T\] = \[1, 5\].*lengths\[1\] = 0"),
+    (torch.tensor([6, 2]), ValueError, r"lengths must lie in \[1, T\].*lengths\[0\] = 6"),
+    (torch.tensor([-1, 2]), ValueError, r"lengths must lie in \[1, T\].*= -1"),
+    (torch.tensor([5, 2, 3]), ValueError, r"lengths must have shape \[B\] = \[2\]"),
+    (torch.tensor([[5, 2]]), ValueError, r"lengths must have shape \[B\] = \[2\]"),
+    (torch.tensor([5.0, 2.0]), TypeError, r"lengths must be an integer tensor, got Float"),
+    (torch.tensor([True, True]), TypeError, r"lengths must be an integer tensor, got Bool"),
+])
+def test_bad_lengths(lstm, lengths, exc, match):
+    with pytest.raises(exc, match=match):
+        lstm(X(), lengths=lengths)
+
+
+def test_bad_lengths_for_pooling():
+    pool = sf.MaskedAttentionPooling(4)
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, T\]"):
+        pool(torch.randn(2, 5, 4), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"lengths must have shape \[B\] = \[2\]"):
+        pool(torch.randn(2, 5, 4), torch.tensor([3]))
+
+
+def test_wrong_feature_size(lstm):
+    with pytest.raises(ValueError, match=r"input must have 3 features \(input_size\), got 7"):
+        lstm(torch.randn(5, 2, 7))
+
+
+def test_wrong_dtype(lstm):
+    with pytest.raises(TypeError, match="dtype"):
+        lstm(torch.randn(5, 2, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="dtype"):
+        lstm(torch.ones(5, 2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("shape", [(3,), (1, 5, 2, 3)])
+def test_wrong_rank(lstm, shape):
+    with pytest.raises(ValueError, match="input must be 3-D"):
+        lstm(torch.randn(*shape))
+
+
+def test_not_a_tensor(lstm):
+    with pytest.raises(TypeError, match="input must be a Tensor or a PackedSequence"):
+        lstm([[1.0, 2.0, 3.0]])
+
+
+@pytest.mark.parametrize("h_shape", [(1, 2, 4), (2, 3, 4), (2, 2, 5), (2, 4)])
+def test_wrong_hx_shape(lstm, h_shape):
+    hx = (torch.randn(*h_shape), torch.randn(2, 2, 4))
+    with pytest.raises(ValueError, match=r"h_0 must have shape \(num_layers \* num_directions, B, H\) = \(2, 2, 4\)"):
+        lstm(X(), hx)
+
+
+def test_hx_not_a_pair(lstm):
+    with pytest.raises(TypeError, match=r"hx must be a tuple \(h_0, c_0\)"):
+        lstm(X(), torch.randn(2, 2, 4))
+
+
+def test_lengths_with_packed_sequence(lstm):
+    packed = torch.nn.utils.rnn.pack_padded_sequence(X(), torch.tensor([5, 2]))
+    with pytest.raises(ValueError, match="lengths must be None when input is a PackedSequence"):
+        lstm(packed, lengths=torch.tensor([5, 2]))
+
+
+def test_pooling_wrong_sizes():
+    pool = sf.MaskedAttentionPooling(4)
+    with pytest.raises(ValueError, match=r"outputs must have shape \[B, T, D\]"):
+        pool(torch.randn(2, 4))
+    with pytest.raises(ValueError, match="hidden_size = 4 features, got 6"):
+        pool(torch.randn(2, 5, 6))
+    with pytest.raises(TypeError, match="query must have the dtype of values"):
+        pool(torch.randn(2, 5, 4, dtype=torch.float64))
+
+
+def test_operator_level_checks():
+    """The operators check their own inputs: calls that bypass the modules."""
+    ops = torch.ops.seqcls_fast
+    x, w_ih, w_hh = torch.randn(5, 2, 3), torch.randn(16, 3), torch.randn(16, 4)
+    with pytest.raises(ValueError, match=r"w_ih must have shape \[4H, I\] = \[16, 3\]"):
+        ops.lstm_layer_forward(x, None, None, None, torch.randn(16, 2), w_hh, None, None, False, False)
+    with pytest.raises(ValueError, match=r"w_hh must have shape \[4H, H\]"):
+        ops.lstm_layer_forward(x, None, None, None, w_ih, torch.randn(15, 4), None, None, False, False)
+    with pytest.raises(ValueError, match=r"h0 must have shape \[B, H\] = \[2, 4\]"):
+        ops.lstm_layer_forward(x, None, torch.randn(3, 4), None, w_ih, w_hh, None, None, False, False)
+    with pytest.raises(ValueError, match="b_ih and b_hh must be given together"):
+        ops.lstm_layer_forward(x, None, None, None, w_ih, w_hh, torch.randn(16), None, False, False)
+    with pytest.raises(ValueError, match=r"x must have shape \[T, B, I\]"):
+        ops.lstm_layer_forward(x[0], None, None, None, w_ih, w_hh, None, None, False, False)
+    with pytest.raises(ValueError, match=r"at least one time step"):
+        ops.lstm_layer_forward(x[:0], None, None, None, w_ih, w_hh, None, None, False, False)
+    with pytest.raises(ValueError, match=r"query must have shape \[3\]"):
+        ops.masked_attention_pool_forward(torch.randn(2, 4, 3), None, torch.randn(5), None)
+    with pytest.raises(ValueError, match=r"keys must have shape \[B, T, A\] = \[2, 4, A\]"):
+        ops.masked_attention_pool_forward(torch.randn(2, 4, 3), torch.randn(2, 5, 3),
+                                          torch.randn(3), None)
+
+
+def test_nan_input_propagates_not_hidden():
+    """NaN policy: NaN/inf in inputs propagate to the outputs they touch, as
+    in nn.LSTM; nothing is masked or replaced."""
+    lstm = sf.LSTM(3, 4)
+    x = torch.randn(5, 2, 3)
+    x[1, 0, 0] = float("nan")
+    out, (h, _) = lstm(x, lengths=torch.tensor([5, 5]))
+    assert torch.isnan(out[1:, 0]).all() and not torch.isnan(out[:, 1]).any()
+    assert torch.isnan(h[0, 0]).all()
