@@ -1,0 +1,131 @@
+"""`seqcls-fast bench` end to end on tiny cases, and its agreement check."""
+import json
+
+import pytest
+import torch
+
+from seqcls_fast import bench
+
+TINY = ["--batch", "4", "--input-size", "8", "--hidden-size", "16", "--repeats", "2",
+        "--device", "cpu"]
+
+
+def run_bench(tmp_path, *options):
+    path = tmp_path / "record.json"
+    assert bench.main([*TINY, *options, "--json", str(path)]) == 0
+    return json.loads(path.read_text())
+
+
+def methods_of(result):
+    return {record["name"]: record for record in result["methods"]}
+
+
+def test_bench_runs_end_to_end_and_writes_a_valid_record(tmp_path, capsys):
+    record = run_bench(tmp_path, "--seq-len", "12", "--bidirectional", "--mode", "both")
+    env = record["environment"]
+    assert env["torch_version"] == torch.__version__
+    assert env["device"] == "cpu" and env["threads"] == torch.get_num_threads()
+    assert [(r["case"]["seq_len"], r["mode"]) for r in record["results"]] == [
+        (12, "inference"), (12, "train")]
+    for result in record["results"]:
+        assert result["case"]["bidirectional"] is True and result["repeats"] == 2
+        methods = methods_of(result)
+        assert list(methods) == list(bench.METHODS)
+        for name in ("ours", "packed"):
+            assert methods[name]["status"] == "ok", methods[name]
+            assert len(methods[name]["times_ms"]) == 2
+            assert all(t > 0 for t in methods[name]["times_ms"])
+            assert methods[name]["q1_ms"] <= methods[name]["median_ms"] <= methods[name]["q3_ms"]
+            assert methods[name]["peak_memory_bytes"] is None or methods[name]["peak_memory_bytes"] >= 0
+        assert methods["packed"]["speedup_of_ours"] > 0
+        if result["mode"] == "train":
+            assert "grad weight_hh_l0_reverse" in methods["packed"]["errors"]
+        # Padded nn.LSTM ignores lengths: wrong when bidirectional, still timed.
+        assert methods["padded"]["status"] == "wrong"
+        assert "reverse direction" in methods["padded"]["note"]
+        assert len(methods["padded"]["times_ms"]) == 2
+        for name in ("flashrnn", "haste"):
+            assert methods[name]["status"] in ("skipped", "error")
+            assert methods[name]["note"] and not methods[name]["times_ms"]
+    table = capsys.readouterr().out
+    assert "ours faster by" in table and "packed" in table
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "speedup.png"
+    record = run_bench(tmp_path, "--seq-len", "6", "10", "--mode", "inference", "--plot",
+                       str(plot))
+    assert [r["case"]["seq_len"] for r in record["results"]] == [6, 10]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class WrongLogits(bench.Packed):
+    """Packed nn.LSTM with logits 1% off."""
+
+    def forward(self, batch):
+        return super().forward(batch) * 1.01
+
+
+class WrongGradients(bench.Padded):
+    """Right logits, LSTM gradients scaled by 1.01 (values unchanged)."""
+
+    def forward(self, batch):
+        outputs, _ = self.lstm(batch.x)
+        outputs = outputs + 0.01 * (outputs - outputs.detach())
+        pooled, _ = self.pool(outputs, batch.lengths)
+        return self.head(pooled)
+
+
+@pytest.mark.parametrize("planted, mode, culprit", [
+    (WrongLogits, "inference", "logits"),
+    (WrongGradients, "train", "grad "),
+])
+def test_a_planted_wrong_method_is_reported_and_not_timed(tmp_path, monkeypatch, planted, mode,
+                                                          culprit):
+    spec = bench.MethodSpec("planted", "a deliberately wrong method", planted)
+    monkeypatch.setitem(bench.METHODS, "planted", spec)
+    record = run_bench(tmp_path, "--seq-len", "10", "--mode", mode)
+    methods = methods_of(record["results"][0])
+    wrong = methods["planted"]
+    assert wrong["status"] == "wrong"
+    assert culprit in wrong["note"] and "not timed" in wrong["note"]
+    assert wrong["times_ms"] == [] and "median_ms" not in wrong
+    if culprit == "grad ":  # only the gradients are wrong
+        assert wrong["errors"]["logits"] <= record["results"][0]["tolerance"]
+    # Unidirectional: padded nn.LSTM agrees (the pooling ignores steps past each length).
+    for name in ("ours", "packed", "padded"):
+        assert methods[name]["status"] == "ok", methods[name]
+        assert len(methods[name]["times_ms"]) == 2
+
+
+@pytest.mark.parametrize("distribution", bench.LENGTH_DISTRIBUTIONS)
+def test_lengths_are_in_range_and_the_longest_is_seq_len(distribution):
+    case = bench.Case(batch=200, seq_len=40, lengths=distribution)
+    lengths = bench.make_lengths(case, torch.Generator().manual_seed(1))
+    assert lengths.shape == (200,) and lengths.dtype == torch.int64
+    assert lengths.min() >= 1 and lengths.max() == 40
+    if distribution == "uniform":
+        assert lengths.min() >= 10
+    elif distribution == "full":
+        assert (lengths == 40).all()
+    else:  # long-tail: most sequences short
+        assert lengths.double().median() < 10
+
+
+def test_padding_is_zero_and_valid_steps_are_not():
+    batch = bench.make_batch(bench.Case(batch=6, seq_len=20, input_size=3), torch.float32,
+                             torch.device("cpu"), seed=0)
+    for row, length in enumerate(batch.lengths_cpu.tolist()):
+        assert (batch.x[row, length:] == 0).all()
+        assert (batch.x[row, :length].abs().sum(dim=1) > 0).all()
+
+
+@pytest.mark.parametrize("options", [["--lengths", "sorted"], ["--batch", "0"],
+                                     ["--mode", "fast"], ["--dtype", "int8"],
+                                     ["--device", "tpu"]])
+def test_bad_options_are_rejected(options, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(options)
+    assert exit_info.value.code == 2
+    assert "error" in capsys.readouterr().err
