@@ -575,7 +575,7 @@ def format_table(result):
     lines = [f"{result['label']} (mean length {result['mean_length_first_batch']:.0f}), "
              f"{result['dtype']}, {result['mode']}, {result['repeats']} repeats",
              f"  {'method':9s} {'status':8s} {'median ms':>10s} {'IQR ms':>19s} "
-             f"{'ours faster by':>14s} {'peak MiB':>9s}"]
+             f"{'speedup':>8s} {'peak MiB':>9s}"]
     for record in result["methods"]:
         if "median_ms" in record:
             iqr = f"{record['q1_ms']:.2f}-{record['q3_ms']:.2f}"
@@ -584,7 +584,7 @@ def format_table(result):
             peak = record["peak_memory_bytes"]
             memory = f"{peak / 2**20:.1f}" if peak is not None else "n/a"
             lines.append(f"  {record['name']:9s} {record['status']:8s} "
-                         f"{record['median_ms']:10.2f} {iqr:>19s} {speedup:>14s} {memory:>9s}")
+                         f"{record['median_ms']:10.2f} {iqr:>19s} {speedup:>8s} {memory:>9s}")
         else:
             lines.append(f"  {record['name']:9s} {record['status']:8s} {record['note']}")
         if record["status"] == "wrong" and "median_ms" in record:
@@ -604,16 +604,23 @@ def git_commit():
     return commit, bool(dirty.strip())
 
 
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read(), re.M)
+    except OSError:
+        match = None
+    return match.group(1).strip() if match else (platform.processor() or platform.machine())
+
+
 def environment(device):
     commit, dirty = git_commit()
-    if device.type == "cuda":
-        device_name = torch.cuda.get_device_name(device)
-    else:
-        device_name = platform.processor() or platform.machine()
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {"device": str(device), "device_name": device_name,
             "torch_version": torch.__version__, "cuda_version": torch.version.cuda,
             "seqcls_fast_version": sf.__version__, "git_commit": commit, "git_dirty": dirty,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
             "python": platform.python_version(), "platform": platform.platform()}
 
 
@@ -642,6 +649,9 @@ def write_plot(results, path):
                   label=f"vs {name}, {mode}, {direction}, lengths {rest.lengths}")
     axes.axhline(1.0, color="grey", linewidth=0.8)
     axes.set_xscale("log", base=2)
+    seq_lens = sorted({result["case"]["seq_len"] for result in results})
+    axes.set_xticks(seq_lens, [str(seq_len) for seq_len in seq_lens])
+    axes.minorticks_off()
     axes.set_xlabel("sequence length T")
     axes.set_ylabel("speedup of ours (their time / ours)")
     axes.set_title("seqcls_fast vs baselines (median of paired repeats)")
@@ -778,8 +788,9 @@ def main(argv=None):
                 progress.end_case(format_table(result))
     finally:
         progress.close()
-    print(f"done in {time.perf_counter() - started:.0f} s. Speedup: median over repeats of "
-          f"(their time / ours) on the same batch; peak: memory growth during one call.")
+    print(f"done in {time.perf_counter() - started:.0f} s. speedup: median over repeats of "
+          f"(their time / ours) on the same batch, > 1 when ours is faster; peak MiB: memory "
+          f"growth during one call ({'CUDA allocator' if args.device.type == 'cuda' else 'RSS'}).")
     record = {"tool": "seqcls-fast bench",
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
               "argv": list(argv) if argv is not None else sys.argv[1:],

@@ -48,7 +48,7 @@ def test_bench_runs_end_to_end_and_writes_a_valid_record(tmp_path, capsys):
             assert methods[name]["status"] in ("skipped", "error")
             assert methods[name]["note"] and not methods[name]["times_ms"]
     table = capsys.readouterr().out
-    assert "ours faster by" in table and "packed" in table
+    assert "speedup" in table and "packed" in table
 
 
 def test_plot_writes_a_png(tmp_path):
