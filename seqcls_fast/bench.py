@@ -154,12 +154,13 @@ class Reference(nn.Module):
 
     def __init__(self, case, dtype, device, seed=0):
         super().__init__()
-        torch.manual_seed(seed)
         features = case.hidden_size * (2 if case.bidirectional else 1)
-        self.lstm = nn.LSTM(case.input_size, case.hidden_size, case.layers, batch_first=True,
-                            bidirectional=case.bidirectional)
-        self.query = nn.Parameter(torch.randn(features) / math.sqrt(features))
-        self.head = nn.Linear(features, NUM_CLASSES)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.lstm = nn.LSTM(case.input_size, case.hidden_size, case.layers,
+                                batch_first=True, bidirectional=case.bidirectional)
+            self.query = nn.Parameter(torch.randn(features) / math.sqrt(features))
+            self.head = nn.Linear(features, NUM_CLASSES)
         self.to(device=device, dtype=dtype)
 
 
@@ -487,30 +488,44 @@ def run_case(case, mode, dtype, device, repeats=None, progress=None):
     known to be wrong), interleaved. Returns the case's JSON-ready record."""
     reference = Reference(case, dtype, device)
     batches = [make_batch(case, dtype, device, seed) for seed in range(ROTATED_BATCHES)]
-    tolerance = TOLERANCES[dtype]
     records, runnable = {}, {}
     for name, model in build_methods(reference, case).items():
-        record = {"name": name, "description": METHODS[name].description, "status": None,
-                  "note": None, "errors": None, "times_ms": [], "peak_memory_bytes": None}
-        records[name] = record
+        records[name] = {"name": name, "description": METHODS[name].description,
+                         "status": None, "note": None, "errors": None, "times_ms": [],
+                         "peak_memory_bytes": None}
         if isinstance(model, Unavailable):
-            record.update(status="skipped", note=str(model))
+            records[name].update(status="skipped", note=str(model))
         else:
             set_mode(model, mode)
             runnable[name] = model
+    seconds_per_round = check_and_measure(runnable, records, batches[0], mode, device,
+                                          TOLERANCES[dtype])
+    repeats = repeats or auto_repeats(seconds_per_round)
+    warmup = CUDA_WARMUP_ROUNDS if device.type == "cuda" else 0
+    time_interleaved(runnable, records, batches, mode, device, warmup, repeats, progress)
+    summarize(records)
+    lengths = batches[0].lengths_cpu.double()
+    return {"case": asdict(case), "label": case.label(), "mode": mode,
+            "dtype": str(dtype).removeprefix("torch."), "repeats": repeats,
+            "warmup_rounds": warmup, "rotated_batches": len(batches),
+            "mean_length_first_batch": lengths.mean().item(), "tolerance": TOLERANCES[dtype],
+            "methods": list(records.values())}
 
-    # Agreement check and peak memory, on the first batch; this call is also
-    # each method's warm-up. A tiny call first keeps one-time library set-up
-    # out of the first method's memory figure.
-    small = Batch(batches[0].x[:2], batches[0].lengths[:2], batches[0].lengths_cpu[:2],
-                  batches[0].labels[:2])
-    results, seconds_per_round = {}, 0.0
+
+def check_and_measure(runnable, records, batch, mode, device, tolerance):
+    """One call per method on the batch: its peak memory, then its logits (and
+    gradients) against ours. Removes from ``runnable`` the methods that fail or
+    disagree without being known to (they are not timed). This call is also
+    each method's warm-up; a tiny call before it keeps one-time library set-up
+    out of the memory figure. Returns the calls' total seconds."""
+    small = Batch(batch.x[:2], batch.lengths[:2], batch.lengths_cpu[:2], batch.labels[:2])
+    results, seconds = {}, 0.0
     for name, model in list(runnable.items()):
         try:
             run_step(model, small, mode)
             started = time.perf_counter()
-            logits, peak = measure_peak_memory(lambda: run_step(model, batches[0], mode), device)
-            seconds_per_round += time.perf_counter() - started
+            logits, peak = measure_peak_memory(lambda: run_step(model, batch, mode), device)
+            seconds += time.perf_counter() - started
         except Exception as error:  # a method that fails is reported, not fatal
             records[name].update(status="error", note=f"{type(error).__name__}: {error}"[:300])
             del runnable[name]
@@ -521,28 +536,29 @@ def run_case(case, mode, dtype, device, repeats=None, progress=None):
     for name, model in list(runnable.items()):
         record = records[name]
         if ours is None:
-            record.update(status="unchecked", note="ours failed, nothing to compare with")
+            record.update(status="unchecked", note="ours failed: nothing to compare with")
             continue
-        errors = compare(results[name], ours, mode)
+        record["errors"] = errors = compare(results[name], ours, mode)
         worst = max(errors.values())
-        record["errors"] = errors
         if worst <= tolerance:
             record["status"] = "ok"
         elif model.known_wrong:
             record.update(status="wrong", note=model.known_wrong)
         else:
-            what = max(errors, key=errors.get)
-            record.update(status="wrong", note=f"{what} differs from ours by {worst:.2e} "
-                          f"(relative; tolerance {tolerance:.0e}); not timed")
+            record.update(status="wrong", note=f"{max(errors, key=errors.get)} differs from ours "
+                          f"by {worst:.2e} (relative; tolerance {tolerance:.0e}); not timed")
             del runnable[name]
-    del results
+    return seconds
 
-    repeats = repeats or auto_repeats(seconds_per_round)
-    warmup = CUDA_WARMUP_ROUNDS if device.type == "cuda" else 0
+
+def time_interleaved(runnable, records, batches, mode, device, warmup, repeats, progress):
+    """Rounds of one call per method on the same batch, the batches taken in
+    turn and a different method first each round; the first ``warmup`` rounds
+    are not kept."""
     names = list(runnable)
-    for round_index in range(warmup + repeats):
+    for round_index in range(warmup + repeats if names else 0):
         batch = batches[round_index % len(batches)]
-        shift = round_index % len(names)  # a different method goes first each round
+        shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             model = runnable[name]
             elapsed = time_call(lambda: run_step(model, batch, mode), device)
@@ -551,6 +567,11 @@ def run_case(case, mode, dtype, device, repeats=None, progress=None):
         if progress is not None:
             progress(round_index + 1, warmup + repeats)
 
+
+def summarize(records):
+    """Median and quartiles per method; the speedup of ours against each other
+    method: the median over rounds of their time / ours, paired per round
+    (same batch, same moment) so that drift of the machine cancels."""
     ours_times = records[REFERENCE_METHOD]["times_ms"]
     for record in records.values():
         times = record["times_ms"]
@@ -559,15 +580,8 @@ def run_case(case, mode, dtype, device, repeats=None, progress=None):
         record["median_ms"] = statistics.median(times)
         record["q1_ms"], record["q3_ms"] = quartiles(times)
         if ours_times and record["name"] != REFERENCE_METHOD:
-            # Paired per round (same batch, same moment), so drift cancels.
             record["speedup_of_ours"] = statistics.median(
                 theirs / mine for theirs, mine in zip(times, ours_times))
-    lengths = batches[0].lengths_cpu.double()
-    return {"case": asdict(case), "label": case.label(), "mode": mode,
-            "dtype": str(dtype).removeprefix("torch."), "repeats": repeats,
-            "warmup_rounds": warmup, "rotated_batches": len(batches),
-            "mean_length_first_batch": lengths.mean().item(), "tolerance": tolerance,
-            "methods": list(records.values())}
 
 
 # ------------------------------------------------------------------- report
