@@ -129,3 +129,17 @@ def test_bad_options_are_rejected(options, capsys):
         bench.main(options)
     assert exit_info.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not bench.cpu_peak_growth_supported(),
+                    reason="peak resident set needs Linux /proc and glibc")
+def test_cpu_peak_memory_sees_a_freed_tensor_every_time():
+    size = 64 * 2**20
+
+    def allocate_and_free():
+        return float(torch.ones(size // 4).sum())
+
+    for _ in range(3):  # memory freed by the previous call must not hide this one
+        result, peak = bench.measure_peak_memory(allocate_and_free, torch.device("cpu"))
+        assert result == size // 4
+        assert 0.99 * size <= peak < size + 16 * 2**20
