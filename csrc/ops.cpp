@@ -22,8 +22,8 @@ TORCH_LIBRARY(seqcls_fast, m) {
   // descending, ties in caller order), and only the first sum(lengths) rows
   // are used (the rest are 0). gates holds the activated gates (i, f, g, o),
   // cell c_t, and h_prev the hidden state each step started from (h0 at the
-  // first step). With save_activations=false (inference) cell and h_prev are
-  // empty [0, H] and gates is scratch.
+  // first step). With save_activations=false (inference) gates, cell and
+  // h_prev are empty ([0, 4H], [0, H], [0, H]).
   m.def(
       "lstm_layer_forward(Tensor x, Tensor? lengths, Tensor? h0, Tensor? c0, "
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse, "

@@ -28,7 +28,7 @@ def _lstm_layer_forward_fake(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse
         x.new_empty(steps, batch, hidden),
         x.new_empty(batch, hidden),
         x.new_empty(batch, hidden),
-        x.new_empty(steps * batch, 4 * hidden),
+        x.new_empty(kept, 4 * hidden),
         x.new_empty(kept, hidden, dtype=_state_dtype(x.dtype)),
         x.new_empty(kept, hidden),
     )

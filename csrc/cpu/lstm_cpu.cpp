@@ -4,7 +4,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "../lstm_common.h"
 #include "lstm_cell_cpu.h"
@@ -59,6 +61,21 @@ void zero_padding(Tensor& output, const LengthPlan& plan) {
   });
 }
 
+// Packed rows per input-projection chunk: large enough for an efficient
+// GEMM, small enough (2 MB of float gates at H = 128) to stay in cache.
+constexpr int64_t kProjectionChunkRows = 1024;
+
+// First step of each chunk of consecutive steps holding about `rows` packed
+// rows (at least one step each), then plan.steps.
+std::vector<int64_t> chunk_steps(const LengthPlan& plan, int64_t rows) {
+  std::vector<int64_t> starts{0};
+  for (int64_t s = 1; s < plan.steps; ++s) {
+    if (plan.offset[s + 1] - plan.offset[starts.back()] > rows) starts.push_back(s);
+  }
+  starts.push_back(plan.steps);
+  return starts;
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward_cpu(
     const Tensor& x, const optional<Tensor>& lengths, const optional<Tensor>& h0,
     const optional<Tensor>& c0, const Tensor& w_ih, const Tensor& w_hh,
@@ -72,13 +89,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward_cp
   const auto opts = x.options();
 
   Tensor output = at::empty({T, B, H}, opts);
-  Tensor gates = at::empty({T * B, 4 * H}, opts);
   const int64_t kept_rows = save_activations ? T * B : 0;
+  Tensor gates = at::empty({kept_rows, 4 * H}, opts);
   Tensor cell = at::empty({kept_rows, H}, opts);
   Tensor h_prev = at::empty({kept_rows, H}, opts);
-  // Rows past N are never used; zero them so every output is well defined.
-  gates.narrow(0, N, T * B - N).zero_();
   if (save_activations) {
+    // Rows past N are never used; zero them so every output is well defined.
+    gates.narrow(0, N, T * B - N).zero_();
     cell.narrow(0, N, T * B - N).zero_();
     h_prev.narrow(0, N, T * B - N).zero_();
   }
@@ -86,20 +103,27 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward_cp
   Tensor h_state = h0.has_value() ? to_sorted(*h0, plan) : at::zeros({B, H}, opts);
   Tensor c_state = c0.has_value() ? to_sorted(*c0, plan) : at::zeros({B, H}, opts);
   if (N == 0) return {output, h_state, c_state, gates, cell, h_prev};
-
-  // 1. Input projection of every valid step in one GEMM, both biases folded in.
-  Tensor gates_valid = gates.narrow(0, 0, N);
-  const Tensor x_packed = pack_input(x, plan, reverse);
-  if (b_ih.has_value()) {
-    at::addmm_out(gates_valid, *b_ih + *b_hh, x_packed, w_ih.t());
-  } else {
-    at::mm_out(gates_valid, x_packed, w_ih.t());
-  }
   if (save_activations) h_prev.narrow(0, 0, B).copy_(h_state);
 
-  // 2. The recurrence on the length-sorted active prefix: per step one GEMM
-  // accumulating h_{s-1} W_hh^T into that step's packed rows, then the cell.
-  const Tensor w_hh_t = w_hh.t();
+  // The input projection x W_ih^T + (b_ih + b_hh) of a chunk of steps is one
+  // GEMM, done just before the chunk's recurrence so its gates are still in
+  // cache when the steps read them. Without saved activations, one chunk of
+  // scratch replaces the [N, 4H] buffer.
+  const Tensor x_packed = pack_input(x, plan, reverse);
+  const Tensor w_ih_t = w_ih.t(), w_hh_t = w_hh.t();
+  const c10::optional<Tensor> bias =
+      b_ih.has_value() ? c10::optional<Tensor>(*b_ih + *b_hh) : c10::nullopt;
+  const std::vector<int64_t> chunk_starts = chunk_steps(plan, kProjectionChunkRows);
+  Tensor scratch;
+  if (!save_activations) {
+    int64_t most_rows = 0;
+    for (size_t c = 0; c + 1 < chunk_starts.size(); ++c) {
+      most_rows = std::max(most_rows,
+                           plan.offset[chunk_starts[c + 1]] - plan.offset[chunk_starts[c]]);
+    }
+    scratch = at::empty({most_rows, 4 * H}, opts);
+  }
+
   LstmForwardStepParams p{};
   p.batch = B;
   p.hidden = H;
@@ -109,19 +133,34 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward_cp
   p.h_state = h_state.data_ptr();
   p.c_state = c_state.data_ptr();
   p.output = output.data_ptr();
-  for (int64_t s = 0; s < plan.steps; ++s) {
-    const int64_t rows = plan.active[s], begin = plan.offset[s];
-    Tensor gates_step = gates.narrow(0, begin, rows);
-    if (s > 0 || h0.has_value()) gates_step.addmm_(h_state.narrow(0, 0, rows), w_hh_t);
-    p.step = s;
-    p.rows = rows;
-    p.rows_next = s + 1 < plan.steps ? plan.active[s + 1] : 0;
-    p.gates = gates_step.data_ptr();
-    p.cell = save_activations ? cell.narrow(0, begin, rows).data_ptr() : nullptr;
-    p.h_prev_next = save_activations && p.rows_next > 0
-                        ? h_prev.narrow(0, plan.offset[s + 1], p.rows_next).data_ptr()
-                        : nullptr;
-    lstm_forward_step_cpu(p, x.scalar_type());
+  for (size_t c = 0; c + 1 < chunk_starts.size(); ++c) {
+    const int64_t first = chunk_starts[c], last = chunk_starts[c + 1];
+    const int64_t chunk_begin = plan.offset[first];
+    const int64_t chunk_rows = plan.offset[last] - chunk_begin;
+    Tensor chunk_gates = save_activations ? gates.narrow(0, chunk_begin, chunk_rows)
+                                          : scratch.narrow(0, 0, chunk_rows);
+    const Tensor chunk_x = x_packed.narrow(0, chunk_begin, chunk_rows);
+    if (bias.has_value()) {
+      at::addmm_out(chunk_gates, *bias, chunk_x, w_ih_t);
+    } else {
+      at::mm_out(chunk_gates, chunk_x, w_ih_t);
+    }
+    // The recurrence on the length-sorted active prefix: per step one GEMM
+    // accumulating h_{s-1} W_hh^T into the step's rows, then the fused cell.
+    for (int64_t s = first; s < last; ++s) {
+      const int64_t rows = plan.active[s], begin = plan.offset[s];
+      Tensor gates_step = chunk_gates.narrow(0, begin - chunk_begin, rows);
+      if (s > 0 || h0.has_value()) gates_step.addmm_(h_state.narrow(0, 0, rows), w_hh_t);
+      p.step = s;
+      p.rows = rows;
+      p.rows_next = s + 1 < plan.steps ? plan.active[s + 1] : 0;
+      p.gates = gates_step.data_ptr();
+      p.cell = save_activations ? cell.narrow(0, begin, rows).data_ptr() : nullptr;
+      p.h_prev_next = save_activations && p.rows_next > 0
+                          ? h_prev.narrow(0, plan.offset[s + 1], p.rows_next).data_ptr()
+                          : nullptr;
+      lstm_forward_step_cpu(p, x.scalar_type());
+    }
   }
   return {output, from_sorted(h_state, plan), from_sorted(c_state, plan), gates, cell, h_prev};
 }

@@ -1,0 +1,76 @@
+// torch.autocast("cuda") for the seqcls_fast operators.
+//
+// Policy, the one autocast applies to cuDNN's RNN and to matmuls: the forward
+// ops run in the autocast dtype (float16 by default, or bfloat16). Their
+// floating inputs on CUDA are cast to it (float64 inputs are left alone, as
+// autocast does everywhere); lengths are integers and pass through. The
+// kernels accumulate in float32 and keep the LSTM cell state in float32, so
+// this loses no more than storage precision. Gradients flow back through the
+// casts to the float32 parameters, since autocast sits above autograd in the
+// dispatcher.
+//
+// The backward ops get no autocast kernel: they fall through to their
+// kernels with the dtypes the forward saved (e.g. the float32 `cell` next to
+// float16 gates), which must not be cast.
+//
+// Without this, sf.LSTM under autocast would hand the op float32 weights and
+// a float16 input from the previous layer, and MaskedAttentionPooling a
+// float16 input with its float32 query: both dtype errors.
+#include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+namespace seqcls_fast::cuda {
+namespace {
+
+using at::Tensor;
+using c10::optional;
+
+using LstmForwardFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const optional<Tensor>&, const optional<Tensor>&, const optional<Tensor>&,
+    const Tensor&, const Tensor&, const optional<Tensor>&, const optional<Tensor>&, bool, bool);
+using PoolForwardFn = std::tuple<Tensor, Tensor>(const Tensor&, const optional<Tensor>&,
+                                                 const Tensor&, const optional<Tensor>&);
+
+template <typename T>
+T cast(at::ScalarType dtype, const T& t) {
+  return at::autocast::cached_cast(dtype, t, c10::DeviceType::CUDA);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward_autocast(
+    const Tensor& x, const optional<Tensor>& lengths, const optional<Tensor>& h0,
+    const optional<Tensor>& c0, const Tensor& w_ih, const Tensor& w_hh,
+    const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, bool reverse,
+    bool save_activations) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("seqcls_fast::lstm_layer_forward", "")
+                             .typed<LstmForwardFn>();
+  const at::ScalarType dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
+  return op.call(cast(dtype, x), lengths, cast(dtype, h0), cast(dtype, c0), cast(dtype, w_ih),
+                 cast(dtype, w_hh), cast(dtype, b_ih), cast(dtype, b_hh), reverse,
+                 save_activations);
+}
+
+std::tuple<Tensor, Tensor> masked_attention_pool_forward_autocast(
+    const Tensor& values, const optional<Tensor>& keys, const Tensor& query,
+    const optional<Tensor>& lengths) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("seqcls_fast::masked_attention_pool_forward", "")
+                             .typed<PoolForwardFn>();
+  const at::ScalarType dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
+  return op.call(cast(dtype, values), cast(dtype, keys), cast(dtype, query), lengths);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(seqcls_fast, AutocastCUDA, m) {
+  m.impl("lstm_layer_forward", &lstm_layer_forward_autocast);
+  m.impl("masked_attention_pool_forward", &masked_attention_pool_forward_autocast);
+}
+
+}  // namespace seqcls_fast::cuda
