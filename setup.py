@@ -91,7 +91,8 @@ def _extension():
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
     define_macros.append(("SEQCLS_WITH_CUDA", None))
-    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    # .cu: kernels (nvcc); .cpp: host-only CUDA registrations, e.g. autocast.
+    sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
     return cpp_extension.CUDAExtension(
         "seqcls_fast._C", sources, include_dirs=include_dirs, define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags,
