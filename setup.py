@@ -9,6 +9,7 @@ kernels. Environment:
   MAX_JOBS                  parallel compile jobs (ninja)
 """
 import glob
+import json
 import os
 import platform
 import re
@@ -64,6 +65,8 @@ def _extension():
     import torch
 
     with_cuda, why = _want_cuda(torch)
+    BUILD_INFO.update(cuda=with_cuda, reason=why, torch=torch.__version__,
+                      torch_cuda=torch.version.cuda)
     from torch.utils import cpp_extension  # after CUDA_HOME is settled
 
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
@@ -101,7 +104,24 @@ def _extension():
 
 def _build_ext():
     from torch.utils.cpp_extension import BuildExtension
-    return BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
+    base = BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
+
+    class build_ext(base):
+        """Also records what was built (CUDA or not, and why) in
+        _build_info.json next to the extension; tests/test_cuda_registration.py
+        reads it."""
+
+        def build_extension(self, ext):
+            super().build_extension(ext)
+            if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+                BUILD_INFO["cuda_arch_list"] = os.environ["TORCH_CUDA_ARCH_LIST"]
+            path = os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)),
+                                "_build_info.json")
+            with open(path, "w") as f:
+                json.dump(BUILD_INFO, f, indent=1, sort_keys=True)
+
+    return build_ext
 
 
+BUILD_INFO = {}  # filled by _extension(), written by build_ext
 setup(ext_modules=[_extension()], cmdclass={"build_ext": _build_ext()})
