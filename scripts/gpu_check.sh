@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# One command for a GPU machine: build, CUDA tests, compute-sanitizer, benchmark.
+#
+#   scripts/gpu_check.sh [OUTDIR]      (default: $OUT, else ./out/gpu_check)
+#
+# Writes one log per step, env.txt, pytest JUnit XML, bench_cuda.json and
+# summary.txt under OUTDIR. Every step runs even when an earlier one failed
+# (except that nothing runs after a failed build); the exit status is non-zero
+# if any step failed. Environment: PYTHON (default python3),
+# TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (default 16).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUTDIR="${1:-${OUT:-$PWD/out/gpu_check}}"
+mkdir -p "$OUTDIR"
+OUTDIR="$(cd "$OUTDIR" && pwd)"
+PY="${PYTHON:-python3}"
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+export MAX_JOBS="${MAX_JOBS:-16}"
+[ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ] && export CUDA_HOME=/usr/local/cuda
+SANITIZER="$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")"
+
+failed=()
+: > "$OUTDIR/summary.txt"
+
+# step NAME CMD...: runs CMD with its output in OUTDIR/NAME.log, records the result.
+step() {
+  local name=$1 start rc=0
+  shift
+  echo "=== $name: $*"
+  start=$(date +%s)
+  "$@" > "$OUTDIR/$name.log" 2>&1 || rc=$?
+  local line="$name: $([ $rc -eq 0 ] && echo ok || echo "FAILED (exit $rc)") in $(( $(date +%s) - start ))s"
+  echo "=== $line"
+  echo "$line" >> "$OUTDIR/summary.txt"
+  if [ $rc -ne 0 ]; then
+    failed+=("$name")
+    tail -n 30 "$OUTDIR/$name.log" | sed 's/^/    /'
+  fi
+  return 0
+}
+
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
+  echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS CUDA_HOME=${CUDA_HOME:-}"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || true
+  "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" --version 2>&1 | tail -n 2 || true
+  "$PY" -c "import sys, torch; print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+} > "$OUTDIR/env.txt" 2>&1 || true
+cat "$OUTDIR/env.txt"
+
+step build "$PY" -m pip install --no-build-isolation --no-deps -v -e .
+if [ ${#failed[@]} -ne 0 ]; then
+  echo "gpu_check: the build failed; see $OUTDIR/build.log" >&2
+  exit 1
+fi
+
+step registration "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda_registration.py
+step tests_cuda "$PY" -m pytest -v -rs -p no:cacheprovider -m cuda tests \
+  --junitxml="$OUTDIR/pytest_cuda.xml"
+step tests_cpu "$PY" -m pytest -q -rs -p no:cacheprovider -m "not cuda" tests \
+  --junitxml="$OUTDIR/pytest_cpu.xml"
+
+# No caching allocator under the sanitizer, so out-of-bounds accesses inside a
+# cached block are caught too.
+export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+step memcheck "$SANITIZER" --tool memcheck --leak-check no --error-exitcode 1 \
+  "$PY" scripts/cuda_sanitize_case.py
+step racecheck "$SANITIZER" --tool racecheck --racecheck-report all --error-exitcode 1 \
+  "$PY" scripts/cuda_sanitize_case.py
+step synccheck "$SANITIZER" --tool synccheck --error-exitcode 1 \
+  "$PY" scripts/cuda_sanitize_case.py
+unset PYTORCH_NO_CUDA_MEMORY_CACHING
+
+step bench "$PY" -m seqcls_fast bench --device cuda --json "$OUTDIR/bench_cuda.json"
+
+echo "--- summary ($OUTDIR)"
+cat "$OUTDIR/summary.txt"
+if [ ${#failed[@]} -ne 0 ]; then
+  echo "gpu_check: FAILED: ${failed[*]}" >&2
+  exit 1
+fi
+echo "gpu_check: all steps passed"
