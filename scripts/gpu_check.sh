@@ -7,7 +7,10 @@
 # summary.txt under OUTDIR. Every step runs even when an earlier one failed
 # (except that nothing runs after a failed build); the exit status is non-zero
 # if any step failed. Environment: PYTHON (default python3),
-# TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (default 16).
+# TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (default 16), and STEPS: a
+# space-separated subset of "build registration tests_cuda tests_cpu memcheck
+# racecheck synccheck bench" (default: all), to split the run across calls
+# that each have a time limit (the in-place build persists between them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR="${1:-${OUT:-$PWD/out/gpu_check}}"
@@ -26,6 +29,10 @@ failed=()
 step() {
   local name=$1 start rc=0
   shift
+  if [ -n "${STEPS:-}" ] && [[ " $STEPS " != *" $name "* ]]; then
+    echo "=== $name: skipped (not in STEPS)"
+    return 0
+  fi
   echo "=== $name: $*"
   start=$(date +%s)
   "$@" > "$OUTDIR/$name.log" 2>&1 || rc=$?
@@ -41,7 +48,7 @@ step() {
 
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
+  echo "commit: $(git rev-parse --verify -q HEAD || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
   echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS CUDA_HOME=${CUDA_HOME:-}"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || true
   "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" --version 2>&1 | tail -n 2 || true

@@ -88,7 +88,7 @@ def test_lstm_matches_packed_cudnn(dtype, shape, lengths_on, with_hx):
     got = _forward_backward(ours, x, lengths, hx, grads, packed=False)
     assert ref.keys() == got.keys()
     for name in ref:
-        assert got[name].dtype == dtype and got[name].device.type == "cuda", name
+        assert got[name].dtype == dtype and got[name].device.type == CUDA.type, name
         torch.testing.assert_close(got[name], ref[name], **TOL[dtype], msg=name)
 
 
