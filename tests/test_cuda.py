@@ -259,9 +259,8 @@ def test_lstm_and_pooling_under_autocast(dtype):
     out_ref, (h_ref, _) = packed_lstm(native, x, lengths)  # float32 reference
     with torch.autocast("cuda", dtype=dtype):
         out, (h_n, c_n) = ours(x, lengths=lengths.to(CUDA))
-        out_native, _ = packed_lstm(native, x, lengths)
         pooled, weights = pool(out.transpose(0, 1), lengths)
-    assert out.dtype == out_native.dtype == dtype and h_n.dtype == c_n.dtype == dtype
+    assert out.dtype == h_n.dtype == c_n.dtype == dtype  # as nn.LSTM under autocast
     assert pooled.dtype == weights.dtype == dtype
     tol = 2e-2 if dtype == torch.float16 else 1e-1
     torch.testing.assert_close(out.float(), out_ref, rtol=tol, atol=tol)
