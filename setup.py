@@ -113,6 +113,14 @@ def _build_ext():
 
         def build_extension(self, ext):
             super().build_extension(ext)
+            self._write_build_info(ext)
+
+        def copy_extensions_to_source(self):  # --inplace and editable installs
+            super().copy_extensions_to_source()
+            for ext in self.extensions:
+                self._write_build_info(ext)
+
+        def _write_build_info(self, ext):
             if os.environ.get("TORCH_CUDA_ARCH_LIST"):
                 BUILD_INFO["cuda_arch_list"] = os.environ["TORCH_CUDA_ARCH_LIST"]
             path = os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)),
