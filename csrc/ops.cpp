@@ -5,7 +5,7 @@
 //
 // Layout conventions shared by every backend:
 //   LSTM ops are time-major: x [T, B, I], output [T, B, H]. One call runs one
-//   layer in one direction. `lengths` [B] (int64, on the CPU or on x's device)
+//   layer in one direction. `lengths` [B] (any integer dtype, on the CPU or on x's device)
 //   gives each row's valid steps, 1 <= lengths[b] <= T; None means all T.
 //   With reverse=true each row runs from its own last valid step down to 0.
 //   Weights use nn.LSTM's layout and gate order (i, f, g, o): w_ih [4H, I],

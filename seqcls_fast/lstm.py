@@ -121,7 +121,12 @@ class LSTM(nn.RNNBase):
             return None
         if not isinstance(lengths, torch.Tensor):
             lengths = torch.as_tensor(lengths)
-        return lengths  # form and values are checked by the operator, on lengths' device
+        if lengths.device.type != "cpu" and lengths.dim() == 1:
+            # Each layer-direction call plans its steps from the lengths on
+            # the host: copy device lengths there once per forward rather
+            # than once per call. CPU lengths cost no synchronization at all.
+            lengths = lengths.cpu()
+        return lengths  # form and values are checked by the operator
 
     def _run(self, x, lengths, hx):
         """x [T, B, I] time-major -> (output [T, B, D*H], (h_n, c_n))."""

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "../lstm_common.h"
@@ -180,6 +181,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward_c
   check_shape(gates, {T * B, 4 * H}, "gates");
   check_shape(cell, {T * B, H}, "cell");
   check_shape(h_prev, {T * B, H}, "h_prev");
+  // The step kernels read these through x's element type.
+  for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{grad_output, "grad_output"},
+                                {grad_h_n, "grad_h_n"}, {grad_c_n, "grad_c_n"},
+                                {gates, "gates"}, {cell, "cell"}, {h_prev, "h_prev"}}) {
+    check_same_kind(t, name, x, "x");
+  }
   const LengthPlan plan = make_length_plan(lengths, T, B, reverse);
   const int64_t N = plan.packed_rows;
   const auto opts = x.options();
