@@ -14,16 +14,15 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(seqcls_fast, m) {
-  // Returns (output [T,B,H], h_n [B,H], c_n [B,H], gates [T*B,4H],
-  // cell [T*B,H], h_prev [T*B,H]); output is 0 past each row's length.
-  // The last three are what the backward needs, in the packed layout of a
-  // PackedSequence: step s of the recurrence holds rows offset[s] ..
-  // offset[s] + active[s] - 1 (the rows still running, sorted by length,
-  // descending, ties in caller order), and only the first sum(lengths) rows
-  // are used (the rest are 0). gates holds the activated gates (i, f, g, o),
-  // cell c_t, and h_prev the hidden state each step started from (h0 at the
-  // first step). With save_activations=false (inference) gates, cell and
-  // h_prev are empty ([0, 4H], [0, H], [0, H]).
+  // Returns (output [T,B,H], h_n [B,H], c_n [B,H], gates [N,4H], cell [N,H],
+  // h_prev [N,H]) with N = sum(lengths) (T*B without lengths); output is 0
+  // past each row's length. The last three are what the backward needs, in
+  // the packed layout of a PackedSequence: step s of the recurrence holds rows
+  // offset[s] .. offset[s] + active[s] - 1 (the rows still running, sorted by
+  // length, descending, ties in caller order). gates holds the activated
+  // gates (i, f, g, o), cell c_t (float32 for half/bfloat16 x), and h_prev the
+  // hidden state each step started from (h0 at the first step). With
+  // save_activations=false (inference) all three are empty (0 rows).
   m.def(
       "lstm_layer_forward(Tensor x, Tensor? lengths, Tensor? h0, Tensor? c0, "
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse, "

@@ -23,7 +23,12 @@ def _lstm_layer_forward_fake(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse
                              save_activations):
     steps, batch, _ = x.shape
     hidden = w_hh.shape[1]
-    kept = steps * batch if save_activations else 0
+    if not save_activations:
+        kept = 0
+    elif lengths is None:
+        kept = steps * batch
+    else:  # N = sum(lengths): known only from the data
+        kept = torch.library.get_ctx().new_dynamic_size()
     return (
         x.new_empty(steps, batch, hidden),
         x.new_empty(batch, hidden),

@@ -90,16 +90,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward_cp
   const auto opts = x.options();
 
   Tensor output = at::empty({T, B, H}, opts);
-  const int64_t kept_rows = save_activations ? T * B : 0;
+  const int64_t kept_rows = save_activations ? N : 0;
   Tensor gates = at::empty({kept_rows, 4 * H}, opts);
   Tensor cell = at::empty({kept_rows, H}, opts);
   Tensor h_prev = at::empty({kept_rows, H}, opts);
-  if (save_activations) {
-    // Rows past N are never used; zero them so every output is well defined.
-    gates.narrow(0, N, T * B - N).zero_();
-    cell.narrow(0, N, T * B - N).zero_();
-    h_prev.narrow(0, N, T * B - N).zero_();
-  }
   zero_padding(output, plan);
   Tensor h_state = h0.has_value() ? to_sorted(*h0, plan) : at::zeros({B, H}, opts);
   Tensor c_state = c0.has_value() ? to_sorted(*c0, plan) : at::zeros({B, H}, opts);
@@ -178,9 +172,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward_c
   check_shape(grad_output, {T, B, H}, "grad_output");
   check_shape(grad_h_n, {B, H}, "grad_h_n");
   check_shape(grad_c_n, {B, H}, "grad_c_n");
-  check_shape(gates, {T * B, 4 * H}, "gates");
-  check_shape(cell, {T * B, H}, "cell");
-  check_shape(h_prev, {T * B, H}, "h_prev");
+  SEQCLS_CHECK_VALUE(gates.dim() == 2, "gates must have shape [N, 4H], got ", gates.sizes());
+  check_shape(gates, {gates.size(0), 4 * H}, "gates");
+  check_shape(cell, {gates.size(0), H}, "cell");
+  check_shape(h_prev, {gates.size(0), H}, "h_prev");
   // The step kernels read these through x's element type.
   for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{grad_output, "grad_output"},
                                 {grad_h_n, "grad_h_n"}, {grad_c_n, "grad_c_n"},
@@ -189,6 +184,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward_c
   }
   const LengthPlan plan = make_length_plan(lengths, T, B, reverse);
   const int64_t N = plan.packed_rows;
+  check_shape(gates, {N, 4 * H}, "gates");
   const auto opts = x.options();
 
   Tensor grad_h_state = to_sorted(grad_h_n, plan);
@@ -232,7 +228,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward_c
   // 2. Weight gradients as single GEMMs over all valid steps.
   const Tensor x_packed = pack_input(x, plan, reverse);
   Tensor grad_w_ih = at::mm(grad_gates.t(), x_packed);
-  Tensor grad_w_hh = at::mm(grad_gates.t(), h_prev.narrow(0, 0, N));
+  Tensor grad_w_hh = at::mm(grad_gates.t(), h_prev);
   Tensor grad_bias = grad_gates.sum(0);
   Tensor grad_x;
   if (!compute_grad_x) {

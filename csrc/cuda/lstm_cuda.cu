@@ -185,28 +185,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward_cu
   const auto opts = x.options();
   const at::ScalarType state_dtype = at::toOpMathType(dtype);
   const auto state_opts = opts.dtype(state_dtype);
-  const int64_t kept_rows = save_activations ? T * B : 0;
-
   if (B == 0) {  // nothing to run; every output is empty
     return {at::empty({T, 0, H}, opts),         at::empty({0, H}, opts),
             at::empty({0, H}, opts),            at::empty({0, 4 * H}, opts),
-            at::empty({kept_rows, H}, state_opts), at::empty({kept_rows, H}, opts)};
+            at::empty({0, H}, state_opts),       at::empty({0, H}, opts)};
   }
   const LengthPlan plan = make_length_plan(lengths_on_host(lengths), T, B, reverse);
   const DevicePlan dev = upload_plan(plan, reverse, x.device());
   const int64_t N = plan.packed_rows;  // >= B > 0: every length is at least 1
 
   Tensor output = at::empty({T, B, H}, opts);
+  const int64_t kept_rows = save_activations ? N : 0;
   Tensor gates = at::empty({kept_rows, 4 * H}, opts);
   Tensor cell = at::empty({kept_rows, H}, state_opts);
   Tensor h_prev = at::empty({kept_rows, H}, opts);
-  if (save_activations) {
-    // Rows past N are never used; zero them so every output is well defined.
-    gates.narrow(0, N, T * B - N).zero_();
-    cell.narrow(0, N, T * B - N).zero_();
-    h_prev.narrow(0, N, T * B - N).zero_();
-  }
-  // Inference returns no gates: they live in scratch for the valid rows only.
+  // Inference returns no gates: they live in scratch.
   Tensor gates_work = save_activations ? gates : at::empty({N, 4 * H}, opts);
   zero_output_padding(output, plan, dev);
   Tensor h_state = h0.has_value() ? sorted_copy(*h0, dev, dtype) : at::zeros({B, H}, opts);
@@ -281,9 +274,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward_c
   check_shape(grad_output, {T, B, H}, "grad_output");
   check_shape(grad_h_n, {B, H}, "grad_h_n");
   check_shape(grad_c_n, {B, H}, "grad_c_n");
-  check_shape(gates, {T * B, 4 * H}, "gates");
-  check_shape(cell, {T * B, H}, "cell");
-  check_shape(h_prev, {T * B, H}, "h_prev");
+  SEQCLS_CHECK_VALUE(gates.dim() == 2, "gates must have shape [N, 4H], got ", gates.sizes());
+  check_shape(gates, {gates.size(0), 4 * H}, "gates");
+  check_shape(cell, {gates.size(0), H}, "cell");
+  check_shape(h_prev, {gates.size(0), H}, "h_prev");
   // The kernels read these through typed pointers: dtypes must be exact.
   check_same_kind(grad_output, "grad_output", x, "x");
   check_same_kind(grad_h_n, "grad_h_n", x, "x");
@@ -309,6 +303,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward_c
   const LengthPlan plan = make_length_plan(lengths_on_host(lengths), T, B, reverse);
   const DevicePlan dev = upload_plan(plan, reverse, x.device());
   const int64_t N = plan.packed_rows;
+  check_shape(gates, {N, 4 * H}, "gates");
 
   Tensor grad_h_state = sorted_copy(grad_h_n, dev, dtype);
   Tensor grad_c_state = sorted_copy(grad_c_n, dev, state_dtype);
