@@ -95,4 +95,27 @@ LengthPlan make_length_plan(const c10::optional<at::Tensor>& lengths_cpu, int64_
   return plan;
 }
 
+at::Tensor pack_rows(const at::Tensor& x, int64_t packed_rows, const PackedIndex& index) {
+  if (!index.time.defined()) return x.reshape({packed_rows, x.size(2)});
+  return at::index(x, {index.time, index.batch});
+}
+
+LstmGemmGrads lstm_gemm_grads(const at::Tensor& grad_gates, const at::Tensor& x,
+                              const at::Tensor& h_prev, const at::Tensor& w_ih,
+                              const PackedIndex& index, bool compute_grad_x) {
+  LstmGemmGrads grads;
+  const at::Tensor x_packed = pack_rows(x, grad_gates.size(0), index);
+  grads.grad_w_ih = at::mm(grad_gates.t(), x_packed);
+  grads.grad_w_hh = at::mm(grad_gates.t(), h_prev);
+  grads.grad_bias = grad_gates.sum(0);
+  if (compute_grad_x && !index.time.defined()) {
+    grads.grad_x = at::mm(grad_gates, w_ih).view(x.sizes());
+  } else {
+    grads.grad_x = at::zeros(x.sizes(), x.options());
+    // Every valid (t, b) is one packed row: unique indices, a deterministic scatter.
+    if (compute_grad_x) grads.grad_x.index_put_({index.time, index.batch}, at::mm(grad_gates, w_ih));
+  }
+  return grads;
+}
+
 }  // namespace seqcls_fast

@@ -53,4 +53,27 @@ struct LengthPlan {
 LengthPlan make_length_plan(const c10::optional<at::Tensor>& lengths_cpu, int64_t steps_total,
                             int64_t batch, bool reverse);
 
+// Where each packed row lives in a [T, B, ...] tensor: (time, caller row).
+// Undefined tensors mean the packed rows are x's own time-major rows (a
+// forward pass over full rows), so no gather or scatter is needed. Backends
+// pass index tensors on their device.
+struct PackedIndex {
+  at::Tensor time;   // [N] int64
+  at::Tensor batch;  // [N] int64
+};
+
+// x [T, B, I] -> its rows in packed order, [N, I].
+at::Tensor pack_rows(const at::Tensor& x, int64_t packed_rows, const PackedIndex& index);
+
+// The gradients that are single GEMMs over all valid steps, from the packed
+// pre-activation gradients grad_gates [N, 4H]: grad_w_ih = dG^T X,
+// grad_w_hh = dG^T H_prev, grad_bias = sum of dG, and (when compute_grad_x)
+// grad_x = dG W_ih scattered back to [T, B, I] (zeros past each length).
+struct LstmGemmGrads {
+  at::Tensor grad_x, grad_w_ih, grad_w_hh, grad_bias;
+};
+LstmGemmGrads lstm_gemm_grads(const at::Tensor& grad_gates, const at::Tensor& x,
+                              const at::Tensor& h_prev, const at::Tensor& w_ih,
+                              const PackedIndex& index, bool compute_grad_x);
+
 }  // namespace seqcls_fast

@@ -38,10 +38,10 @@ void check_cpu(const Tensor& x) {
                      x.device());
 }
 
-// x's rows in packed order: [N, I].
-Tensor pack_input(const Tensor& x, const LengthPlan& plan, bool reverse) {
-  if (plan.packed_is_time_major(reverse)) return x.reshape({plan.packed_rows, x.size(2)});
-  return at::index(x, {plan.packed_time, plan.packed_batch});
+// Packed-row indices on the CPU; none when the packed rows are x's own rows.
+PackedIndex packed_index(const LengthPlan& plan, bool reverse) {
+  if (plan.packed_is_time_major(reverse)) return {};
+  return {plan.packed_time, plan.packed_batch};
 }
 
 // Zeroes output[t, b, :] for t >= lengths[b] (the padding a PackedSequence
@@ -104,7 +104,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward_cp
   // GEMM, done just before the chunk's recurrence so its gates are still in
   // cache when the steps read them. Without saved activations, one chunk of
   // scratch replaces the [N, 4H] buffer.
-  const Tensor x_packed = pack_input(x, plan, reverse);
+  const Tensor x_packed = pack_rows(x, N, packed_index(plan, reverse));
   const Tensor w_ih_t = w_ih.t(), w_hh_t = w_hh.t();
   const c10::optional<Tensor> bias =
       b_ih.has_value() ? c10::optional<Tensor>(*b_ih + *b_hh) : c10::nullopt;
@@ -225,22 +225,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward_c
     at::mm_out(grad_h_rows, grad_gates_step, w_hh);
   }
 
-  // 2. Weight gradients as single GEMMs over all valid steps.
-  const Tensor x_packed = pack_input(x, plan, reverse);
-  Tensor grad_w_ih = at::mm(grad_gates.t(), x_packed);
-  Tensor grad_w_hh = at::mm(grad_gates.t(), h_prev);
-  Tensor grad_bias = grad_gates.sum(0);
-  Tensor grad_x;
-  if (!compute_grad_x) {
-    grad_x = at::zeros({T, B, I}, opts);
-  } else if (plan.packed_is_time_major(reverse)) {
-    grad_x = at::mm(grad_gates, w_ih).view({T, B, I});
-  } else {
-    grad_x = at::zeros({T, B, I}, opts);
-    grad_x.index_put_({plan.packed_time, plan.packed_batch}, at::mm(grad_gates, w_ih));
-  }
-  return {grad_x,    from_sorted(grad_h_state, plan), from_sorted(grad_c_state, plan),
-          grad_w_ih, grad_w_hh,                       grad_bias};
+  // 2. Weight and input gradients as single GEMMs over all valid steps.
+  const LstmGemmGrads g =
+      lstm_gemm_grads(grad_gates, x, h_prev, w_ih, packed_index(plan, reverse), compute_grad_x);
+  return {g.grad_x,    from_sorted(grad_h_state, plan), from_sorted(grad_c_state, plan),
+          g.grad_w_ih, g.grad_w_hh,                     g.grad_bias};
 }
 
 }  // namespace

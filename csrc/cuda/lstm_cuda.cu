@@ -17,7 +17,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/index.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
@@ -126,20 +125,8 @@ Tensor from_sorted(const Tensor& sorted, const DevicePlan& dev) {
   return dev.inverse_order.defined() ? sorted.index_select(0, dev.inverse_order) : sorted;
 }
 
-// (packed_time, packed_batch) as an advanced index into a [T, B, ...] tensor.
-c10::List<optional<Tensor>> packed_index(const DevicePlan& dev) {
-  c10::List<optional<Tensor>> index;
-  index.reserve(2);
-  index.push_back(dev.packed_time);
-  index.push_back(dev.packed_batch);
-  return index;
-}
-
-// x's rows in packed order: [N, I].
-Tensor pack_input(const Tensor& x, const LengthPlan& plan, const DevicePlan& dev) {
-  if (!dev.packed_time.defined()) return x.reshape({plan.packed_rows, x.size(2)});
-  return at::index(x, packed_index(dev));
-}
+// Packed-row indices on the device; none when the packed rows are x's own rows.
+PackedIndex packed_index(const DevicePlan& dev) { return {dev.packed_time, dev.packed_batch}; }
 
 void zero_output_padding(Tensor& output, const LengthPlan& plan, const DevicePlan& dev) {
   if (plan.all_full) return;
@@ -208,7 +195,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward_cu
 
   // 1. Input projection of every valid step in one GEMM, both biases folded in.
   Tensor gates_valid = gates_work.narrow(0, 0, N);
-  const Tensor x_packed = pack_input(x, plan, dev);
+  const Tensor x_packed = pack_rows(x, N, packed_index(dev));
   if (b_ih.has_value()) {
     at::addmm_out(gates_valid, b_ih->add(*b_hh), x_packed, w_ih.t());
   } else {
@@ -354,24 +341,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward_c
     }
   });
 
-  // 2. Weight gradients as single GEMMs over all valid steps.
-  const Tensor x_packed = pack_input(x, plan, dev);
-  Tensor grad_w_ih = at::mm(grad_gates.t(), x_packed);
-  Tensor grad_w_hh = at::mm(grad_gates.t(), h_prev_c.narrow(0, 0, N));
-  Tensor grad_bias = grad_gates.sum(0);
-  Tensor grad_x;
-  if (!compute_grad_x) {
-    grad_x = at::zeros({T, B, I}, opts);
-  } else if (!dev.packed_time.defined()) {
-    grad_x = at::mm(grad_gates, w_ih).view({T, B, I});
-  } else {
-    // Every valid (t, b) appears once among the packed rows, so the scatter
-    // has unique indices and is deterministic.
-    grad_x = at::zeros({T, B, I}, opts);
-    grad_x.index_put_(packed_index(dev), at::mm(grad_gates, w_ih));
-  }
-  return {grad_x,    from_sorted(grad_h_state, dev), from_sorted(grad_c_state.to(dtype), dev),
-          grad_w_ih, grad_w_hh,                      grad_bias};
+  // 2. Weight and input gradients as single GEMMs over all valid steps.
+  const LstmGemmGrads g = lstm_gemm_grads(grad_gates, x, h_prev_c.narrow(0, 0, N), w_ih,
+                                          packed_index(dev), compute_grad_x);
+  return {g.grad_x,    from_sorted(grad_h_state, dev), from_sorted(grad_c_state.to(dtype), dev),
+          g.grad_w_ih, g.grad_w_hh,                    g.grad_bias};
 }
 
 }  // namespace
