@@ -61,8 +61,8 @@ class LSTM(nn.RNNBase):
                 lengths = torch.as_tensor(lengths).reshape(1)
         else:
             x = input.transpose(0, 1) if self.batch_first else input
-        hx = self._check_hx(hx, x, unbatched)
-        lengths = self._check_lengths(lengths, x)
+        hx = self._check_input_and_hx(hx, x, unbatched)
+        lengths = self._check_lengths(lengths)
         out, (h_n, c_n) = self._run(x, lengths, hx)
         if unbatched:
             return out.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
@@ -76,7 +76,7 @@ class LSTM(nn.RNNBase):
                              "PackedSequence (it carries its own lengths)")
         # Padded, in the caller's batch order (as hx and h_n are).
         padded, lens = pad_packed_sequence(packed)
-        hx = self._check_hx(hx, padded, False)
+        hx = self._check_input_and_hx(hx, padded, False)
         out, hidden = self._run(padded, lens, hx)
         if packed.sorted_indices is not None:
             out = out.index_select(1, packed.sorted_indices)
@@ -85,7 +85,9 @@ class LSTM(nn.RNNBase):
         return PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
                               packed.unsorted_indices), hidden
 
-    def _check_hx(self, hx, x, unbatched):
+    def _check_input_and_hx(self, hx, x, unbatched):
+        """Checks x's feature size and dtype, and hx's form; returns hx
+        batched (or None)."""
         if x.size(-1) != self.input_size:
             raise ValueError(f"seqcls_fast.LSTM: input must have {self.input_size} features "
                              f"(input_size), got {x.size(-1)}")
@@ -116,7 +118,7 @@ class LSTM(nn.RNNBase):
         return tuple(states)
 
     @staticmethod
-    def _check_lengths(lengths, x):
+    def _check_lengths(lengths):
         if lengths is None:
             return None
         if not isinstance(lengths, torch.Tensor):
