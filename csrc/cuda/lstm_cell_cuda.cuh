@@ -59,16 +59,29 @@ struct LstmBackwardStepParams {
   scalar_t* grad_gates;           // [rows, 4H] packed; out: dL/d pre-activations
 };
 
+// The thread with flat index idx < rows * H owns hidden unit k of sorted row
+// j; that row is caller row r and is at time t in the [T, B, ...] tensors.
+struct StepCoords {
+  int32_t j, k;
+  int64_t r, t;
+};
+
+__device__ __forceinline__ StepCoords step_coords(int32_t idx, int32_t hidden,
+                                                  const int64_t* order,
+                                                  const int64_t* sorted_lengths, bool reverse,
+                                                  int64_t step) {
+  const int32_t j = idx / hidden;
+  return {j, idx - j * hidden, order != nullptr ? order[j] : j,
+          reverse ? sorted_lengths[j] - 1 - step : step};
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kStepThreads)
     lstm_forward_step_kernel(const LstmForwardStepParams<scalar_t, acc_t> p) {
   const int32_t H = p.hidden;
   const int32_t idx = static_cast<int32_t>(blockIdx.x) * kStepThreads + threadIdx.x;
   if (idx >= p.rows * H) return;
-  const int32_t j = idx / H;
-  const int32_t k = idx - j * H;
-  const int64_t r = p.order != nullptr ? p.order[j] : j;
-  const int64_t t = p.reverse ? p.sorted_lengths[j] - 1 - p.step : p.step;
+  const auto [j, k, r, t] = step_coords(idx, H, p.order, p.sorted_lengths, p.reverse, p.step);
 
   scalar_t* g = p.gates + static_cast<int64_t>(j) * 4 * H + k;
   acc_t i, f, gg, o, c, h;
@@ -93,10 +106,7 @@ __global__ void __launch_bounds__(kStepThreads)
   const int32_t H = p.hidden;
   const int32_t idx = static_cast<int32_t>(blockIdx.x) * kStepThreads + threadIdx.x;
   if (idx >= p.rows * H) return;
-  const int32_t j = idx / H;
-  const int32_t k = idx - j * H;
-  const int64_t r = p.order != nullptr ? p.order[j] : j;
-  const int64_t t = p.reverse ? p.sorted_lengths[j] - 1 - p.step : p.step;
+  const auto [j, k, r, t] = step_coords(idx, H, p.order, p.sorted_lengths, p.reverse, p.step);
 
   const scalar_t* g = p.gates + static_cast<int64_t>(j) * 4 * H + k;
   const acc_t dh = static_cast<acc_t>(p.grad_h_state[idx]) +
