@@ -5,7 +5,9 @@ The kernels themselves are C++/CUDA; this file holds no math.
 """
 import torch
 
-from . import _C  # noqa: F401  (loads the library: schemas and kernels)
+from ._build import load_extension
+
+_C = load_extension()  # the schemas and kernels, checked against this torch
 
 ops = torch.ops.seqcls_fast
 
