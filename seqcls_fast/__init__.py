@@ -1,6 +1,7 @@
 """seqcls_fast: fused LSTM and masked attention pooling kernels for
 variable-length sequence classification in PyTorch."""
 from . import _ops  # noqa: F401  (registers fake kernels and autograd)
+from . import reference  # noqa: F401  (plain-PyTorch baselines, public)
 from ._ops import lstm_layer, masked_attention_pool
 from .classifier import LSTMClassifier
 from .lstm import LSTM

@@ -18,7 +18,12 @@ class LSTMClassifier(nn.Module):
     ``attn_dim`` is set), ``"mean"`` over valid steps, or ``"last"`` (the final
     states h_n; both directions' when bidirectional). ``dropout`` applies
     between LSTM layers and before the head.
+
+    ``lstm_class`` and ``pooling_class`` are the parts it is built from;
+    ``seqcls_fast.reference.NativeLSTMClassifier`` swaps in native ones.
     """
+    lstm_class = LSTM
+    pooling_class = MaskedAttentionPooling
 
     def __init__(self, input_size, hidden_size, num_classes, num_layers=1, bidirectional=False,
                  dropout=0.0, vocab_size=None, padding_idx=0, pooling="attention",
@@ -30,11 +35,11 @@ class LSTMClassifier(nn.Module):
         self.pooling = pooling
         self.embedding = (nn.Embedding(vocab_size, input_size, padding_idx=padding_idx, **factory)
                           if vocab_size is not None else None)
-        self.lstm = LSTM(input_size, hidden_size, num_layers, batch_first=True,
-                         dropout=dropout if num_layers > 1 else 0.0,
-                         bidirectional=bidirectional, **factory)
+        self.lstm = self.lstm_class(input_size, hidden_size, num_layers, batch_first=True,
+                                    dropout=dropout if num_layers > 1 else 0.0,
+                                    bidirectional=bidirectional, **factory)
         features = hidden_size * (2 if bidirectional else 1)
-        self.pool = (MaskedAttentionPooling(features, attn_dim, **factory)
+        self.pool = (self.pooling_class(features, attn_dim, **factory)
                      if pooling == "attention" else None)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(features, num_classes, **factory)
