@@ -1,8 +1,11 @@
 #include "lstm_common.h"
 
+#include "lstm_step.h"
+
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 
 namespace seqcls_fast {
@@ -87,7 +90,7 @@ LengthPlan make_length_plan(const c10::optional<at::Tensor>& lengths_cpu, int64_
   for (int64_t s = 0; s < plan.steps; ++s) {
     for (int64_t j = 0; j < plan.active[s]; ++j) {
       const int64_t q = plan.offset[s] + j;
-      time[q] = reverse ? sorted[j] - 1 - s : s;
+      time[q] = step_time(reverse, sorted, j, s);
       row[q] = order[j];
     }
   }
@@ -95,25 +98,81 @@ LengthPlan make_length_plan(const c10::optional<at::Tensor>& lengths_cpu, int64_
   return plan;
 }
 
-at::Tensor pack_rows(const at::Tensor& x, int64_t packed_rows, const PackedIndex& index) {
-  if (!index.time.defined()) return x.reshape({packed_rows, x.size(2)});
-  return at::index(x, {index.time, index.batch});
+DevicePlan make_device_plan(const LengthPlan& plan, bool reverse, const at::Device& device) {
+  const int64_t B = plan.sorted_lengths.numel(), N = plan.packed_rows;
+  const bool permuted = plan.order.defined();
+  const bool gathered = !plan.packed_is_time_major(reverse);
+  const int64_t total = B * (permuted ? 3 : 1) + N * (gathered ? 2 : 0);
+  const bool pinned = !device.is_cpu();
+  at::Tensor host = at::empty({total}, at::TensorOptions().dtype(at::kLong).pinned_memory(pinned));
+  int64_t* dst = host.data_ptr<int64_t>();
+  const auto append = [&dst](const at::Tensor& t) {
+    std::memcpy(dst, t.const_data_ptr<int64_t>(), t.numel() * sizeof(int64_t));
+    dst += t.numel();
+  };
+  append(plan.sorted_lengths);
+  if (permuted) {
+    append(plan.order);
+    const int64_t* order = plan.order.const_data_ptr<int64_t>();
+    for (int64_t j = 0; j < B; ++j) dst[order[j]] = j;
+    dst += B;
+  }
+  if (gathered) {
+    append(plan.packed_time);
+    append(plan.packed_batch);
+  }
+  // Pinned source + non_blocking: the copy is ordered on the current stream
+  // and the caching host allocator keeps `host` alive until it completes.
+  const at::Tensor on_device = host.to(device, at::kLong, /*non_blocking=*/true);
+  DevicePlan out;
+  out.host = &plan;
+  int64_t at_row = 0;
+  const auto take = [&](int64_t n) {
+    at::Tensor view = on_device.narrow(0, at_row, n);
+    at_row += n;
+    return view;
+  };
+  out.sorted_lengths = take(B);
+  if (permuted) {
+    out.order = take(B);
+    out.inverse_order = take(B);
+  }
+  if (gathered) {
+    out.packed_time = take(N);
+    out.packed_batch = take(N);
+  }
+  return out;
+}
+
+at::Tensor to_sorted(const at::Tensor& t, const DevicePlan& plan, at::ScalarType dtype) {
+  at::Tensor out = at::empty(t.sizes(), t.options().dtype(dtype));
+  out.copy_(plan.order.defined() ? t.index_select(0, plan.order) : t);
+  return out;
+}
+
+at::Tensor from_sorted(const at::Tensor& sorted, const DevicePlan& plan) {
+  return plan.inverse_order.defined() ? sorted.index_select(0, plan.inverse_order) : sorted;
+}
+
+at::Tensor pack_rows(const at::Tensor& x, int64_t packed_rows, const DevicePlan& plan) {
+  if (!plan.packed_time.defined()) return x.reshape({packed_rows, x.size(2)});
+  return at::index(x, {plan.packed_time, plan.packed_batch});
 }
 
 LstmGemmGrads lstm_gemm_grads(const at::Tensor& grad_gates, const at::Tensor& x,
                               const at::Tensor& h_prev, const at::Tensor& w_ih,
-                              const PackedIndex& index, bool compute_grad_x) {
+                              const DevicePlan& plan, bool compute_grad_x) {
   LstmGemmGrads grads;
-  const at::Tensor x_packed = pack_rows(x, grad_gates.size(0), index);
+  const at::Tensor x_packed = pack_rows(x, grad_gates.size(0), plan);
   grads.grad_w_ih = at::mm(grad_gates.t(), x_packed);
   grads.grad_w_hh = at::mm(grad_gates.t(), h_prev);
   grads.grad_bias = grad_gates.sum(0);
-  if (compute_grad_x && !index.time.defined()) {
+  if (compute_grad_x && !plan.packed_time.defined()) {
     grads.grad_x = at::mm(grad_gates, w_ih).view(x.sizes());
   } else {
     grads.grad_x = at::zeros(x.sizes(), x.options());
     // Every valid (t, b) is one packed row: unique indices, a deterministic scatter.
-    if (compute_grad_x) grads.grad_x.index_put_({index.time, index.batch}, at::mm(grad_gates, w_ih));
+    if (compute_grad_x) grads.grad_x.index_put_({plan.packed_time, plan.packed_batch}, at::mm(grad_gates, w_ih));
   }
   return grads;
 }

@@ -53,17 +53,31 @@ struct LengthPlan {
 LengthPlan make_length_plan(const c10::optional<at::Tensor>& lengths_cpu, int64_t steps_total,
                             int64_t batch, bool reverse);
 
-// Where each packed row lives in a [T, B, ...] tensor: (time, caller row).
-// Undefined tensors mean the packed rows are x's own time-major rows (a
-// forward pass over full rows), so no gather or scatter is needed. Backends
-// pass index tensors on their device.
-struct PackedIndex {
-  at::Tensor time;   // [N] int64
-  at::Tensor batch;  // [N] int64
+// The parts of a LengthPlan the kernels read, on the input's device: views of
+// one int64 tensor that reaches a GPU in a single host-to-device copy (from
+// pinned memory, ordered on the current stream, no synchronization). order /
+// inverse_order are undefined when the sorted order is the identity;
+// packed_time / packed_batch when the packed rows are x's own time-major rows
+// (a forward pass over full rows).
+struct DevicePlan {
+  const LengthPlan* host;     // the plan it was made from (must outlive this)
+  at::Tensor order;           // [B] sorted row -> caller row
+  at::Tensor inverse_order;   // [B] caller row -> sorted row
+  at::Tensor sorted_lengths;  // [B]
+  at::Tensor packed_time;     // [N] time index of each packed row
+  at::Tensor packed_batch;    // [N] caller row of each packed row
 };
 
+DevicePlan make_device_plan(const LengthPlan& plan, bool reverse, const at::Device& device);
+
+// A contiguous copy of `t` ([B, ...], caller order) in sorted order and `dtype`.
+at::Tensor to_sorted(const at::Tensor& t, const DevicePlan& plan, at::ScalarType dtype);
+
+// Sorted rows back in caller order.
+at::Tensor from_sorted(const at::Tensor& sorted, const DevicePlan& plan);
+
 // x [T, B, I] -> its rows in packed order, [N, I].
-at::Tensor pack_rows(const at::Tensor& x, int64_t packed_rows, const PackedIndex& index);
+at::Tensor pack_rows(const at::Tensor& x, int64_t packed_rows, const DevicePlan& plan);
 
 // The gradients that are single GEMMs over all valid steps, from the packed
 // pre-activation gradients grad_gates [N, 4H]: grad_w_ih = dG^T X,
@@ -74,6 +88,6 @@ struct LstmGemmGrads {
 };
 LstmGemmGrads lstm_gemm_grads(const at::Tensor& grad_gates, const at::Tensor& x,
                               const at::Tensor& h_prev, const at::Tensor& w_ih,
-                              const PackedIndex& index, bool compute_grad_x);
+                              const DevicePlan& plan, bool compute_grad_x);
 
 }  // namespace seqcls_fast

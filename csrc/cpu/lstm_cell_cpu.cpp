@@ -36,7 +36,7 @@ struct VecOps {
 
 namespace cpu {
 
-void lstm_forward_step_cpu(const LstmForwardStepParams& params, c10::ScalarType dtype) {
+void lstm_forward_step_cpu(const LstmForwardStep& params, c10::ScalarType dtype) {
 #if defined(SEQCLS_WITH_AVX2)
   static const bool avx2_ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (avx2_ok) return avx2::lstm_forward_step(params, dtype);
@@ -44,7 +44,7 @@ void lstm_forward_step_cpu(const LstmForwardStepParams& params, c10::ScalarType 
   generic::lstm_forward_step(params, dtype);
 }
 
-void lstm_backward_step_cpu(const LstmBackwardStepParams& params, c10::ScalarType dtype) {
+void lstm_backward_step_cpu(const LstmBackwardStep& params, c10::ScalarType dtype) {
 #if defined(SEQCLS_WITH_AVX2)
   static const bool avx2_ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (avx2_ok) return avx2::lstm_backward_step(params, dtype);

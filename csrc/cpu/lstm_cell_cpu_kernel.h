@@ -32,12 +32,8 @@ inline int64_t row_grain(int64_t hidden) {
   return std::max<int64_t>(1, 16384 / (4 * hidden));
 }
 
-inline int64_t time_index(bool reverse, const int64_t* sorted_lengths, int64_t j, int64_t s) {
-  return reverse ? sorted_lengths[j] - 1 - s : s;
-}
-
 template <typename T>
-SEQCLS_CPU_KERNEL void forward_rows(const LstmForwardStepParams& p, int64_t begin, int64_t end) {
+SEQCLS_CPU_KERNEL void forward_rows(const LstmForwardStep& p, int64_t begin, int64_t end) {
   const int64_t H = p.hidden, G = 4 * H, B = p.batch;
   T* gates = static_cast<T*>(p.gates);
   T* h_state = static_cast<T*>(p.h_state);
@@ -47,7 +43,7 @@ SEQCLS_CPU_KERNEL void forward_rows(const LstmForwardStepParams& p, int64_t begi
   T* h_prev_next = static_cast<T*>(p.h_prev_next);
   for (int64_t j = begin; j < end; ++j) {
     const int64_t r = p.order ? p.order[j] : j;
-    const int64_t t = time_index(p.reverse, p.sorted_lengths, j, p.step);
+    const int64_t t = step_time(p.reverse, p.sorted_lengths, j, p.step);
     T* g = gates + j * G;
     T* h_row = h_state + j * H;
     T* c_row = c_state + j * H;
@@ -73,29 +69,29 @@ SEQCLS_CPU_KERNEL void forward_rows(const LstmForwardStepParams& p, int64_t begi
 }
 
 template <typename T>
-void forward_step(const LstmForwardStepParams& p) {
+void forward_step(const LstmForwardStep& p) {
   at::parallel_for(0, p.rows, row_grain(p.hidden),
                    [&](int64_t begin, int64_t end) { forward_rows<T>(p, begin, end); });
 }
 
 template <typename T>
-SEQCLS_CPU_KERNEL void backward_rows(const LstmBackwardStepParams& p, int64_t begin, int64_t end) {
-  const int64_t H = p.hidden, G = 4 * H, B = p.batch;
+SEQCLS_CPU_KERNEL void backward_rows(const LstmBackwardStep& p, int64_t begin, int64_t end) {
+  const int64_t H = p.hidden, G = 4 * H;
   const T* gates = static_cast<const T*>(p.gates);
   const T* cell = static_cast<const T*>(p.cell);
   const T* cell_prev = static_cast<const T*>(p.cell_prev);
   const T* grad_output = static_cast<const T*>(p.grad_output);
-  T* grad_h = static_cast<T*>(p.grad_h_state);
+  const T* grad_h = static_cast<const T*>(p.grad_h_state);
   T* grad_c = static_cast<T*>(p.grad_c_state);
   T* grad_gates = static_cast<T*>(p.grad_gates);
   for (int64_t j = begin; j < end; ++j) {
     const int64_t r = p.order ? p.order[j] : j;
-    const int64_t t = time_index(p.reverse, p.sorted_lengths, j, p.step);
+    const int64_t t = step_time(p.reverse, p.sorted_lengths, j, p.step);
     const T* g = gates + j * G;
     const T* c_row = cell + j * H;
     const T* c_prev_row = cell_prev + j * H;
-    const T* dout_row = grad_output + (t * B + r) * H;
-    T* dh_row = grad_h + j * H;
+    const T* dout_row = grad_output + t * p.grad_output_stride_t + r * p.grad_output_stride_b;
+    const T* dh_row = grad_h + j * H;
     T* dc_row = grad_c + j * H;
     T* dg = grad_gates + j * G;
     for (int64_t k = 0; k < H; k += VecOps<T>::size) {
@@ -115,18 +111,18 @@ SEQCLS_CPU_KERNEL void backward_rows(const LstmBackwardStepParams& p, int64_t be
 }
 
 template <typename T>
-void backward_step(const LstmBackwardStepParams& p) {
+void backward_step(const LstmBackwardStep& p) {
   at::parallel_for(0, p.rows, row_grain(p.hidden),
                    [&](int64_t begin, int64_t end) { backward_rows<T>(p, begin, end); });
 }
 
 }  // namespace
 
-void lstm_forward_step(const LstmForwardStepParams& params, c10::ScalarType dtype) {
+void lstm_forward_step(const LstmForwardStep& params, c10::ScalarType dtype) {
   AT_DISPATCH_FLOATING_TYPES(dtype, "lstm_forward_step_cpu", [&] { forward_step<scalar_t>(params); });
 }
 
-void lstm_backward_step(const LstmBackwardStepParams& params, c10::ScalarType dtype) {
+void lstm_backward_step(const LstmBackwardStep& params, c10::ScalarType dtype) {
   AT_DISPATCH_FLOATING_TYPES(dtype, "lstm_backward_step_cpu",
                              [&] { backward_step<scalar_t>(params); });
 }

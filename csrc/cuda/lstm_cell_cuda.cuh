@@ -1,5 +1,6 @@
-// The pointwise half of one LSTM recurrence step on the GPU: parameters and
-// kernels. The GEMM half (cuBLAS through ATen) is in lstm_cuda.cu.
+// The pointwise half of one LSTM recurrence step on the GPU: the kernels. The
+// parameters are the driver's (../lstm_step.h); the GEMMs are the driver's
+// too (cuBLAS through ATen).
 //
 // One thread per (row, hidden unit) of the step's active prefix. The math is
 // seqcls_fast::lstm_cell_forward / lstm_cell_backward from cell.h, evaluated
@@ -15,49 +16,11 @@
 #include <cstdint>
 
 #include "../cell.h"
+#include "../lstm_step.h"
 
 namespace seqcls_fast::cuda {
 
 constexpr int kStepThreads = 256;
-
-template <typename scalar_t, typename acc_t>
-struct LstmForwardStepParams {
-  int32_t rows;                   // active rows at step s (a prefix of the sorted batch)
-  int32_t rows_next;              // active rows at step s + 1; 0 at the last step
-  int32_t hidden;                 // H
-  int64_t batch;                  // B
-  int64_t step;                   // s
-  bool reverse;                   // time index is sorted_lengths[j] - 1 - s instead of s
-  const int64_t* order;           // [B] sorted row -> caller row; nullptr: identity
-  const int64_t* sorted_lengths;  // [B] lengths in sorted order
-  scalar_t* gates;                // [rows, 4H] packed; in: pre-activations, out: activated gates
-  scalar_t* h_state;              // [B, H] sorted; out: h_s (rows < rows)
-  acc_t* c_state;                 // [B, H] sorted; in: c_{s-1}, out: c_s (rows < rows)
-  scalar_t* output;               // [T, B, H] caller order; out: h_s at (t, order[j])
-  acc_t* cell;                    // [rows, H] packed; out: c_s; nullptr: not kept
-  scalar_t* h_prev_next;          // [rows_next, H] packed; out: h_s as step s+1's h_prev;
-                                  //   nullptr: not kept
-};
-
-template <typename scalar_t, typename acc_t>
-struct LstmBackwardStepParams {
-  int32_t rows;                   // active rows at step s (a prefix of the sorted batch)
-  int32_t hidden;                 // H
-  int64_t batch;                  // B
-  int64_t step;                   // s
-  bool reverse;                   // time index is sorted_lengths[j] - 1 - s instead of s
-  const int64_t* order;           // [B] sorted row -> caller row; nullptr: identity
-  const int64_t* sorted_lengths;  // [B] lengths in sorted order
-  const scalar_t* gates;          // [rows, 4H] packed; activated gates from the forward
-  const acc_t* cell;              // [rows, H] packed; c_s from the forward
-  const acc_t* cell_prev;         // [rows, H] packed c_{s-1}; sorted c0 at s = 0
-  const scalar_t* grad_output;    // [T, B, H] caller order; dL/d output; unit stride along H
-  int64_t grad_output_stride_t;   //   its stride along T, in elements (may be 0: expanded)
-  int64_t grad_output_stride_b;   //   its stride along B, in elements (may be 0: expanded)
-  const scalar_t* grad_h_state;   // [B, H] sorted; dL/dh_s arriving through W_hh (or h_n)
-  acc_t* grad_c_state;            // [B, H] sorted; in: dL/dc_s, out: dL/dc_{s-1}
-  scalar_t* grad_gates;           // [rows, 4H] packed; out: dL/d pre-activations
-};
 
 // The thread with flat index idx < rows * H owns hidden unit k of sorted row
 // j; that row is caller row r and is at time t in the [T, B, ...] tensors.
@@ -72,57 +35,62 @@ __device__ __forceinline__ StepCoords step_coords(int32_t idx, int32_t hidden,
                                                   int64_t step) {
   const int32_t j = idx / hidden;
   return {j, idx - j * hidden, order != nullptr ? order[j] : j,
-          reverse ? sorted_lengths[j] - 1 - step : step};
+          step_time(reverse, sorted_lengths, j, step)};
 }
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kStepThreads)
-    lstm_forward_step_kernel(const LstmForwardStepParams<scalar_t, acc_t> p) {
-  const int32_t H = p.hidden;
+    lstm_forward_step_kernel(const LstmForwardStep p) {
+  const int32_t H = static_cast<int32_t>(p.hidden);
   const int32_t idx = static_cast<int32_t>(blockIdx.x) * kStepThreads + threadIdx.x;
-  if (idx >= p.rows * H) return;
+  if (idx >= static_cast<int32_t>(p.rows) * H) return;
   const auto [j, k, r, t] = step_coords(idx, H, p.order, p.sorted_lengths, p.reverse, p.step);
+  acc_t* const c_state = static_cast<acc_t*>(p.c_state);
 
-  scalar_t* g = p.gates + static_cast<int64_t>(j) * 4 * H + k;
+  scalar_t* g = static_cast<scalar_t*>(p.gates) + static_cast<int64_t>(j) * 4 * H + k;
   acc_t i, f, gg, o, c, h;
   lstm_cell_forward<acc_t>(static_cast<acc_t>(g[0]), static_cast<acc_t>(g[H]),
                            static_cast<acc_t>(g[2 * H]), static_cast<acc_t>(g[3 * H]),
-                           p.c_state[idx], i, f, gg, o, c, h);
+                           c_state[idx], i, f, gg, o, c, h);
   g[0] = static_cast<scalar_t>(i);
   g[H] = static_cast<scalar_t>(f);
   g[2 * H] = static_cast<scalar_t>(gg);
   g[3 * H] = static_cast<scalar_t>(o);
   const scalar_t h_out = static_cast<scalar_t>(h);
-  p.c_state[idx] = c;  // row j of a [*, H] buffer: element j * H + k == idx
-  p.h_state[idx] = h_out;
-  p.output[(t * p.batch + r) * H + k] = h_out;
-  if (p.cell != nullptr) p.cell[idx] = c;
-  if (p.h_prev_next != nullptr && j < p.rows_next) p.h_prev_next[idx] = h_out;
+  c_state[idx] = c;  // row j of a [*, H] buffer: element j * H + k == idx
+  static_cast<scalar_t*>(p.h_state)[idx] = h_out;
+  static_cast<scalar_t*>(p.output)[(t * p.batch + r) * H + k] = h_out;
+  if (p.cell != nullptr) static_cast<acc_t*>(p.cell)[idx] = c;
+  if (p.h_prev_next != nullptr && j < p.rows_next) static_cast<scalar_t*>(p.h_prev_next)[idx] = h_out;
 }
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kStepThreads)
-    lstm_backward_step_kernel(const LstmBackwardStepParams<scalar_t, acc_t> p) {
-  const int32_t H = p.hidden;
+    lstm_backward_step_kernel(const LstmBackwardStep p) {
+  const int32_t H = static_cast<int32_t>(p.hidden);
   const int32_t idx = static_cast<int32_t>(blockIdx.x) * kStepThreads + threadIdx.x;
-  if (idx >= p.rows * H) return;
+  if (idx >= static_cast<int32_t>(p.rows) * H) return;
   const auto [j, k, r, t] = step_coords(idx, H, p.order, p.sorted_lengths, p.reverse, p.step);
+  const auto* grad_output = static_cast<const scalar_t*>(p.grad_output);
+  const auto* cell = static_cast<const acc_t*>(p.cell);
+  const auto* cell_prev = static_cast<const acc_t*>(p.cell_prev);
+  auto* grad_c_state = static_cast<acc_t*>(p.grad_c_state);
 
-  const scalar_t* g = p.gates + static_cast<int64_t>(j) * 4 * H + k;
-  const acc_t dh = static_cast<acc_t>(p.grad_h_state[idx]) +
-                   static_cast<acc_t>(p.grad_output[t * p.grad_output_stride_t +
-                                                    r * p.grad_output_stride_b + k]);
+  const scalar_t* g = static_cast<const scalar_t*>(p.gates) + static_cast<int64_t>(j) * 4 * H + k;
+  const acc_t dh = static_cast<acc_t>(static_cast<const scalar_t*>(p.grad_h_state)[idx]) +
+                   static_cast<acc_t>(grad_output[t * p.grad_output_stride_t +
+                                                  r * p.grad_output_stride_b + k]);
   acc_t di, df, dg, d_o, dc_prev;
   lstm_cell_backward<acc_t>(static_cast<acc_t>(g[0]), static_cast<acc_t>(g[H]),
                             static_cast<acc_t>(g[2 * H]), static_cast<acc_t>(g[3 * H]),
-                            p.cell[idx], p.cell_prev[idx], dh, p.grad_c_state[idx], di, df, dg,
-                            d_o, dc_prev);
-  scalar_t* dgates = p.grad_gates + static_cast<int64_t>(j) * 4 * H + k;
+                            cell[idx], cell_prev[idx], dh, grad_c_state[idx], di, df, dg, d_o,
+                            dc_prev);
+  scalar_t* dgates = static_cast<scalar_t*>(p.grad_gates) + static_cast<int64_t>(j) * 4 * H + k;
   dgates[0] = static_cast<scalar_t>(di);
   dgates[H] = static_cast<scalar_t>(df);
   dgates[2 * H] = static_cast<scalar_t>(dg);
   dgates[3 * H] = static_cast<scalar_t>(d_o);
-  p.grad_c_state[idx] = dc_prev;
+  grad_c_state[idx] = dc_prev;
 }
 
 // output[t, order[j], :] = 0 for t >= sorted_lengths[j]: the padding a

@@ -1,0 +1,232 @@
+// The LSTM layer driver (see lstm_driver.h): checks, plan, GEMMs and the
+// forward and backward step loops, once for every backend.
+#include "lstm_driver.h"
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <c10/core/DeviceGuard.h>
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+namespace seqcls_fast {
+namespace {
+
+using at::Tensor;
+using c10::optional;
+
+// lengths on the host: the caller's tensor when it is already there, else one
+// device-to-host copy (the op's only synchronization).
+optional<Tensor> lengths_on_host(const optional<Tensor>& lengths) {
+  if (!lengths.has_value() || lengths->device().is_cpu()) return lengths;
+  return lengths->to(at::kCPU);
+}
+
+// First step of each chunk of consecutive steps holding about `rows` packed
+// rows (at least one step each), then plan.steps.
+std::vector<int64_t> chunk_steps(const LengthPlan& plan, int64_t rows) {
+  std::vector<int64_t> starts{0};
+  for (int64_t s = 1; s < plan.steps; ++s) {
+    if (plan.offset[s + 1] - plan.offset[starts.back()] > rows) starts.push_back(s);
+  }
+  starts.push_back(plan.steps);
+  return starts;
+}
+
+int64_t largest_chunk(const LengthPlan& plan, const std::vector<int64_t>& starts) {
+  int64_t most = 0;
+  for (size_t c = 0; c + 1 < starts.size(); ++c) {
+    most = std::max(most, plan.offset[starts[c + 1]] - plan.offset[starts[c]]);
+  }
+  return most;
+}
+
+const int64_t* data_or_null(const Tensor& t) {
+  return t.defined() ? t.const_data_ptr<int64_t>() : nullptr;
+}
+
+// Address of row `row` of a contiguous 2-D tensor: a step's slice, without a
+// Tensor per step.
+void* row_ptr(const Tensor& t, int64_t row) {
+  return static_cast<char*>(t.data_ptr()) + row * t.stride(0) * t.element_size();
+}
+
+// The saved activations lstm_layer_backward reads, checked against the
+// contract in ops.cpp: gates and h_prev in x's dtype, cell in the state dtype,
+// N = sum(lengths) rows, all on x's device.
+void check_saved(const Tensor& gates, const Tensor& cell, const Tensor& h_prev, const Tensor& x,
+                 int64_t hidden) {
+  SEQCLS_CHECK_VALUE(gates.dim() == 2, "gates must have shape [N, 4H], got ", gates.sizes());
+  const int64_t rows = gates.size(0);
+  check_shape(gates, {rows, 4 * hidden}, "gates");
+  check_shape(cell, {rows, hidden}, "cell");
+  check_shape(h_prev, {rows, hidden}, "h_prev");
+  check_same_kind(gates, "gates", x, "x");
+  check_same_kind(h_prev, "h_prev", x, "x");
+  const at::ScalarType state = at::toOpMathType(x.scalar_type());
+  SEQCLS_CHECK_TYPE(cell.scalar_type() == state, "cell must have dtype ", state,
+                    " (the forward's cell state for x of dtype ", x.scalar_type(), "), got ",
+                    cell.scalar_type());
+  SEQCLS_CHECK_VALUE(cell.device() == x.device(), "cell must be on the device of x (",
+                     x.device(), "), got ", cell.device());
+}
+
+}  // namespace
+
+LstmForwardResult lstm_layer_forward(const LstmBackend& backend, const Tensor& x,
+                                     const optional<Tensor>& lengths, const optional<Tensor>& h0,
+                                     const optional<Tensor>& c0, const Tensor& w_ih,
+                                     const Tensor& w_hh, const optional<Tensor>& b_ih,
+                                     const optional<Tensor>& b_hh, bool reverse,
+                                     bool save_activations) {
+  const LstmSizes sz = check_lstm_forward_inputs(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh);
+  backend.check_input(x, sz.hidden);
+  const at::OptionalDeviceGuard device_guard(at::device_of(x));
+  const int64_t T = sz.steps_total, B = sz.batch, H = sz.hidden;
+  const at::ScalarType dtype = x.scalar_type(), state_dtype = at::toOpMathType(dtype);
+  const auto opts = x.options();
+  const auto state_opts = opts.dtype(state_dtype);
+  const LengthPlan plan = make_length_plan(lengths_on_host(lengths), T, B, reverse);
+  const DevicePlan dev = make_device_plan(plan, reverse, x.device());
+  const int64_t N = plan.packed_rows;  // 0 exactly when B == 0: lengths are >= 1
+
+  Tensor output = at::empty({T, B, H}, opts);
+  const int64_t kept_rows = save_activations ? N : 0;
+  Tensor gates = at::empty({kept_rows, 4 * H}, opts);
+  Tensor cell = at::empty({kept_rows, H}, state_opts);
+  Tensor h_prev = at::empty({kept_rows, H}, opts);
+  if (!plan.all_full) backend.zero_output_padding(output, dev);
+  Tensor h_state = h0.has_value() ? to_sorted(*h0, dev, dtype) : at::zeros({B, H}, opts);
+  Tensor c_state = c0.has_value() ? to_sorted(*c0, dev, state_dtype) : at::zeros({B, H}, state_opts);
+  if (N == 0) return {output, h_state, c_state.to(dtype), gates, cell, h_prev};
+  if (save_activations) h_prev.narrow(0, 0, B).copy_(h_state);
+
+  // The input projection x W_ih^T + (b_ih + b_hh) of a chunk of steps is one
+  // GEMM, done just before the chunk's recurrence. Without saved activations
+  // one chunk of scratch replaces the [N, 4H] buffer.
+  const Tensor x_packed = pack_rows(x, N, dev);
+  const Tensor w_ih_t = w_ih.t(), w_hh_t = w_hh.t();
+  const optional<Tensor> bias = b_ih.has_value() ? optional<Tensor>(*b_ih + *b_hh) : c10::nullopt;
+  const std::vector<int64_t> chunk_starts = chunk_steps(plan, backend.projection_chunk_rows);
+  Tensor scratch = save_activations ? Tensor()
+                                    : at::empty({largest_chunk(plan, chunk_starts), 4 * H}, opts);
+
+  LstmForwardStep p{};
+  p.batch = B;
+  p.hidden = H;
+  p.reverse = reverse;
+  p.order = data_or_null(dev.order);
+  p.sorted_lengths = dev.sorted_lengths.const_data_ptr<int64_t>();
+  p.h_state = h_state.data_ptr();
+  p.c_state = c_state.data_ptr();
+  p.output = output.data_ptr();
+  for (size_t c = 0; c + 1 < chunk_starts.size(); ++c) {
+    const int64_t first = chunk_starts[c], last = chunk_starts[c + 1];
+    const int64_t chunk_begin = plan.offset[first];
+    const int64_t chunk_rows = plan.offset[last] - chunk_begin;
+    Tensor chunk_gates = save_activations ? gates.narrow(0, chunk_begin, chunk_rows)
+                                          : scratch.narrow(0, 0, chunk_rows);
+    const Tensor chunk_x = x_packed.narrow(0, chunk_begin, chunk_rows);
+    if (bias.has_value()) {
+      at::addmm_out(chunk_gates, *bias, chunk_x, w_ih_t);
+    } else {
+      at::mm_out(chunk_gates, chunk_x, w_ih_t);
+    }
+    // The recurrence on the length-sorted active prefix: per step one GEMM
+    // accumulating h_{s-1} W_hh^T into the step's rows, then the fused cell.
+    for (int64_t s = first; s < last; ++s) {
+      const int64_t rows = plan.active[s], begin = plan.offset[s];
+      Tensor gates_step = chunk_gates.narrow(0, begin - chunk_begin, rows);
+      if (s > 0 || h0.has_value()) gates_step.addmm_(h_state.narrow(0, 0, rows), w_hh_t);
+      p.step = s;
+      p.rows = rows;
+      p.rows_next = s + 1 < plan.steps ? plan.active[s + 1] : 0;
+      p.gates = gates_step.data_ptr();
+      p.cell = save_activations ? row_ptr(cell, begin) : nullptr;
+      p.h_prev_next = save_activations && p.rows_next > 0 ? row_ptr(h_prev, plan.offset[s + 1])
+                                                           : nullptr;
+      backend.forward_step(p, dtype);
+    }
+  }
+  return {output,           from_sorted(h_state, dev), from_sorted(c_state.to(dtype), dev),
+          std::move(gates), std::move(cell),           std::move(h_prev)};
+}
+
+LstmBackwardResult lstm_layer_backward(const LstmBackend& backend, const Tensor& grad_output,
+                                       const Tensor& grad_h_n, const Tensor& grad_c_n,
+                                       const Tensor& x, const optional<Tensor>& lengths,
+                                       const optional<Tensor>& c0, const Tensor& w_ih,
+                                       const Tensor& w_hh, const Tensor& gates, const Tensor& cell,
+                                       const Tensor& h_prev, bool reverse, bool compute_grad_x) {
+  const LstmSizes sz = check_lstm_forward_inputs(x, lengths, c10::nullopt, c0, w_ih, w_hh,
+                                                 c10::nullopt, c10::nullopt);
+  backend.check_input(x, sz.hidden);
+  const int64_t T = sz.steps_total, B = sz.batch, I = sz.input_size, H = sz.hidden;
+  check_shape(grad_output, {T, B, H}, "grad_output");
+  check_shape(grad_h_n, {B, H}, "grad_h_n");
+  check_shape(grad_c_n, {B, H}, "grad_c_n");
+  // The step kernels read these through x's element type.
+  check_same_kind(grad_output, "grad_output", x, "x");
+  check_same_kind(grad_h_n, "grad_h_n", x, "x");
+  check_same_kind(grad_c_n, "grad_c_n", x, "x");
+  check_saved(gates, cell, h_prev, x, H);
+  const at::OptionalDeviceGuard device_guard(at::device_of(x));
+  const at::ScalarType dtype = x.scalar_type(), state_dtype = at::toOpMathType(dtype);
+  const auto opts = x.options();
+  const LengthPlan plan = make_length_plan(lengths_on_host(lengths), T, B, reverse);
+  const DevicePlan dev = make_device_plan(plan, reverse, x.device());
+  const int64_t N = plan.packed_rows;
+  check_shape(gates, {N, 4 * H}, "gates");
+
+  Tensor grad_h_state = to_sorted(grad_h_n, dev, dtype);
+  Tensor grad_c_state = to_sorted(grad_c_n, dev, state_dtype);
+  if (N == 0) {
+    return {at::zeros({T, B, I}, opts), grad_h_state, grad_c_state.to(dtype),
+            at::zeros({4 * H, I}, opts), at::zeros({4 * H, H}, opts), at::zeros({4 * H}, opts)};
+  }
+
+  // 1. The recurrence backward, steps in reverse, on the active prefix.
+  const Tensor gates_c = gates.contiguous(), cell_c = cell.contiguous();
+  // Read through its T and B strides (an expanded or sliced gradient needs no
+  // copy) as long as H is unit-stride.
+  const Tensor grad_out = grad_output.stride(2) == 1 || H == 1 ? grad_output
+                                                               : grad_output.contiguous();
+  const Tensor c0_sorted = c0.has_value() ? to_sorted(*c0, dev, state_dtype)
+                                          : at::zeros({B, H}, opts.dtype(state_dtype));
+  Tensor grad_gates = at::empty({N, 4 * H}, opts);  // every row written below
+
+  LstmBackwardStep p{};
+  p.batch = B;
+  p.hidden = H;
+  p.reverse = reverse;
+  p.order = data_or_null(dev.order);
+  p.sorted_lengths = dev.sorted_lengths.const_data_ptr<int64_t>();
+  p.grad_output = grad_out.const_data_ptr();
+  p.grad_output_stride_t = grad_out.stride(0);
+  p.grad_output_stride_b = grad_out.stride(1);
+  p.grad_h_state = grad_h_state.const_data_ptr();
+  p.grad_c_state = grad_c_state.data_ptr();
+  for (int64_t s = plan.steps - 1; s >= 0; --s) {
+    const int64_t rows = plan.active[s], begin = plan.offset[s];
+    Tensor grad_gates_step = grad_gates.narrow(0, begin, rows);
+    p.step = s;
+    p.rows = rows;
+    p.gates = row_ptr(gates_c, begin);
+    p.cell = row_ptr(cell_c, begin);
+    p.cell_prev = s == 0 ? c0_sorted.const_data_ptr() : row_ptr(cell_c, plan.offset[s - 1]);
+    p.grad_gates = grad_gates_step.data_ptr();
+    backend.backward_step(p, dtype);
+    // dL/dh_{s-1} = dG_s W_hh for the rows active at s; the others keep the
+    // gradient they were given until their own last step comes up.
+    Tensor grad_h_rows = grad_h_state.narrow(0, 0, rows);
+    at::mm_out(grad_h_rows, grad_gates_step, w_hh);
+  }
+
+  // 2. Weight and input gradients as single GEMMs over all valid steps.
+  const LstmGemmGrads g = lstm_gemm_grads(grad_gates, x, h_prev, w_ih, dev, compute_grad_x);
+  return {g.grad_x,    from_sorted(grad_h_state, dev), from_sorted(grad_c_state.to(dtype), dev),
+          g.grad_w_ih, g.grad_w_hh,                    g.grad_bias};
+}
+
+}  // namespace seqcls_fast

@@ -1,0 +1,91 @@
+// The LSTM layer driver: lstm_layer_forward / lstm_layer_backward written
+// once for every backend (haste's ForwardPass/BackwardPass). The driver owns
+// the checks, the length plan, the sorted/caller-order conversions, the
+// input-projection and recurrent GEMMs (through ATen, so on the input's
+// device) and the step loops; a backend supplies only what differs per device
+// through LstmBackend. Host code only, on narrow ATen headers (.cu files
+// include it).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
+#include <c10/util/Optional.h>
+
+#include <cstdint>
+#include <tuple>
+
+#include "lstm_common.h"
+#include "lstm_step.h"
+
+namespace seqcls_fast {
+
+// The primitives a device supplies. Pointers in the step structs point to
+// memory on that device.
+struct LstmBackend {
+  // Packed rows per input-projection GEMM: the projection of a chunk of steps
+  // runs just before their recurrence (cache-sized on the CPU, where the
+  // gates are then still in cache; everything at once on a GPU).
+  int64_t projection_chunk_rows;
+
+  // Device and size limits of this backend's kernels, for x [T, B, I] and H.
+  virtual void check_input(const at::Tensor& x, int64_t hidden) const = 0;
+  // output[t, order[j], :] = 0 for t >= sorted_lengths[j] (the padding a
+  // PackedSequence does not have), nothing else; only called with padding.
+  virtual void zero_output_padding(at::Tensor& output, const DevicePlan& plan) const = 0;
+  // The pointwise half of one step; dtype is x's (the state dtype follows it).
+  virtual void forward_step(const LstmForwardStep& step, at::ScalarType dtype) const = 0;
+  virtual void backward_step(const LstmBackwardStep& step, at::ScalarType dtype) const = 0;
+
+ protected:
+  explicit LstmBackend(int64_t chunk_rows) : projection_chunk_rows(chunk_rows) {}
+  ~LstmBackend() = default;
+};
+
+using LstmForwardResult =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using LstmBackwardResult = LstmForwardResult;
+
+// The operators' semantics (csrc/ops.cpp) on `backend`.
+LstmForwardResult lstm_layer_forward(const LstmBackend& backend, const at::Tensor& x,
+                                     const c10::optional<at::Tensor>& lengths,
+                                     const c10::optional<at::Tensor>& h0,
+                                     const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih,
+                                     const at::Tensor& w_hh,
+                                     const c10::optional<at::Tensor>& b_ih,
+                                     const c10::optional<at::Tensor>& b_hh, bool reverse,
+                                     bool save_activations);
+
+LstmBackwardResult lstm_layer_backward(
+    const LstmBackend& backend, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+    const at::Tensor& grad_c_n, const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const at::Tensor& gates, const at::Tensor& cell, const at::Tensor& h_prev, bool reverse,
+    bool compute_grad_x);
+
+// The operator kernels for one backend, for TORCH_LIBRARY_IMPL:
+//   m.impl("lstm_layer_forward", &LstmOps<cpu_lstm_backend>::forward);
+// where cpu_lstm_backend() returns the backend (a function, because a base
+// subobject cannot be a template argument).
+template <const LstmBackend& (*backend)()>
+struct LstmOps {
+  static LstmForwardResult forward(const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
+                                   const c10::optional<at::Tensor>& h0,
+                                   const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih,
+                                   const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                                   const c10::optional<at::Tensor>& b_hh, bool reverse,
+                                   bool save_activations) {
+    return lstm_layer_forward(backend(), x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse,
+                              save_activations);
+  }
+  static LstmBackwardResult backward(
+      const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
+      const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
+      const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+      const at::Tensor& gates, const at::Tensor& cell, const at::Tensor& h_prev, bool reverse,
+      bool compute_grad_x) {
+    return lstm_layer_backward(backend(), grad_output, grad_h_n, grad_c_n, x, lengths, c0, w_ih,
+                               w_hh, gates, cell, h_prev, reverse, compute_grad_x);
+  }
+};
+
+}  // namespace seqcls_fast

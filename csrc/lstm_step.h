@@ -1,0 +1,63 @@
+// One recurrence step of an LSTM layer: the parameters the shared driver
+// (lstm_driver.cpp) fills once per step and every backend's pointwise step
+// kernel reads (csrc/cpu/lstm_cell_cpu_kernel.h, csrc/cuda/lstm_cell_cuda.cuh).
+// Plain data with untyped pointers, so one struct serves every dtype and both
+// compilers; a kernel casts to its element type. No ATen: .cu files include it.
+//
+// Step s covers rows j < rows of the length-sorted batch (the rows still
+// running). Sorted row j is caller row order[j]; its time index is s, or
+// sorted_lengths[j] - 1 - s when reverse. "packed" buffers are the step's
+// slice of the op's [N, ...] tensors; "sorted" buffers are indexed by j.
+// Every buffer except grad_output is contiguous and allocated by the op.
+#pragma once
+
+#include <cstdint>
+
+#include "cell.h"  // SEQCLS_HOST_DEVICE
+
+namespace seqcls_fast {
+
+struct LstmForwardStep {
+  int64_t step;                   // s
+  int64_t rows;                   // active rows at step s
+  int64_t rows_next;              // active rows at step s + 1; 0 at the last step
+  int64_t batch;                  // B
+  int64_t hidden;                 // H
+  bool reverse;
+  const int64_t* order;           // [B] sorted row -> caller row; nullptr: identity
+  const int64_t* sorted_lengths;  // [B] lengths in sorted order
+  void* gates;                    // [rows, 4H] packed; in: pre-activations, out: activated gates
+  void* h_state;                  // [B, H] sorted; out: h_s
+  void* c_state;                  // [B, H] sorted, state dtype; in: c_{s-1}, out: c_s
+  void* output;                   // [T, B, H] caller order; out: h_s at (t, order[j])
+  void* cell;                     // [rows, H] packed, state dtype; out: c_s; nullptr: not kept
+  void* h_prev_next;              // [rows_next, H] packed; out: h_s as step s+1's h_prev;
+                                  //   nullptr: not kept
+};
+
+struct LstmBackwardStep {
+  int64_t step;                   // s (run for s = steps-1 down to 0)
+  int64_t rows;                   // active rows at step s
+  int64_t batch;                  // B
+  int64_t hidden;                 // H
+  bool reverse;
+  const int64_t* order;           // [B] sorted row -> caller row; nullptr: identity
+  const int64_t* sorted_lengths;  // [B] lengths in sorted order
+  const void* gates;              // [rows, 4H] packed; activated gates from the forward
+  const void* cell;               // [rows, H] packed, state dtype; c_s from the forward
+  const void* cell_prev;          // [rows, H] packed c_{s-1}, state dtype; sorted c0 at s = 0
+  const void* grad_output;        // [T, B, H] caller order; dL/d output; unit stride along H
+  int64_t grad_output_stride_t;   //   its stride along T in elements (0 when expanded)
+  int64_t grad_output_stride_b;   //   its stride along B in elements (0 when expanded)
+  const void* grad_h_state;       // [B, H] sorted; dL/dh_s arriving through W_hh (or h_n)
+  void* grad_c_state;             // [B, H] sorted, state dtype; in: dL/dc_s, out: dL/dc_{s-1}
+  void* grad_gates;               // [rows, 4H] packed; out: dL/d pre-activations
+};
+
+// Time index of sorted row j at step s: the one place this formula lives.
+SEQCLS_HOST_DEVICE int64_t step_time(bool reverse, const int64_t* sorted_lengths, int64_t j,
+                                     int64_t s) {
+  return reverse ? sorted_lengths[j] - 1 - s : s;
+}
+
+}  // namespace seqcls_fast
