@@ -8,6 +8,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <torch/library.h>
 #include <c10/core/ScalarType.h>
 #include <c10/util/Optional.h>
 
@@ -62,10 +63,9 @@ LstmBackwardResult lstm_layer_backward(
     const at::Tensor& gates, const at::Tensor& cell, const at::Tensor& h_prev, bool reverse,
     bool compute_grad_x);
 
-// The operator kernels for one backend, for TORCH_LIBRARY_IMPL:
-//   m.impl("lstm_layer_forward", &LstmOps<cpu_lstm_backend>::forward);
-// where cpu_lstm_backend() returns the backend (a function, because a base
-// subobject cannot be a template argument).
+// The operator kernels for the backend `backend()` returns (a function, as a
+// base subobject cannot be a template argument). Registered with
+// SEQCLS_REGISTER_LSTM_BACKEND below.
 template <const LstmBackend& (*backend)()>
 struct LstmOps {
   static LstmForwardResult forward(const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
@@ -89,3 +89,18 @@ struct LstmOps {
 };
 
 }  // namespace seqcls_fast
+
+// Registers lstm_layer_forward / lstm_layer_backward for dispatch key `key`
+// (CPU, CUDA) on one default-constructed `Backend`; used once per backend file,
+// at namespace scope.
+#define SEQCLS_REGISTER_LSTM_BACKEND(key, Backend)                                           \
+  namespace {                                                                                \
+  const ::seqcls_fast::LstmBackend& lstm_backend_##key() {                                   \
+    static const Backend backend;                                                            \
+    return backend;                                                                          \
+  }                                                                                          \
+  }                                                                                          \
+  TORCH_LIBRARY_IMPL(seqcls_fast, key, m) {                                                  \
+    m.impl("lstm_layer_forward", &::seqcls_fast::LstmOps<lstm_backend_##key>::forward);      \
+    m.impl("lstm_layer_backward", &::seqcls_fast::LstmOps<lstm_backend_##key>::backward);    \
+  }

@@ -49,16 +49,8 @@ struct CpuLstmBackend final : LstmBackend {
   }
 };
 
-const LstmBackend& cpu_lstm_backend() {
-  static const CpuLstmBackend backend;
-  return backend;
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(seqcls_fast, CPU, m) {
-  m.impl("lstm_layer_forward", &LstmOps<cpu_lstm_backend>::forward);
-  m.impl("lstm_layer_backward", &LstmOps<cpu_lstm_backend>::backward);
-}
+SEQCLS_REGISTER_LSTM_BACKEND(CPU, CpuLstmBackend)
 
 }  // namespace seqcls_fast::cpu

@@ -81,16 +81,8 @@ struct CudaLstmBackend final : LstmBackend {
   }
 };
 
-const LstmBackend& cuda_lstm_backend() {
-  static const CudaLstmBackend backend;
-  return backend;
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(seqcls_fast, CUDA, m) {
-  m.impl("lstm_layer_forward", &LstmOps<cuda_lstm_backend>::forward);
-  m.impl("lstm_layer_backward", &LstmOps<cuda_lstm_backend>::backward);
-}
+SEQCLS_REGISTER_LSTM_BACKEND(CUDA, CudaLstmBackend)
 
 }  // namespace seqcls_fast::cuda
