@@ -1,0 +1,127 @@
+"""The ``seqcls-fast bench`` command line: options, the cases they select, and
+the run over them (tables on stdout, optionally a JSON record and a plot)."""
+import argparse
+import datetime
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .cases import CUDA_EXTRA_CASES, DEFAULT_SWEEP, DTYPES, LENGTH_DISTRIBUTIONS, MODES, Case
+from .measure import AUTO_REPEATS, AUTO_SECONDS_PER_CASE, run_case
+from .report import Progress, environment, format_table, write_plot
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="seqcls-fast bench",
+        description="Time seqcls_fast against nn.LSTM (packed and padded) and other RNN "
+                    "libraries, on a full LSTM + masked attention pooling + linear head. "
+                    "Without shape options, runs the default sweep.")
+    shape = parser.add_argument_group("your own case (defaults fill what is not given)")
+    shape.add_argument("--batch", type=positive_int, help=f"batch size ({Case.batch})")
+    shape.add_argument("--seq-len", type=positive_int, nargs="+",
+                       help=f"padded sequence length(s) T ({Case.seq_len}); several give a sweep")
+    shape.add_argument("--input-size", type=positive_int, help=f"input features ({Case.input_size})")
+    shape.add_argument("--hidden-size", type=positive_int, help=f"hidden size ({Case.hidden_size})")
+    shape.add_argument("--layers", type=positive_int, help=f"LSTM layers ({Case.layers})")
+    shape.add_argument("--bidirectional", action="store_true", default=None,
+                       help="bidirectional LSTM")
+    shape.add_argument("--lengths", choices=LENGTH_DISTRIBUTIONS,
+                       help="sequence lengths: uniform in [T/4, T] (default), full (all T), "
+                            "long-tail (T*u^3: mostly short)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--mode", choices=(*MODES, "both"), default="both",
+                        help="inference (forward under no_grad), train (forward + "
+                             "cross-entropy + backward), or both (default)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    parser.add_argument("--repeats", type=positive_int,
+                        help=f"timed repeats per case (default: enough for about "
+                             f"{AUTO_SECONDS_PER_CASE:.0f} s per case and mode, "
+                             f"{AUTO_REPEATS[0]} to {AUTO_REPEATS[1]})")
+    parser.add_argument("--json", metavar="PATH", help="write the full record as JSON")
+    parser.add_argument("--plot", metavar="PATH",
+                        help="write a PNG of speedup vs sequence length (needs matplotlib)")
+    args = parser.parse_args(argv)
+
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    args.device = device
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib: pip install 'seqcls_fast[report]'")
+    args.dtype = DTYPES[args.dtype]
+    return args
+
+
+def cases_from(args):
+    overrides = {field: value for field, value in (
+        ("batch", args.batch), ("input_size", args.input_size),
+        ("hidden_size", args.hidden_size), ("layers", args.layers),
+        ("bidirectional", args.bidirectional), ("lengths", args.lengths)) if value is not None}
+    if not overrides and args.seq_len is None:
+        extra = CUDA_EXTRA_CASES if args.device.type == "cuda" else ()
+        return list(DEFAULT_SWEEP + extra)
+    return [replace(Case(**overrides), seq_len=seq_len)
+            for seq_len in (args.seq_len or [Case.seq_len])]
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else list(argv))
+    cases = cases_from(args)
+    modes = MODES if args.mode == "both" else (args.mode,)
+    env = environment(args.device)
+    print(f"seqcls-fast bench: {env['device_name']} ({env['device']}), torch "
+          f"{env['torch_version']}, {env['threads']} threads, commit {env['git_commit']}",
+          flush=True)
+    progress = Progress(len(cases) * len(modes))
+    results = []
+    started = time.perf_counter()
+    try:
+        for case in cases:
+            for mode in modes:
+                progress.start_case(f"T={case.seq_len} {mode}")
+                result = run_case(case, mode, args.dtype, args.device, args.repeats,
+                                  progress.rounds)
+                results.append(result)
+                progress.end_case(format_table(result))
+    finally:
+        progress.close()
+    print(f"done in {time.perf_counter() - started:.0f} s. speedup: median over repeats of "
+          f"(their time / ours) on the same batch, > 1 when ours is faster; peak MiB: memory "
+          f"growth during one call ({'CUDA allocator' if args.device.type == 'cuda' else 'RSS'}).")
+    record = {"tool": "seqcls-fast bench",
+              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+              "argv": list(argv) if argv is not None else sys.argv[1:],
+              "environment": env, "elapsed_s": time.perf_counter() - started,
+              "memory_meaning": ("bytes above the level just before one call, at its peak: "
+                                 "CUDA allocator allocated bytes on GPU, resident set (VmHWM) "
+                                 "on CPU; null where not measurable"),
+              "results": results}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.json, "w") as out:
+            json.dump(record, out, indent=1)
+        print(f"wrote {args.json}")
+    if args.plot:
+        write_plot(results, args.plot)
+        print(f"wrote {args.plot}")
+    return 0

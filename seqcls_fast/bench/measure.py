@@ -1,0 +1,191 @@
+"""One benchmark case, measured: every method checked against ours (logits,
+and in training the LSTM weight gradients), then those that agree timed in
+interleaved rounds, summarized as medians, quartiles and paired speedups."""
+import math
+import statistics
+import time
+from dataclasses import asdict
+
+import torch
+import torch.nn.functional as F
+
+from .cases import Batch, make_batch
+from .memory import measure_peak_memory
+from .methods import METHODS, REFERENCE_METHOD, Reference, Unavailable, build_methods
+
+# Largest |theirs - ours| / largest |ours|, per compared tensor, that still counts
+# as agreeing. Gradients summed over B*T steps carry more rounding than logits;
+# float32 leaves room for TF32, which cuDNN's LSTM uses by default on GPU.
+TOLERANCES = {torch.float64: 1e-9, torch.float32: 1e-3,
+              torch.bfloat16: 5e-2, torch.float16: 2e-2}
+ROTATED_BATCHES = 3          # distinct pre-generated batches, used in turn
+AUTO_REPEATS = (3, 30)       # least and most repeats when --repeats is not given
+AUTO_SECONDS_PER_CASE = 4.0  # timed seconds per case and mode that auto repeats aim at
+CUDA_WARMUP_ROUNDS = 1       # untimed rounds after the check (CPU: the check is the warm-up)
+
+
+# ------------------------------------------------------------------- one step
+def set_mode(model, mode):
+    model.train(mode == "train")
+
+
+def run_step(model, batch, mode):
+    """Inference: a forward under no_grad. Training step: zero_grad(set_to_none)
+    + forward + cross-entropy + backward (no optimizer step, so every repeat
+    sees the same weights). Returns the logits."""
+    if mode == "inference":
+        with torch.no_grad():
+            return model(batch)
+    model.zero_grad(set_to_none=True)
+    logits = model(batch)
+    F.cross_entropy(logits, batch.labels).backward()
+    return logits
+
+
+def relative_error(theirs, ours):
+    theirs, ours = theirs.detach().double(), ours.detach().double()
+    return ((theirs - ours).abs().max() / ours.abs().max().clamp_min(1e-30)).item()
+
+
+def compare(theirs, ours, mode):
+    """{what: relative error}: the logits, and in training every LSTM weight
+    gradient (under nn.LSTM's names)."""
+    logits, model = theirs
+    our_logits, our_model = ours
+    errors = {"logits": relative_error(logits, our_logits)}
+    if mode == "train":
+        our_gradients = our_model.lstm_gradients()
+        for name, gradient in model.lstm_gradients().items():
+            errors[f"grad {name}"] = (math.inf if gradient is None
+                                      else relative_error(gradient, our_gradients[name]))
+    return errors
+
+
+# ------------------------------------------------------------------- timing
+def time_call(call, device):
+    """Milliseconds of one call; on CUDA between two events, synchronized."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    start = time.perf_counter()
+    call()
+    return (time.perf_counter() - start) * 1e3
+
+
+def auto_repeats(seconds_per_round):
+    least, most = AUTO_REPEATS
+    return max(least, min(most, round(AUTO_SECONDS_PER_CASE / max(seconds_per_round, 1e-9))))
+
+
+def quartiles(values):
+    if len(values) < 2:
+        return values[0], values[0]
+    first, _, third = statistics.quantiles(values, n=4, method="inclusive")
+    return first, third
+
+
+# --------------------------------------------------------------- one case
+def run_case(case, mode, dtype, device, repeats=None, progress=None):
+    """Check every method against ours, then time those that agree (and those
+    known to be wrong), interleaved. Returns the case's JSON-ready record."""
+    reference = Reference(case, dtype, device)
+    batches = [make_batch(case, dtype, device, seed) for seed in range(ROTATED_BATCHES)]
+    records, runnable = {}, {}
+    for name, model in build_methods(reference, case).items():
+        records[name] = {"name": name, "description": METHODS[name].description,
+                         "status": None, "note": None, "errors": None, "times_ms": [],
+                         "peak_memory_bytes": None}
+        if isinstance(model, Unavailable):
+            records[name].update(status="skipped", note=str(model))
+        else:
+            set_mode(model, mode)
+            runnable[name] = model
+    seconds_per_round = check_and_measure(runnable, records, batches[0], mode, device,
+                                          TOLERANCES[dtype])
+    repeats = repeats or auto_repeats(seconds_per_round)
+    warmup = CUDA_WARMUP_ROUNDS if device.type == "cuda" else 0
+    time_interleaved(runnable, records, batches, mode, device, warmup, repeats, progress)
+    summarize(records)
+    lengths = batches[0].lengths_cpu.double()
+    return {"case": asdict(case), "label": case.label(), "mode": mode,
+            "dtype": str(dtype).removeprefix("torch."), "repeats": repeats,
+            "warmup_rounds": warmup, "rotated_batches": len(batches),
+            "mean_length_first_batch": lengths.mean().item(), "tolerance": TOLERANCES[dtype],
+            "methods": list(records.values())}
+
+
+def check_and_measure(runnable, records, batch, mode, device, tolerance):
+    """One call per method on the batch: its peak memory, then its logits (and
+    gradients) against ours. Removes from ``runnable`` the methods that fail or
+    disagree without being known to (they are not timed). This call is also
+    each method's warm-up; a tiny call before it keeps one-time library set-up
+    out of the memory figure. Returns the calls' total seconds."""
+    small = Batch(batch.x[:2], batch.lengths[:2], batch.lengths_cpu[:2], batch.labels[:2])
+    results, seconds = {}, 0.0
+    for name, model in list(runnable.items()):
+        try:
+            run_step(model, small, mode)
+            started = time.perf_counter()
+            logits, peak = measure_peak_memory(lambda: run_step(model, batch, mode), device)
+            seconds += time.perf_counter() - started
+        except Exception as error:  # a method that fails is reported, not fatal
+            records[name].update(status="error", note=f"{type(error).__name__}: {error}"[:300])
+            del runnable[name]
+            continue
+        records[name]["peak_memory_bytes"] = peak
+        results[name] = (logits, model)
+    ours = results.get(REFERENCE_METHOD)
+    for name, model in list(runnable.items()):
+        record = records[name]
+        if ours is None:
+            record.update(status="unchecked", note="ours failed: nothing to compare with")
+            continue
+        record["errors"] = errors = compare(results[name], ours, mode)
+        worst = max(errors.values())
+        if worst <= tolerance:
+            record["status"] = "ok"
+        elif model.known_wrong:
+            record.update(status="wrong", note=model.known_wrong)
+        else:
+            record.update(status="wrong", note=f"{max(errors, key=errors.get)} differs from ours "
+                          f"by {worst:.2e} (relative; tolerance {tolerance:.0e}); not timed")
+            del runnable[name]
+    return seconds
+
+
+def time_interleaved(runnable, records, batches, mode, device, warmup, repeats, progress):
+    """Rounds of one call per method on the same batch, the batches taken in
+    turn and a different method first each round; the first ``warmup`` rounds
+    are not kept."""
+    names = list(runnable)
+    for round_index in range(warmup + repeats if names else 0):
+        batch = batches[round_index % len(batches)]
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            model = runnable[name]
+            elapsed = time_call(lambda: run_step(model, batch, mode), device)
+            if round_index >= warmup:
+                records[name]["times_ms"].append(elapsed)
+        if progress is not None:
+            progress(round_index + 1, warmup + repeats)
+
+
+def summarize(records):
+    """Median and quartiles per method; the speedup of ours against each other
+    method: the median over rounds of their time / ours, paired per round
+    (same batch, same moment) so that drift of the machine cancels."""
+    ours_times = records[REFERENCE_METHOD]["times_ms"]
+    for record in records.values():
+        times = record["times_ms"]
+        if not times:
+            continue
+        record["median_ms"] = statistics.median(times)
+        record["q1_ms"], record["q3_ms"] = quartiles(times)
+        if ours_times and record["name"] != REFERENCE_METHOD:
+            record["speedup_of_ours"] = statistics.median(
+                theirs / mine for theirs, mine in zip(times, ours_times))

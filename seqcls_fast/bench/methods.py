@@ -1,0 +1,240 @@
+"""The methods ``seqcls-fast bench`` compares: each a full classifier (LSTM +
+masked attention pooling + linear head) built from the same
+:class:`Reference` weights, and the registry :data:`METHODS` of them.
+
+The plain-PyTorch parts (packing, the masked pooling) are those of
+:mod:`seqcls_fast.reference`, so the baselines exist once."""
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import seqcls_fast as sf
+from seqcls_fast import reference as plain
+
+from .cases import NUM_CLASSES
+
+FLASHRNN_BACKEND = "cuda_fused"
+
+
+class Reference(nn.Module):
+    """The weights every method starts from: an nn.LSTM (batch_first), the
+    attention query and the linear head."""
+
+    def __init__(self, case, dtype, device, seed=0):
+        super().__init__()
+        features = case.hidden_size * (2 if case.bidirectional else 1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.lstm = nn.LSTM(case.input_size, case.hidden_size, case.layers,
+                                batch_first=True, bidirectional=case.bidirectional)
+            self.query = nn.Parameter(torch.randn(features) / math.sqrt(features))
+            self.head = nn.Linear(features, NUM_CLASSES)
+        self.to(device=device, dtype=dtype)
+
+
+class Unavailable(Exception):
+    """A method cannot run this case (not installed, unsupported shape); the
+    message says why in one line."""
+
+
+def _pooling_with_query(pooling_class, query):
+    """A masked attention pooling (no projection) whose query is a copy of ``query``."""
+    pool = pooling_class(query.numel(), device=query.device, dtype=query.dtype)
+    with torch.no_grad():
+        pool.query.copy_(query)
+    return pool
+
+
+def plain_pooling(query):
+    """The plain-PyTorch masked attention pooling (reference.MaskedAttentionPooling:
+    softmax over the valid steps, in float32 for half types) with this query."""
+    return _pooling_with_query(plain.MaskedAttentionPooling, query)
+
+
+class Classifier(nn.Module):
+    """Base of every method: ``forward(batch) -> logits``, and
+    ``lstm_gradients()``: the LSTM weight gradients under nn.LSTM's names and
+    layouts, for the agreement check. ``known_wrong`` is None, or why this
+    method is expected to disagree on this case (it is then still timed)."""
+    known_wrong = None
+
+    def lstm_gradients(self):
+        return {name: p.grad for name, p in self.lstm.named_parameters()}
+
+
+class Ours(Classifier):
+    def __init__(self, reference, case):
+        super().__init__()
+        self.lstm = sf.LSTM.from_native(copy.deepcopy(reference.lstm))
+        self.pool = _pooling_with_query(sf.MaskedAttentionPooling, reference.query)
+        self.head = copy.deepcopy(reference.head)
+
+    def forward(self, batch):
+        outputs, _ = self.lstm(batch.x, lengths=batch.lengths)
+        pooled, _ = self.pool(outputs, batch.lengths)
+        return self.head(pooled)
+
+
+class Packed(Classifier):
+    """nn.LSTM on a PackedSequence (reference.packed_lstm) + the plain pooling."""
+
+    def __init__(self, reference, case):
+        super().__init__()
+        self.lstm = copy.deepcopy(reference.lstm)
+        self.pool = plain_pooling(reference.query)
+        self.head = copy.deepcopy(reference.head)
+
+    def forward(self, batch):
+        outputs, _ = plain.packed_lstm(self.lstm, batch.x, batch.lengths_cpu)
+        pooled, _ = self.pool(outputs, batch.lengths)
+        return self.head(pooled)
+
+
+class Padded(Classifier):
+    """nn.LSTM on the padded batch, lengths ignored, + the plain pooling."""
+
+    def __init__(self, reference, case):
+        super().__init__()
+        self.lstm = copy.deepcopy(reference.lstm)
+        self.pool = plain_pooling(reference.query)
+        self.head = copy.deepcopy(reference.head)
+        if case.bidirectional:
+            self.known_wrong = ("ignores lengths: the reverse direction starts in the padding "
+                                "(timed anyway, for reference)")
+
+    def forward(self, batch):
+        outputs, _ = self.lstm(batch.x)
+        pooled, _ = self.pool(outputs, batch.lengths)
+        return self.head(pooled)
+
+
+def _unidirectional_layers(reference, case, library):
+    if case.bidirectional:
+        raise Unavailable(f"{library} has no bidirectional LSTM")
+    return [{kind: getattr(reference.lstm, f"{kind}_l{layer}").detach()
+             for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+            for layer in range(case.layers)]
+
+
+class FlashRNN(Classifier):
+    """FlashRNN's LSTM (one head), layers stacked, on the padded batch: it takes
+    no lengths, so only full-length batches are compared. Parameters are kept
+    in nn.LSTM's layout; FlashRNN gets the input projection precomputed, R as
+    [gates, heads, out, in] and the bias as [gates, heads, out] (gate order
+    i, f, z, o, as nn.LSTM's i, f, g, o)."""
+
+    def __init__(self, reference, case):
+        super().__init__()
+        if case.lengths != "full":
+            raise Unavailable("FlashRNN takes no lengths: compared on full-length batches only "
+                              "(--lengths full)")
+        layers = _unidirectional_layers(reference, case, "FlashRNN")
+        try:
+            from flashrnn import flashrnn
+        except ImportError as error:
+            raise Unavailable(f"flashrnn is not importable ({error})") from None
+        self.flashrnn = flashrnn
+        self.lstm = nn.Module()
+        for layer, weights in enumerate(layers):
+            for kind, weight in weights.items():
+                self.lstm.register_parameter(f"{kind}_l{layer}", nn.Parameter(weight.clone()))
+        self.num_layers = case.layers
+        self.pool = plain_pooling(reference.query)
+        self.head = copy.deepcopy(reference.head)
+
+    def forward(self, batch):
+        outputs = batch.x
+        batch_size, steps, _ = outputs.shape
+        dtype = str(outputs.dtype).removeprefix("torch.")
+        for layer in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh = (getattr(self.lstm, f"{kind}_l{layer}") for kind in
+                                      ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            hidden = w_hh.size(1)
+            projected = F.linear(outputs, w_ih).view(batch_size, steps, 4, 1, hidden)
+            states, _last = self.flashrnn(projected, w_hh.view(4, 1, hidden, hidden),
+                                          (b_ih + b_hh).view(4, 1, hidden), function="lstm",
+                                          backend=FLASHRNN_BACKEND, dtype=dtype)
+            outputs = states[0].reshape(batch_size, steps, hidden)   # states: h, c
+        pooled, _ = self.pool(outputs, batch.lengths)
+        return self.head(pooled)
+
+
+def _haste_to_native(tensor):
+    """Haste's [in, 4H] with gates i, g, f, o -> nn.LSTM's [4H, in], i, f, g, o."""
+    i, g, f, o = tensor.chunk(4, dim=-1)
+    return torch.cat([i, f, g, o], dim=-1).transpose(0, -1)
+
+
+class Haste(Classifier):
+    """haste_pytorch.LSTM layers stacked on the padded batch. Haste takes
+    lengths for the final states only; its outputs past a length are not
+    masked, which the pooling ignores (unidirectional only)."""
+
+    def __init__(self, reference, case):
+        super().__init__()
+        layers = _unidirectional_layers(reference, case, "Haste")
+        try:
+            import haste_pytorch
+        except ImportError as error:
+            raise Unavailable(f"haste_pytorch is not importable ({error})") from None
+        self.layers = nn.ModuleList()
+        for weights in layers:
+            layer = haste_pytorch.LSTM(case.input_size if not self.layers else case.hidden_size,
+                                       case.hidden_size, batch_first=True)
+            layer.from_native_weights(weights["weight_ih"], weights["weight_hh"],
+                                      weights["bias_ih"], weights["bias_hh"])
+            self.layers.append(layer.to(device=reference.query.device,
+                                        dtype=reference.query.dtype))
+        self.pool = plain_pooling(reference.query)
+        self.head = copy.deepcopy(reference.head)
+
+    def forward(self, batch):
+        outputs = batch.x
+        for layer in self.layers:
+            outputs, _ = layer(outputs, lengths=batch.lengths)
+        pooled, _ = self.pool(outputs, batch.lengths)
+        return self.head(pooled)
+
+    def lstm_gradients(self):
+        gradients = {}
+        for index, layer in enumerate(self.layers):
+            gradients[f"weight_ih_l{index}"] = _haste_to_native(layer.kernel.grad)
+            gradients[f"weight_hh_l{index}"] = _haste_to_native(layer.recurrent_kernel.grad)
+            bias = _haste_to_native(layer.bias.grad)
+            gradients[f"bias_ih_l{index}"] = gradients[f"bias_hh_l{index}"] = bias
+        return gradients
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    description: str
+    build: object  # (reference, case) -> Classifier; raises Unavailable
+
+
+# Ours first: it is the reference of the agreement check and of every speedup.
+METHODS = {
+    spec.name: spec for spec in (
+        MethodSpec("ours", "sf.LSTM(lengths=) + sf.MaskedAttentionPooling", Ours),
+        MethodSpec("packed", "nn.LSTM on pack_padded_sequence + PyTorch masked pooling", Packed),
+        MethodSpec("padded", "nn.LSTM on the padded batch + PyTorch masked pooling", Padded),
+        MethodSpec("flashrnn", "FlashRNN LSTM (no lengths) + PyTorch masked pooling", FlashRNN),
+        MethodSpec("haste", "haste_pytorch.LSTM + PyTorch masked pooling", Haste),
+    )
+}
+REFERENCE_METHOD = "ours"
+
+
+def build_methods(reference, case):
+    """{name: Classifier or Unavailable} for every method in METHODS."""
+    built = {}
+    for name, spec in METHODS.items():
+        try:
+            built[name] = spec.build(reference, case)
+        except Unavailable as reason:
+            built[name] = reason
+    return built
