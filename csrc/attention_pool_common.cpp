@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include "length_plan.h"
+
 namespace seqcls_fast {
 
 PoolSizes check_attention_pool_inputs(const at::Tensor& values,
@@ -29,6 +31,15 @@ PoolSizes check_attention_pool_inputs(const at::Tensor& values,
                      values.sizes());
   check_lengths_form(lengths, B, values.device());
   return {B, T, D, A};
+}
+
+at::Tensor pool_lengths(const c10::optional<at::Tensor>& lengths,
+                        const c10::optional<at::Tensor>& plan, int64_t steps, int64_t batch,
+                        const at::Device& device) {
+  const at::Tensor table = plan_table_for(lengths, plan, steps, batch);
+  if (!table.defined()) return table;
+  // A pinned plan (made from device lengths) goes up without a synchronization.
+  return table[2].to(device, at::kLong, /*non_blocking=*/true);
 }
 
 }  // namespace seqcls_fast

@@ -22,4 +22,11 @@ PoolSizes check_attention_pool_inputs(const at::Tensor& values,
                                       const at::Tensor& query,
                                       const c10::optional<at::Tensor>& lengths);
 
+// Each row's length as contiguous int64 [B] on `device`, from the plan when
+// given, else from lengths (validated on the host); undefined when neither is
+// given (every row has T steps).
+at::Tensor pool_lengths(const c10::optional<at::Tensor>& lengths,
+                        const c10::optional<at::Tensor>& plan, int64_t steps, int64_t batch,
+                        const at::Device& device);
+
 }  // namespace seqcls_fast

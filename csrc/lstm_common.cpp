@@ -57,21 +57,18 @@ LstmSizes check_lstm_forward_inputs(const at::Tensor& x, const c10::optional<at:
   return {steps_total, batch, input_size, hidden};
 }
 
-LengthPlan make_length_plan(const c10::optional<at::Tensor>& lengths_cpu, int64_t steps_total,
-                            int64_t batch, bool reverse) {
+LengthPlan make_length_plan(const at::Tensor& plan_table, int64_t steps_total, int64_t batch,
+                            bool reverse) {
   LengthPlan plan;
-  plan.order = at::empty({batch}, at::kLong);
-  plan.sorted_lengths = at::full({batch}, steps_total, at::kLong);
-  int64_t* order = plan.order.data_ptr<int64_t>();
-  int64_t* sorted = plan.sorted_lengths.data_ptr<int64_t>();
-  std::iota(order, order + batch, int64_t{0});
-  if (lengths_cpu.has_value()) {
-    const at::Tensor lengths = checked_lengths_cpu(*lengths_cpu, steps_total);
-    const int64_t* len = lengths.data_ptr<int64_t>();
-    std::stable_sort(order, order + batch,
-                     [len](int64_t a, int64_t b) { return len[a] > len[b]; });
-    for (int64_t j = 0; j < batch; ++j) sorted[j] = len[order[j]];
+  if (plan_table.defined()) {
+    plan.order = plan_table[0];
+    plan.sorted_lengths = plan_table[1];
+  } else {
+    plan.order = at::arange(batch, at::kLong);
+    plan.sorted_lengths = at::full({batch}, steps_total, at::kLong);
   }
+  const int64_t* order = plan.order.const_data_ptr<int64_t>();
+  const int64_t* sorted = plan.sorted_lengths.const_data_ptr<int64_t>();
   plan.steps = batch > 0 ? sorted[0] : 0;
   plan.all_full = batch == 0 || sorted[batch - 1] == steps_total;
   plan.active.resize(plan.steps);

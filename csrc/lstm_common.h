@@ -48,10 +48,10 @@ struct LengthPlan {
   bool packed_is_time_major(bool reverse) const { return all_full && !reverse; }
 };
 
-// Builds the plan from lengths on the CPU (any integer dtype), checking every
-// value lies in [1, T]. No lengths means every row runs all T steps.
-LengthPlan make_length_plan(const c10::optional<at::Tensor>& lengths_cpu, int64_t steps_total,
-                            int64_t batch, bool reverse);
+// The step plan of one direction from a length plan table (length_plan.h;
+// undefined: every row runs all T steps).
+LengthPlan make_length_plan(const at::Tensor& plan_table, int64_t steps_total, int64_t batch,
+                            bool reverse);
 
 // The parts of a LengthPlan the kernels read, on the input's device: views of
 // one int64 tensor that reaches a GPU in a single host-to-device copy (from

@@ -2,6 +2,8 @@
 // forward and backward step loops, once for every backend.
 #include "lstm_driver.h"
 
+#include "length_plan.h"
+
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <c10/core/DeviceGuard.h>
@@ -15,13 +17,6 @@ namespace {
 
 using at::Tensor;
 using c10::optional;
-
-// lengths on the host: the caller's tensor when it is already there, else one
-// device-to-host copy (the op's only synchronization).
-optional<Tensor> lengths_on_host(const optional<Tensor>& lengths) {
-  if (!lengths.has_value() || lengths->device().is_cpu()) return lengths;
-  return lengths->to(at::kCPU);
-}
 
 // First step of each chunk of consecutive steps holding about `rows` packed
 // rows (at least one step each), then plan.steps.
@@ -79,7 +74,7 @@ LstmForwardResult lstm_layer_forward(const LstmBackend& backend, const Tensor& x
                                      const optional<Tensor>& c0, const Tensor& w_ih,
                                      const Tensor& w_hh, const optional<Tensor>& b_ih,
                                      const optional<Tensor>& b_hh, bool reverse,
-                                     bool save_activations) {
+                                     bool save_activations, const optional<Tensor>& plan_table) {
   const LstmSizes sz = check_lstm_forward_inputs(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh);
   backend.check_input(x, sz.hidden);
   const at::OptionalDeviceGuard device_guard(at::device_of(x));
@@ -87,7 +82,7 @@ LstmForwardResult lstm_layer_forward(const LstmBackend& backend, const Tensor& x
   const at::ScalarType dtype = x.scalar_type(), state_dtype = at::toOpMathType(dtype);
   const auto opts = x.options();
   const auto state_opts = opts.dtype(state_dtype);
-  const LengthPlan plan = make_length_plan(lengths_on_host(lengths), T, B, reverse);
+  const LengthPlan plan = make_length_plan(plan_table_for(lengths, plan_table, T, B), T, B, reverse);
   const DevicePlan dev = make_device_plan(plan, reverse, x.device());
   const int64_t N = plan.packed_rows;  // 0 exactly when B == 0: lengths are >= 1
 
@@ -158,7 +153,8 @@ LstmBackwardResult lstm_layer_backward(const LstmBackend& backend, const Tensor&
                                        const Tensor& x, const optional<Tensor>& lengths,
                                        const optional<Tensor>& c0, const Tensor& w_ih,
                                        const Tensor& w_hh, const Tensor& gates, const Tensor& cell,
-                                       const Tensor& h_prev, bool reverse, bool compute_grad_x) {
+                                       const Tensor& h_prev, bool reverse, bool compute_grad_x,
+                                       const optional<Tensor>& plan_table) {
   const LstmSizes sz = check_lstm_forward_inputs(x, lengths, c10::nullopt, c0, w_ih, w_hh,
                                                  c10::nullopt, c10::nullopt);
   backend.check_input(x, sz.hidden);
@@ -174,7 +170,7 @@ LstmBackwardResult lstm_layer_backward(const LstmBackend& backend, const Tensor&
   const at::OptionalDeviceGuard device_guard(at::device_of(x));
   const at::ScalarType dtype = x.scalar_type(), state_dtype = at::toOpMathType(dtype);
   const auto opts = x.options();
-  const LengthPlan plan = make_length_plan(lengths_on_host(lengths), T, B, reverse);
+  const LengthPlan plan = make_length_plan(plan_table_for(lengths, plan_table, T, B), T, B, reverse);
   const DevicePlan dev = make_device_plan(plan, reverse, x.device());
   const int64_t N = plan.packed_rows;
   check_shape(gates, {N, 4 * H}, "gates");

@@ -54,14 +54,15 @@ LstmForwardResult lstm_layer_forward(const LstmBackend& backend, const at::Tenso
                                      const at::Tensor& w_hh,
                                      const c10::optional<at::Tensor>& b_ih,
                                      const c10::optional<at::Tensor>& b_hh, bool reverse,
-                                     bool save_activations);
+                                     bool save_activations,
+                                     const c10::optional<at::Tensor>& plan_table);
 
 LstmBackwardResult lstm_layer_backward(
     const LstmBackend& backend, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
     const at::Tensor& grad_c_n, const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
     const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& gates, const at::Tensor& cell, const at::Tensor& h_prev, bool reverse,
-    bool compute_grad_x);
+    bool compute_grad_x, const c10::optional<at::Tensor>& plan_table);
 
 // The operator kernels for the backend `backend()` returns (a function, as a
 // base subobject cannot be a template argument). Registered with
@@ -73,18 +74,18 @@ struct LstmOps {
                                    const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih,
                                    const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
                                    const c10::optional<at::Tensor>& b_hh, bool reverse,
-                                   bool save_activations) {
+                                   bool save_activations, const c10::optional<at::Tensor>& plan) {
     return lstm_layer_forward(backend(), x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse,
-                              save_activations);
+                              save_activations, plan);
   }
   static LstmBackwardResult backward(
       const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
       const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
       const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
       const at::Tensor& gates, const at::Tensor& cell, const at::Tensor& h_prev, bool reverse,
-      bool compute_grad_x) {
+      bool compute_grad_x, const c10::optional<at::Tensor>& plan) {
     return lstm_layer_backward(backend(), grad_output, grad_h_n, grad_c_n, x, lengths, c0, w_ih,
-                               w_hh, gates, cell, h_prev, reverse, compute_grad_x);
+                               w_hh, gates, cell, h_prev, reverse, compute_grad_x, plan);
   }
 };
 

@@ -8,12 +8,22 @@
 //   layer in one direction. `lengths` [B] (any integer dtype, on the CPU or on x's device)
 //   gives each row's valid steps, 1 <= lengths[b] <= T; None means all T.
 //   With reverse=true each row runs from its own last valid step down to 0.
+//   `plan` (optional, every operator): the batch's length plan from
+//   length_plan (csrc/length_plan.h), made once per batch and passed instead
+//   of lengths (which must then be None) so no call validates, sorts or
+//   copies lengths to the host again.
 //   Weights use nn.LSTM's layout and gate order (i, f, g, o): w_ih [4H, I],
 //   w_hh [4H, H], b_ih/b_hh [4H].
 #include <Python.h>
 #include <torch/library.h>
 
+#include "length_plan.h"
+
 TORCH_LIBRARY(seqcls_fast, m) {
+  // lengths [B] (any integer dtype, any device) validated against `steps` and
+  // `batch` and sorted: the plan [3, B] int64 on the CPU (csrc/length_plan.h).
+  // The only device-to-host copy of a batch's lengths.
+  m.def("length_plan(Tensor lengths, int steps, int batch) -> Tensor");
   // Returns (output [T,B,H], h_n [B,H], c_n [B,H], gates [N,4H], cell [N,H],
   // h_prev [N,H]) with N = sum(lengths) (T*B without lengths); output is 0
   // past each row's length. The last three are what the backward needs, in
@@ -26,7 +36,8 @@ TORCH_LIBRARY(seqcls_fast, m) {
   m.def(
       "lstm_layer_forward(Tensor x, Tensor? lengths, Tensor? h0, Tensor? c0, "
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse, "
-      "bool save_activations) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "bool save_activations, Tensor? plan=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "Tensor)");
   // Returns (grad_x [T,B,I], grad_h0 [B,H], grad_c0 [B,H], grad_w_ih [4H,I],
   // grad_w_hh [4H,H], grad_bias [4H]); grad_bias is the gradient of b_ih and
   // of b_hh alike. grad_x is all zeros when compute_grad_x is false (the
@@ -34,27 +45,44 @@ TORCH_LIBRARY(seqcls_fast, m) {
   m.def(
       "lstm_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, "
       "Tensor x, Tensor? lengths, Tensor? c0, Tensor w_ih, Tensor w_hh, "
-      "Tensor gates, Tensor cell, Tensor h_prev, bool reverse, bool compute_grad_x) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor gates, Tensor cell, Tensor h_prev, bool reverse, bool compute_grad_x, "
+      "Tensor? plan=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // values [B,T,D], keys [B,T,A] (None: keys are the values), query [A].
   // scores s[b,t] = keys[b,t] . query over t < lengths[b]; weights = masked
   // softmax of s (0 at padding); pooled[b] = sum_t weights[b,t] values[b,t].
   // Returns (pooled [B,D], weights [B,T]). Any strides are accepted.
   m.def(
       "masked_attention_pool_forward(Tensor values, Tensor? keys, Tensor query, "
-      "Tensor? lengths) -> (Tensor, Tensor)");
+      "Tensor? lengths, Tensor? plan=None) -> (Tensor, Tensor)");
   // Returns (grad_values [B,T,D], grad_keys [B,T,A], grad_query [A]). When keys
   // is None the key gradient is folded into grad_values and grad_keys is an
   // empty tensor.
   m.def(
       "masked_attention_pool_backward(Tensor grad_pooled, Tensor grad_weights, "
-      "Tensor values, Tensor? keys, Tensor query, Tensor? lengths, Tensor weights) "
-      "-> (Tensor, Tensor, Tensor)");
+      "Tensor values, Tensor? keys, Tensor query, Tensor? lengths, Tensor weights, "
+      "Tensor? plan=None) -> (Tensor, Tensor, Tensor)");
 }
 
+namespace {
+
+// Test hook: {"plans_made": n, "host_copies": n} since the library loaded.
+PyObject* length_plan_stats(PyObject* /*self*/, PyObject* /*args*/) {
+  const seqcls_fast::LengthPlanStats stats = seqcls_fast::length_plan_stats();
+  return Py_BuildValue("{s:L,s:L}", "plans_made", static_cast<long long>(stats.plans_made),
+                       "host_copies", static_cast<long long>(stats.host_copies));
+}
+
+PyMethodDef methods[] = {
+    {"length_plan_stats", length_plan_stats, METH_NOARGS,
+     "How many length plans were made from raw lengths, and how many device-to-host copies "
+     "of lengths that took, since the library was loaded."},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
 // An importable module so `import seqcls_fast._C` loads the library and runs
-// the registrations above; no Python functions are bound here.
+// the registrations above; it binds one test hook and no operators.
 PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }

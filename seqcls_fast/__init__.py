@@ -5,8 +5,9 @@ from . import reference  # noqa: F401  (plain-PyTorch baselines, public)
 from ._ops import lstm_layer, masked_attention_pool
 from .classifier import LSTMClassifier
 from .lstm import LSTM
+from .plan import LengthPlan
 from .pooling import MaskedAttentionPooling
 
-__all__ = ["LSTM", "MaskedAttentionPooling", "LSTMClassifier", "lstm_layer",
+__all__ = ["LSTM", "MaskedAttentionPooling", "LSTMClassifier", "LengthPlan", "lstm_layer",
            "masked_attention_pool"]
 __version__ = "0.1.0"

@@ -22,12 +22,12 @@ def _state_dtype(dtype):
 # ----------------------------------------------------------------- LSTM layer
 @torch.library.register_fake("seqcls_fast::lstm_layer_forward")
 def _lstm_layer_forward_fake(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse,
-                             save_activations):
+                             save_activations, plan=None):
     steps, batch, _ = x.shape
     hidden = w_hh.shape[1]
     if not save_activations:
         kept = 0
-    elif lengths is None:
+    elif lengths is None and plan is None:
         kept = steps * batch
     else:  # N = sum(lengths): known only from the data
         kept = torch.library.get_ctx().new_dynamic_size()
@@ -43,7 +43,7 @@ def _lstm_layer_forward_fake(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse
 
 @torch.library.register_fake("seqcls_fast::lstm_layer_backward")
 def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, x, lengths, c0, w_ih, w_hh,
-                              gates, cell, h_prev, reverse, compute_grad_x):
+                              gates, cell, h_prev, reverse, compute_grad_x, plan=None):
     batch, hidden = x.shape[1], w_hh.shape[1]
     return (
         x.new_empty(x.shape),
@@ -56,11 +56,11 @@ def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, x, lengths, c0, w
 
 
 def _lstm_setup_context(ctx, inputs, output):
-    x, lengths, h0, c0, w_ih, w_hh, b_ih, _b_hh, reverse, save_activations = inputs
+    x, lengths, h0, c0, w_ih, w_hh, b_ih, _b_hh, reverse, save_activations, plan = inputs
     if not save_activations:
         return  # inference call: backward() below raises if reached
     _out, _h_n, _c_n, gates, cell, h_prev = output
-    ctx.save_for_backward(x, lengths, c0, w_ih, w_hh, gates, cell, h_prev)
+    ctx.save_for_backward(x, lengths, c0, w_ih, w_hh, gates, cell, h_prev, plan)
     ctx.reverse = reverse
     ctx.has_bias = b_ih is not None
     ctx.has_h0 = h0 is not None
@@ -70,7 +70,7 @@ def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cell
     if not hasattr(ctx, "reverse"):
         raise RuntimeError("seqcls_fast: lstm_layer_forward was called with "
                            "save_activations=False and cannot be differentiated")
-    x, lengths, c0, w_ih, w_hh, gates, cell, h_prev = ctx.saved_tensors
+    x, lengths, c0, w_ih, w_hh, gates, cell, h_prev, plan = ctx.saved_tensors
     steps, batch, hidden = x.shape[0], x.shape[1], w_hh.shape[1]
     if grad_output is None:
         grad_output = x.new_zeros(steps, batch, hidden)
@@ -81,63 +81,72 @@ def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cell
     need = ctx.needs_input_grad
     grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = ops.lstm_layer_backward(
         grad_output, grad_h_n, grad_c_n, x, lengths, c0, w_ih, w_hh, gates, cell, h_prev,
-        ctx.reverse, need[0])
+        ctx.reverse, need[0], plan)
     grad_b = grad_bias if ctx.has_bias else None
     return (grad_x if need[0] else None, None,
             grad_h0 if ctx.has_h0 else None, grad_c0 if c0 is not None else None,
-            grad_w_ih, grad_w_hh, grad_b, grad_b, None, None)
+            grad_w_ih, grad_w_hh, grad_b, grad_b, None, None, None)
 
 
 torch.library.register_autograd("seqcls_fast::lstm_layer_forward", _lstm_backward,
                                 setup_context=_lstm_setup_context)
 
 
-def lstm_layer(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
+def lstm_layer(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, plan=None):
     """One LSTM layer in one direction, time-major: x [T, B, I] ->
     (output [T, B, H], h_n [B, H], c_n [B, H]). Keeps what the backward needs
-    only when autograd will ask for it."""
+    only when autograd will ask for it. ``plan``: the batch's length plan
+    tensor (then lengths is None)."""
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
     out, h_n, c_n, _gates, _cell, _h_prev = ops.lstm_layer_forward(
-        x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, save)
+        x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, save, plan)
     return out, h_n, c_n
 
 
 # ------------------------------------------------- masked attention pooling
 @torch.library.register_fake("seqcls_fast::masked_attention_pool_forward")
-def _pool_forward_fake(values, keys, query, lengths):
+def _pool_forward_fake(values, keys, query, lengths, plan=None):
     batch, steps, features = values.shape
     return values.new_empty(batch, features), values.new_empty(batch, steps)
 
 
 @torch.library.register_fake("seqcls_fast::masked_attention_pool_backward")
-def _pool_backward_fake(grad_pooled, grad_weights, values, keys, query, lengths, weights):
+def _pool_backward_fake(grad_pooled, grad_weights, values, keys, query, lengths, weights,
+                        plan=None):
     grad_keys = values.new_empty(keys.shape) if keys is not None else values.new_empty(0)
     return values.new_empty(values.shape), grad_keys, query.new_empty(query.shape)
 
 
 def _pool_setup_context(ctx, inputs, output):
-    values, keys, query, lengths = inputs
+    values, keys, query, lengths, plan = inputs
     _pooled, weights = output
-    ctx.save_for_backward(values, keys, query, lengths, weights)
+    ctx.save_for_backward(values, keys, query, lengths, weights, plan)
 
 
 def _pool_backward(ctx, grad_pooled, grad_weights):
-    values, keys, query, lengths, weights = ctx.saved_tensors
+    values, keys, query, lengths, weights, plan = ctx.saved_tensors
     if grad_pooled is None:
         grad_pooled = values.new_zeros(values.shape[0], values.shape[2])
     if grad_weights is None:
         grad_weights = torch.zeros_like(weights)
     grad_values, grad_keys, grad_query = ops.masked_attention_pool_backward(
-        grad_pooled, grad_weights, values, keys, query, lengths, weights)
-    return grad_values, (grad_keys if keys is not None else None), grad_query, None
+        grad_pooled, grad_weights, values, keys, query, lengths, weights, plan)
+    return grad_values, (grad_keys if keys is not None else None), grad_query, None, None
 
 
 torch.library.register_autograd("seqcls_fast::masked_attention_pool_forward", _pool_backward,
                                 setup_context=_pool_setup_context)
 
 
-def masked_attention_pool(values, keys, query, lengths):
+def masked_attention_pool(values, keys, query, lengths, plan=None):
     """values [B, T, D], keys [B, T, A] or None (keys = values), query [A] ->
-    (pooled [B, D], weights [B, T])."""
-    return ops.masked_attention_pool_forward(values, keys, query, lengths)
+    (pooled [B, D], weights [B, T]). ``plan``: the batch's length plan tensor
+    (then lengths is None)."""
+    return ops.masked_attention_pool_forward(values, keys, query, lengths, plan)
+
+
+# ------------------------------------------------------------- length plan
+@torch.library.register_fake("seqcls_fast::length_plan")
+def _length_plan_fake(lengths, steps, batch):
+    return lengths.new_empty(3, batch, dtype=torch.long, device="cpu")

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from .lstm import LSTM
+from .plan import LengthPlan
 from .pooling import MaskedAttentionPooling
 
 POOLINGS = ("attention", "mean", "last")
@@ -20,10 +21,12 @@ class LSTMClassifier(nn.Module):
     between LSTM layers and before the head.
 
     ``lstm_class`` and ``pooling_class`` are the parts it is built from;
-    ``seqcls_fast.reference.NativeLSTMClassifier`` swaps in native ones.
+    ``seqcls_fast.reference.NativeLSTMClassifier`` swaps in native ones (and
+    ``plan_lengths = False``: raw lengths go to them as a user would pass them).
     """
     lstm_class = LSTM
     pooling_class = MaskedAttentionPooling
+    plan_lengths = True
 
     def __init__(self, input_size, hidden_size, num_classes, num_layers=1, bidirectional=False,
                  dropout=0.0, vocab_size=None, padding_idx=0, pooling="attention",
@@ -52,8 +55,10 @@ class LSTMClassifier(nn.Module):
             x = self.embedding(x)
         elif x.dim() != 3:
             raise ValueError(f"LSTMClassifier: x must be [B, T, input_size], got shape {tuple(x.shape)}")
-        if lengths is not None and not isinstance(lengths, torch.Tensor):
+        if lengths is not None and not isinstance(lengths, (torch.Tensor, LengthPlan)):
             lengths = torch.as_tensor(lengths)
+        if self.plan_lengths:  # once for every layer, direction, pass and the pooling
+            lengths = LengthPlan.of(lengths, x.size(1), x.size(0), x.device, "LSTMClassifier")
         outputs, (h_n, _c_n) = self.lstm(x, lengths=lengths)  # outputs [B, T, D]
         if self.pooling == "attention":
             features, _weights = self.pool(outputs, lengths)
@@ -61,7 +66,8 @@ class LSTMClassifier(nn.Module):
             if lengths is None:
                 features = outputs.mean(dim=1)
             else:  # outputs are 0 past each length
-                counts = lengths.to(device=outputs.device, dtype=outputs.dtype)
+                raw = lengths.lengths if isinstance(lengths, LengthPlan) else lengths
+                counts = raw.to(device=outputs.device, dtype=outputs.dtype)
                 features = outputs.sum(dim=1) / counts.unsqueeze(1)
         else:  # last: final states of the top layer, both directions
             top = h_n[-2:] if self.lstm.bidirectional else h_n[-1:]

@@ -4,6 +4,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ._ops import lstm_layer
+from .plan import LengthPlan
 
 
 class LSTM(nn.RNNBase):
@@ -13,7 +14,8 @@ class LSTM(nn.RNNBase):
     ``forward(x, hx=None, lengths=None)`` takes every input nn.LSTM takes
     (``[T, B, I]``, ``[B, T, I]`` with ``batch_first``, unbatched ``[T, I]``, a
     ``PackedSequence``) and a padded batch with ``lengths`` ([B] integers, on
-    the CPU or on x's device). With lengths, each sequence is processed exactly
+    the CPU or on x's device, or an ``sf.LengthPlan``). With lengths, each
+    sequence is processed exactly
     as if packed: outputs past a length are 0, ``h_n``/``c_n`` are the states
     at each sequence's last valid step, and the reverse direction starts there.
 
@@ -57,13 +59,13 @@ class LSTM(nn.RNNBase):
         unbatched = input.dim() == 2
         if unbatched:
             x = input.unsqueeze(1)
-            if lengths is not None:
+            if lengths is not None and not isinstance(lengths, LengthPlan):
                 lengths = torch.as_tensor(lengths).reshape(1)
         else:
             x = input.transpose(0, 1) if self.batch_first else input
         hx = self._check_input_and_hx(hx, x, unbatched)
-        lengths = self._check_lengths(lengths)
-        out, (h_n, c_n) = self._run(x, lengths, hx)
+        plan = LengthPlan.of(lengths, x.size(0), x.size(1), x.device, "seqcls_fast.LSTM")
+        out, (h_n, c_n) = self._run(x, plan, hx)
         if unbatched:
             return out.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         if self.batch_first:
@@ -77,7 +79,7 @@ class LSTM(nn.RNNBase):
         # Padded, in the caller's batch order (as hx and h_n are).
         padded, lens = pad_packed_sequence(packed)
         hx = self._check_input_and_hx(hx, padded, False)
-        out, hidden = self._run(padded, lens, hx)
+        out, hidden = self._run(padded, LengthPlan(lens, padded.size(0), padded.size(1)), hx)
         if packed.sorted_indices is not None:
             out = out.index_select(1, packed.sorted_indices)
             lens = lens.index_select(0, packed.sorted_indices.cpu())
@@ -117,21 +119,11 @@ class LSTM(nn.RNNBase):
             states.append(state)
         return tuple(states)
 
-    @staticmethod
-    def _check_lengths(lengths):
-        if lengths is None:
-            return None
-        if not isinstance(lengths, torch.Tensor):
-            lengths = torch.as_tensor(lengths)
-        if lengths.device.type != "cpu" and lengths.dim() == 1:
-            # Each layer-direction call plans its steps from the lengths on
-            # the host: copy device lengths there once per forward rather
-            # than once per call. CPU lengths cost no synchronization at all.
-            lengths = lengths.cpu()
-        return lengths  # form and values are checked by the operator
-
-    def _run(self, x, lengths, hx):
-        """x [T, B, I] time-major -> (output [T, B, D*H], (h_n, c_n))."""
+    def _run(self, x, plan, hx):
+        """x [T, B, I] time-major, plan a LengthPlan or None (all T) ->
+        (output [T, B, D*H], (h_n, c_n)). Every layer and direction, and their
+        backward, read the one plan."""
+        table = plan.table if plan is not None else None
         num_directions = 2 if self.bidirectional else 1
         h0, c0 = hx if hx is not None else (None, None)
         layer_input = x
@@ -142,13 +134,13 @@ class LSTM(nn.RNNBase):
                 suffix = f"l{layer}" + ("_reverse" if direction else "")
                 index = layer * num_directions + direction
                 out, h, c = lstm_layer(
-                    layer_input, lengths,
+                    layer_input, None,
                     h0[index] if h0 is not None else None,
                     c0[index] if c0 is not None else None,
                     getattr(self, "weight_ih_" + suffix), getattr(self, "weight_hh_" + suffix),
                     getattr(self, "bias_ih_" + suffix) if self.bias else None,
                     getattr(self, "bias_hh_" + suffix) if self.bias else None,
-                    bool(direction))
+                    bool(direction), table)
                 outputs.append(out)
                 h_n.append(h)
                 c_n.append(c)

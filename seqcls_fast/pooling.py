@@ -5,12 +5,14 @@ import torch
 from torch import nn
 
 from ._ops import masked_attention_pool
+from .plan import LengthPlan
 
 
 class MaskedAttentionPooling(nn.Module):
     """``pooled, weights = pool(outputs, lengths)``.
 
-    outputs ``[B, T, D]`` (any strides), lengths ``[B]`` or None (all T).
+    outputs ``[B, T, D]`` (any strides), lengths ``[B]``, an ``sf.LengthPlan``
+    or None (all T).
     Scores ``s_t = q . k_t`` with ``k_t = h_t`` (``attn_dim=None``) or
     ``k_t = tanh(W h_t + b)`` (additive attention, ``W: [attn_dim, D]``); a
     softmax over ``t < length`` only; ``pooled = sum_t alpha_t h_t``.
@@ -42,7 +44,8 @@ class MaskedAttentionPooling(nn.Module):
         if outputs.size(2) != self.hidden_size:
             raise ValueError(f"MaskedAttentionPooling: outputs must have D = hidden_size = "
                              f"{self.hidden_size} features, got {outputs.size(2)}")
-        if lengths is not None and not isinstance(lengths, torch.Tensor):
-            lengths = torch.as_tensor(lengths)
+        plan = LengthPlan.of(lengths, outputs.size(1), outputs.size(0), outputs.device,
+                             "MaskedAttentionPooling")
         keys = torch.tanh(self.proj(outputs)) if self.proj is not None else None
-        return masked_attention_pool(outputs, keys, self.query, lengths)
+        return masked_attention_pool(outputs, keys, self.query, None,
+                                     plan.table if plan is not None else None)

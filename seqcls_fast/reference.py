@@ -100,3 +100,4 @@ class NativeLSTMClassifier(LSTMClassifier):
     """``sf.LSTMClassifier`` on native parts: the baseline a user would write."""
     lstm_class = PackedLSTM
     pooling_class = MaskedAttentionPooling
+    plan_lengths = False

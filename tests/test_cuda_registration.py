@@ -22,6 +22,8 @@ from seqcls_fast._build import read_build_record
 OPERATORS = ("lstm_layer_forward", "lstm_layer_backward",
              "masked_attention_pool_forward", "masked_attention_pool_backward")
 AUTOCAST_OPERATORS = ("lstm_layer_forward", "masked_attention_pool_forward")
+# Host-only work, one kernel for every device.
+HOST_OPERATORS = ("length_plan",)
 
 
 def _registered_operators():
@@ -38,7 +40,10 @@ def _built_with_cuda():
 
 def test_operator_list_is_known():
     # A new operator must be added here (and get a CUDA kernel).
-    assert tuple(_registered_operators()) == tuple(sorted(OPERATORS))
+    assert tuple(_registered_operators()) == tuple(sorted(OPERATORS + HOST_OPERATORS))
+    for op in HOST_OPERATORS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"seqcls_fast::{op}",
+                                                              "CompositeExplicitAutograd"), op
 
 
 def test_every_operator_has_a_cuda_kernel():

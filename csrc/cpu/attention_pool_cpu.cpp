@@ -38,11 +38,6 @@ Acc dot(const T* a, int64_t stride_a, const T* b, int64_t stride_b, int64_t n) {
   return acc;
 }
 
-// lengths on the CPU as int64 (values checked), or nullptr for "all T".
-Tensor lengths_or_undefined(const optional<Tensor>& lengths, int64_t steps) {
-  return lengths.has_value() ? checked_lengths_cpu(*lengths, steps) : Tensor();
-}
-
 void check_cpu(const Tensor& values) {
   SEQCLS_CHECK_VALUE(values.device().is_cpu(),
                      "values must be on the CPU for the CPU kernel, got ", values.device());
@@ -51,14 +46,15 @@ void check_cpu(const Tensor& values) {
 std::tuple<Tensor, Tensor> masked_attention_pool_forward_cpu(const Tensor& values,
                                                               const optional<Tensor>& keys,
                                                               const Tensor& query,
-                                                              const optional<Tensor>& lengths) {
+                                                              const optional<Tensor>& lengths,
+                                                              const optional<Tensor>& plan) {
   const PoolSizes sz = check_attention_pool_inputs(values, keys, query, lengths);
   check_cpu(values);
   const int64_t B = sz.batch, T = sz.steps, D = sz.features, A = sz.key_size;
   Tensor pooled = at::zeros({B, D}, values.options());
   Tensor weights = at::zeros({B, T}, values.options());
   if (B == 0) return {pooled, weights};
-  const Tensor len = lengths_or_undefined(lengths, T);
+  const Tensor len = pool_lengths(lengths, plan, T, B, values.device());
   const Tensor& key_tensor = keys.has_value() ? *keys : values;
 
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "masked_attention_pool_forward_cpu", [&] {
@@ -100,7 +96,7 @@ std::tuple<Tensor, Tensor> masked_attention_pool_forward_cpu(const Tensor& value
 std::tuple<Tensor, Tensor, Tensor> masked_attention_pool_backward_cpu(
     const Tensor& grad_pooled, const Tensor& grad_weights, const Tensor& values,
     const optional<Tensor>& keys, const Tensor& query, const optional<Tensor>& lengths,
-    const Tensor& weights) {
+    const Tensor& weights, const optional<Tensor>& plan) {
   const PoolSizes sz = check_attention_pool_inputs(values, keys, query, lengths);
   check_cpu(values);
   const int64_t B = sz.batch, T = sz.steps, D = sz.features, A = sz.key_size;
@@ -113,7 +109,7 @@ std::tuple<Tensor, Tensor, Tensor> masked_attention_pool_backward_cpu(
   // Each row's share of grad_query, summed over rows afterwards in a fixed order.
   Tensor grad_query_rows = at::zeros({B, A}, values.options().dtype(at::toOpMathType(values.scalar_type())));
   if (B == 0) return {grad_values, grad_keys, at::zeros({A}, values.options())};
-  const Tensor len = lengths_or_undefined(lengths, T);
+  const Tensor len = pool_lengths(lengths, plan, T, B, values.device());
   const Tensor& key_tensor = keys.has_value() ? *keys : values;
   const Tensor gp = grad_pooled.contiguous(), gw = grad_weights.contiguous(),
                w_all = weights.contiguous();

@@ -15,13 +15,12 @@
 // exponentials and weights live in a [B, T] acc_t workspace in global memory,
 // so T is unbounded.
 //
-// lengths: their values are checked on the host, as on the CPU, so a bad
-// length is a Python error rather than an out-of-bounds read. Lengths on the
-// CPU cost nothing extra (checked, then copied up with the launch); lengths
-// on the GPU cost one small device-to-host copy per call, i.e. one
-// synchronization. That is the honest price of the check; the LSTM op pays
-// the same copy to build its plan. The persistent kernel of design.md (no
-// host copy at all) will need a device-side error flag instead.
+// lengths: read from the batch's length plan (csrc/length_plan.h), whose
+// values were checked on the host when it was made, so a bad length is a
+// Python error rather than an out-of-bounds read. Given a plan, the op copies
+// nothing to the host; given raw GPU lengths, it makes a plan (one small
+// device-to-host copy). The persistent kernel of design.md (no host copy at
+// all) will need a device-side error flag instead.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -291,22 +290,11 @@ void check_cuda(const Tensor& values) {
                      "values must be on a CUDA device for the CUDA kernel, got ", values.device());
 }
 
-// lengths on the values' device as contiguous int64, values checked on the
-// host (see the top of this file), or undefined for "all T".
-Tensor checked_device_lengths(const optional<Tensor>& lengths, int64_t steps,
-                              const at::Device& device) {
-  if (!lengths.has_value()) return Tensor();
-  if (lengths->device().is_cpu()) {
-    return checked_lengths_cpu(*lengths, steps).to(device);
-  }
-  checked_lengths_cpu(lengths->to(at::kCPU), steps);  // the one device-to-host copy
-  return lengths->to(at::kLong).contiguous();
-}
-
 std::tuple<Tensor, Tensor> masked_attention_pool_forward_cuda(const Tensor& values,
                                                                const optional<Tensor>& keys,
                                                                const Tensor& query,
-                                                               const optional<Tensor>& lengths) {
+                                                               const optional<Tensor>& lengths,
+                                                               const optional<Tensor>& plan) {
   const PoolSizes sz = check_attention_pool_inputs(values, keys, query, lengths);
   check_cuda(values);
   const c10::cuda::CUDAGuard device_guard(values.device());
@@ -314,7 +302,7 @@ std::tuple<Tensor, Tensor> masked_attention_pool_forward_cuda(const Tensor& valu
   Tensor pooled = at::empty({B, D}, values.options());
   Tensor weights = at::empty({B, T}, values.options());
   if (B == 0) return {pooled, weights};
-  const Tensor len = checked_device_lengths(lengths, T, values.device());
+  const Tensor len = pool_lengths(lengths, plan, T, B, values.device());
   const Tensor& key_tensor = keys.has_value() ? *keys : values;
   const at::ScalarType acc_dtype = at::toOpMathType(values.scalar_type());
   Tensor workspace = at::empty({B, T}, values.options().dtype(acc_dtype));
@@ -345,7 +333,7 @@ std::tuple<Tensor, Tensor> masked_attention_pool_forward_cuda(const Tensor& valu
 std::tuple<Tensor, Tensor, Tensor> masked_attention_pool_backward_cuda(
     const Tensor& grad_pooled, const Tensor& grad_weights, const Tensor& values,
     const optional<Tensor>& keys, const Tensor& query, const optional<Tensor>& lengths,
-    const Tensor& weights) {
+    const Tensor& weights, const optional<Tensor>& plan) {
   const PoolSizes sz = check_attention_pool_inputs(values, keys, query, lengths);
   check_cuda(values);
   const int64_t B = sz.batch, T = sz.steps, D = sz.features, A = sz.key_size;
@@ -361,7 +349,7 @@ std::tuple<Tensor, Tensor, Tensor> masked_attention_pool_backward_cuda(
   Tensor grad_keys = at::empty({keys.has_value() ? B * T * A : 0}, values.options());
   if (keys.has_value()) grad_keys = grad_keys.view({B, T, A});
   if (B == 0) return {grad_values, grad_keys, at::zeros({A}, values.options())};
-  const Tensor len = checked_device_lengths(lengths, T, values.device());
+  const Tensor len = pool_lengths(lengths, plan, T, B, values.device());
   const Tensor& key_tensor = keys.has_value() ? *keys : values;
   const Tensor gp = grad_pooled.contiguous(), gw = grad_weights.contiguous(),
                w_all = weights.contiguous();

@@ -3,7 +3,7 @@
 // Policy, the one autocast applies to cuDNN's RNN and to matmuls: the forward
 // ops run in the autocast dtype (float16 by default, or bfloat16). Their
 // floating inputs on CUDA are cast to it (float64 inputs are left alone, as
-// autocast does everywhere); lengths are integers and pass through. The
+// autocast does everywhere); lengths and the plan are integers and pass through. The
 // kernels accumulate in float32 and keep the LSTM cell state in float32, so
 // this loses no more than storage precision. Gradients flow back through the
 // casts to the float32 parameters, since autocast sits above autograd in the
@@ -44,7 +44,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward_au
     const Tensor& x, const optional<Tensor>& lengths, const optional<Tensor>& h0,
     const optional<Tensor>& c0, const Tensor& w_ih, const Tensor& w_hh,
     const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, bool reverse,
-    bool save_activations) {
+    bool save_activations, const optional<Tensor>& plan) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("seqcls_fast::lstm_layer_forward", "")
                              .typed<LstmForwardFn>();
@@ -52,18 +52,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward_au
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
   return op.call(cast(dtype, x), lengths, cast(dtype, h0), cast(dtype, c0), cast(dtype, w_ih),
                  cast(dtype, w_hh), cast(dtype, b_ih), cast(dtype, b_hh), reverse,
-                 save_activations);
+                 save_activations, plan);
 }
 
 std::tuple<Tensor, Tensor> masked_attention_pool_forward_autocast(
     const Tensor& values, const optional<Tensor>& keys, const Tensor& query,
-    const optional<Tensor>& lengths) {
+    const optional<Tensor>& lengths, const optional<Tensor>& plan) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("seqcls_fast::masked_attention_pool_forward", "")
                              .typed<PoolForwardFn>();
   const at::ScalarType dtype = at::autocast::get_autocast_dtype(at::kCUDA);
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
-  return op.call(cast(dtype, values), cast(dtype, keys), cast(dtype, query), lengths);
+  return op.call(cast(dtype, values), cast(dtype, keys), cast(dtype, query), lengths, plan);
 }
 
 }  // namespace

@@ -1,0 +1,60 @@
+"""sf.LengthPlan: a batch's lengths validated and sorted once, for every
+layer, direction, pass and the pooling to share (what ``batch_sizes`` is to a
+PackedSequence).
+
+``sf.LSTM``, ``sf.MaskedAttentionPooling`` and ``sf.LSTMClassifier`` accept a
+plan wherever they accept ``lengths``; given raw lengths they make one plan per
+call. Making it is the only place lengths are validated, sorted, and (for
+lengths on a GPU) copied to the host.
+"""
+import torch
+
+from ._ops import ops
+
+
+class LengthPlan:
+    """``plan = sf.LengthPlan(lengths, steps)``: lengths ``[B]`` (any integer
+    dtype, any device; a list works) for a padded batch of ``steps`` time steps
+    (``batch``: B, checked; default the size of lengths).
+
+    ``plan.lengths`` is the lengths tensor as given, ``plan.steps`` the padded
+    length T, ``plan.table`` the ``[3, B]`` int64 CPU tensor the operators read
+    (sorted order, sorted lengths, lengths in caller order).
+    """
+
+    def __init__(self, lengths, steps, batch=None):
+        if not isinstance(lengths, torch.Tensor):
+            lengths = torch.as_tensor(lengths)
+        if batch is None:
+            batch = lengths.shape[0] if lengths.dim() > 0 else 1
+        self.lengths = lengths
+        self.steps = int(steps)
+        self.table = ops.length_plan(lengths, self.steps, int(batch))
+
+    @property
+    def batch_size(self):
+        return self.table.shape[1]
+
+    def __repr__(self):
+        return f"LengthPlan(batch_size={self.batch_size}, steps={self.steps})"
+
+    @classmethod
+    def of(cls, lengths, steps, batch, device, where):
+        """``lengths`` as a plan for a padded batch [B, T] on ``device``: a
+        LengthPlan is checked against T and B and returned as is, raw lengths
+        (on the CPU or on ``device``) are planned; None stays None. ``where``
+        names the caller in errors."""
+        if lengths is None:
+            return None
+        if isinstance(lengths, LengthPlan):
+            if (lengths.steps, lengths.batch_size) != (steps, batch):
+                raise ValueError(f"{where}: the LengthPlan was made for (T, B) = "
+                                 f"({lengths.steps}, {lengths.batch_size}), the input has "
+                                 f"({steps}, {batch})")
+            return lengths
+        if not isinstance(lengths, torch.Tensor):
+            lengths = torch.as_tensor(lengths)
+        if lengths.device.type != "cpu" and lengths.device != device:
+            raise ValueError(f"seqcls_fast: lengths must be on the CPU or on the input's device "
+                             f"({device}), got {lengths.device}")
+        return cls(lengths, steps, batch)
