@@ -1,0 +1,131 @@
+"""The length plan: made once per batch (one validation, one sort, at most one
+device-to-host copy of lengths), read by every layer, direction, pass and the
+pooling; a plan and raw lengths give the same numbers; a plan that does not
+belong to the batch is refused."""
+import pytest
+import torch
+
+import seqcls_fast as sf
+from seqcls_fast import _C
+from seqcls_fast._ops import ops
+
+
+
+def _stats():
+    return _C.length_plan_stats()
+
+
+@pytest.mark.parametrize("pooling", ["attention", "mean", "last"])
+def test_one_plan_per_training_step(device, pooling):
+    """3-layer bidirectional classifier, lengths on the input's device: one
+    plan (so one validation and one sort) per training step, and one
+    device-to-host copy on a GPU, none on the CPU."""
+    model = sf.LSTMClassifier(5, 6, 3, num_layers=3, bidirectional=True,
+                              pooling=pooling).to(device)
+    x = torch.randn(4, 7, 5, device=device)
+    lengths = torch.tensor([7, 2, 5, 3], device=device)
+    labels = torch.tensor([0, 1, 2, 1], device=device)
+    before = _stats()
+    loss = torch.nn.functional.cross_entropy(model(x, lengths), labels)
+    loss.backward()
+    after = _stats()
+    assert after["plans_made"] - before["plans_made"] == 1
+    assert after["host_copies"] - before["host_copies"] == (0 if device.type == "cpu" else 1)
+
+
+def test_a_plan_given_is_not_made_again(device):
+    lstm = sf.LSTM(3, 4, num_layers=2, bidirectional=True).to(device)
+    pool = sf.MaskedAttentionPooling(8).to(device)
+    x = torch.randn(6, 3, 3, device=device, requires_grad=True)
+    plan = sf.LengthPlan(torch.tensor([6, 1, 4], device=device), 6)
+    before = _stats()
+    out, _ = lstm(x, lengths=plan)
+    pooled, _ = pool(out.transpose(0, 1), plan)
+    pooled.sum().backward()
+    assert _stats() == before
+
+
+def test_plan_and_raw_lengths_agree():
+    torch.manual_seed(0)
+    lstm = sf.LSTM(3, 5, num_layers=2, bidirectional=True).double()
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    lengths = torch.tensor([2, 6, 6, 3], dtype=torch.int32)
+    raw = lstm(x, lengths=lengths)
+    planned = lstm(x, lengths=sf.LengthPlan(lengths, 6))
+    assert torch.equal(raw[0], planned[0])
+    assert torch.equal(raw[1][0], planned[1][0]) and torch.equal(raw[1][1], planned[1][1])
+
+
+def test_plan_table_is_sorted_order_sorted_lengths_and_lengths():
+    table = sf.LengthPlan(torch.tensor([2, 5, 5, 1], dtype=torch.int16), 5).table
+    assert table.dtype == torch.int64 and table.device.type == "cpu"
+    assert table.tolist() == [[1, 2, 0, 3], [5, 5, 2, 1], [2, 5, 5, 1]]
+
+
+def test_plan_for_another_batch_is_refused():
+    lstm = sf.LSTM(3, 4)
+    x = torch.randn(5, 2, 3)
+    with pytest.raises(ValueError, match=r"made for \(T, B\) = \(6, 2\), the input has \(5, 2\)"):
+        lstm(x, lengths=sf.LengthPlan([5, 3], 6))
+    with pytest.raises(ValueError, match=r"made for \(T, B\) = \(5, 3\)"):
+        lstm(x, lengths=sf.LengthPlan([5, 3, 1], 5))
+
+
+@pytest.mark.parametrize("table", [
+    [[0, 0], [5, 3], [5, 3]],   # not a permutation
+    [[1, 0], [5, 3], [5, 3]],   # caller lengths disagree with the sorted ones
+    [[0, 1], [3, 5], [3, 5]],   # not sorted
+    [[0, 1], [6, 3], [6, 3]],   # above T
+    [[0, 2], [5, 3], [5, 0]],   # row index out of range
+])
+def test_tampered_plan_is_an_error_not_a_bad_read(table):
+    x = torch.randn(5, 2, 3)
+    w_ih, w_hh = torch.randn(16, 3), torch.randn(16, 4)
+    with pytest.raises(ValueError, match="plan is not a length plan of this batch"):
+        ops.lstm_layer_forward(x, None, None, None, w_ih, w_hh, None, None, False, False,
+                               torch.tensor(table))
+    with pytest.raises(ValueError, match="plan is not a length plan of this batch"):
+        ops.masked_attention_pool_forward(x.transpose(0, 1), None, torch.randn(3), None,
+                                          torch.tensor(table))
+
+
+def test_lengths_and_plan_together_are_refused():
+    x = torch.randn(5, 2, 3)
+    plan = sf.LengthPlan([5, 3], 5).table
+    with pytest.raises(ValueError, match="lengths must be None when a plan is given"):
+        ops.lstm_layer_forward(x, torch.tensor([5, 3]), None, None, torch.randn(16, 3),
+                               torch.randn(16, 4), None, None, False, False, plan)
+
+
+@pytest.mark.parametrize("lengths", [torch.tensor([3, 1, 3]),
+                                     torch.tensor([4, 2, 1], dtype=torch.int32)])
+def test_length_plan_opcheck(lengths):
+    torch.library.opcheck(ops.length_plan, (lengths, 4, 3))
+
+
+def test_operators_with_a_plan_pass_opcheck():
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 2, dtype=torch.float64, requires_grad=True)
+    w_ih = torch.randn(12, 2, dtype=torch.float64, requires_grad=True)
+    w_hh = torch.randn(12, 3, dtype=torch.float64, requires_grad=True)
+    plan = sf.LengthPlan([5, 2, 4], 5).table
+    for reverse in (False, True):
+        torch.library.opcheck(ops.lstm_layer_forward,
+                              (x, None, None, None, w_ih, w_hh, None, None, reverse, True, plan))
+    values = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    query = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(ops.masked_attention_pool_forward, (values, None, query, None, plan))
+
+
+def test_gradcheck_with_a_plan():
+    torch.manual_seed(0)
+    lstm = sf.LSTM(2, 3, num_layers=2, bidirectional=True).double()
+    pool = sf.MaskedAttentionPooling(6).double()
+    plan = sf.LengthPlan([4, 1, 3], 4)
+    x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
+
+    def f(x):
+        out, _ = lstm(x, lengths=plan)
+        return pool(out.transpose(0, 1), plan)[0]
+
+    assert torch.autograd.gradcheck(f, (x,))
