@@ -1,16 +1,21 @@
-"""sf.LSTMClassifier against the same model built from nn.LSTM + packing."""
+"""sf.LSTMClassifier against the same model written with nn.LSTM + packing
+and the plain-PyTorch pooling of seqcls_fast.reference, on every device."""
 import pytest
 import torch
 from torch import nn
 
 import seqcls_fast as sf
-from reference import masked_attention_pool, packed_lstm, random_lengths
+from helpers import LSTM_TOL, random_lengths, tolerance
+from seqcls_fast.reference import (NativeLSTMClassifier, masked_attention_pool, masked_mean_pool,
+                                   packed_lstm)
 
 
 def reference_logits(model, x, lengths):
     """The classifier's forward written with nn.LSTM + packing and plain PyTorch."""
+    weight = model.lstm.weight_ih_l0
     native = nn.LSTM(model.lstm.input_size, model.lstm.hidden_size, model.lstm.num_layers,
-                     batch_first=True, bidirectional=model.lstm.bidirectional).double()
+                     batch_first=True, bidirectional=model.lstm.bidirectional,
+                     device=weight.device, dtype=weight.dtype)
     native.load_state_dict(model.lstm.state_dict())
     if model.embedding is not None:
         x = model.embedding(x)
@@ -19,7 +24,7 @@ def reference_logits(model, x, lengths):
         keys = torch.tanh(model.pool.proj(out)) if model.pool.proj is not None else None
         features, _ = masked_attention_pool(out, keys, model.pool.query, lengths)
     elif model.pooling == "mean":
-        features = out.sum(1) / lengths.unsqueeze(1).double()
+        features = masked_mean_pool(out, lengths)
     else:
         features = torch.cat(tuple(h_n[-2:] if native.bidirectional else h_n[-1:]), dim=1)
     return model.head(features)
@@ -27,30 +32,37 @@ def reference_logits(model, x, lengths):
 
 @pytest.mark.parametrize("pooling", ["attention", "mean", "last"])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_matches_reference(pooling, bidirectional):
-    model = sf.LSTMClassifier(4, 6, 3, num_layers=2, bidirectional=bidirectional,
-                              pooling=pooling).double().eval()
-    x = torch.randn(5, 7, 4, dtype=torch.float64)
-    lengths = random_lengths(5, 7)
+def test_matches_reference(device, pooling, bidirectional):
+    settings = dict(num_layers=2, bidirectional=bidirectional, pooling=pooling, device=device,
+                    dtype=torch.float64)
+    model = sf.LSTMClassifier(4, 6, 3, **settings).eval()
+    x = torch.randn(5, 7, 4, dtype=torch.float64, device=device)
+    lengths = random_lengths(5, 7).to(device)
     logits = model(x, lengths)
     assert logits.shape == (5, 3)
-    torch.testing.assert_close(logits, reference_logits(model, x, lengths), rtol=1e-9, atol=1e-9)
+    tol = tolerance(LSTM_TOL, device, torch.float64)
+    torch.testing.assert_close(logits, reference_logits(model, x, lengths), **tol)
+    native = NativeLSTMClassifier(4, 6, 3, **settings).eval()
+    native.load_state_dict(model.state_dict())  # the same parameter names
+    torch.testing.assert_close(logits, native(x, lengths), **tol)
 
 
-def test_token_ids_with_embedding_and_additive_attention():
-    model = sf.LSTMClassifier(5, 4, 2, vocab_size=11, attn_dim=3).double().eval()
-    tokens = torch.randint(1, 11, (3, 6))
-    lengths = torch.tensor([6, 2, 4])
+def test_token_ids_with_embedding_and_additive_attention(device):
+    model = sf.LSTMClassifier(5, 4, 2, vocab_size=11, attn_dim=3, device=device,
+                              dtype=torch.float64).eval()
+    tokens = torch.randint(1, 11, (3, 6), device=device)
+    lengths = torch.tensor([6, 2, 4], device=device)
     tokens[1, 2:] = 0
     tokens[2, 4:] = 0
     torch.testing.assert_close(model(tokens, lengths), reference_logits(model, tokens, lengths),
-                               rtol=1e-9, atol=1e-9)
+                               **tolerance(LSTM_TOL, device, torch.float64))
 
 
-def test_gradcheck_classifier():
-    model = sf.LSTMClassifier(3, 4, 2, bidirectional=True, attn_dim=3).double()
-    x = torch.randn(3, 5, 3, dtype=torch.float64, requires_grad=True)
-    lengths = torch.tensor([5, 2, 4])
+def test_gradcheck_classifier(device):
+    model = sf.LSTMClassifier(3, 4, 2, bidirectional=True, attn_dim=3, device=device,
+                              dtype=torch.float64)
+    x = torch.randn(3, 5, 3, dtype=torch.float64, device=device, requires_grad=True)
+    lengths = torch.tensor([5, 2, 4], device=device)
     params = list(model.parameters())
 
     def fn(x, *ps):

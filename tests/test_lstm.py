@@ -1,181 +1,247 @@
-"""sf.LSTM against nn.LSTM + pack_padded_sequence: outputs, final states and
-every gradient, over random and awkward shapes and every input form."""
+"""sf.LSTM against nn.LSTM + pack_padded_sequence (seqcls_fast.reference.
+packed_lstm) on every device: outputs, final states and every gradient over
+random, awkward and multi-block shapes and every input form; and what sf.LSTM
+shares with nn.LSTM (state_dict, repr, dropout, train/eval, inference)."""
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import seqcls_fast as sf
-from reference import make_native, packed_lstm, random_lengths
+from helpers import (LSTM_TOL, dtype_id, forward_backward, make_native, place_lengths,
+                     random_lengths, tolerance)
+from seqcls_fast.reference import packed_lstm
 
-TOL = {torch.float64: dict(rtol=1e-9, atol=1e-9), torch.float32: dict(rtol=1e-5, atol=1e-5)}
+
+def check_matches_packed(device, dtype, T, B, I, H, lengths, layers=1, bidirectional=False,
+                         batch_first=False, bias=True, with_hx=True):
+    """sf.LSTM with `lengths` (None: none) against nn.LSTM on the packed batch
+    (on the padded tensor without lengths): every output and gradient, in
+    dtype on device."""
+    native = make_native(I, H, layers, bidirectional, batch_first, bias, dtype, device=device)
+    ours = sf.LSTM.from_native(native)
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=dtype, device=device)
+    hx = None
+    if with_hx:
+        shape = (layers * (2 if bidirectional else 1), B, H)
+        hx = tuple(torch.randn(shape, dtype=dtype, device=device) for _ in range(2))
+    ref = forward_backward(native, x, lengths, hx, packed=True)
+    got = forward_backward(ours, x, lengths, hx, packed=False)
+    assert got.keys() == ref.keys()
+    tol = tolerance(LSTM_TOL, device, dtype)
+    for name in ref:
+        assert got[name].dtype == dtype and got[name].device.type == device.type, name
+        torch.testing.assert_close(got[name], ref[name], **tol,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 def _grads(outputs, inputs):
     """Gradients of a fixed random projection of outputs w.r.t. inputs."""
     gen = torch.Generator().manual_seed(7)
-    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outputs)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype).to(o.device)).sum()
+               for o in outputs)
     return torch.autograd.grad(loss, inputs, allow_unused=True)
 
 
-def _check_case(T, B, I, H, layers=1, bidirectional=False, batch_first=False, bias=True,
-                dtype=torch.float64, lengths=None, with_hx=True):
-    native = make_native(I, H, layers, bidirectional, batch_first, bias, dtype)
-    ours = sf.LSTM.from_native(native)
-    shape = (B, T, I) if batch_first else (T, B, I)
-    x = torch.randn(shape, dtype=dtype, requires_grad=True)
-    if lengths is None:
-        lengths = random_lengths(B, T)
-    hx = None
-    if with_hx:
-        D = 2 if bidirectional else 1
-        hx = tuple(torch.randn(layers * D, B, H, dtype=dtype, requires_grad=True) for _ in range(2))
-    out, (h, c) = ours(x, hx, lengths=lengths)
-    ref_out, (ref_h, ref_c) = packed_lstm(native, x, lengths, hx)
-    tol = TOL[dtype]
-    torch.testing.assert_close(out, ref_out, **tol)
-    torch.testing.assert_close(h, ref_h, **tol)
-    torch.testing.assert_close(c, ref_c, **tol)
-    leaves = [x] + (list(hx) if hx else [])
-    ours_g = _grads((out, h, c), leaves + list(ours.parameters()))
-    ref_g = _grads((ref_out, ref_h, ref_c), leaves + list(native.parameters()))
-    names = ["x"] + (["h0", "c0"] if hx else []) + [n for n, _ in ours.named_parameters()]
-    for name, a, b in zip(names, ours_g, ref_g):
-        torch.testing.assert_close(a, b, **tol, msg=lambda m, name=name: f"grad {name}: {m}")
+# ---------------------------------------------- parity with nn.LSTM + packing
+# (T, B, I, H, num_layers, bidirectional)
+SHAPES = [
+    (7, 5, 6, 9, 1, False),   # odd H
+    (1, 1, 3, 4, 1, False),   # T = 1, B = 1
+    (6, 4, 5, 5, 3, True),    # 3 layers, bidirectional
+    (9, 6, 4, 8, 2, True),
+] + [  # B * H from 1 to well past one 256-thread block on CUDA
+    (3, B, 5, H, 1, True) for H in (1, 33, 257) for B in (1, 65)
+]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}_B{}_I{}_H{}_L{}_bidir{:d}".format(*s))
+@pytest.mark.parametrize("with_hx", [False, True])
+def test_matches_packed_native(device, lengths_on, dtype, shape, with_hx):
+    T, B, I, H, layers, bidirectional = shape
+    lengths = random_lengths(B, T)
+    lengths[0] = T  # one full row, as in a real padded batch
+    check_matches_packed(device, dtype, T, B, I, H, place_lengths(lengths, lengths_on), layers,
+                         bidirectional, with_hx=with_hx)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=dtype_id)
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("layers", [1, 2])
-def test_random_shapes(dtype, bidirectional, layers):
-    _check_case(T=9, B=6, I=5, H=7, layers=layers, bidirectional=bidirectional, dtype=dtype)
+def test_random_shapes(device, dtype, bidirectional, layers):
+    check_matches_packed(device, dtype, T=9, B=6, I=5, H=7, layers=layers,
+                         bidirectional=bidirectional, lengths=random_lengths(6, 9).to(device))
 
 
 @pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (1, 4, 3, 5), (6, 1, 3, 5), (5, 3, 2, 1),
                                      (4, 3, 9, 13), (3, 5, 4, 33)])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_awkward_shapes(T, B, I, H, bidirectional):
-    _check_case(T, B, I, H, bidirectional=bidirectional)
+def test_awkward_shapes(device, T, B, I, H, bidirectional):
+    check_matches_packed(device, torch.float64, T, B, I, H, random_lengths(B, T).to(device),
+                         bidirectional=bidirectional)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_all_lengths_equal(bidirectional):
-    _check_case(T=7, B=4, I=3, H=5, bidirectional=bidirectional,
-                lengths=torch.full((4,), 7, dtype=torch.long))
-    _check_case(T=7, B=4, I=3, H=5, bidirectional=bidirectional,
-                lengths=torch.full((4,), 4, dtype=torch.long))
+def test_all_lengths_equal(device, bidirectional):
+    for length in (7, 4):
+        check_matches_packed(device, torch.float64, T=7, B=4, I=3, H=5,
+                             bidirectional=bidirectional,
+                             lengths=torch.full((4,), length, dtype=torch.long, device=device))
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_almost_all_lengths_one(bidirectional):
+def test_almost_all_lengths_one(device, bidirectional):
     lengths = torch.ones(8, dtype=torch.long)
     lengths[5] = 6
-    _check_case(T=6, B=8, I=3, H=4, bidirectional=bidirectional, lengths=lengths)
+    check_matches_packed(device, torch.float64, T=6, B=8, I=3, H=4, bidirectional=bidirectional,
+                         lengths=lengths.to(device))
 
 
-def test_three_layers_bidirectional_float32():
-    _check_case(T=11, B=7, I=6, H=10, layers=3, bidirectional=True, dtype=torch.float32)
+def test_three_layers_bidirectional_float32(device):
+    check_matches_packed(device, torch.float32, T=11, B=7, I=6, H=10, layers=3,
+                         bidirectional=True, lengths=random_lengths(7, 11).to(device))
 
 
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_batch_first_both_ways(batch_first):
-    _check_case(T=8, B=5, I=3, H=6, layers=2, bidirectional=True, batch_first=batch_first)
+def test_batch_first_both_ways(device, batch_first):
+    check_matches_packed(device, torch.float64, T=8, B=5, I=3, H=6, layers=2, bidirectional=True,
+                         batch_first=batch_first, lengths=random_lengths(5, 8).to(device))
 
 
-def test_unsorted_lengths_with_ties_and_no_bias():
-    lengths = torch.tensor([2, 7, 2, 5, 7, 1, 5])
-    _check_case(T=7, B=7, I=4, H=6, bidirectional=True, bias=False, lengths=lengths)
+def test_unsorted_lengths_with_ties_and_no_bias(device):
+    lengths = torch.tensor([2, 7, 2, 5, 7, 1, 5], device=device)
+    check_matches_packed(device, torch.float64, T=7, B=7, I=4, H=6, bidirectional=True,
+                         bias=False, lengths=lengths)
 
 
-@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8, torch.int64])
-def test_lengths_any_integer_dtype(dtype):
-    _check_case(T=6, B=4, I=3, H=5, lengths=torch.tensor([6, 2, 4, 1]).to(dtype))
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8, torch.int64],
+                         ids=dtype_id)
+def test_lengths_any_integer_dtype(device, dtype):
+    check_matches_packed(device, torch.float64, T=6, B=4, I=3, H=5,
+                         lengths=torch.tensor([6, 2, 4, 1]).to(device, dtype))
 
 
-def test_lengths_as_list():
-    native = make_native(3, 4)
+def test_lengths_as_list(device):
+    native = make_native(3, 4, device=device)
     ours = sf.LSTM.from_native(native)
-    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, device=device)
     out, _ = ours(x, lengths=[5, 3])
     ref, _ = packed_lstm(native, x, torch.tensor([5, 3]))
-    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(out, ref, **tolerance(LSTM_TOL, device, torch.float64))
 
 
-def test_outputs_past_length_are_zero():
-    ours = sf.LSTM(3, 4, bidirectional=True).double()
-    x = torch.randn(6, 3, 3, dtype=torch.float64)
-    out, _ = ours(x, lengths=torch.tensor([6, 2, 4]))
+def test_outputs_past_length_are_zero(device):
+    ours = sf.LSTM(3, 4, bidirectional=True, device=device, dtype=torch.float64)
+    x = torch.randn(6, 3, 3, dtype=torch.float64, device=device)
+    out, _ = ours(x, lengths=torch.tensor([6, 2, 4], device=device))
     assert out[2:, 1].abs().sum() == 0 and out[4:, 2].abs().sum() == 0
     assert (out[:2, 1] != 0).all() and (out[:, 0] != 0).all()
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("layers", [1, 2])
-def test_no_lengths_equals_native_on_the_tensor(bidirectional, layers):
-    native = make_native(4, 6, layers, bidirectional)
+def test_no_lengths_equals_native_on_the_tensor(device, bidirectional, layers):
+    native = make_native(4, 6, layers, bidirectional, device=device)
     ours = sf.LSTM.from_native(native)
-    x = torch.randn(7, 3, 4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(7, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
     out, (h, c) = ours(x)
     ref, (rh, rc) = native(x)
+    tol = tolerance(LSTM_TOL, device, torch.float64)
     for a, b in [(out, ref), (h, rh), (c, rc)]:
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(a, b, **tol)
     for a, b in zip(_grads((out, h, c), [x, *ours.parameters()]),
                     _grads((ref, rh, rc), [x, *native.parameters()])):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(a, b, **tol)
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_full_lengths_and_no_lengths_match_native_on_the_tensor(device, batch_first):
+    native = make_native(4, 6, 2, True, batch_first=batch_first, device=device)
+    ours = sf.LSTM.from_native(native)
+    # batch_first: sf.LSTM hands the op a transposed (strided) view of x.
+    x = torch.randn(*((3, 5, 4) if batch_first else (5, 3, 4)), dtype=torch.float64,
+                    device=device)
+    out_n, (h_n, c_n) = native(x)
+    for lengths in (None, torch.full((3,), 5, device=device)):
+        out_o, (h_o, c_o) = ours(x, lengths=lengths)
+        for a, b in ((out_o, out_n), (h_o, h_n), (c_o, c_n)):
+            torch.testing.assert_close(a, b, **tolerance(LSTM_TOL, device, torch.float64))
+
+
+# ------------------------------------------------------------ other inputs
 @pytest.mark.parametrize("enforce_sorted", [False, True])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_packed_sequence_in_and_out(enforce_sorted, bidirectional):
-    native = make_native(3, 5, 2, bidirectional)
+def test_packed_sequence_in_and_out(device, enforce_sorted, bidirectional):
+    native = make_native(3, 5, 2, bidirectional, device=device)
     ours = sf.LSTM.from_native(native)
     lengths = torch.tensor([6, 4, 4, 1]) if enforce_sorted else torch.tensor([4, 6, 1, 4])
-    x = torch.randn(6, 4, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(6, 4, 3, dtype=torch.float64, device=device, requires_grad=True)
     D = 2 if bidirectional else 1
-    hx = tuple(torch.randn(2 * D, 4, 5, dtype=torch.float64) for _ in range(2))
+    hx = tuple(torch.randn(2 * D, 4, 5, dtype=torch.float64, device=device) for _ in range(2))
     out, (h, c) = ours(pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted), hx)
     ref, (rh, rc) = native(pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted), hx)
     assert isinstance(out, nn.utils.rnn.PackedSequence)
     assert torch.equal(out.batch_sizes, ref.batch_sizes)
+    tol = tolerance(LSTM_TOL, device, torch.float64)
     for a, b in [(out.data, ref.data), (h, rh), (c, rc)]:
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(a, b, **tol)
     for a, b in zip(_grads((out.data, h), [x, *ours.parameters()]),
                     _grads((ref.data, rh), [x, *native.parameters()])):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(a, b, **tol)
 
 
 @pytest.mark.parametrize("with_hx", [False, True])
-def test_unbatched_input(with_hx):
-    native = make_native(3, 4, 2, True)
+def test_unbatched_input(device, with_hx):
+    native = make_native(3, 4, 2, True, device=device)
     ours = sf.LSTM.from_native(native)
-    x = torch.randn(5, 3, dtype=torch.float64)
-    hx = tuple(torch.randn(4, 4, dtype=torch.float64) for _ in range(2)) if with_hx else None
+    x = torch.randn(5, 3, dtype=torch.float64, device=device)
+    hx = (tuple(torch.randn(4, 4, dtype=torch.float64, device=device) for _ in range(2))
+          if with_hx else None)
     out, (h, c) = ours(x, hx)
     ref, (rh, rc) = native(x, hx)
     assert out.shape == ref.shape and h.shape == rh.shape
+    tol = tolerance(LSTM_TOL, device, torch.float64)
     for a, b in [(out, ref), (h, rh), (c, rc)]:
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(a, b, **tol)
     out, _ = ours(x, hx, lengths=3)  # unbatched with a length: the first 3 steps only
     ref, _ = native(x[:3], hx)
-    torch.testing.assert_close(out[:3], ref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(out[:3], ref, **tol)
     assert out[3:].abs().sum() == 0
 
 
-def test_non_contiguous_input_and_states():
-    native = make_native(4, 5, 1, True)
+def test_non_contiguous_input_and_states(device):
+    native = make_native(4, 5, 1, True, device=device)
     ours = sf.LSTM.from_native(native)
-    big = torch.randn(6, 8, 9, dtype=torch.float64)
+    big = torch.randn(6, 8, 9, dtype=torch.float64, device=device)
     x = big[:, ::2, 1:9:2]  # [6, 4, 4], strided in batch and features
     assert not x.is_contiguous()
-    h0 = torch.randn(4, 2, 5, dtype=torch.float64).transpose(0, 1)  # [2, 4, 5]
-    c0 = torch.randn(2, 4, 5, dtype=torch.float64)
+    h0 = torch.randn(4, 2, 5, dtype=torch.float64, device=device).transpose(0, 1)  # [2, 4, 5]
+    c0 = torch.randn(2, 4, 5, dtype=torch.float64, device=device)
     lengths = torch.tensor([6, 3, 5, 2])
     out, (h, c) = ours(x, (h0, c0), lengths=lengths)
     ref, (rh, rc) = packed_lstm(native, x.contiguous(), lengths, (h0.contiguous(), c0))
     for a, b in [(out, ref), (h, rh), (c, rc)]:
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(a, b, **tolerance(LSTM_TOL, device, torch.float64))
 
 
+def test_empty_batch(device):
+    for layers in (1, 2):
+        ours = sf.LSTM(3, 4, num_layers=layers, bidirectional=True, device=device,
+                       dtype=torch.float64)
+        x = torch.randn(5, 0, 3, dtype=torch.float64, device=device, requires_grad=True)
+        for lengths in (None, torch.zeros(0, dtype=torch.long, device=device)):
+            out, (h, c) = ours(x, lengths=lengths)
+            assert out.shape == (5, 0, 8) and h.shape == c.shape == (2 * layers, 0, 4)
+            (out.sum() + h.sum() + c.sum()).backward()
+            assert x.grad.shape == x.shape
+            for p in ours.parameters():
+                assert p.grad is not None and p.grad.abs().sum() == 0
+            ours.zero_grad()
+            x.grad = None
+
+
+# ------------------------------------------------- the nn.LSTM module parts
 def test_state_dict_and_repr_match_native():
     native = nn.LSTM(5, 7, num_layers=2, bidirectional=True, batch_first=True, dropout=0.25)
     ours = sf.LSTM(5, 7, num_layers=2, bidirectional=True, batch_first=True, dropout=0.25)
@@ -202,12 +268,12 @@ def test_proj_size_not_implemented():
         sf.LSTM.from_native(nn.LSTM(3, 4, proj_size=2))
 
 
-def test_dropout_between_layers_only_in_training():
+def test_dropout_between_layers_only_in_training(device):
     torch.manual_seed(0)
-    ours = sf.LSTM(4, 6, num_layers=3, dropout=0.5).double()
-    native = nn.LSTM(4, 6, num_layers=3).double()
+    ours = sf.LSTM(4, 6, num_layers=3, dropout=0.5, device=device, dtype=torch.float64)
+    native = nn.LSTM(4, 6, num_layers=3, device=device, dtype=torch.float64)
     native.load_state_dict(ours.state_dict())
-    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    x = torch.randn(5, 3, 4, dtype=torch.float64, device=device)
     lengths = torch.tensor([5, 2, 4])
     ours.eval()
     torch.testing.assert_close(ours(x, lengths=lengths)[0], packed_lstm(native, x, lengths)[0])
@@ -221,10 +287,10 @@ def test_dropout_between_layers_only_in_training():
     assert a[2:, 1].abs().sum() == 0  # padding stays zero
 
 
-def test_inference_mode_and_no_grad_match_training_path():
-    native = make_native(3, 5, 2, True)
+def test_inference_mode_and_no_grad_match_training_path(device):
+    native = make_native(3, 5, 2, True, device=device)
     ours = sf.LSTM.from_native(native)
-    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    x = torch.randn(6, 4, 3, dtype=torch.float64, device=device)
     lengths = torch.tensor([6, 1, 3, 5])
     train_out, (th, _) = ours(x.requires_grad_(), lengths=lengths)
     with torch.no_grad():
@@ -234,13 +300,3 @@ def test_inference_mode_and_no_grad_match_training_path():
     torch.testing.assert_close(out, train_out.detach(), rtol=0, atol=0)
     torch.testing.assert_close(out2, out, rtol=0, atol=0)
     torch.testing.assert_close(h, th.detach(), rtol=0, atol=0)
-
-
-def test_empty_batch():
-    ours = sf.LSTM(3, 4, bidirectional=True).double()
-    x = torch.randn(5, 0, 3, dtype=torch.float64, requires_grad=True)
-    out, (h, c) = ours(x, lengths=torch.zeros(0, dtype=torch.long))
-    assert out.shape == (5, 0, 8) and h.shape == (2, 0, 4) and c.shape == (2, 0, 4)
-    (out.sum() + h.sum()).backward()
-    assert x.grad.shape == x.shape
-    assert ours.weight_ih_l0.grad is not None and ours.weight_ih_l0.grad.abs().sum() == 0

@@ -1,72 +1,192 @@
-"""The operators as operators: opcheck, float64 gradcheck, torch.compile."""
+"""The four operators as operators, on every device, over the one set of
+sample inputs in tests/samples.py: parity with plain PyTorch (nn.LSTM +
+packing for one layer and direction, the masked softmax of
+seqcls_fast.reference), opcheck, float64 gradcheck; plus the inference call
+and torch.compile."""
 import pytest
 import torch
+from torch import nn
 
 import seqcls_fast as sf
-from reference import random_lengths
+from helpers import LSTM_TOL, POOL_TOL, dtype_id, random_lengths, sample_named, tolerance
+from samples import (lstm_layer_backward_samples, lstm_layer_forward_samples,
+                     masked_attention_pool_backward_samples,
+                     masked_attention_pool_forward_samples)
+from seqcls_fast.reference import masked_attention_pool, packed_lstm
 
 ops = torch.ops.seqcls_fast
+DTYPES = [torch.float64, torch.float32]
 
 
-def _lstm_args(T=5, B=4, I=3, H=4, reverse=False, with_state=True, with_bias=True,
-               lengths=True, dtype=torch.float64):
-    g = lambda *s: torch.randn(*s, dtype=dtype, requires_grad=True)  # noqa: E731
-    return (g(T, B, I), random_lengths(B, T) if lengths else None,
-            g(B, H) if with_state else None, g(B, H) if with_state else None,
-            g(4 * H, I), g(4 * H, H), g(4 * H) if with_bias else None,
-            g(4 * H) if with_bias else None, reverse)
+# ------------------------------------------------------------ the reference
+def native_layer(w_ih, w_hh, b_ih, b_hh, reverse):
+    """An nn.LSTM whose layer 0 (its reverse direction when `reverse`) has
+    these weights, zero biases for None; the other direction goes unused."""
+    native = nn.LSTM(w_ih.shape[1], w_hh.shape[1], bidirectional=reverse).to(w_ih.device,
+                                                                             w_ih.dtype)
+    suffix = "_l0_reverse" if reverse else "_l0"
+    with torch.no_grad():
+        for name, value in (("weight_ih", w_ih), ("weight_hh", w_hh), ("bias_ih", b_ih),
+                            ("bias_hh", b_hh)):
+            param = getattr(native, name + suffix)
+            param.copy_(value) if value is not None else param.zero_()
+    return native
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("with_state", [False, True])
-@pytest.mark.parametrize("lengths", [False, True])
-def test_opcheck_lstm_layer(reverse, with_state, lengths):
-    args = _lstm_args(reverse=reverse, with_state=with_state, lengths=lengths)
-    torch.library.opcheck(ops.lstm_layer_forward, args + (True,))
-    # save_activations=False is the inference call: inputs that need no grad.
-    detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-    torch.library.opcheck(ops.lstm_layer_forward, detached + (False,))
+def run_native_layer(native, x, lengths, h0, c0, reverse):
+    """(output, h_n, c_n) of the direction native_layer set, packed by lengths."""
+    hidden = native.hidden_size
+    hx = None
+    if h0 is not None or c0 is not None:
+        zeros = x.new_zeros(x.shape[1], hidden)
+        h0, c0 = (zeros if s is None else s for s in (h0, c0))
+        hx = ((torch.stack([zeros, h0]), torch.stack([zeros, c0])) if reverse
+              else (h0[None], c0[None]))
+    out, (h_n, c_n) = (native(x, hx) if lengths is None
+                       else packed_lstm(native, x, lengths, hx))
+    direction = 1 if reverse else 0
+    return (out[..., direction * hidden:(direction + 1) * hidden], h_n[direction],
+            c_n[direction])
 
 
-def test_inference_call_refuses_backward():
-    args = _lstm_args()
-    out = ops.lstm_layer_forward(*args, False)[0]
-    with pytest.raises(RuntimeError, match="save_activations=False"):
-        out.sum().backward()
+def _check_close(got, ref, tol, names):
+    for name, a, b in zip(names, got, ref):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, name=name: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("with_keys", [False, True])
-@pytest.mark.parametrize("lengths", [False, True])
-def test_opcheck_pooling(with_keys, lengths):
-    B, T, D = 3, 6, 5
-    values = torch.randn(B, T, D, dtype=torch.float64, requires_grad=True)
-    keys = torch.randn(B, T, 2, dtype=torch.float64, requires_grad=True) if with_keys else None
-    query = torch.randn(2 if with_keys else D, dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(ops.masked_attention_pool_forward,
-                          (values, keys, query, random_lengths(B, T) if lengths else None))
+# ------------------------------------------------------------------ parity
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_lstm_layer_forward_matches_native(device, dtype):
+    for sample in lstm_layer_forward_samples(device, dtype):
+        with sample_named(sample.name):
+            x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse = sample.args
+            for save_activations in (True, False):
+                got = ops.lstm_layer_forward(*sample.args, save_activations)[:3]
+                ref = run_native_layer(native_layer(w_ih, w_hh, b_ih, b_hh, reverse),
+                                       x, lengths, h0, c0, reverse)
+                _check_close(got, ref, tolerance(LSTM_TOL, device, dtype),
+                             ("output", "h_n", "c_n"))
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("with_bias", [False, True])
-def test_gradcheck_lstm_layer(reverse, with_bias):
-    x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, _ = _lstm_args(reverse=reverse,
-                                                               with_bias=with_bias)
-    inputs = [t for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh) if t is not None]
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_lstm_layer_backward_matches_native_autograd(device, dtype):
+    for sample in lstm_layer_backward_samples(device, dtype):
+        with sample_named(sample.name):
+            (grad_output, grad_h_n, grad_c_n, _x, _lengths, _c0, _w_ih, _w_hh, _gates, _cell,
+             _h_prev, _reverse, compute_grad_x) = sample.args
+            x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse = sample.forward.args
+            got = ops.lstm_layer_backward(*sample.args)
+            # None states are zeros: their gradient is the one the op returns.
+            leaves = [t.detach().clone().requires_grad_(True)
+                      for t in (x, h0 if h0 is not None else torch.zeros_like(grad_h_n),
+                                c0 if c0 is not None else torch.zeros_like(grad_c_n))]
+            native = native_layer(w_ih, w_hh, b_ih, b_hh, reverse)
+            outputs = run_native_layer(native, leaves[0], lengths, *leaves[1:], reverse)
+            suffix = "_l0_reverse" if reverse else "_l0"
+            params = [getattr(native, name + suffix) for name in ("weight_ih", "weight_hh",
+                                                                  "bias_ih")]
+            ref = torch.autograd.grad(outputs, leaves + params, (grad_output, grad_h_n, grad_c_n))
+            tol = tolerance(LSTM_TOL, device, dtype)
+            _check_close(got[1:], ref[1:], tol,
+                         ("grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias"))
+            if compute_grad_x:
+                _check_close(got[:1], ref[:1], tol, ("grad_x",))
+            else:  # documented: all zeros
+                assert got[0].shape == x.shape and not got[0].any()
 
-    def fn(*ts):
-        it = iter(ts)
-        x, h0, c0, w_ih, w_hh = (next(it) for _ in range(5))
-        b_ih, b_hh = (next(it), next(it)) if with_bias else (None, None)
-        return sf.lstm_layer(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse)
 
-    assert torch.autograd.gradcheck(fn, inputs)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_pool_forward_matches_reference(device, dtype):
+    for sample in masked_attention_pool_forward_samples(device, dtype):
+        with sample_named(sample.name):
+            got = ops.masked_attention_pool_forward(*sample.args)
+            ref = masked_attention_pool(*sample.args)
+            _check_close(got, ref, tolerance(POOL_TOL, device, dtype), ("pooled", "weights"))
 
 
-def test_gradcheck_module_with_lengths_and_states():
-    lstm = sf.LSTM(3, 4, num_layers=2, bidirectional=True).double()
-    x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(4, 3, 4, dtype=torch.float64, requires_grad=True)
-    c0 = torch.randn(4, 3, 4, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_pool_backward_matches_reference_autograd(device, dtype):
+    for sample in masked_attention_pool_backward_samples(device, dtype):
+        with sample_named(sample.name):
+            grad_pooled, grad_weights = sample.args[:2]
+            values, keys, query, lengths = (
+                t.detach().clone().requires_grad_(True) if isinstance(t, torch.Tensor)
+                and t.is_floating_point() else t for t in sample.forward.args)
+            grad_values, grad_keys, grad_query = ops.masked_attention_pool_backward(*sample.args)
+            leaves = [t for t in (values, keys, query) if t is not None]
+            ref = torch.autograd.grad(masked_attention_pool(values, keys, query, lengths),
+                                      leaves, (grad_pooled, grad_weights))
+            got = [grad_values] + ([grad_keys] if keys is not None else []) + [grad_query]
+            names = ["grad_values"] + (["grad_keys"] if keys is not None else []) + ["grad_query"]
+            _check_close(got, ref, tolerance(POOL_TOL, device, dtype), names)
+            if keys is None:  # documented: folded into grad_values
+                assert grad_keys.numel() == 0
+
+
+# ----------------------------------------------------------------- opcheck
+def _detached(args):
+    return tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _opcheck_samples(operator, device, dtype):
+    if operator == "lstm_layer_forward":
+        # save_activations=False is the inference call: inputs that need no grad.
+        return ([s._replace(args=s.args + (True,))
+                 for s in lstm_layer_forward_samples(device, dtype, requires_grad=True)]
+                + [s._replace(name=s.name + "-inference", args=_detached(s.args) + (False,))
+                   for s in lstm_layer_forward_samples(device, dtype)])
+    if operator == "masked_attention_pool_forward":
+        return masked_attention_pool_forward_samples(device, dtype, requires_grad=True)
+    if operator == "lstm_layer_backward":
+        return lstm_layer_backward_samples(device, dtype)
+    return masked_attention_pool_backward_samples(device, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("operator", ["lstm_layer_forward", "lstm_layer_backward",
+                                      "masked_attention_pool_forward",
+                                      "masked_attention_pool_backward"])
+def test_opcheck(device, dtype, operator):
+    for sample in _opcheck_samples(operator, device, dtype):
+        with sample_named(sample.name):
+            torch.library.opcheck(getattr(ops, operator), sample.args)
+
+
+# --------------------------------------------------------------- gradcheck
+def _only_tensors(fn, args):
+    """fn of the floating-point tensors in args (the rest fixed), and those tensors."""
+    positions = [i for i, a in enumerate(args)
+                 if isinstance(a, torch.Tensor) and a.is_floating_point()]
+
+    def of_tensors(*tensors):
+        full = list(args)
+        for i, t in zip(positions, tensors):
+            full[i] = t
+        return fn(*full)
+
+    return of_tensors, [args[i] for i in positions]
+
+
+def test_gradcheck_lstm_layer(device):
+    for sample in lstm_layer_forward_samples(device, torch.float64, requires_grad=True):
+        with sample_named(sample.name):
+            fn, inputs = _only_tensors(sf.lstm_layer, sample.args)
+            assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_gradcheck_pool(device):
+    for sample in masked_attention_pool_forward_samples(device, torch.float64,
+                                                        requires_grad=True):
+        with sample_named(sample.name):
+            fn, inputs = _only_tensors(sf.masked_attention_pool, sample.args)
+            assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_gradcheck_module_with_lengths_and_states(device):
+    lstm = sf.LSTM(3, 4, num_layers=2, bidirectional=True, device=device, dtype=torch.float64)
+    x = torch.randn(5, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    h0 = torch.randn(4, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    c0 = torch.randn(4, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
     lengths = torch.tensor([5, 2, 3])
 
     def fn(x, h0, c0):
@@ -76,18 +196,12 @@ def test_gradcheck_module_with_lengths_and_states():
     assert torch.autograd.gradcheck(fn, (x, h0, c0))
 
 
-@pytest.mark.parametrize("with_keys", [False, True])
-def test_gradcheck_pooling(with_keys):
-    values = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
-    keys = torch.randn(3, 5, 2, dtype=torch.float64, requires_grad=True) if with_keys else None
-    query = torch.randn(2 if with_keys else 4, dtype=torch.float64, requires_grad=True)
-    lengths = torch.tensor([5, 1, 3])
-    inputs = (values, query) + ((keys,) if with_keys else ())
-
-    def fn(values, query, keys=None):
-        return sf.masked_attention_pool(values, keys, query, lengths)
-
-    assert torch.autograd.gradcheck(fn, inputs)
+# ---------------------------------------------------- inference and compile
+def test_inference_call_refuses_backward(device):
+    sample = lstm_layer_forward_samples(device, requires_grad=True)[-1]  # state, bias, lengths
+    out = ops.lstm_layer_forward(*sample.args, False)[0]
+    with pytest.raises(RuntimeError, match="save_activations=False"):
+        out.sum().backward()
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
