@@ -1,5 +1,6 @@
 """seqcls_fast.train (``python -m seqcls_fast train``): data loading and its
-errors, metrics, checkpoints, the native baseline, and DDP with 2 processes."""
+errors, metrics, checkpoints, the native baseline
+(seqcls_fast.reference.NativeLSTMClassifier), and DDP with 2 processes."""
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import torch.multiprocessing as mp
 import seqcls_fast as sf
 from seqcls_fast import train
 from seqcls_fast.data import LengthBucketSampler, collate, pad_batch
+from seqcls_fast.reference import NativeLSTMClassifier
 
 FAST = ["--hidden-size", "16", "--batch-size", "8", "--no-progress"]
 
@@ -226,6 +228,7 @@ def test_native_baseline_is_the_same_model(pooling, bidirectional, attn_dim):
     ours = train.build_model("seqcls_fast", config).double()
     torch.manual_seed(0)
     native = train.build_model("native", config).double()
+    assert type(ours) is sf.LSTMClassifier and type(native) is NativeLSTMClassifier
     # same seed -> same initial weights, same names
     assert ours.state_dict().keys() == native.state_dict().keys()
     for k, v in ours.state_dict().items():

@@ -1,0 +1,45 @@
+"""``python -m seqcls_fast train``: train and evaluate an LSTM classifier on
+variable-length sequences (a UEA set shipped with aeon, or your own data).
+
+    python -m seqcls_fast train --dataset JapaneseVowels
+    python -m seqcls_fast train --dataset JapaneseVowels --baseline native
+    python -m seqcls_fast train --data my_TRAIN.ts            # my_TEST.ts beside it
+    python -m seqcls_fast train --data train.ts test.ts
+    python -m seqcls_fast train --data mydata.npz
+    python -m seqcls_fast train --dataset JapaneseVowels --checkpoint out/train/JapaneseVowels/model.pt
+    torchrun --nproc_per_node 2 -m seqcls_fast train --dataset JapaneseVowels
+
+Needs the ``[data]`` extra (aeon, scikit-learn, tqdm). See NPZ_LAYOUT for the
+``.npz`` form. Writes ``model.pt`` (a dict whose ``"state_dict"`` is the
+model's state_dict, plus what evaluation needs: classes, standardization,
+model options) and ``metrics.json`` into ``--out``.
+
+The modules, one job each: :mod:`.sources` (the data: aeon sets, ``.ts``
+pairs, ``.npz``; labels, checks, standardization), :mod:`.loop` (processes,
+device, model, optimizer, the training loop), :mod:`.metrics` (predictions,
+scores, the printed report), :mod:`.checkpoint` (``model.pt``), :mod:`.cli`
+(options and the run). Their public names are re-exported here, so
+``train.X`` works for all of them. The ``--baseline native`` model is
+:class:`seqcls_fast.reference.NativeLSTMClassifier`.
+"""
+from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from .cli import OPTIM_KEYS, main, parse_args
+from .loop import build_model, choose_device, make_optimizer, setup_processes, train_model
+from .metrics import evaluate, format_report, predict
+from .sources import (KNOWN_DATASETS, NPZ_LAYOUT, DataError, check_split, encode_labels,
+                      fit_standardization, load_aeon_dataset, load_checked_data, load_data,
+                      standardize)
+
+__all__ = [
+    # sources
+    "KNOWN_DATASETS", "NPZ_LAYOUT", "DataError", "load_aeon_dataset", "load_data",
+    "encode_labels", "check_split", "fit_standardization", "standardize", "load_checked_data",
+    # loop
+    "build_model", "choose_device", "make_optimizer", "setup_processes", "train_model",
+    # metrics
+    "predict", "evaluate", "format_report",
+    # checkpoint
+    "CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint",
+    # cli
+    "OPTIM_KEYS", "parse_args", "main",
+]

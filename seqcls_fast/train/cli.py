@@ -1,0 +1,230 @@
+"""The ``seqcls-fast train`` command line: its options (:func:`parse_args`)
+and the run (:func:`main`): set up the processes, load and check the data,
+then either evaluate a ``--checkpoint`` or train each implementation, report,
+save ``model.pt`` and write ``metrics.json``.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+
+from ..data import SequenceDataset
+from .checkpoint import load_checkpoint, save_checkpoint
+from .loop import build_model, setup_processes, train_model
+from .metrics import evaluate, format_report
+from .sources import (KNOWN_DATASETS, NPZ_LAYOUT, DataError, encode_labels,
+                      fit_standardization, load_checked_data, standardize)
+
+# Run settings recorded in metrics.json under "optim".
+OPTIM_KEYS = ("optimizer", "lr", "weight_decay", "schedule", "clip_grad", "epochs",
+              "batch_size", "seed", "label_smoothing", "noise")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="seqcls-fast train",
+        description="Train an LSTM classifier (seqcls_fast kernels) on variable-length "
+                    "sequences and report test accuracy, per-class precision/recall/F1 and the "
+                    "confusion matrix. Runs under torchrun --nproc_per_node N with "
+                    "DistributedDataParallel.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=NPZ_LAYOUT)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help=f"a UEA set through aeon ({', '.join(KNOWN_DATASETS)} "
+                     "ship offline)")
+    src.add_argument("--data", nargs="+", metavar="PATH",
+                     help="your data: X_TRAIN.ts (X_TEST.ts beside it), train.ts test.ts, or a "
+                          ".npz (layout below)")
+    p.add_argument("--download", action="store_true",
+                   help="let aeon download a --dataset it does not ship (needs network)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow a .npz with object arrays (unpickles; trusted files only)")
+    m = p.add_argument_group("model")
+    m.add_argument("--hidden-size", type=int, default=128)
+    m.add_argument("--num-layers", type=int, default=1)
+    m.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True)
+    m.add_argument("--dropout", type=float, default=0.3,
+                   help="before the head (and between LSTM layers)")
+    m.add_argument("--pooling", choices=("attention", "mean", "last"), default="mean")
+    m.add_argument("--attn-dim", type=int, default=None,
+                   help="additive attention width (default: dot-product attention)")
+    o = p.add_argument_group("optimization")
+    o.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam")
+    o.add_argument("--lr", type=float, default=3e-3)
+    o.add_argument("--weight-decay", type=float, default=0.0)
+    o.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                   help="learning-rate schedule over all steps")
+    o.add_argument("--label-smoothing", type=float, default=0.0)
+    o.add_argument("--noise", type=float, default=0.0,
+                   help="std of Gaussian noise added to the (standardized) training inputs")
+    o.add_argument("--clip-grad", type=float, default=1.0, help="max grad norm (0: off)")
+    o.add_argument("--epochs", type=int, default=30)
+    o.add_argument("--batch-size", type=int, default=16,
+                   help="per process (the global batch is this times the number of processes)")
+    o.add_argument("--seed", type=int, default=0)
+    r = p.add_argument_group("run")
+    r.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    r.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads per process (default 1: the per-step matrices of a "
+                        "sequence classifier are small, and on a busy CPU more OpenMP threads "
+                        "can make training many times slower; 0 keeps torch's default)")
+    r.add_argument("--baseline", choices=("native",), default=None,
+                   help="also run the same recipe with nn.LSTM + pack_padded_sequence")
+    r.add_argument("--checkpoint", default=None,
+                   help="evaluate this saved model.pt on the test split; no training")
+    r.add_argument("--out", default=None, help="output folder (default out/train/<name>)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    for name in ("hidden_size", "num_layers", "epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0.0 <= args.dropout < 1.0:
+        p.error("--dropout must be in [0, 1)")
+    if args.lr <= 0:
+        p.error("--lr must be > 0")
+    return args
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    threads = torch.get_num_threads()
+    try:
+        return _run(args, argv)
+    except DataError as e:
+        print(f"seqcls-fast train: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        torch.set_num_threads(threads)  # main() may run inside a bigger program
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _run(args, argv):
+    started = time.perf_counter()
+    device, world, rank = setup_processes(args)
+    log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
+    name, train_split, test_split, classes, channels = load_checked_data(args)
+    out_dir = args.out or os.path.join("out", "train", name)
+    if args.checkpoint:
+        _evaluate_checkpoint(args, argv, name, train_split, test_split, channels, out_dir,
+                             device, rank, log)
+        return 0
+    _train_and_evaluate(args, argv, name, train_split, test_split, classes, channels, out_dir,
+                        device, (world, rank), log, started)
+    if world > 1:
+        torch.distributed.barrier()
+    return 0
+
+
+def _evaluate_checkpoint(args, argv, name, train_split, test_split, channels, out_dir, device,
+                         rank, log):
+    """--checkpoint: the saved model on the test split; writes eval_metrics.json."""
+    (_, tr_y), (te_x, te_y) = train_split, test_split
+    ckpt = load_checkpoint(args.checkpoint)
+    classes = ckpt["classes"]
+    _, te_idx, _ = encode_labels(tr_y[:0], te_y, classes)
+    mean, std = ckpt["mean"].numpy(), ckpt["std"].numpy()
+    if mean.shape[0] != channels:
+        raise DataError(f"--checkpoint {args.checkpoint}: trained on {mean.shape[0]} "
+                        f"channels, the data has {channels}")
+    test_set = SequenceDataset(standardize(te_x, mean, std), te_idx)
+    model = build_model(ckpt["impl"], ckpt["model"]).to(device)
+    model.load_state_dict(ckpt["state_dict"])
+    metrics = evaluate(model, test_set, device, classes)
+    log(format_report(name, ckpt["impl"], metrics, classes))
+    result = {"command": "python -m seqcls_fast train " + " ".join(argv), "dataset": name,
+              "checkpoint": args.checkpoint, "evaluation_only": True, "classes": classes,
+              "n_test": len(test_set), "model": ckpt["model"], "impl": ckpt["impl"],
+              "test": metrics}
+    if rank == 0:
+        _write_json(out_dir, "eval_metrics.json", result, log)
+
+
+def _train_and_evaluate(args, argv, name, train_split, test_split, classes, channels, out_dir,
+                        device, dist_info, log, started):
+    """Train each implementation, evaluate it, save its checkpoint; compare
+    them when there are two; write metrics.json."""
+    world, rank = dist_info
+    (tr_x, tr_y), (te_x, te_y) = train_split, test_split
+    tr_idx, te_idx, classes = encode_labels(tr_y, te_y, classes)
+    mean, std = fit_standardization(tr_x)  # train split only
+    train_set = SequenceDataset(standardize(tr_x, mean, std), tr_idx)
+    test_set = SequenceDataset(standardize(te_x, mean, std), te_idx)
+    config = {"input_size": channels, "hidden_size": args.hidden_size,
+              "num_classes": len(classes), "num_layers": args.num_layers,
+              "bidirectional": args.bidirectional, "dropout": args.dropout,
+              "pooling": args.pooling, "attn_dim": args.attn_dim}
+    lens_tr, lens_te = train_set.lengths, test_set.lengths
+    log(f"{name}: {len(train_set)} train / {len(test_set)} test sequences, {channels} channels, "
+        f"{len(classes)} classes, lengths {int(lens_tr.min())}-{int(lens_tr.max())} (train) "
+        f"{int(lens_te.min())}-{int(lens_te.max())} (test); device {device}, "
+        f"{world} process(es), {torch.get_num_threads()} thread(s) each")
+    result = _run_record(args, argv, name, train_set, test_set, channels, classes, config,
+                         device, world)
+    impls = ["seqcls_fast"] + (["native"] if args.baseline == "native" else [])
+    if rank == 0:
+        os.makedirs(out_dir, exist_ok=True)
+    for impl in impls:
+        model, history = train_model(impl, args, config, train_set, device, dist_info, log)
+        metrics = evaluate(model, test_set, device, classes)
+        log(format_report(name, impl, metrics, classes))
+        log(f"{impl}: {history['mean_epoch_seconds']:.3f} s/epoch, "
+            f"{history['train_seconds']:.1f} s training")
+        result["runs"][impl] = {"train": history, "test": metrics}
+        if rank == 0:
+            path = os.path.join(out_dir, "model.pt" if impl == "seqcls_fast"
+                                else f"model_{impl}.pt")
+            save_checkpoint(path, model, impl, config, classes, mean, std, name)
+            result["runs"][impl]["checkpoint"] = path
+    if len(impls) > 1:
+        _compare_runs(result, impls, log)
+    result["elapsed_seconds"] = time.perf_counter() - started  # data loading to here
+    if rank == 0:
+        _write_json(out_dir, "metrics.json", result, log)
+
+
+def _run_record(args, argv, name, train_set, test_set, channels, classes, config, device,
+                world):
+    """metrics.json before any run: the command, data, model, recipe and machine."""
+    lens_tr, lens_te = train_set.lengths, test_set.lengths
+    return {
+        "command": "python -m seqcls_fast train " + " ".join(argv)
+                   if world == 1 else
+                   f"torchrun --nproc_per_node {world} -m seqcls_fast train " + " ".join(argv),
+        "dataset": name, "n_train": len(train_set), "n_test": len(test_set),
+        "channels": channels, "classes": classes,
+        "train_lengths": [int(lens_tr.min()), int(lens_tr.max())],
+        "test_lengths": [int(lens_te.min()), int(lens_te.max())],
+        "model": config,
+        "optim": {k: getattr(args, k) for k in OPTIM_KEYS},
+        "standardization": "per-channel mean/std over all train time steps",
+        "device": str(device), "world_size": world, "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "runs": {},
+    }
+
+
+def _compare_runs(result, impls, log):
+    """--baseline: the runs side by side, and the training speedup over native."""
+    ours, base = result["runs"]["seqcls_fast"], result["runs"]["native"]
+    log(f"\n{'':12s} {'test acc':>9s} {'macro F1':>9s} {'s/epoch':>9s} {'train s':>9s}")
+    for impl in impls:
+        r = result["runs"][impl]
+        log(f"{impl:12s} {r['test']['accuracy']:9.4f} {r['test']['macro_f1']:9.4f} "
+            f"{r['train']['mean_epoch_seconds']:9.3f} {r['train']['train_seconds']:9.1f}")
+    result["speedup_vs_native"] = (base["train"]["train_seconds"]
+                                   / ours["train"]["train_seconds"])
+    log(f"training speedup vs native: {result['speedup_vs_native']:.2f}x")
+
+
+def _write_json(out_dir, filename, result, log):
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, filename)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    log(f"wrote {path}")

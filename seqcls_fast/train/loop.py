@@ -1,0 +1,134 @@
+"""The training loop and what it runs on: the processes (``torchrun`` sets
+WORLD_SIZE/RANK/LOCAL_RANK; gloo on CPU, nccl on GPU), the device, the model
+of each implementation (``seqcls_fast`` or the ``native`` baseline), the
+optimizer and schedule, and :func:`train_model` (DistributedDataParallel when
+there is more than one process).
+"""
+import math
+import os
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..classifier import LSTMClassifier
+from ..data import LengthBucketSampler, collate
+from ..reference import NativeLSTMClassifier
+from .sources import DataError
+
+
+def build_model(impl, config):
+    """The classifier of ``impl`` ("native": the --baseline, else seqcls_fast's)
+    from its options. Both are sf.LSTMClassifier, the native one on nn.LSTM with
+    packing and plain-PyTorch pooling: same parameter names and init order, so
+    the same seed gives the same weights and checkpoints load into either."""
+    cls = NativeLSTMClassifier if impl == "native" else LSTMClassifier
+    return cls(**config)
+
+
+def choose_device(spec, local_rank, distributed):
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DataError(f"--device {spec}: CUDA is not available")
+        if distributed and device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def make_optimizer(args, params):
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=args.lr, weight_decay=args.weight_decay)
+
+
+def setup_processes(args):
+    """Device, threads and (under torchrun) the process group of this process:
+    -> (device, world size, rank)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = choose_device(args.device, local_rank, world > 1)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    elif world > 1 and device.type == "cpu":
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if world > 1:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group(backend)
+    return device, world, rank
+
+
+def train_model(impl, args, config, train_set, device, dist_info, log):
+    """Train one model; returns (model (unwrapped), history dict)."""
+    world, rank = dist_info
+    torch.manual_seed(args.seed)  # same initial weights on every rank and for both impls
+    model = build_model(impl, config).to(device)
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    sampler = LengthBucketSampler(train_set.lengths, args.batch_size, shuffle=True,
+                                  seed=args.seed, num_replicas=world, rank=rank)
+    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate)
+    optimizer = make_optimizer(args, model.parameters())
+    total_steps = args.epochs * len(sampler)
+    scheduler = (torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+                 if args.schedule == "cosine" else None)
+    progress = None
+    if not args.no_progress and rank == 0:
+        try:
+            from tqdm.auto import tqdm as progress
+        except ImportError:
+            progress = None
+    epoch_times, epoch_losses = [], []
+    for epoch in range(args.epochs):
+        sampler.set_epoch(epoch)
+        net.train()
+        bar = (progress(total=len(sampler), desc=f"{impl} epoch {epoch + 1}/{args.epochs}",
+                        leave=False, disable=None, dynamic_ncols=True) if progress else None)
+        loss_sum = torch.zeros(2, dtype=torch.float64)
+        start = time.perf_counter()
+        for x, lengths, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if args.noise > 0:  # padding stays 0: the model never reads it anyway
+                x = x + args.noise * torch.randn_like(x)
+            logits = net(x, lengths.to(device))
+            loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if args.clip_grad > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            loss_sum += torch.tensor([loss.item() * len(y), len(y)], dtype=torch.float64)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
+        if world > 1:
+            torch.distributed.all_reduce(loss_sum)
+        mean_loss = float(loss_sum[0] / loss_sum[1])
+        epoch_times.append(seconds)
+        epoch_losses.append(mean_loss)
+        log(f"{impl:12s} epoch {epoch + 1:3d}/{args.epochs}  loss {mean_loss:.4f}  "
+            f"{seconds:6.2f} s")
+    return model, {"epoch_seconds": epoch_times, "epoch_loss": epoch_losses,
+                   "train_seconds": float(sum(epoch_times)),
+                   "mean_epoch_seconds": float(np.mean(epoch_times)),
+                   "steps_per_epoch": len(sampler)}
+

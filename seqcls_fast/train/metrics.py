@@ -1,0 +1,67 @@
+"""How well a trained model does on a split: :func:`predict` (class indices,
+batched by length), :func:`evaluate` (accuracy, balanced accuracy, macro and
+per-class precision/recall/F1, confusion matrix, through scikit-learn) and
+:func:`format_report` (the table printed after each run).
+"""
+import time
+
+import torch
+
+from ..data import LengthBucketSampler, collate
+
+
+@torch.no_grad()
+def predict(model, dataset, device, batch_size=256):
+    model.eval()
+    sampler = LengthBucketSampler(dataset.lengths, batch_size, shuffle=False,
+                                  num_replicas=1, rank=0)
+    preds = torch.empty(len(dataset), dtype=torch.int64)
+    for batch in sampler:
+        x, lengths, _ = collate([dataset[i] for i in batch])
+        logits = model(x.to(device), lengths.to(device))
+        preds[torch.as_tensor(batch)] = logits.argmax(dim=1).cpu()
+    return preds.numpy()
+
+
+def evaluate(model, dataset, device, classes):
+    from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix,
+                                 precision_recall_fscore_support)
+    start = time.perf_counter()
+    pred = predict(model, dataset, device)
+    seconds = time.perf_counter() - start
+    true = dataset.labels.numpy()
+    labels = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        true, pred, labels=labels, zero_division=0)
+    macro = precision_recall_fscore_support(true, pred, labels=labels, average="macro",
+                                            zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(true, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(true, pred)),
+        "macro_precision": float(macro[0]), "macro_recall": float(macro[1]),
+        "macro_f1": float(macro[2]),
+        "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]),
+                          "f1": float(f1[i]), "support": int(support[i])}
+                      for i, c in enumerate(classes)},
+        "confusion_matrix": confusion_matrix(true, pred, labels=labels).tolist(),
+        "confusion_matrix_axes": "rows: true class, columns: predicted class, in 'classes' order",
+        "inference_seconds": seconds,
+    }
+
+
+def format_report(name, impl, metrics, classes):
+    lines = [f"{name} [{impl}]: test accuracy {metrics['accuracy']:.4f}  "
+             f"(balanced {metrics['balanced_accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f})"]
+    width = max(5, max(len(c) for c in classes))
+    lines.append(f"  {'class':>{width}s}  precision  recall     f1  support")
+    for c in classes:
+        m = metrics["per_class"][c]
+        lines.append(f"  {c:>{width}s}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['f1']:5.4f}"
+                     f"  {m['support']:7d}")
+    lines.append("  confusion matrix (rows true, columns predicted):")
+    cell = max(3, max(len(str(v)) for row in metrics["confusion_matrix"] for v in row) + 1)
+    lines.append("  " + " " * width + "".join(f"{c[:cell - 1]:>{cell}s}" for c in classes))
+    for c, row in zip(classes, metrics["confusion_matrix"]):
+        lines.append(f"  {c:>{width}s}" + "".join(f"{v:>{cell}d}" for v in row))
+    return "\n".join(lines)
+
