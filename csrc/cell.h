@@ -7,11 +7,7 @@
 
 #include <cmath>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define SEQCLS_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define SEQCLS_HOST_DEVICE inline
-#endif
+#include "host_device.h"
 
 namespace seqcls_fast {
 

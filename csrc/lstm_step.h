@@ -13,7 +13,7 @@
 
 #include <cstdint>
 
-#include "cell.h"  // SEQCLS_HOST_DEVICE
+#include "host_device.h"
 
 namespace seqcls_fast {
 
