@@ -31,9 +31,11 @@ using c10::optional;
 
 using LstmForwardFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
     const Tensor&, const optional<Tensor>&, const optional<Tensor>&, const optional<Tensor>&,
-    const Tensor&, const Tensor&, const optional<Tensor>&, const optional<Tensor>&, bool, bool);
+    const Tensor&, const Tensor&, const optional<Tensor>&, const optional<Tensor>&, bool, bool,
+    const optional<Tensor>&);
 using PoolForwardFn = std::tuple<Tensor, Tensor>(const Tensor&, const optional<Tensor>&,
-                                                 const Tensor&, const optional<Tensor>&);
+                                                 const Tensor&, const optional<Tensor>&,
+                                                 const optional<Tensor>&);
 
 template <typename T>
 T cast(at::ScalarType dtype, const T& t) {
