@@ -60,7 +60,7 @@ def _lstm_setup_context(ctx, inputs, output):
     if not save_activations:
         return  # inference call: backward() below raises if reached
     _out, _h_n, _c_n, gates, cell, h_prev = output
-    ctx.save_for_backward(x, lengths, c0, w_ih, w_hh, gates, cell, h_prev, plan)
+    ctx.save_for_backward(x, lengths, h0, c0, w_ih, w_hh, b_ih, _b_hh, gates, cell, h_prev, plan)
     ctx.reverse = reverse
     ctx.has_bias = b_ih is not None
     ctx.has_h0 = h0 is not None
@@ -70,7 +70,11 @@ def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cell
     if not hasattr(ctx, "reverse"):
         raise RuntimeError("seqcls_fast: lstm_layer_forward was called with "
                            "save_activations=False and cannot be differentiated")
-    x, lengths, c0, w_ih, w_hh, gates, cell, h_prev, plan = ctx.saved_tensors
+    x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, gates, cell, h_prev, plan = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
+        return _lstm_backward_differentiable(
+            ctx, (x, plan[2] if plan is not None else lengths, h0, c0, w_ih, w_hh, b_ih, b_hh),
+            (grad_output, grad_h_n, grad_c_n))
     steps, batch, hidden = x.shape[0], x.shape[1], w_hh.shape[1]
     if grad_output is None:
         grad_output = x.new_zeros(steps, batch, hidden)
@@ -86,6 +90,31 @@ def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cell
     return (grad_x if need[0] else None, None,
             grad_h0 if ctx.has_h0 else None, grad_c0 if c0 is not None else None,
             grad_w_ih, grad_w_hh, grad_b, grad_b, None, None, None)
+
+
+def _lstm_backward_differentiable(ctx, inputs, grads):
+    """The gradients recomputed through the plain-PyTorch recurrence
+    (seqcls_fast.reference.lstm_layer), so second derivatives (gradient
+    penalties, Hessian-vector products) are right; used only when the
+    backward itself is recorded (create_graph=True)."""
+    from .reference import lstm_layer as reference_lstm_layer
+    x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh = inputs
+    outputs = reference_lstm_layer(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, ctx.reverse)
+    kept = [(o, g) for o, g in zip(outputs, grads) if g is not None]
+    # Argument positions of the operator that can carry a gradient.
+    slots = {0: x, 2: h0, 3: c0, 4: w_ih, 5: w_hh, 6: b_ih, 7: b_hh}
+    wanted = {k: t for k, t in slots.items()
+              if t is not None and ctx.needs_input_grad[k] and t.requires_grad}
+    result = [None] * 11
+    if kept and wanted:
+        found = torch.autograd.grad([o for o, _ in kept], list(wanted.values()),
+                                    [g for _, g in kept], create_graph=True, allow_unused=True)
+        for k, g in zip(wanted, found):
+            result[k] = g if g is not None else torch.zeros_like(wanted[k])
+    for k, t in slots.items():  # a gradient asked for but not reachable: zeros, as the kernel gives
+        if result[k] is None and t is not None and ctx.needs_input_grad[k]:
+            result[k] = torch.zeros_like(t)
+    return tuple(result)
 
 
 torch.library.register_autograd("seqcls_fast::lstm_layer_forward", _lstm_backward,
@@ -126,6 +155,10 @@ def _pool_setup_context(ctx, inputs, output):
 
 def _pool_backward(ctx, grad_pooled, grad_weights):
     values, keys, query, lengths, weights, plan = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: recompute differentiably
+        return _pool_backward_differentiable(
+            ctx, (values, keys, query, plan[2] if plan is not None else lengths),
+            (grad_pooled, grad_weights))
     if grad_pooled is None:
         grad_pooled = values.new_zeros(values.shape[0], values.shape[2])
     if grad_weights is None:
@@ -133,6 +166,25 @@ def _pool_backward(ctx, grad_pooled, grad_weights):
     grad_values, grad_keys, grad_query = ops.masked_attention_pool_backward(
         grad_pooled, grad_weights, values, keys, query, lengths, weights, plan)
     return grad_values, (grad_keys if keys is not None else None), grad_query, None, None
+
+
+def _pool_backward_differentiable(ctx, inputs, grads):
+    """The pooling gradients through seqcls_fast.reference.masked_attention_pool,
+    for second derivatives (create_graph=True only)."""
+    from .reference import masked_attention_pool as reference_pool
+    values, keys, query, lengths = inputs
+    outputs = reference_pool(values, keys, query, lengths)
+    kept = [(o, g) for o, g in zip(outputs, grads) if g is not None]
+    slots = {0: values, 1: keys, 2: query}
+    wanted = {k: t for k, t in slots.items()
+              if t is not None and ctx.needs_input_grad[k] and t.requires_grad}
+    result = [None] * 5
+    if kept and wanted:
+        found = torch.autograd.grad([o for o, _ in kept], list(wanted.values()),
+                                    [g for _, g in kept], create_graph=True, allow_unused=True)
+        for k, g in zip(wanted, found):
+            result[k] = g if g is not None else torch.zeros_like(wanted[k])
+    return tuple(result)
 
 
 torch.library.register_autograd("seqcls_fast::masked_attention_pool_forward", _pool_backward,

@@ -4,6 +4,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ._ops import lstm_layer
+from .errors import DtypeMismatchError, ShapeError, StateTypeError
 from .plan import LengthPlan
 
 
@@ -54,7 +55,7 @@ class LSTM(nn.RNNBase):
             raise TypeError("seqcls_fast.LSTM: input must be a Tensor or a PackedSequence, got "
                             f"{type(input).__name__}")
         if input.dim() not in (2, 3):
-            raise ValueError("seqcls_fast.LSTM: input must be 3-D ([T, B, I], or [B, T, I] with "
+            raise ShapeError("seqcls_fast.LSTM: input must be 3-D ([T, B, I], or [B, T, I] with "
                              f"batch_first) or 2-D unbatched [T, I], got shape {tuple(input.shape)}")
         unbatched = input.dim() == 2
         if unbatched:
@@ -64,6 +65,9 @@ class LSTM(nn.RNNBase):
         else:
             x = input.transpose(0, 1) if self.batch_first else input
         hx = self._check_input_and_hx(hx, x, unbatched)
+        if x.size(0) == 0 and x.size(1) > 0:
+            raise ShapeError("seqcls_fast.LSTM: input must have at least one time step (T >= 1), "
+                             f"got shape {tuple(input.shape)}")
         plan = LengthPlan.of(lengths, x.size(0), x.size(1), x.device, "seqcls_fast.LSTM")
         out, (h_n, c_n) = self._run(x, plan, hx)
         if unbatched:
@@ -91,29 +95,29 @@ class LSTM(nn.RNNBase):
         """Checks x's feature size and dtype, and hx's form; returns hx
         batched (or None)."""
         if x.size(-1) != self.input_size:
-            raise ValueError(f"seqcls_fast.LSTM: input must have {self.input_size} features "
+            raise ShapeError(f"seqcls_fast.LSTM: input must have {self.input_size} features "
                              f"(input_size), got {x.size(-1)}")
         weight = self.weight_ih_l0
         if x.dtype != weight.dtype:
-            raise TypeError(f"seqcls_fast.LSTM: input dtype {x.dtype} does not match the "
+            raise DtypeMismatchError(f"seqcls_fast.LSTM: input dtype {x.dtype} does not match the "
                             f"parameters' dtype {weight.dtype}")
         if hx is None:
             return None
         if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-            raise TypeError("seqcls_fast.LSTM: hx must be a tuple (h_0, c_0)")
+            raise StateTypeError("seqcls_fast.LSTM: hx must be a tuple (h_0, c_0)")
         expected = (self.num_layers * (2 if self.bidirectional else 1), x.size(1),
                     self.hidden_size)
         states = []
         for name, state in zip(("h_0", "c_0"), hx):
             if not isinstance(state, torch.Tensor):
-                raise TypeError(f"seqcls_fast.LSTM: {name} must be a Tensor")
+                raise StateTypeError(f"seqcls_fast.LSTM: {name} must be a Tensor")
             if unbatched:
                 if state.dim() != 2:
-                    raise ValueError(f"seqcls_fast.LSTM: for unbatched input {name} must be 2-D "
+                    raise ShapeError(f"seqcls_fast.LSTM: for unbatched input {name} must be 2-D "
                                      f"{list(expected[::2])}, got {tuple(state.shape)}")
                 state = state.unsqueeze(1)
             if tuple(state.shape) != expected:
-                raise ValueError(f"seqcls_fast.LSTM: {name} must have shape "
+                raise ShapeError(f"seqcls_fast.LSTM: {name} must have shape "
                                  f"(num_layers * num_directions, B, H) = {expected}, got "
                                  f"{tuple(state.shape)}")
             states.append(state)

@@ -33,6 +33,41 @@ def packed_lstm(native, x, lengths, hx=None):
     return out, state
 
 
+def lstm_layer(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
+    """One LSTM layer in one direction, time-major, in plain differentiable
+    PyTorch ops: what ``seqcls_fast.lstm_layer`` computes, x [T, B, I] ->
+    (output [T, B, H] zero past each length, h_n [B, H], c_n [B, H]). With
+    ``reverse`` each row runs from its own last valid step down to 0. Any
+    order of derivative works (the double-backward path uses it)."""
+    steps, batch = x.shape[0], x.shape[1]
+    hidden = w_hh.shape[1]
+    if lengths is None:
+        lengths = torch.full((batch,), steps, dtype=torch.long)
+    lengths = torch.as_tensor(lengths).to(device=x.device, dtype=torch.long)
+    time = torch.arange(steps, device=x.device)
+    valid = (time[:, None] < lengths[None, :]).unsqueeze(2)  # [T, B, 1]
+    if reverse:  # step s of row b reads time lengths[b] - 1 - s (its own end first)
+        source = (lengths[None, :] - 1 - time[:, None]).clamp(min=0)[:, :, None]
+        x = x.gather(0, source.expand(-1, -1, x.shape[2]))
+    h = h0 if h0 is not None else x.new_zeros(batch, hidden)
+    c = c0 if c0 is not None else x.new_zeros(batch, hidden)
+    projected = x @ w_ih.t()
+    if b_ih is not None:
+        projected = projected + (b_ih + b_hh)
+    outputs = []
+    for s in range(steps):
+        i, f, g, o = (projected[s] + h @ w_hh.t()).chunk(4, dim=1)
+        c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h_next = torch.sigmoid(o) * torch.tanh(c_next)
+        h = torch.where(valid[s], h_next, h)
+        c = torch.where(valid[s], c_next, c)
+        outputs.append(torch.where(valid[s], h_next, torch.zeros_like(h_next)))
+    output = torch.stack(outputs) if outputs else x.new_zeros(0, batch, hidden)
+    if reverse:  # the map s <-> lengths[b] - 1 - s is its own inverse on valid steps
+        output = output.gather(0, source.expand(-1, -1, hidden)) * valid
+    return output, h, c
+
+
 def valid_steps_mask(lengths, steps, device):
     """[B, T] bool: True where t < lengths[b]."""
     time = torch.arange(steps, device=device)
