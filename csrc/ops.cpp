@@ -23,7 +23,7 @@ TORCH_LIBRARY(seqcls_fast, m) {
   // lengths [B] (any integer dtype, any device) validated against `steps` and
   // `batch` and sorted: the plan [3, B] int64 on the CPU (csrc/length_plan.h).
   // The only device-to-host copy of a batch's lengths.
-  m.def("length_plan(Tensor lengths, int steps, int batch) -> Tensor");
+  m.def("length_plan(Tensor lengths, SymInt steps, SymInt batch) -> Tensor");
   // Returns (output [T,B,H], h_n [B,H], c_n [B,H], gates [N,4H], cell [N,H],
   // h_prev [N,H]) with N = sum(lengths) (T*B without lengths); output is 0
   // past each row's length. The last three are what the backward needs, in

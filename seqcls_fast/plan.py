@@ -28,8 +28,8 @@ class LengthPlan:
         if batch is None:
             batch = lengths.shape[0] if lengths.dim() > 0 else 1
         self.lengths = lengths
-        self.steps = int(steps)
-        self.table = ops.length_plan(lengths, self.steps, int(batch))
+        self.steps = steps  # an int, or a symbolic size under torch.export / compile
+        self.table = ops.length_plan(lengths, steps, batch)
 
     @property
     def batch_size(self):

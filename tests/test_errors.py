@@ -119,3 +119,49 @@ def test_nan_input_propagates_not_hidden():
     out, (h, _) = lstm(x, lengths=torch.tensor([5, 5]))
     assert torch.isnan(out[1:, 0]).all() and not torch.isnan(out[:, 1]).any()
     assert torch.isnan(h[0, 0]).all()
+
+
+@pytest.mark.parametrize("call,also,match", [
+    (lambda m: m(torch.randn(5, 2, 7)), RuntimeError,
+     r"input must have 3 features \(input_size\), got 7"),
+    (lambda m: m(torch.randn(0, 2, 3)), RuntimeError, r"at least one time step \(T >= 1\)"),
+    (lambda m: m(torch.randn(5, 2, 3, 1)), RuntimeError, "input must be 3-D"),
+    (lambda m: m(torch.randn(5, 2, 3), (torch.randn(2, 3, 4), torch.randn(2, 3, 4))),
+     RuntimeError, r"h_0 must have shape \(num_layers \* num_directions, B, H\) = \(2, 2, 4\)"),
+    (lambda m: m(torch.randn(5, 3), (torch.randn(2, 1, 4), torch.randn(2, 1, 4))),
+     RuntimeError, "for unbatched input h_0 must be 2-D"),
+])
+def test_shape_errors_are_value_and_runtime_errors(lstm, call, also, match):
+    """nn.LSTM raises RuntimeError for these; ours is a ValueError with a
+    clearer message that `except RuntimeError` catches too."""
+    with pytest.raises(ValueError, match=match):
+        call(lstm)
+    with pytest.raises(also, match=match):
+        call(lstm)
+    with pytest.raises(sf.errors.ShapeError):
+        call(lstm)
+
+
+def test_hx_as_one_tensor_is_caught_as_nn_lstm_would_raise(lstm):
+    for exc in (TypeError, RuntimeError, IndexError):
+        with pytest.raises(exc, match=r"hx must be a tuple \(h_0, c_0\)"):
+            lstm(X(), torch.randn(2, 2, 4))
+
+
+def test_dtype_mismatch_is_type_and_value_error(lstm):
+    for exc in (TypeError, ValueError):
+        with pytest.raises(exc, match=r"input dtype torch.float64 does not match the parameters"):
+            lstm(X().double())
+
+
+def test_native_lstm_raises_what_the_error_classes_cover():
+    """The mapping above is nn.LSTM's own behaviour in the torch in use."""
+    native = torch.nn.LSTM(3, 4, bidirectional=True)
+    with pytest.raises(RuntimeError):
+        native(torch.randn(5, 2, 7))
+    with pytest.raises(RuntimeError):
+        native(torch.randn(5, 2, 3), (torch.randn(2, 3, 4), torch.randn(2, 3, 4)))
+    with pytest.raises((ValueError, RuntimeError)):
+        native(torch.randn(5, 2, 3, 1))
+    with pytest.raises((RuntimeError, IndexError)):
+        native(X(), torch.randn(2, 2, 4))
