@@ -73,3 +73,11 @@ class LSTMClassifier(nn.Module):
             top = h_n[-2:] if self.lstm.bidirectional else h_n[-1:]
             features = torch.cat(tuple(top), dim=1)
         return self.head(self.dropout(features))
+
+    def stream(self, batch_size):
+        """A ``seqcls_fast.streaming.ClassifierStream`` for ``batch_size``
+        independent sequences fed in chunks: ``logits = stream.feed(chunk,
+        chunk_lengths)`` equals this model on each row's prefix so far. The
+        model must be unidirectional and in eval mode."""
+        from .streaming import ClassifierStream
+        return ClassifierStream(self, batch_size)

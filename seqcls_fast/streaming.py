@@ -1,0 +1,195 @@
+"""Streaming classification: ``stream = model.stream(batch_size)``, then
+``logits = stream.feed(chunk, chunk_lengths)`` as each row's sequence arrives a
+few steps at a time; ``stream.reset(rows)`` starts new sequences in some rows.
+
+The logits after any chunking equal ``model(x, lengths)`` on the prefix each row
+has seen. The state per row is O(layers x H) whatever the length so far: the
+(h, c) of every layer, and the pooling's online state: for attention the
+running max of the scores, the softmax denominator and the weighted sum of
+outputs, merged chunk by chunk as flash attention merges softmax blocks; for
+mean the running sum and count; for last the top layer's h. Unidirectional
+models only: a reverse direction needs the future.
+"""
+import torch
+
+from ._ops import lstm_layer
+from .plan import LengthPlan
+
+
+class OnlineAttentionPool:
+    """Masked attention pooling over a sequence seen in chunks: per row the
+    running max ``m`` of the scores, the denominator ``l = sum exp(s - m)`` and
+    ``acc = sum exp(s - m) h``; ``acc / l`` is the pooled vector at any time
+    (NaN for a row that has seen nothing: 0 / 0)."""
+
+    def __init__(self, batch, features, like):
+        self.m = like.new_full((batch,), float("-inf"))
+        self.l = like.new_zeros(batch)
+        self.acc = like.new_zeros(batch, features)
+
+    def reset(self, rows):
+        self.m[rows] = float("-inf")
+        self.l[rows] = 0
+        self.acc[rows] = 0
+
+    def update(self, rows, scores, values, valid):
+        """rows [b] (index), scores [b, t], values [b, t, D], valid [b, t] bool;
+        every row here has at least one valid step."""
+        scores = scores.masked_fill(~valid, float("-inf"))
+        m_old = self.m[rows]
+        m_new = torch.maximum(m_old, scores.amax(dim=1))
+        keep = torch.exp(m_old - m_new)  # 0 where nothing was seen yet (m_old = -inf)
+        weights = torch.exp(scores - m_new[:, None])  # 0 at padding
+        self.m[rows] = m_new
+        self.l[rows] = self.l[rows] * keep + weights.sum(dim=1)
+        self.acc[rows] = self.acc[rows] * keep[:, None] + torch.bmm(
+            weights.unsqueeze(1).to(values.dtype), values).squeeze(1)
+
+    def pooled(self):
+        return self.acc / self.l[:, None]
+
+
+class ClassifierStream:
+    """The streaming state of an ``sf.LSTMClassifier`` for ``batch_size``
+    independent rows (see the module docstring). Made by
+    ``LSTMClassifier.stream``."""
+
+    def __init__(self, model, batch_size):
+        lstm = model.lstm
+        if lstm.bidirectional:
+            raise ValueError("LSTMClassifier.stream: the model is bidirectional; streaming needs "
+                             "a unidirectional model (the reverse direction reads the future)")
+        if model.training:
+            raise RuntimeError("LSTMClassifier.stream: the model is in training mode (dropout "
+                               "would differ per chunk); call model.eval() first")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"LSTMClassifier.stream: batch_size must be a positive int, got "
+                             f"{batch_size!r}")
+        self.model = model
+        self.batch_size = batch_size
+        like = lstm.weight_ih_l0.detach()
+        self.dtype, self.device = like.dtype, like.device
+        shape = (lstm.num_layers, batch_size, lstm.hidden_size)
+        self.h = like.new_zeros(shape)
+        self.c = like.new_zeros(shape)
+        self.seen = torch.zeros(batch_size, dtype=torch.long, device=like.device)
+        self.pool = (OnlineAttentionPool(batch_size, lstm.hidden_size, like)
+                     if model.pooling == "attention" else None)
+        self.sum = like.new_zeros(batch_size, lstm.hidden_size)  # mean pooling
+
+    # ---------------------------------------------------------------- public
+    def reset(self, rows):
+        """Starts new sequences in ``rows`` (a list of indices, or an index or
+        bool tensor); the other rows go on."""
+        rows = self._rows(rows)
+        self.h[:, rows] = 0
+        self.c[:, rows] = 0
+        self.seen[rows] = 0
+        self.sum[rows] = 0
+        if self.pool is not None:
+            self.pool.reset(rows)
+
+    @torch.no_grad()
+    def feed(self, chunk, chunk_lengths=None):
+        """chunk ``[B, t, I]`` (token ids ``[B, t]`` with an embedding),
+        chunk_lengths ``[B]``: the valid new steps of each row (0: the row
+        waits; None: all t). Returns logits ``[B, num_classes]`` for everything
+        each row has seen (NaN for a row that has seen nothing)."""
+        x, lengths = self._check_chunk(chunk, chunk_lengths)
+        rows = torch.nonzero(lengths > 0).squeeze(1)
+        if rows.numel() > 0:
+            self._advance(x.index_select(0, rows), lengths.index_select(0, rows), rows)
+        return self.logits()
+
+    @torch.no_grad()
+    def logits(self):
+        """The logits for what each row has seen so far."""
+        model = self.model
+        if model.pooling == "attention":
+            features = self.pool.pooled()
+        elif model.pooling == "mean":
+            features = self.sum / self.seen.to(self.dtype)[:, None]
+        else:
+            features = torch.where(self.seen[:, None] > 0, self.h[-1],
+                                   torch.full_like(self.h[-1], float("nan")))
+        return model.head(model.dropout(features))
+
+    # --------------------------------------------------------------- private
+    def _advance(self, x, lengths, rows):
+        """x [b, t, I] for the rows (index) with lengths [b] >= 1 new steps."""
+        lstm = self.model.lstm
+        steps = x.size(1)
+        plan = LengthPlan(lengths, steps, x.size(0))
+        layer_input = x.transpose(0, 1)  # [t, b, I]
+        for layer in range(lstm.num_layers):
+            suffix = f"l{layer}"
+            out, h, c = lstm_layer(
+                layer_input, None, self.h[layer, rows], self.c[layer, rows],
+                getattr(lstm, "weight_ih_" + suffix), getattr(lstm, "weight_hh_" + suffix),
+                getattr(lstm, "bias_ih_" + suffix) if lstm.bias else None,
+                getattr(lstm, "bias_hh_" + suffix) if lstm.bias else None, False, plan.table)
+            self.h[layer, rows] = h
+            self.c[layer, rows] = c
+            layer_input = out
+        outputs = layer_input.transpose(0, 1)  # [b, t, H], 0 past each length
+        lengths = lengths.to(self.device)
+        self.seen[rows] += lengths
+        if self.model.pooling == "mean":
+            self.sum[rows] += outputs.sum(dim=1)
+        elif self.model.pooling == "attention":
+            pool = self.model.pool
+            keys = torch.tanh(pool.proj(outputs)) if pool.proj is not None else outputs
+            valid = torch.arange(steps, device=self.device)[None, :] < lengths[:, None]
+            self.pool.update(rows, keys @ pool.query, outputs, valid)
+
+    def _rows(self, rows):
+        if isinstance(rows, torch.Tensor) and rows.dtype == torch.bool:
+            if rows.shape != (self.batch_size,):
+                raise ValueError(f"ClassifierStream.reset: a bool mask must have shape "
+                                 f"[{self.batch_size}], got {tuple(rows.shape)}")
+            return torch.nonzero(rows.to(self.device)).squeeze(1)
+        rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+        if rows.numel() and (rows.min() < 0 or rows.max() >= self.batch_size):
+            raise ValueError(f"ClassifierStream.reset: rows must lie in [0, {self.batch_size}), "
+                             f"got {rows.tolist()}")
+        return rows.to(self.device)
+
+    def _check_chunk(self, chunk, chunk_lengths):
+        model = self.model
+        if not isinstance(chunk, torch.Tensor):
+            raise TypeError(f"ClassifierStream.feed: chunk must be a Tensor, got "
+                            f"{type(chunk).__name__}")
+        if chunk.device != self.device:
+            raise ValueError(f"ClassifierStream.feed: chunk is on {chunk.device}, the stream's "
+                             f"state on {self.device}")
+        if model.embedding is not None:
+            if chunk.dim() != 2 or chunk.is_floating_point():
+                raise ValueError("ClassifierStream.feed: with an embedding, chunk must be [B, t] "
+                                 f"token ids, got {chunk.dtype} of shape {tuple(chunk.shape)}")
+        else:
+            if chunk.dim() != 3 or chunk.size(2) != model.lstm.input_size:
+                raise ValueError(f"ClassifierStream.feed: chunk must have shape [B, t, "
+                                 f"{model.lstm.input_size}], got {tuple(chunk.shape)}")
+            if chunk.dtype != self.dtype:
+                raise TypeError(f"ClassifierStream.feed: chunk dtype {chunk.dtype} does not match "
+                                f"the stream's {self.dtype}")
+        if chunk.size(0) != self.batch_size:
+            raise ValueError(f"ClassifierStream.feed: chunk must have B = {self.batch_size} rows "
+                             f"(the stream's batch size), got {chunk.size(0)}")
+        steps = chunk.size(1)
+        if chunk_lengths is None:
+            lengths = torch.full((self.batch_size,), steps, dtype=torch.long)
+        else:
+            lengths = torch.as_tensor(chunk_lengths)
+            if lengths.is_floating_point() or lengths.dtype == torch.bool:
+                raise TypeError(f"ClassifierStream.feed: chunk_lengths must be integers, got "
+                                f"{lengths.dtype}")
+            if lengths.shape != (self.batch_size,):
+                raise ValueError(f"ClassifierStream.feed: chunk_lengths must have shape "
+                                 f"[{self.batch_size}], got {tuple(lengths.shape)}")
+            lengths = lengths.to("cpu", torch.long)
+            if lengths.numel() and (lengths.min() < 0 or lengths.max() > steps):
+                raise ValueError(f"ClassifierStream.feed: chunk_lengths must lie in [0, t] = "
+                                 f"[0, {steps}], got {lengths.tolist()}")
+        x = model.embedding(chunk) if model.embedding is not None else chunk
+        return x, lengths.to(self.device)

@@ -1,0 +1,109 @@
+"""Streaming classification: after any chunking of any sequences, with resets,
+``stream.feed`` gives the offline classifier's logits on each row's prefix."""
+import pytest
+import torch
+
+import seqcls_fast as sf
+
+POOLINGS = ["attention", "mean", "last"]
+
+
+def _model(device, dtype, layers, pooling, embedding, attn_dim=None):
+    kwargs = {"vocab_size": 11} if embedding else {}
+    return sf.LSTMClassifier(4, 5, 3, num_layers=layers, pooling=pooling, attn_dim=attn_dim,
+                             **kwargs).to(device=device, dtype=dtype).eval()
+
+
+def _sequences(batch, steps, embedding, dtype, device, generator):
+    if embedding:
+        return torch.randint(1, 11, (batch, steps), generator=generator).to(device)
+    return torch.randn(batch, steps, 4, generator=generator, dtype=dtype).to(device)
+
+
+def _replay(model, stream, x, generator, resets):
+    """Feeds x [B, T(, I)] in random chunks (some rows waiting, some reset and
+    restarted from their first step) and checks every result against the
+    offline model on the prefix each row has seen since its last reset."""
+    batch, steps = x.shape[0], x.shape[1]
+    position = torch.zeros(batch, dtype=torch.long)  # next step of each row's sequence
+    results = []
+    while (position < steps).any():
+        if resets and torch.rand(1, generator=generator).item() < 0.2:
+            rows = torch.rand(batch, generator=generator) < 0.3
+            stream.reset(rows.to(x.device))
+            position[rows] = 0
+        wanted = torch.randint(0, 5, (batch,), generator=generator)
+        take = torch.minimum(wanted, steps - position)
+        width = int(take.max())
+        chunk = x.new_zeros((batch, width) + tuple(x.shape[2:]))
+        for b in range(batch):
+            chunk[b, :take[b]] = x[b, position[b]:position[b] + take[b]]
+        logits = stream.feed(chunk, take.to(x.device) if take.sum() else take)
+        position += take
+        results.append((logits, position.clone()))
+    for logits, seen in results:
+        rows = seen > 0
+        assert torch.isnan(logits[~rows.to(logits.device)]).all()
+        if rows.any():
+            offline = model(x[rows.to(x.device)], seen[rows].to(x.device))
+            yield logits[rows.to(logits.device)], offline
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_streamed_logits_equal_the_offline_model_float64(device, seed):
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    layers = 1 + seed % 3
+    pooling = POOLINGS[seed % 3]
+    embedding = seed % 2 == 1
+    model = _model(device, torch.float64, layers, pooling, embedding,
+                   attn_dim=3 if seed == 3 else None)
+    x = _sequences(4, 13, embedding, torch.float64, device, generator)
+    for got, want in _replay(model, model.stream(4), x, generator, resets=seed >= 2):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_streamed_logits_equal_the_offline_model_float32(device, pooling):
+    generator = torch.Generator().manual_seed(7)
+    model = _model(device, torch.float32, 2, pooling, False)
+    x = _sequences(5, 17, False, torch.float32, device, generator)
+    for got, want in _replay(model, model.stream(5), x, generator, resets=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_one_step_chunks_keep_state_per_row_constant():
+    model = _model("cpu", torch.float64, 2, "attention", False)
+    stream = model.stream(2)
+    sizes = None
+    for _ in range(20):
+        stream.feed(torch.randn(2, 1, 4, dtype=torch.float64))
+        now = [t.numel() for t in (stream.h, stream.c, stream.pool.m, stream.pool.l,
+                                   stream.pool.acc, stream.sum, stream.seen)]
+        assert sizes is None or now == sizes
+        sizes = now
+
+
+def test_stream_errors():
+    model = _model("cpu", torch.float32, 1, "attention", False)
+    with pytest.raises(RuntimeError, match="training mode"):
+        model.train().stream(2)
+    model.eval()
+    bidirectional = sf.LSTMClassifier(4, 5, 3, bidirectional=True).eval()
+    with pytest.raises(ValueError, match="bidirectional.*reverse direction reads the future"):
+        bidirectional.stream(2)
+    stream = model.stream(2)
+    with pytest.raises(ValueError, match=r"B = 2 rows"):
+        stream.feed(torch.randn(3, 1, 4))
+    with pytest.raises(ValueError, match=r"shape \[B, t, 4\]"):
+        stream.feed(torch.randn(2, 1, 5))
+    with pytest.raises(ValueError, match=r"chunk_lengths must lie in \[0, t\] = \[0, 2\]"):
+        stream.feed(torch.randn(2, 2, 4), torch.tensor([3, 1]))
+    with pytest.raises(ValueError, match=r"chunk_lengths must lie in \[0, t\]"):
+        stream.feed(torch.randn(2, 2, 4), torch.tensor([-1, 1]))
+    with pytest.raises(TypeError, match="chunk dtype torch.float64 does not match"):
+        stream.feed(torch.randn(2, 2, 4, dtype=torch.float64))
+    with pytest.raises(TypeError, match="chunk_lengths must be integers"):
+        stream.feed(torch.randn(2, 2, 4), torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"rows must lie in \[0, 2\)"):
+        stream.reset([2])
