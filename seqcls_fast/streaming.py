@@ -33,9 +33,11 @@ class OnlineAttentionPool:
         self.acc[rows] = 0
 
     def update(self, rows, scores, values, valid):
-        """rows [b] (index), scores [b, t], values [b, t, D], valid [b, t] bool;
-        every row here has at least one valid step."""
-        scores = scores.masked_fill(~valid, float("-inf"))
+        """rows [b] (an index, or every row), scores [b, t], values [b, t, D],
+        valid [b, t] bool (None: every step); every row here has at least one
+        valid step."""
+        if valid is not None:
+            scores = scores.masked_fill(~valid, float("-inf"))
         m_old = self.m[rows]
         m_new = torch.maximum(m_old, scores.amax(dim=1))
         keep = torch.exp(m_old - m_new)  # 0 where nothing was seen yet (m_old = -inf)
@@ -95,10 +97,14 @@ class ClassifierStream:
         chunk_lengths ``[B]``: the valid new steps of each row (0: the row
         waits; None: all t). Returns logits ``[B, num_classes]`` for everything
         each row has seen (NaN for a row that has seen nothing)."""
-        x, lengths = self._check_chunk(chunk, chunk_lengths)
-        rows = torch.nonzero(lengths > 0).squeeze(1)
-        if rows.numel() > 0:
-            self._advance(x.index_select(0, rows), lengths.index_select(0, rows), rows)
+        x, lengths, all_full = self._check_chunk(chunk, chunk_lengths)
+        if all_full:  # every row takes the whole chunk: no gathers, no plan
+            if x.size(1) > 0:
+                self._advance(x, None, slice(None))
+        else:
+            rows = torch.nonzero(lengths > 0).squeeze(1)
+            if rows.numel() > 0:
+                self._advance(x.index_select(0, rows), lengths.index_select(0, rows), rows)
         return self.logits()
 
     @torch.no_grad()
@@ -116,10 +122,11 @@ class ClassifierStream:
 
     # --------------------------------------------------------------- private
     def _advance(self, x, lengths, rows):
-        """x [b, t, I] for the rows (index) with lengths [b] >= 1 new steps."""
+        """x [b, t, I] for the rows (an index, or every row) with lengths [b]
+        >= 1 new steps (None: all t)."""
         lstm = self.model.lstm
         steps = x.size(1)
-        plan = LengthPlan(lengths, steps, x.size(0))
+        table = LengthPlan(lengths, steps, x.size(0)).table if lengths is not None else None
         layer_input = x.transpose(0, 1)  # [t, b, I]
         for layer in range(lstm.num_layers):
             suffix = f"l{layer}"
@@ -127,19 +134,23 @@ class ClassifierStream:
                 layer_input, None, self.h[layer, rows], self.c[layer, rows],
                 getattr(lstm, "weight_ih_" + suffix), getattr(lstm, "weight_hh_" + suffix),
                 getattr(lstm, "bias_ih_" + suffix) if lstm.bias else None,
-                getattr(lstm, "bias_hh_" + suffix) if lstm.bias else None, False, plan.table)
+                getattr(lstm, "bias_hh_" + suffix) if lstm.bias else None, False, table)
             self.h[layer, rows] = h
             self.c[layer, rows] = c
             layer_input = out
         outputs = layer_input.transpose(0, 1)  # [b, t, H], 0 past each length
-        lengths = lengths.to(self.device)
-        self.seen[rows] += lengths
+        if lengths is None:
+            self.seen += steps
+        else:
+            lengths = lengths.to(self.device)
+            self.seen[rows] += lengths
         if self.model.pooling == "mean":
             self.sum[rows] += outputs.sum(dim=1)
         elif self.model.pooling == "attention":
             pool = self.model.pool
             keys = torch.tanh(pool.proj(outputs)) if pool.proj is not None else outputs
-            valid = torch.arange(steps, device=self.device)[None, :] < lengths[:, None]
+            valid = (None if lengths is None else
+                     torch.arange(steps, device=self.device)[None, :] < lengths[:, None])
             self.pool.update(rows, keys @ pool.query, outputs, valid)
 
     def _rows(self, rows):
@@ -179,6 +190,7 @@ class ClassifierStream:
         steps = chunk.size(1)
         if chunk_lengths is None:
             lengths = torch.full((self.batch_size,), steps, dtype=torch.long)
+            all_full = True
         else:
             lengths = torch.as_tensor(chunk_lengths)
             if lengths.is_floating_point() or lengths.dtype == torch.bool:
@@ -191,5 +203,6 @@ class ClassifierStream:
             if lengths.numel() and (lengths.min() < 0 or lengths.max() > steps):
                 raise ValueError(f"ClassifierStream.feed: chunk_lengths must lie in [0, t] = "
                                  f"[0, {steps}], got {lengths.tolist()}")
+            all_full = bool((lengths == steps).all())
         x = model.embedding(chunk) if model.embedding is not None else chunk
-        return x, lengths.to(self.device)
+        return x, lengths.to(self.device), all_full
