@@ -1,0 +1,141 @@
+"""ONNX export: the seqcls_fast operators translated into standard ONNX ops,
+for ``torch.onnx.export(..., dynamo=True)``'s ``custom_translation_table``.
+
+    torch.onnx.export(model.eval(), (x, lengths), "model.onnx", dynamo=True,
+                      custom_translation_table=sf.onnx_translation_table(),
+                      dynamic_shapes={"x": {0: batch, 1: steps}, "lengths": {0: batch}})
+
+The table must be passed: torch.onnx (2.15) builds a fresh registry for every
+export from its own op library plus that argument, and offers no public way to
+add to it globally (the dynamo exporter has no counterpart of the TorchScript
+exporter's ``register_custom_op_symbolic``).
+
+What each operator becomes:
+  * ``lstm_layer_forward``: one ONNX ``LSTM`` node (forward or reverse), its
+    ``sequence_lens`` the lengths (plan row 2) as int32, weights reordered
+    from nn.LSTM's gate order (i, f, g, o) to ONNX's (i, o, f, c); outputs past
+    each length are zeroed with a Where, as ONNX leaves them unspecified. The
+    three saved-activation outputs (backward only) are empty tensors.
+  * ``masked_attention_pool_forward``: MatMul scores, a Softmax masked by
+    ``Range(T) < lengths`` (Where), a MatMul for the weighted sum; float32
+    inside for float16 inputs, as the kernels.
+  * ``length_plan``: the same [3, B] int64 plan: row 0 and 1 from ``TopK``
+    (descending; ONNX breaks ties by lower index, the plan's stable order), row
+    2 the lengths. The translated graph reads only row 2.
+
+Not exportable: training (autograd, dropout between layers; export in eval
+mode), and the backward operators. Lengths are not validated in the graph
+(pass 1 <= lengths <= T). ONNX LSTM has no bfloat16 kernel in most runtimes.
+
+Importing this module needs neither onnx nor onnxscript; building the table does.
+"""
+from ._ops import ops as _ops
+
+
+def _onnx():
+    """(opset18 ops, onnx_ir), imported when a translation runs."""
+    from onnxscript import ir
+    from onnxscript import opset18 as op
+    return op, ir
+
+
+_HALF = ("FLOAT16", "BFLOAT16")
+
+
+def _is_half(value):
+    return value.dtype is not None and value.dtype.name in _HALF
+
+
+def _lengths_int64(op, ir, lengths, plan):
+    """The lengths in caller order as int64 [B], or None for all T."""
+    if plan is not None:
+        return op.Gather(plan, op.Constant(value_int=2), axis=0)
+    if lengths is not None:
+        return op.Cast(lengths, to=ir.DataType.INT64)
+    return None
+
+
+def _step_range(op, sequence, axis):
+    """int64 [T]: 0 .. T-1 for the size of ``sequence`` along ``axis``."""
+    steps = op.Squeeze(op.Shape(sequence, start=axis, end=axis + 1))
+    return op.Range(op.Constant(value_int=0), steps, op.Constant(value_int=1))
+
+
+def _onnx_gate_order(op, ir, tensor, hidden):
+    """Rows of a [4H, ...] nn.LSTM tensor (i, f, g, o) in ONNX's order (i, o, f, c)."""
+    rows = [r for start in (0, 3, 1, 2) for r in range(start * hidden, (start + 1) * hidden)]
+    return op.Gather(tensor, op.Constant(value=ir.tensor(rows, dtype=ir.DataType.INT64)), axis=0)
+
+
+def _empty(op, ir, dtype, width):
+    import numpy as np
+    return op.Constant(value=ir.tensor(np.zeros((0, width), dtype=dtype.numpy())))
+
+
+def lstm_layer_forward(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse: bool,
+                       save_activations: bool, plan=None):
+    """seqcls_fast::lstm_layer_forward -> one ONNX LSTM node."""
+    op, ir = _onnx()
+    hidden = w_hh.shape[1]
+    if not isinstance(hidden, int):
+        raise ValueError("seqcls_fast ONNX export: the LSTM weights need a static shape")
+    weights = op.Unsqueeze(_onnx_gate_order(op, ir, w_ih, hidden), [0])       # [1, 4H, I]
+    recurrent = op.Unsqueeze(_onnx_gate_order(op, ir, w_hh, hidden), [0])     # [1, 4H, H]
+    bias = None
+    if b_ih is not None:  # ONNX wants [Wb, Rb] concatenated: [1, 8H]
+        bias = op.Unsqueeze(op.Concat(_onnx_gate_order(op, ir, b_ih, hidden),
+                                      _onnx_gate_order(op, ir, b_hh, hidden), axis=0), [0])
+    lens = _lengths_int64(op, ir, lengths, plan)
+    sequence_lens = op.Cast(lens, to=ir.DataType.INT32) if lens is not None else None
+    initial_h = op.Unsqueeze(h0, [0]) if h0 is not None else None
+    initial_c = op.Unsqueeze(c0, [0]) if c0 is not None else None
+    y, y_h, y_c = op.LSTM(x, weights, recurrent, bias, sequence_lens, initial_h, initial_c,
+                          direction="reverse" if reverse else "forward", hidden_size=hidden)
+    output = op.Squeeze(y, [1])                                                # [T, B, H]
+    if lens is not None:  # ONNX leaves Y past sequence_lens unspecified; ours is 0
+        valid = op.Less(op.Unsqueeze(_step_range(op, x, 0), [1]), op.Unsqueeze(lens, [0]))
+        output = op.Where(op.Unsqueeze(valid, [2]), output, op.CastLike(0.0, output))
+    # The saved activations feed only the backward, which an ONNX graph lacks.
+    state_dtype = ir.DataType.FLOAT if _is_half(x) else x.dtype
+    return (output, op.Squeeze(y_h, [0]), op.Squeeze(y_c, [0]),
+            _empty(op, ir, x.dtype, 4 * hidden), _empty(op, ir, state_dtype, hidden),
+            _empty(op, ir, x.dtype, hidden))
+
+
+def masked_attention_pool_forward(values, keys, query, lengths, plan=None):
+    """seqcls_fast::masked_attention_pool_forward -> MatMul, masked Softmax, MatMul."""
+    op, ir = _onnx()
+    storage = values.dtype
+    half = _is_half(values)
+    if half:  # float32 scores, softmax and sums, as the kernels
+        values, query = op.Cast(values, to=ir.DataType.FLOAT), op.Cast(query, to=ir.DataType.FLOAT)
+        keys = op.Cast(keys, to=ir.DataType.FLOAT) if keys is not None else None
+    scores = op.MatMul(keys if keys is not None else values, query)            # [B, T]
+    lens = _lengths_int64(op, ir, lengths, plan)
+    if lens is not None:
+        valid = op.Less(op.Unsqueeze(_step_range(op, values, 1), [0]), op.Unsqueeze(lens, [1]))
+        scores = op.Where(valid, scores, op.CastLike(float("-inf"), scores))
+    weights = op.Softmax(scores, axis=-1)                                      # 0 where masked
+    pooled = op.Squeeze(op.MatMul(op.Unsqueeze(weights, [1]), values), [1])    # [B, D]
+    if half:
+        return op.Cast(pooled, to=storage), op.Cast(weights, to=storage)
+    return pooled, weights
+
+
+def length_plan(lengths, steps, batch):
+    """seqcls_fast::length_plan -> [3, B] int64: TopK order and sorted lengths, lengths."""
+    op, ir = _onnx()
+    lens = op.Cast(lengths, to=ir.DataType.INT64)
+    sorted_lens, order = op.TopK(lens, op.Shape(lens), axis=0, largest=1, sorted=1)
+    return op.Concat(op.Unsqueeze(order, [0]), op.Unsqueeze(sorted_lens, [0]),
+                     op.Unsqueeze(lens, [0]), axis=0)
+
+
+def onnx_translation_table():
+    """``{OpOverload: translation}`` for ``torch.onnx.export(...,
+    custom_translation_table=...)``: every seqcls_fast forward operator."""
+    return {
+        _ops.lstm_layer_forward.default: lstm_layer_forward,
+        _ops.masked_attention_pool_forward.default: masked_attention_pool_forward,
+        _ops.length_plan.default: length_plan,
+    }

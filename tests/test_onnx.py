@@ -1,0 +1,191 @@
+"""ONNX export (seqcls_fast.onnx_export): sf.LSTM and sf.LSTMClassifier go
+through torch.onnx.export(dynamo=True) with the translation table, lengths a
+graph input, batch and time dynamic; onnxruntime on batches of other sizes than
+the example matches eager to 1e-5, and the graph holds one ONNX LSTM node per
+layer and direction reading sequence_lens, with no Loop or Scan."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.export import Dim
+
+import seqcls_fast as sf
+from seqcls_fast.onnx_export import onnx_translation_table
+
+onnx = pytest.importorskip("onnx", reason="ONNX export tests need onnx")
+pytest.importorskip("onnxscript", reason="ONNX export tests need onnxscript")
+onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX export tests need onnxruntime")
+
+BATCH = Dim("batch", min=2, max=64)
+STEPS = Dim("steps", min=2, max=512)
+
+
+def _export(module, args, dynamic_shapes, path):
+    torch.onnx.export(module.eval(), args, str(path), dynamo=True,
+                      custom_translation_table=onnx_translation_table(),
+                      dynamic_shapes=dynamic_shapes)
+    return str(path)
+
+
+def _run(path, module, args):
+    """The ONNX file's outputs in onnxruntime and the module's in eager, on args."""
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})
+    with torch.no_grad():
+        want = module(*args)
+    want = want if isinstance(want, tuple) else (want,)
+    return [torch.from_numpy(g) for g in got], list(want)
+
+
+def _assert_close(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def _nodes(path):
+    model = onnx.load(path)
+    nodes = list(model.graph.node)
+    for function in model.functions:
+        nodes.extend(function.node)
+    return nodes
+
+
+def _assert_lstm_nodes(path, count, with_lengths=True):
+    """``count`` ONNX LSTM nodes, each reading sequence_lens (input 4) when
+    with_lengths, and no loop of any kind; the model passes the ONNX checker."""
+    onnx.checker.check_model(onnx.load(path), full_check=True)
+    nodes = _nodes(path)
+    assert not [n.op_type for n in nodes if n.op_type in ("Loop", "Scan", "If")]
+    lstms = [n for n in nodes if n.op_type == "LSTM"]
+    assert len(lstms) == count
+    for node in lstms:
+        has_lengths = len(node.input) > 4 and node.input[4] != ""
+        assert has_lengths == with_lengths
+
+
+def _batch(steps, batch, features, seed):
+    """A padded batch with random lengths in [1, steps], one of each extreme."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(steps, batch, features, generator=generator)
+    lengths = torch.randint(1, steps + 1, (batch,), generator=generator)
+    lengths[0], lengths[1] = steps, 1
+    return x, lengths
+
+
+class _LSTMOutputs(torch.nn.Module):
+    """sf.LSTM as a module of tensors in, tuple of tensors out."""
+
+    def __init__(self, lstm):
+        super().__init__()
+        self.lstm = lstm
+
+    def forward(self, x, lengths):
+        out, (h_n, c_n) = self.lstm(x, lengths=lengths)
+        return out, h_n, c_n
+
+
+class _LSTMWithStates(_LSTMOutputs):
+    def forward(self, x, lengths, h0, c0):
+        out, (h_n, c_n) = self.lstm(x, (h0, c0), lengths=lengths)
+        return out, h_n, c_n
+
+
+class _LSTMNoLengths(_LSTMOutputs):
+    def forward(self, x):
+        out, (h_n, c_n) = self.lstm(x)
+        return out, h_n, c_n
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lstm_with_lengths(tmp_path, num_layers, bidirectional):
+    torch.manual_seed(0)
+    module = _LSTMOutputs(sf.LSTM(3, 4, num_layers=num_layers, bidirectional=bidirectional))
+    path = _export(module, _batch(5, 3, 3, seed=1), {"x": {0: STEPS, 1: BATCH},
+                                                     "lengths": {0: BATCH}}, tmp_path / "m.onnx")
+    _assert_lstm_nodes(path, num_layers * (2 if bidirectional else 1))
+    _assert_close(*_run(path, module, _batch(9, 7, 3, seed=2)))
+
+
+def test_lstm_batch_first_with_initial_states(tmp_path):
+    torch.manual_seed(0)
+    module = _LSTMWithStates(sf.LSTM(3, 4, num_layers=2, batch_first=True, bidirectional=True))
+
+    def args(steps, batch, seed):
+        x, lengths = _batch(steps, batch, 3, seed)
+        return (x.transpose(0, 1).contiguous(), lengths,
+                torch.randn(4, batch, 4), torch.randn(4, batch, 4))
+
+    path = _export(module, args(5, 3, seed=1),
+                   {"x": {0: BATCH, 1: STEPS}, "lengths": {0: BATCH}, "h0": {1: BATCH},
+                    "c0": {1: BATCH}}, tmp_path / "m.onnx")
+    _assert_lstm_nodes(path, 4)
+    for node in (n for n in _nodes(path) if n.op_type == "LSTM"):
+        assert node.input[5] != "" and node.input[6] != ""  # initial_h, initial_c
+    _assert_close(*_run(path, module, args(8, 6, seed=2)))
+
+
+def test_lstm_without_lengths(tmp_path):
+    torch.manual_seed(0)
+    module = _LSTMNoLengths(sf.LSTM(3, 4, bidirectional=True))
+    path = _export(module, (torch.randn(5, 3, 3),), {"x": {0: STEPS, 1: BATCH}},
+                   tmp_path / "m.onnx")
+    _assert_lstm_nodes(path, 2, with_lengths=False)
+    _assert_close(*_run(path, module, (torch.randn(9, 7, 3),)))
+
+
+@pytest.mark.parametrize("pooling", ["attention", "mean", "last"])
+def test_classifier(tmp_path, pooling):
+    torch.manual_seed(0)
+    model = sf.LSTMClassifier(3, 4, 5, num_layers=2, bidirectional=True, pooling=pooling)
+
+    def args(steps, batch, seed):
+        x, lengths = _batch(steps, batch, 3, seed)
+        return x.transpose(0, 1).contiguous(), lengths
+
+    path = _export(model, args(6, 3, seed=1), {"x": {0: BATCH, 1: STEPS}, "lengths": {0: BATCH}},
+                   tmp_path / "m.onnx")
+    _assert_lstm_nodes(path, 4)
+    _assert_close(*_run(path, model, args(11, 5, seed=2)))
+
+
+def test_classifier_with_embedding_and_additive_attention(tmp_path):
+    torch.manual_seed(0)
+    model = sf.LSTMClassifier(4, 5, 3, vocab_size=20, pooling="attention", attn_dim=6)
+
+    def args(steps, batch, seed):
+        _, lengths = _batch(steps, batch, 1, seed)
+        tokens = torch.randint(1, 20, (batch, steps), generator=torch.Generator().manual_seed(seed))
+        return tokens, lengths
+
+    path = _export(model, args(6, 3, seed=1), {"x": {0: BATCH, 1: STEPS}, "lengths": {0: BATCH}},
+                   tmp_path / "m.onnx")
+    _assert_lstm_nodes(path, 1)
+    _assert_close(*_run(path, model, args(9, 4, seed=2)))
+
+
+class _Plan(torch.nn.Module):
+    def forward(self, x, lengths):
+        return sf.LengthPlan(lengths, x.size(0), x.size(1)).table
+
+
+def test_length_plan_rows_match_eager_with_ties(tmp_path):
+    """Rows 0 and 1 (TopK) equal the plan's stable descending sort."""
+    module = _Plan()
+    path = _export(module, _batch(5, 3, 1, seed=1), {"x": {0: STEPS, 1: BATCH},
+                                                     "lengths": {0: BATCH}}, tmp_path / "m.onnx")
+    x, _ = _batch(6, 9, 1, seed=2)
+    lengths = torch.tensor([6, 1, 3, 6, 3, 1, 2, 6, 3])
+    got, want = _run(path, module, (x, lengths))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_importing_needs_no_onnx():
+    code = ("import sys, seqcls_fast, seqcls_fast.onnx_export; "
+            "print([m for m in ('onnx', 'onnxscript', 'onnxruntime') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"
