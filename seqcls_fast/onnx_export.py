@@ -27,7 +27,8 @@ Not exportable: training (autograd, dropout between layers; export in eval
 mode), and the backward operators. Lengths are not validated in the graph
 (pass 1 <= lengths <= T). ONNX LSTM has no bfloat16 kernel in most runtimes.
 
-Importing this module needs neither onnx nor onnxscript; building the table does.
+Importing this module or building the table needs neither onnx nor onnxscript;
+the translations import onnxscript when the exporter calls them.
 """
 from ._ops import ops as _ops
 
