@@ -5,9 +5,10 @@ from . import reference  # noqa: F401  (plain-PyTorch baselines, public)
 from ._ops import lstm_layer, masked_attention_pool
 from .classifier import LSTMClassifier
 from .lstm import LSTM
+from .onnx_export import onnx_translation_table
 from .plan import LengthPlan
 from .pooling import MaskedAttentionPooling
 
 __all__ = ["LSTM", "MaskedAttentionPooling", "LSTMClassifier", "LengthPlan", "lstm_layer",
-           "masked_attention_pool"]
+           "masked_attention_pool", "onnx_translation_table"]
 __version__ = "0.1.0"
