@@ -12,7 +12,7 @@ models only: a reverse direction needs the future.
 """
 import torch
 
-from ._ops import lstm_layer
+from ._ops import ops
 from .plan import LengthPlan
 
 
@@ -40,10 +40,12 @@ class OnlineAttentionPool:
             scores = scores.masked_fill(~valid, float("-inf"))
         m_old = self.m[rows]
         m_new = torch.maximum(m_old, scores.amax(dim=1))
-        keep = torch.exp(m_old - m_new)  # 0 where nothing was seen yet (m_old = -inf)
-        weights = torch.exp(scores - m_new[:, None])  # 0 at padding
+        # One exp for both: the old state's rescale factor (0 where nothing was
+        # seen yet, m_old = -inf) and the new steps' weights (0 at padding).
+        scaled = torch.exp(torch.cat([m_old[:, None], scores], dim=1) - m_new[:, None])
+        keep, weights = scaled[:, 0], scaled[:, 1:]
         self.m[rows] = m_new
-        self.l[rows] = self.l[rows] * keep + weights.sum(dim=1)
+        self.l[rows] = torch.addcmul(weights.sum(dim=1), self.l[rows], keep)
         self.acc[rows] = self.acc[rows] * keep[:, None] + torch.bmm(
             weights.unsqueeze(1).to(values.dtype), values).squeeze(1)
 
@@ -91,7 +93,7 @@ class ClassifierStream:
         if self.pool is not None:
             self.pool.reset(rows)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def feed(self, chunk, chunk_lengths=None):
         """chunk ``[B, t, I]`` (token ids ``[B, t]`` with an embedding),
         chunk_lengths ``[B]``: the valid new steps of each row (0: the row
@@ -107,7 +109,7 @@ class ClassifierStream:
                 self._advance(x.index_select(0, rows), lengths.index_select(0, rows), rows)
         return self.logits()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def logits(self):
         """The logits for what each row has seen so far."""
         model = self.model
@@ -130,11 +132,11 @@ class ClassifierStream:
         layer_input = x.transpose(0, 1)  # [t, b, I]
         for layer in range(lstm.num_layers):
             suffix = f"l{layer}"
-            out, h, c = lstm_layer(
+            out, h, c, _, _, _ = ops.lstm_layer_forward(  # inference: nothing saved
                 layer_input, None, self.h[layer, rows], self.c[layer, rows],
                 getattr(lstm, "weight_ih_" + suffix), getattr(lstm, "weight_hh_" + suffix),
                 getattr(lstm, "bias_ih_" + suffix) if lstm.bias else None,
-                getattr(lstm, "bias_hh_" + suffix) if lstm.bias else None, False, table)
+                getattr(lstm, "bias_hh_" + suffix) if lstm.bias else None, False, False, table)
             self.h[layer, rows] = h
             self.c[layer, rows] = c
             layer_input = out
