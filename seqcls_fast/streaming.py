@@ -44,10 +44,13 @@ class OnlineAttentionPool:
         # seen yet, m_old = -inf) and the new steps' weights (0 at padding).
         scaled = torch.exp(torch.cat([m_old[:, None], scores], dim=1) - m_new[:, None])
         keep, weights = scaled[:, 0], scaled[:, 1:]
-        self.m[rows] = m_new
-        self.l[rows] = torch.addcmul(weights.sum(dim=1), self.l[rows], keep)
-        self.acc[rows] = self.acc[rows] * keep[:, None] + torch.bmm(
+        l_new = torch.addcmul(weights.sum(dim=1), self.l[rows], keep)
+        acc_new = self.acc[rows] * keep[:, None] + torch.bmm(
             weights.unsqueeze(1).to(values.dtype), values).squeeze(1)
+        if isinstance(rows, slice):  # every row: rebind, no scatter
+            self.m, self.l, self.acc = m_new, l_new, acc_new
+        else:
+            self.m[rows], self.l[rows], self.acc[rows] = m_new, l_new, acc_new
 
     def pooled(self):
         return self.acc / self.l[:, None]
@@ -73,25 +76,33 @@ class ClassifierStream:
         self.batch_size = batch_size
         like = lstm.weight_ih_l0.detach()
         self.dtype, self.device = like.dtype, like.device
-        shape = (lstm.num_layers, batch_size, lstm.hidden_size)
-        self.h = like.new_zeros(shape)
-        self.c = like.new_zeros(shape)
+        # Per layer [B, H]; a list, so a chunk that moves every row rebinds them.
+        self.h = [like.new_zeros(batch_size, lstm.hidden_size) for _ in range(lstm.num_layers)]
+        self.c = [like.new_zeros(batch_size, lstm.hidden_size) for _ in range(lstm.num_layers)]
         self.seen = torch.zeros(batch_size, dtype=torch.long, device=like.device)
         self.pool = (OnlineAttentionPool(batch_size, lstm.hidden_size, like)
                      if model.pooling == "attention" else None)
         self.sum = like.new_zeros(batch_size, lstm.hidden_size)  # mean pooling
 
     # ---------------------------------------------------------------- public
+    @torch.inference_mode()  # the state may hold inference tensors (see feed)
     def reset(self, rows):
         """Starts new sequences in ``rows`` (a list of indices, or an index or
         bool tensor); the other rows go on."""
         rows = self._rows(rows)
-        self.h[:, rows] = 0
-        self.c[:, rows] = 0
+        for state in self.h + self.c:
+            state[rows] = 0
         self.seen[rows] = 0
         self.sum[rows] = 0
         if self.pool is not None:
             self.pool.reset(rows)
+
+    def state_numel(self):
+        """Elements of state kept per stream (constant: O(B x layers x H))."""
+        tensors = self.h + self.c + [self.seen, self.sum]
+        if self.pool is not None:
+            tensors += [self.pool.m, self.pool.l, self.pool.acc]
+        return sum(t.numel() for t in tensors)
 
     @torch.inference_mode()
     def feed(self, chunk, chunk_lengths=None):
@@ -99,6 +110,9 @@ class ClassifierStream:
         chunk_lengths ``[B]``: the valid new steps of each row (0: the row
         waits; None: all t). Returns logits ``[B, num_classes]`` for everything
         each row has seen (NaN for a row that has seen nothing)."""
+        if self.model.training:
+            raise RuntimeError("ClassifierStream.feed: the model was put in training mode; "
+                               "call model.eval()")
         x, lengths, all_full = self._check_chunk(chunk, chunk_lengths)
         if all_full:  # every row takes the whole chunk: no gathers, no plan
             if x.size(1) > 0:
@@ -120,7 +134,7 @@ class ClassifierStream:
         else:
             features = torch.where(self.seen[:, None] > 0, self.h[-1],
                                    torch.full_like(self.h[-1], float("nan")))
-        return model.head(model.dropout(features))
+        return model.head(features)  # eval mode: dropout is the identity
 
     # --------------------------------------------------------------- private
     def _advance(self, x, lengths, rows):
@@ -133,12 +147,14 @@ class ClassifierStream:
         for layer in range(lstm.num_layers):
             suffix = f"l{layer}"
             out, h, c, _, _, _ = ops.lstm_layer_forward(  # inference: nothing saved
-                layer_input, None, self.h[layer, rows], self.c[layer, rows],
+                layer_input, None, self.h[layer][rows], self.c[layer][rows],
                 getattr(lstm, "weight_ih_" + suffix), getattr(lstm, "weight_hh_" + suffix),
                 getattr(lstm, "bias_ih_" + suffix) if lstm.bias else None,
                 getattr(lstm, "bias_hh_" + suffix) if lstm.bias else None, False, False, table)
-            self.h[layer, rows] = h
-            self.c[layer, rows] = c
+            if isinstance(rows, slice):
+                self.h[layer], self.c[layer] = h, c
+            else:
+                self.h[layer][rows], self.c[layer][rows] = h, c
             layer_input = out
         outputs = layer_input.transpose(0, 1)  # [b, t, H], 0 past each length
         if lengths is None:

@@ -75,13 +75,27 @@ def test_streamed_logits_equal_the_offline_model_float32(device, pooling):
 def test_one_step_chunks_keep_state_per_row_constant():
     model = _model("cpu", torch.float64, 2, "attention", False)
     stream = model.stream(2)
-    sizes = None
+    sizes = []
     for _ in range(20):
         stream.feed(torch.randn(2, 1, 4, dtype=torch.float64))
-        now = [t.numel() for t in (stream.h, stream.c, stream.pool.m, stream.pool.l,
-                                   stream.pool.acc, stream.sum, stream.seen)]
-        assert sizes is None or now == sizes
-        sizes = now
+        sizes.append(stream.state_numel())
+    # 2 layers x (h, c) x B x H, seen and sum, and the attention state (m, l, acc)
+    assert set(sizes) == {2 * 2 * 2 * 5 + 2 + 2 * 5 + 2 + 2 + 2 * 5}
+
+
+def test_reset_after_whole_chunks_then_partial_chunks():
+    """Whole chunks rebind the state, partial ones scatter into it: mixing
+    them with resets still gives the offline result."""
+    model = _model("cpu", torch.float64, 2, "attention", False)
+    x = torch.randn(2, 6, 4, dtype=torch.float64)
+    stream = model.stream(2)
+    stream.feed(x[:, :3])
+    stream.reset([0])
+    logits = stream.feed(x[:, 3:5], torch.tensor([2, 1]))
+    torch.testing.assert_close(logits[0], model(x[:1, 3:5], torch.tensor([2]))[0],
+                               rtol=0, atol=1e-10)
+    torch.testing.assert_close(logits[1], model(x[1:, :4], torch.tensor([4]))[0],
+                               rtol=0, atol=1e-10)
 
 
 def test_stream_errors():
