@@ -1,25 +1,29 @@
-"""Command line: ``python -m seqcls_fast {bench,train} ...`` (also the
+"""Command line: ``python -m seqcls_fast {bench,train,stream} ...`` (also the
 ``seqcls-fast`` console script)."""
 import sys
 
 COMMANDS = {
     "bench": "compare against nn.LSTM (+ packing) and other RNN libraries",
     "train": "train a classifier on a UEA dataset or your own data",
+    "stream": "early classification: a checkpoint's accuracy after 10%, 20%, ... of each sequence",
 }
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: seqcls-fast {bench,train} [options]   (-h after a command for its options)")
+        print("usage: seqcls-fast {bench,train,stream} [options]   "
+              "(-h after a command for its options)")
         for name, what in COMMANDS.items():
             print(f"  {name:6s} {what}")
         return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
     command, rest = argv[0], argv[1:]
     if command == "bench":
         from .bench import main as run
-    else:
+    elif command == "train":
         from .train import main as run
+    else:
+        from .stream_cli import main as run
     return run(rest)
 
 

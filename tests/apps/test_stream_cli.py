@@ -1,0 +1,122 @@
+"""seqcls_fast.stream_cli (``python -m seqcls_fast stream``): early
+classification of a ``seqcls-fast train`` checkpoint on a tiny synthetic
+.npz: the whole-sequence score equals train --checkpoint's, each fraction's
+predictions equal the offline model on the same prefixes, the JSON keys, and
+the one-line errors."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from seqcls_fast import stream_cli, train
+from seqcls_fast.__main__ import main as cli_main
+from seqcls_fast.data import pad_batch
+
+FAST = ["--hidden-size", "16", "--batch-size", "8", "--no-progress"]
+
+
+def _toy(n, seed, channels=3, classes=3, min_len=3, max_len=12):
+    """As tests/apps/test_train.py's: the class is the channel with a raised mean."""
+    rng = np.random.default_rng(seed)
+    seqs, labels = [], []
+    for i in range(n):
+        label = i % classes
+        length = int(rng.integers(min_len, max_len + 1))
+        x = rng.normal(size=(length, channels)).astype(np.float32) * 0.5
+        x[:, label % channels] += 1.5
+        seqs.append(x)
+        labels.append(f"c{label}")
+    return seqs, np.array(labels)
+
+
+def _write_npz(path, channels=3):
+    tr, ytr = _toy(48, 0, channels=channels)
+    te, yte = _toy(30, 1, channels=channels)
+    np.savez(path, X_train=np.concatenate(tr), lengths_train=[len(s) for s in tr], y_train=ytr,
+             X_test=np.concatenate(te), lengths_test=[len(s) for s in te], y_test=yte)
+    return str(path)
+
+
+def _train(data, out, capsys, *flags):
+    rc = train.main(["--data", data, "--out", str(out), "--epochs", "3", "--lr", "1e-2",
+                     *flags] + FAST)
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    return str(out / "model.pt")
+
+
+def _has_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A unidirectional attention checkpoint on the toy .npz."""
+    root = tmp_path_factory.mktemp("stream")
+    data = _write_npz(root / "toy.npz")
+    rc = train.main(["--data", data, "--out", str(root / "uni"), "--epochs", "3", "--lr", "1e-2",
+                     "--no-bidirectional", "--pooling", "attention"] + FAST)
+    assert rc == 0
+    return root, data, str(root / "uni" / "model.pt")
+
+
+def test_full_sequence_score_equals_train_checkpoint_evaluation(trained, capsys):
+    root, data, ckpt = trained
+    capsys.readouterr()
+    assert train.main(["--data", data, "--checkpoint", ckpt, "--out", str(root / "eval"),
+                       "--no-progress"]) == 0
+    evaluated = json.loads((root / "eval" / "eval_metrics.json").read_text())["test"]
+    rc = cli_main(["stream", "--checkpoint", ckpt, "--data", data, "--steps", "10",
+                   "--batch-size", "7", "--out", str(root / "s")])  # 7: a ragged last batch
+    stdout = capsys.readouterr().out
+    assert rc == 0
+    result = json.loads((root / "s" / "stream_metrics.json").read_text())
+    assert set(stream_cli.STREAM_METRICS_KEYS) <= set(result)
+    assert result["fractions"] == pytest.approx([k / 10 for k in range(1, 11)])
+    assert len(result["accuracy"]) == len(result["macro_f1"]) == 10
+    assert result["accuracy"][-1] == evaluated["accuracy"]
+    assert result["macro_f1"][-1] == pytest.approx(evaluated["macro_f1"])
+    assert (result["n_test"], result["dataset"], result["checkpoint"]) == (30, "toy", ckpt)
+    assert result["timing"]["feed_calls"] == 10 * 5  # 30 rows in batches of 7
+    assert "100%" in stdout and "accuracy" in stdout
+    assert (root / "s" / "early_classification.png").exists() == _has_matplotlib()
+
+
+def test_each_fraction_matches_the_offline_model_on_the_prefix(trained):
+    _, _, ckpt = trained
+    model, _ = stream_cli.load_streaming_model(ckpt, torch.device("cpu"))
+    seqs, _ = _toy(11, 5, min_len=1, max_len=9)  # lengths below steps: chunk_lengths of 0
+    seqs = [torch.from_numpy(s) for s in seqs]
+    steps = 4
+    preds, calls, _ = stream_cli.stream_predictions(model, seqs, steps, batch_size=4,
+                                                    device=torch.device("cpu"))
+    assert calls == steps * 3
+    prefixes = stream_cli.prefix_lengths(torch.tensor([len(s) for s in seqs]), steps)
+    for k in range(steps):
+        x, lengths = pad_batch([s[: int(n)] for s, n in zip(seqs, prefixes[k])])
+        with torch.no_grad():
+            assert torch.equal(preds[k], model(x, lengths).argmax(dim=1)), k
+    assert prefixes[:, 0].tolist() == [-(-k * len(seqs[0]) // steps) for k in range(1, 5)]
+    assert torch.equal(prefixes[-1], torch.tensor([len(s) for s in seqs]))
+
+
+def test_errors_are_one_line_exit_2(trained, tmp_path, capsys):
+    root, data, ckpt = trained
+    bi = _train(data, tmp_path / "bi", capsys, "--bidirectional")
+    cases = [
+        (["--checkpoint", bi, "--data", data], "bidirectional, and streaming needs the past only"),
+        (["--checkpoint", str(tmp_path / "nope.pt"), "--data", data], "no such file"),
+        (["--checkpoint", ckpt, "--data", str(tmp_path / "nope.npz")], "no such file"),
+        (["--checkpoint", ckpt, "--data", _write_npz(tmp_path / "four.npz", channels=4)],
+         "trained on 3 channels, the data has 4"),
+    ]
+    for argv, message in cases:
+        assert stream_cli.main(argv + ["--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+        assert err.startswith("seqcls-fast stream: error: ") and err.count("\n") == 1
