@@ -38,16 +38,18 @@ class OnlineAttentionPool:
         valid step."""
         if valid is not None:
             scores = scores.masked_fill(~valid, float("-inf"))
-        m_old = self.m[rows]
+        every_row = isinstance(rows, slice)
+        m_old, l_old, acc_old = ((self.m, self.l, self.acc) if every_row else
+                                 (self.m[rows], self.l[rows], self.acc[rows]))
         m_new = torch.maximum(m_old, scores.amax(dim=1))
         # One exp for both: the old state's rescale factor (0 where nothing was
         # seen yet, m_old = -inf) and the new steps' weights (0 at padding).
         scaled = torch.exp(torch.cat([m_old[:, None], scores], dim=1) - m_new[:, None])
-        keep, weights = scaled[:, 0], scaled[:, 1:]
-        l_new = torch.addcmul(weights.sum(dim=1), self.l[rows], keep)
-        acc_new = self.acc[rows] * keep[:, None] + torch.bmm(
-            weights.unsqueeze(1).to(values.dtype), values).squeeze(1)
-        if isinstance(rows, slice):  # every row: rebind, no scatter
+        keep, weights = scaled[:, :1], scaled[:, 1:]
+        l_new = torch.addcmul(weights.sum(dim=1), l_old, keep.squeeze(1))
+        acc_new = torch.addcmul(torch.bmm(weights.unsqueeze(1).to(values.dtype), values).squeeze(1),
+                                acc_old, keep)
+        if every_row:  # rebind, no scatter
             self.m, self.l, self.acc = m_new, l_new, acc_new
         else:
             self.m[rows], self.l[rows], self.acc[rows] = m_new, l_new, acc_new
@@ -75,6 +77,11 @@ class ClassifierStream:
         self.model = model
         self.batch_size = batch_size
         like = lstm.weight_ih_l0.detach()
+        # Each layer's parameters, looked up once (the same Parameter objects,
+        # so load_state_dict and in-place updates are seen).
+        self._weights = [tuple(getattr(lstm, f"{name}_l{layer}") if lstm.bias or "bias" not in name
+                               else None for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                         for layer in range(lstm.num_layers)]
         self.dtype, self.device = like.dtype, like.device
         # Per layer [B, H]; a list, so a chunk that moves every row rebinds them.
         self.h = [like.new_zeros(batch_size, lstm.hidden_size) for _ in range(lstm.num_layers)]
@@ -121,11 +128,15 @@ class ClassifierStream:
             rows = torch.nonzero(lengths > 0).squeeze(1)
             if rows.numel() > 0:
                 self._advance(x.index_select(0, rows), lengths.index_select(0, rows), rows)
-        return self.logits()
+        return self._logits()
 
     @torch.inference_mode()
     def logits(self):
         """The logits for what each row has seen so far."""
+        return self._logits()
+
+    # --------------------------------------------------------------- private
+    def _logits(self):
         model = self.model
         if model.pooling == "attention":
             features = self.pool.pooled()
@@ -136,21 +147,16 @@ class ClassifierStream:
                                    torch.full_like(self.h[-1], float("nan")))
         return model.head(features)  # eval mode: dropout is the identity
 
-    # --------------------------------------------------------------- private
     def _advance(self, x, lengths, rows):
         """x [b, t, I] for the rows (an index, or every row) with lengths [b]
         >= 1 new steps (None: all t)."""
-        lstm = self.model.lstm
         steps = x.size(1)
         table = LengthPlan(lengths, steps, x.size(0)).table if lengths is not None else None
         layer_input = x.transpose(0, 1)  # [t, b, I]
-        for layer in range(lstm.num_layers):
-            suffix = f"l{layer}"
+        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self._weights):
             out, h, c, _, _, _ = ops.lstm_layer_forward(  # inference: nothing saved
                 layer_input, None, self.h[layer][rows], self.c[layer][rows],
-                getattr(lstm, "weight_ih_" + suffix), getattr(lstm, "weight_hh_" + suffix),
-                getattr(lstm, "bias_ih_" + suffix) if lstm.bias else None,
-                getattr(lstm, "bias_hh_" + suffix) if lstm.bias else None, False, False, table)
+                w_ih, w_hh, b_ih, b_hh, False, False, table)
             if isinstance(rows, slice):
                 self.h[layer], self.c[layer] = h, c
             else:
