@@ -92,6 +92,26 @@ def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cell
             grad_w_ih, grad_w_hh, grad_b, grad_b, None, None, None)
 
 
+def _grads_through(ctx, outputs, grads, slots, num_inputs):
+    """The backward's result for an operator with ``num_inputs`` arguments,
+    from ``outputs`` recomputed differentiably: the gradients of the inputs
+    in ``slots`` ({argument position: tensor}) that autograd asks for, with a
+    graph (create_graph=True); zeros for those the outputs do not reach."""
+    kept = [(o, g) for o, g in zip(outputs, grads) if g is not None]
+    wanted = {k: t for k, t in slots.items()
+              if t is not None and ctx.needs_input_grad[k] and t.requires_grad}
+    result = [None] * num_inputs
+    if kept and wanted:
+        found = torch.autograd.grad([o for o, _ in kept], list(wanted.values()),
+                                    [g for _, g in kept], create_graph=True, allow_unused=True)
+        for k, g in zip(wanted, found):
+            result[k] = g
+    for k, t in slots.items():  # asked for but not reachable: zeros, as the kernels give
+        if result[k] is None and t is not None and ctx.needs_input_grad[k]:
+            result[k] = torch.zeros_like(t)
+    return tuple(result)
+
+
 def _lstm_backward_differentiable(ctx, inputs, grads):
     """The gradients recomputed through the plain-PyTorch recurrence
     (seqcls_fast.reference.lstm_layer), so second derivatives (gradient
@@ -100,21 +120,9 @@ def _lstm_backward_differentiable(ctx, inputs, grads):
     from .reference import lstm_layer as reference_lstm_layer
     x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh = inputs
     outputs = reference_lstm_layer(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, ctx.reverse)
-    kept = [(o, g) for o, g in zip(outputs, grads) if g is not None]
     # Argument positions of the operator that can carry a gradient.
     slots = {0: x, 2: h0, 3: c0, 4: w_ih, 5: w_hh, 6: b_ih, 7: b_hh}
-    wanted = {k: t for k, t in slots.items()
-              if t is not None and ctx.needs_input_grad[k] and t.requires_grad}
-    result = [None] * 11
-    if kept and wanted:
-        found = torch.autograd.grad([o for o, _ in kept], list(wanted.values()),
-                                    [g for _, g in kept], create_graph=True, allow_unused=True)
-        for k, g in zip(wanted, found):
-            result[k] = g if g is not None else torch.zeros_like(wanted[k])
-    for k, t in slots.items():  # a gradient asked for but not reachable: zeros, as the kernel gives
-        if result[k] is None and t is not None and ctx.needs_input_grad[k]:
-            result[k] = torch.zeros_like(t)
-    return tuple(result)
+    return _grads_through(ctx, outputs, grads, slots, num_inputs=11)
 
 
 torch.library.register_autograd("seqcls_fast::lstm_layer_forward", _lstm_backward,
@@ -174,17 +182,7 @@ def _pool_backward_differentiable(ctx, inputs, grads):
     from .reference import masked_attention_pool as reference_pool
     values, keys, query, lengths = inputs
     outputs = reference_pool(values, keys, query, lengths)
-    kept = [(o, g) for o, g in zip(outputs, grads) if g is not None]
-    slots = {0: values, 1: keys, 2: query}
-    wanted = {k: t for k, t in slots.items()
-              if t is not None and ctx.needs_input_grad[k] and t.requires_grad}
-    result = [None] * 5
-    if kept and wanted:
-        found = torch.autograd.grad([o for o, _ in kept], list(wanted.values()),
-                                    [g for _, g in kept], create_graph=True, allow_unused=True)
-        for k, g in zip(wanted, found):
-            result[k] = g if g is not None else torch.zeros_like(wanted[k])
-    return tuple(result)
+    return _grads_through(ctx, outputs, grads, {0: values, 1: keys, 2: query}, num_inputs=5)
 
 
 torch.library.register_autograd("seqcls_fast::masked_attention_pool_forward", _pool_backward,

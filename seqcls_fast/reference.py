@@ -11,13 +11,12 @@ baselines and `seqcls-fast train --baseline native` trains them.
   modules above (same parameter names, same initialisation order, so the same
   seed gives the same weights and state_dicts are interchangeable).
 """
-import math
-
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .classifier import LSTMClassifier
+from .pooling import MaskedAttentionPooling as _FastMaskedAttentionPooling
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -108,23 +107,9 @@ class PackedLSTM(nn.LSTM):
         return packed_lstm(self, x, lengths, hx)
 
 
-class MaskedAttentionPooling(nn.Module):
-    """The parameters (``query``, ``proj``) and interface of
-    ``sf.MaskedAttentionPooling``, in plain PyTorch."""
-
-    def __init__(self, hidden_size, attn_dim=None, device=None, dtype=None):
-        super().__init__()
-        factory = {"device": device, "dtype": dtype}
-        self.hidden_size = hidden_size
-        self.attn_dim = attn_dim
-        self.proj = nn.Linear(hidden_size, attn_dim, **factory) if attn_dim else None
-        self.query = nn.Parameter(torch.empty(attn_dim or hidden_size, **factory))
-        self.reset_parameters()
-
-    def reset_parameters(self):  # the order sf.MaskedAttentionPooling uses
-        nn.init.normal_(self.query, std=1.0 / math.sqrt(self.query.numel()))
-        if self.proj is not None:
-            self.proj.reset_parameters()
+class MaskedAttentionPooling(_FastMaskedAttentionPooling):
+    """``sf.MaskedAttentionPooling``'s parameters (``query``, ``proj``),
+    initialisation and interface, computed in plain PyTorch."""
 
     def forward(self, outputs, lengths=None):
         keys = torch.tanh(self.proj(outputs)) if self.proj is not None else None
