@@ -1,9 +1,11 @@
 // masked_attention_pool_forward / _backward on the CPU. One task per batch
-// row; every reduction runs in a fixed order in the accumulation type, so
-// results are deterministic. Inputs are read through their strides.
+// row; every reduction runs in a fixed order in double (the pooling is a
+// small part of the model's time, and sequential float sums over D in the
+// hundreds lost a digit against PyTorch's own float32 error), so results are
+// deterministic and each output is rounded once. Inputs are read through
+// their strides.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -58,7 +60,7 @@ std::tuple<Tensor, Tensor> masked_attention_pool_forward_cpu(const Tensor& value
   const Tensor& key_tensor = keys.has_value() ? *keys : values;
 
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "masked_attention_pool_forward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+    using acc_t = double;
     const Strided3<scalar_t> v(values), k(key_tensor);
     const scalar_t* q = query.const_data_ptr<scalar_t>();
     const int64_t q_stride = query.stride(0);
@@ -107,7 +109,7 @@ std::tuple<Tensor, Tensor, Tensor> masked_attention_pool_backward_cpu(
   Tensor grad_keys = keys.has_value() ? at::zeros({B, T, A}, values.options())
                                       : at::empty({0}, values.options());
   // Each row's share of grad_query, summed over rows afterwards in a fixed order.
-  Tensor grad_query_rows = at::zeros({B, A}, values.options().dtype(at::toOpMathType(values.scalar_type())));
+  Tensor grad_query_rows = at::zeros({B, A}, values.options().dtype(at::kDouble));
   if (B == 0) return {grad_values, grad_keys, at::zeros({A}, values.options())};
   const Tensor len = pool_lengths(lengths, plan, T, B, values.device());
   const Tensor& key_tensor = keys.has_value() ? *keys : values;
@@ -115,7 +117,7 @@ std::tuple<Tensor, Tensor, Tensor> masked_attention_pool_backward_cpu(
                w_all = weights.contiguous();
 
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "masked_attention_pool_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+    using acc_t = double;
     const Strided3<scalar_t> v(values), k(key_tensor);
     const scalar_t* q = query.const_data_ptr<scalar_t>();
     const int64_t q_stride = query.stride(0);
@@ -143,13 +145,13 @@ std::tuple<Tensor, Tensor, Tensor> masked_attention_pool_backward_cpu(
           const acc_t w = w_ptr[b * T + t];
           const acc_t ds = w * (grad_score[t] - weighted);
           scalar_t* gv = gv_ptr + (b * T + t) * D;
-          for (int64_t d = 0; d < D; ++d) gv[d] = static_cast<scalar_t>(w * acc_t(gpb[d]));
           if (gk_ptr != nullptr) {
+            for (int64_t d = 0; d < D; ++d) gv[d] = static_cast<scalar_t>(w * acc_t(gpb[d]));
             scalar_t* gk = gk_ptr + (b * T + t) * A;
             for (int64_t a = 0; a < A; ++a) gk[a] = static_cast<scalar_t>(ds * acc_t(q[a * q_stride]));
-          } else {  // keys are the values: their gradient adds to grad_values
+          } else {  // keys are the values: their gradient adds to grad_values (one rounding)
             for (int64_t d = 0; d < D; ++d)
-              gv[d] = static_cast<scalar_t>(acc_t(gv[d]) + ds * acc_t(q[d * q_stride]));
+              gv[d] = static_cast<scalar_t>(w * acc_t(gpb[d]) + ds * acc_t(q[d * q_stride]));
           }
           const scalar_t* kr = k.row(b, t);
           acc_t* gq = gq_rows + b * A;
