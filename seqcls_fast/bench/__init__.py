@@ -13,7 +13,9 @@ from the same weights and run on the same inputs:
   ignores the lengths, which is harmless for a unidirectional LSTM (outputs at
   valid steps do not depend on later steps, and the pooling only reads valid
   steps) but wrong for a bidirectional one; it is still timed then, flagged;
-- ``flashrnn`` and ``haste``, when those packages are importable.
+- ``flashrnn`` and ``haste``, when those packages are importable;
+- ``ort``: ``packed`` exported to ONNX (its LSTM node takes ``sequence_lens``)
+  and run by onnxruntime, on the CPU in float32 and in inference only.
 
 Before timing, each method's logits (and, in training, its LSTM weight
 gradients) are compared with ours; a method that disagrees is reported as
@@ -36,8 +38,8 @@ from .measure import (AUTO_REPEATS, AUTO_SECONDS_PER_CASE, CUDA_WARMUP_ROUNDS,
                       time_call, time_interleaved)
 from .memory import cpu_peak_growth_supported, exact_rss_accounting, measure_peak_memory
 from .methods import (FLASHRNN_BACKEND, METHODS, REFERENCE_METHOD, Classifier, FlashRNN,
-                      Haste, MethodSpec, Ours, Packed, Padded, Reference, Unavailable,
-                      build_methods, plain_pooling)
+                      Haste, MethodSpec, OnnxRuntime, Ours, Packed, Padded, Reference,
+                      Unavailable, build_methods, plain_pooling)
 from .report import Progress, cpu_name, environment, format_table, git_commit, write_plot
 
 __all__ = [
@@ -46,8 +48,8 @@ __all__ = [
     "CUDA_EXTRA_CASES", "make_lengths", "Batch", "make_batch",
     # methods
     "FLASHRNN_BACKEND", "Reference", "Unavailable", "Classifier", "plain_pooling", "Ours",
-    "Packed", "Padded", "FlashRNN", "Haste", "MethodSpec", "METHODS", "REFERENCE_METHOD",
-    "build_methods",
+    "Packed", "Padded", "FlashRNN", "Haste", "OnnxRuntime", "MethodSpec", "METHODS",
+    "REFERENCE_METHOD", "build_methods",
     # memory
     "exact_rss_accounting", "cpu_peak_growth_supported", "measure_peak_memory",
     # measure

@@ -96,7 +96,7 @@ def run_case(case, mode, dtype, device, repeats=None, progress=None):
     reference = Reference(case, dtype, device)
     batches = [make_batch(case, dtype, device, seed) for seed in range(ROTATED_BATCHES)]
     records, runnable = {}, {}
-    for name, model in build_methods(reference, case).items():
+    for name, model in build_methods(reference, case, mode).items():
         records[name] = {"name": name, "description": METHODS[name].description,
                          "status": None, "note": None, "errors": None, "times_ms": [],
                          "peak_memory_bytes": None}

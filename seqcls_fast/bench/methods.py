@@ -6,6 +6,9 @@ The plain-PyTorch parts (packing, the masked pooling) are those of
 :mod:`seqcls_fast.reference`, so the baselines exist once."""
 import copy
 import math
+import os
+import tempfile
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +18,7 @@ from torch import nn
 import seqcls_fast as sf
 from seqcls_fast import reference as plain
 
-from .cases import NUM_CLASSES
+from .cases import MODES, NUM_CLASSES, make_batch
 
 FLASHRNN_BACKEND = "cuda_fused"
 
@@ -209,11 +212,77 @@ class Haste(Classifier):
         return gradients
 
 
+class _ExportablePacked(nn.Module):
+    """Packed's computation as ``forward(x, lengths) -> logits``, the signature
+    the ONNX export traces (a Batch is not a tensor)."""
+
+    def __init__(self, packed):
+        super().__init__()
+        self.packed = packed
+
+    def forward(self, x, lengths):
+        outputs, _ = plain.packed_lstm(self.packed.lstm, x, lengths)
+        pooled, _ = self.packed.pool(outputs, lengths)
+        return self.packed.head(pooled)
+
+
+def _has_lstm_with_sequence_lens(graph):
+    # LSTM inputs: X, W, R, B, sequence_lens, ...; an empty name is an omitted input.
+    return any(node.op_type == "LSTM" and len(node.input) > 4 and node.input[4]
+               for node in graph.node)
+
+
+class OnnxRuntime(Classifier):
+    """Packed (nn.LSTM on a PackedSequence + the plain pooling + head) exported
+    by the TorchScript ONNX exporter, where the pack/pad pair becomes the ONNX
+    LSTM's ``sequence_lens``, run by an onnxruntime CPU session (built once,
+    not timed). Each call converts the batch to numpy and back. Inference only."""
+
+    def __init__(self, reference, case):
+        super().__init__()
+        if reference.query.device.type != "cpu":
+            raise Unavailable("onnxruntime is compared on the CPU only")
+        if reference.query.dtype != torch.float32:
+            raise Unavailable("onnxruntime is compared in float32 only")
+        try:
+            import onnx
+            import onnxruntime
+        except ImportError as error:
+            raise Unavailable(f"onnx/onnxruntime is not importable ({error})") from None
+        exportable = _ExportablePacked(Packed(reference, case)).eval()
+        example = make_batch(case, torch.float32, torch.device("cpu"), seed=0)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "packed.onnx")
+            try:
+                with warnings.catch_warnings():  # the exporter's deprecation and tracer
+                    warnings.simplefilter("ignore")  # notes; the graph is checked below
+                    torch.onnx.export(
+                        exportable, (example.x, example.lengths_cpu), path, dynamo=False,
+                        input_names=["x", "lengths"], output_names=["logits"],
+                        dynamic_axes={"x": {0: "batch", 1: "time"}, "lengths": {0: "batch"},
+                                      "logits": {0: "batch"}})
+            except Exception as error:
+                raise Unavailable(f"TorchScript ONNX export failed: {type(error).__name__}: "
+                                  f"{error}".splitlines()[0][:200]) from None
+            if not _has_lstm_with_sequence_lens(onnx.load(path).graph):
+                raise Unavailable("the exported graph has no LSTM node with sequence_lens")
+            self.session = onnxruntime.InferenceSession(
+                path, options, providers=["CPUExecutionProvider"])
+
+    def forward(self, batch):
+        inputs = {"x": batch.x.detach().numpy(), "lengths": batch.lengths_cpu.numpy()}
+        return torch.from_numpy(self.session.run(None, inputs)[0])
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
     description: str
     build: object  # (reference, case) -> Classifier; raises Unavailable
+    modes: tuple = MODES  # the modes it runs in; skipped in the others
 
 
 # Ours first: it is the reference of the agreement check and of every speedup.
@@ -224,15 +293,21 @@ METHODS = {
         MethodSpec("padded", "nn.LSTM on the padded batch + PyTorch masked pooling", Padded),
         MethodSpec("flashrnn", "FlashRNN LSTM (no lengths) + PyTorch masked pooling", FlashRNN),
         MethodSpec("haste", "haste_pytorch.LSTM + PyTorch masked pooling", Haste),
+        MethodSpec("ort", "ONNX Runtime LSTM with sequence_lens", OnnxRuntime,
+                   modes=("inference",)),
     )
 }
 REFERENCE_METHOD = "ours"
 
 
-def build_methods(reference, case):
-    """{name: Classifier or Unavailable} for every method in METHODS."""
+def build_methods(reference, case, mode=None):
+    """{name: Classifier or Unavailable} for every method in METHODS; with a
+    ``mode``, those that do not run in it are Unavailable."""
     built = {}
     for name, spec in METHODS.items():
+        if mode is not None and mode not in spec.modes:
+            built[name] = Unavailable(f"{' and '.join(spec.modes)} only")
+            continue
         try:
             built[name] = spec.build(reference, case)
         except Unavailable as reason:

@@ -51,6 +51,17 @@ def test_bench_runs_end_to_end_and_writes_a_valid_record(tmp_path, capsys):
     assert "speedup" in table and "packed" in table
 
 
+def test_onnx_runtime_agrees_in_inference_and_is_skipped_in_train(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    record = run_bench(tmp_path, "--seq-len", "10", "--mode", "both")
+    inference, train = (methods_of(result)["ort"] for result in record["results"])
+    assert inference["status"] == "ok", inference
+    assert inference["errors"]["logits"] <= record["results"][0]["tolerance"]
+    assert len(inference["times_ms"]) == 2 and inference["speedup_of_ours"] > 0
+    assert train["status"] == "skipped" and train["note"] == "inference only"
+    assert train["times_ms"] == []
+
 def test_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     plot = tmp_path / "speedup.png"
