@@ -44,6 +44,8 @@ def prepared(case):
 def checked_model(prepared, name, mode):
     methods, batches = prepared
     model = methods[name]
+    if mode not in bench.METHODS[name].modes:
+        pytest.skip(f"{name}: {' and '.join(bench.METHODS[name].modes)} only")
     if isinstance(model, bench.Unavailable):
         pytest.skip(str(model))
     ours = methods[bench.REFERENCE_METHOD]
