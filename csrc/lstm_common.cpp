@@ -91,7 +91,13 @@ LengthPlan make_length_plan(const at::Tensor& plan_table, int64_t steps_total, i
       row[q] = order[j];
     }
   }
-  if (plan.all_full) plan.order = at::Tensor();  // identity: no gathers needed
+  if (plan.all_full) {
+    plan.order = at::Tensor();  // identity: no gathers needed
+  } else {
+    plan.inverse_order = at::empty({batch}, at::kLong);
+    int64_t* inverse = plan.inverse_order.data_ptr<int64_t>();
+    for (int64_t j = 0; j < batch; ++j) inverse[order[j]] = j;
+  }
   return plan;
 }
 
@@ -99,9 +105,19 @@ DevicePlan make_device_plan(const LengthPlan& plan, bool reverse, const at::Devi
   const int64_t B = plan.sorted_lengths.numel(), N = plan.packed_rows;
   const bool permuted = plan.order.defined();
   const bool gathered = !plan.packed_is_time_major(reverse);
+  if (device.is_cpu()) {  // already where the kernels read it
+    DevicePlan out;
+    out.sorted_lengths = plan.sorted_lengths;
+    out.order = plan.order;
+    out.inverse_order = plan.inverse_order;
+    if (gathered) {
+      out.packed_time = plan.packed_time;
+      out.packed_batch = plan.packed_batch;
+    }
+    return out;
+  }
   const int64_t total = B * (permuted ? 3 : 1) + N * (gathered ? 2 : 0);
-  const bool pinned = !device.is_cpu();
-  at::Tensor host = at::empty({total}, at::TensorOptions().dtype(at::kLong).pinned_memory(pinned));
+  at::Tensor host = at::empty({total}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
   int64_t* dst = host.data_ptr<int64_t>();
   const auto append = [&dst](const at::Tensor& t) {
     std::memcpy(dst, t.const_data_ptr<int64_t>(), t.numel() * sizeof(int64_t));
@@ -110,9 +126,7 @@ DevicePlan make_device_plan(const LengthPlan& plan, bool reverse, const at::Devi
   append(plan.sorted_lengths);
   if (permuted) {
     append(plan.order);
-    const int64_t* order = plan.order.const_data_ptr<int64_t>();
-    for (int64_t j = 0; j < B; ++j) dst[order[j]] = j;
-    dst += B;
+    append(plan.inverse_order);
   }
   if (gathered) {
     append(plan.packed_time);
@@ -122,7 +136,6 @@ DevicePlan make_device_plan(const LengthPlan& plan, bool reverse, const at::Devi
   // and the caching host allocator keeps `host` alive until it completes.
   const at::Tensor on_device = host.to(device, at::kLong, /*non_blocking=*/true);
   DevicePlan out;
-  out.host = &plan;
   int64_t at_row = 0;
   const auto take = [&](int64_t n) {
     at::Tensor view = on_device.narrow(0, at_row, n);
@@ -142,9 +155,11 @@ DevicePlan make_device_plan(const LengthPlan& plan, bool reverse, const at::Devi
 }
 
 at::Tensor to_sorted(const at::Tensor& t, const DevicePlan& plan, at::ScalarType dtype) {
-  at::Tensor out = at::empty(t.sizes(), t.options().dtype(dtype));
-  out.copy_(plan.order.defined() ? t.index_select(0, plan.order) : t);
-  return out;
+  // index_select already makes a new contiguous tensor; the identity order
+  // needs an explicit copy (the caller mutates the result). One copy either way.
+  const bool gathered = plan.order.defined();
+  const at::Tensor src = gathered ? t.index_select(0, plan.order) : t;
+  return src.to(dtype, /*non_blocking=*/false, /*copy=*/!gathered, at::MemoryFormat::Contiguous);
 }
 
 at::Tensor from_sorted(const at::Tensor& sorted, const DevicePlan& plan) {

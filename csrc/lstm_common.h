@@ -35,6 +35,7 @@ LstmSizes check_lstm_forward_inputs(const at::Tensor& x, const c10::optional<at:
 // packed row offset[s] + j is step s of sorted row j.
 struct LengthPlan {
   at::Tensor order;                // [B] int64, CPU; undefined when the order is the identity
+  at::Tensor inverse_order;        // [B] int64, CPU: caller row -> sorted row; undefined likewise
   at::Tensor sorted_lengths;       // [B] int64, CPU; lengths in `order`
   std::vector<int64_t> active;     // [steps] rows with length > s
   std::vector<int64_t> offset;     // [steps + 1] first packed row of each step; offset[steps] = N
@@ -53,14 +54,14 @@ struct LengthPlan {
 LengthPlan make_length_plan(const at::Tensor& plan_table, int64_t steps_total, int64_t batch,
                             bool reverse);
 
-// The parts of a LengthPlan the kernels read, on the input's device: views of
-// one int64 tensor that reaches a GPU in a single host-to-device copy (from
-// pinned memory, ordered on the current stream, no synchronization). order /
+// The parts of a LengthPlan the kernels read, on the input's device: on a GPU
+// views of one int64 tensor that arrives in a single host-to-device copy (from
+// pinned memory, ordered on the current stream, no synchronization); on the
+// CPU the LengthPlan's own tensors. order /
 // inverse_order are undefined when the sorted order is the identity;
 // packed_time / packed_batch when the packed rows are x's own time-major rows
 // (a forward pass over full rows).
 struct DevicePlan {
-  const LengthPlan* host;     // the plan it was made from (must outlive this)
   at::Tensor order;           // [B] sorted row -> caller row
   at::Tensor inverse_order;   // [B] caller row -> sorted row
   at::Tensor sorted_lengths;  // [B]

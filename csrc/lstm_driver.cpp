@@ -37,8 +37,15 @@ int64_t largest_chunk(const LengthPlan& plan, const std::vector<int64_t>& starts
   return most;
 }
 
-const int64_t* data_or_null(const Tensor& t) {
-  return t.defined() ? t.const_data_ptr<int64_t>() : nullptr;
+// The fields every step of a pass shares (step and rows are set per step).
+LstmStepRows step_rows(const DevicePlan& dev, int64_t batch, int64_t hidden, bool reverse) {
+  LstmStepRows rows{};
+  rows.batch = batch;
+  rows.hidden = hidden;
+  rows.reverse = reverse;
+  rows.order = dev.order.defined() ? dev.order.const_data_ptr<int64_t>() : nullptr;
+  rows.sorted_lengths = dev.sorted_lengths.const_data_ptr<int64_t>();
+  return rows;
 }
 
 // Address of row `row` of a contiguous 2-D tensor: a step's slice, without a
@@ -108,11 +115,7 @@ LstmForwardResult lstm_layer_forward(const LstmBackend& backend, const Tensor& x
                                     : at::empty({largest_chunk(plan, chunk_starts), 4 * H}, opts);
 
   LstmForwardStep p{};
-  p.batch = B;
-  p.hidden = H;
-  p.reverse = reverse;
-  p.order = data_or_null(dev.order);
-  p.sorted_lengths = dev.sorted_lengths.const_data_ptr<int64_t>();
+  static_cast<LstmStepRows&>(p) = step_rows(dev, B, H, reverse);
   p.h_state = h_state.data_ptr();
   p.c_state = c_state.data_ptr();
   p.output = output.data_ptr();
@@ -193,11 +196,7 @@ LstmBackwardResult lstm_layer_backward(const LstmBackend& backend, const Tensor&
   Tensor grad_gates = at::empty({N, 4 * H}, opts);  // every row written below
 
   LstmBackwardStep p{};
-  p.batch = B;
-  p.hidden = H;
-  p.reverse = reverse;
-  p.order = data_or_null(dev.order);
-  p.sorted_lengths = dev.sorted_lengths.const_data_ptr<int64_t>();
+  static_cast<LstmStepRows&>(p) = step_rows(dev, B, H, reverse);
   p.grad_output = grad_out.const_data_ptr();
   p.grad_output_stride_t = grad_out.stride(0);
   p.grad_output_stride_b = grad_out.stride(1);

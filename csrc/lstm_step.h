@@ -17,15 +17,19 @@
 
 namespace seqcls_fast {
 
-struct LstmForwardStep {
-  int64_t step;                   // s
+// What every step of a pass shares, and which rows it runs.
+struct LstmStepRows {
+  int64_t step;                   // s (the backward runs s = steps-1 down to 0)
   int64_t rows;                   // active rows at step s
-  int64_t rows_next;              // active rows at step s + 1; 0 at the last step
   int64_t batch;                  // B
   int64_t hidden;                 // H
   bool reverse;
   const int64_t* order;           // [B] sorted row -> caller row; nullptr: identity
   const int64_t* sorted_lengths;  // [B] lengths in sorted order
+};
+
+struct LstmForwardStep : LstmStepRows {
+  int64_t rows_next;              // active rows at step s + 1; 0 at the last step
   void* gates;                    // [rows, 4H] packed; in: pre-activations, out: activated gates
   void* h_state;                  // [B, H] sorted; out: h_s
   void* c_state;                  // [B, H] sorted, state dtype; in: c_{s-1}, out: c_s
@@ -35,14 +39,7 @@ struct LstmForwardStep {
                                   //   nullptr: not kept
 };
 
-struct LstmBackwardStep {
-  int64_t step;                   // s (run for s = steps-1 down to 0)
-  int64_t rows;                   // active rows at step s
-  int64_t batch;                  // B
-  int64_t hidden;                 // H
-  bool reverse;
-  const int64_t* order;           // [B] sorted row -> caller row; nullptr: identity
-  const int64_t* sorted_lengths;  // [B] lengths in sorted order
+struct LstmBackwardStep : LstmStepRows {
   const void* gates;              // [rows, 4H] packed; activated gates from the forward
   const void* cell;               // [rows, H] packed, state dtype; c_s from the forward
   const void* cell_prev;          // [rows, H] packed c_{s-1}, state dtype; sorted c0 at s = 0
