@@ -12,7 +12,6 @@ models only: a reverse direction needs the future.
 """
 import torch
 
-from ._ops import ops
 from .plan import LengthPlan
 
 
@@ -77,15 +76,10 @@ class ClassifierStream:
         self.model = model
         self.batch_size = batch_size
         like = lstm.weight_ih_l0.detach()
-        # Each layer's parameters, looked up once (the same Parameter objects,
-        # so load_state_dict and in-place updates are seen).
-        self._weights = [tuple(getattr(lstm, f"{name}_l{layer}") if lstm.bias or "bias" not in name
-                               else None for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-                         for layer in range(lstm.num_layers)]
         self.dtype, self.device = like.dtype, like.device
-        # Per layer [B, H]; a list, so a chunk that moves every row rebinds them.
-        self.h = [like.new_zeros(batch_size, lstm.hidden_size) for _ in range(lstm.num_layers)]
-        self.c = [like.new_zeros(batch_size, lstm.hidden_size) for _ in range(lstm.num_layers)]
+        # (h, c) of every layer, [layers, B, H]: sf.LSTM's h_0 / c_0 and h_n / c_n.
+        self.h = like.new_zeros(lstm.num_layers, batch_size, lstm.hidden_size)
+        self.c = like.new_zeros(lstm.num_layers, batch_size, lstm.hidden_size)
         self.seen = torch.zeros(batch_size, dtype=torch.long, device=like.device)
         self.pool = (OnlineAttentionPool(batch_size, lstm.hidden_size, like)
                      if model.pooling == "attention" else None)
@@ -97,8 +91,8 @@ class ClassifierStream:
         """Starts new sequences in ``rows`` (a list of indices, or an index or
         bool tensor); the other rows go on."""
         rows = self._rows(rows)
-        for state in self.h + self.c:
-            state[rows] = 0
+        self.h[:, rows] = 0
+        self.c[:, rows] = 0
         self.seen[rows] = 0
         self.sum[rows] = 0
         if self.pool is not None:
@@ -106,7 +100,7 @@ class ClassifierStream:
 
     def state_numel(self):
         """Elements of state kept per stream (constant: O(B x layers x H))."""
-        tensors = self.h + self.c + [self.seen, self.sum]
+        tensors = [self.h, self.c, self.seen, self.sum]
         if self.pool is not None:
             tensors += [self.pool.m, self.pool.l, self.pool.acc]
         return sum(t.numel() for t in tensors)
@@ -151,18 +145,16 @@ class ClassifierStream:
         """x [b, t, I] for the rows (an index, or every row) with lengths [b]
         >= 1 new steps (None: all t)."""
         steps = x.size(1)
-        table = LengthPlan(lengths, steps, x.size(0)).table if lengths is not None else None
-        layer_input = x.transpose(0, 1)  # [t, b, I]
-        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self._weights):
-            out, h, c, _, _, _ = ops.lstm_layer_forward(  # inference: nothing saved
-                layer_input, None, self.h[layer][rows], self.c[layer][rows],
-                w_ih, w_hh, b_ih, b_hh, False, False, table)
-            if isinstance(rows, slice):
-                self.h[layer], self.c[layer] = h, c
-            else:
-                self.h[layer][rows], self.c[layer][rows] = h, c
-            layer_input = out
-        outputs = layer_input.transpose(0, 1)  # [b, t, H], 0 past each length
+        plan = LengthPlan(lengths, steps, x.size(0)) if lengths is not None else None
+        # sf.LSTM's own layer loop, started from the rows' states (inference:
+        # nothing is kept for a backward).
+        out, (h, c) = self.model.lstm._run(x.transpose(0, 1), plan,
+                                           (self.h[:, rows], self.c[:, rows]))
+        if isinstance(rows, slice):  # every row moved: rebind, no scatter
+            self.h, self.c = h, c
+        else:
+            self.h[:, rows], self.c[:, rows] = h, c
+        outputs = out.transpose(0, 1)  # [b, t, H], 0 past each length
         if lengths is None:
             self.seen += steps
         else:
