@@ -16,18 +16,17 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py, tests/samples.py
 
 from helpers import CUDA_ONLY  # noqa: E402
+from samples import lengths_placements, lengths_name  # noqa: E402
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+_MARKS = {"cpu": (), "cuda": CUDA_ONLY}
 
-DEVICES = [pytest.param(CPU, id="cpu"), pytest.param(CUDA, id="cuda", marks=CUDA_ONLY)]
+DEVICES = [pytest.param(d, id=d.type, marks=_MARKS[d.type]) for d in (CPU, CUDA)]
 
+# Every place lengths can be for inputs on each device (samples.lengths_placements).
 DEVICES_AND_LENGTHS = [
-    pytest.param(CPU, None, id="cpu-no_lengths"),
-    pytest.param(CPU, CPU, id="cpu-lengths_cpu"),
-    pytest.param(CUDA, None, id="cuda-no_lengths", marks=CUDA_ONLY),
-    pytest.param(CUDA, CPU, id="cuda-lengths_cpu", marks=CUDA_ONLY),
-    pytest.param(CUDA, CUDA, id="cuda-lengths_cuda", marks=CUDA_ONLY),
-]
+    pytest.param(d, on, id=f"{d.type}-{lengths_name(on)}", marks=_MARKS[d.type])
+    for d in (CPU, CUDA) for on in lengths_placements(d)]
 
 
 def pytest_generate_tests(metafunc):

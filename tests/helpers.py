@@ -95,3 +95,29 @@ def sample_named(name):
 def dtype_id(dtype):
     """Test ids: float64 rather than dtype0."""
     return str(dtype).removeprefix("torch.")
+
+
+# torch.export / ONNX export: dynamic batch and time dimensions.
+def export_dims():
+    from torch.export import Dim
+    return Dim("batch", min=2, max=64), Dim("steps", min=2, max=512)
+
+
+class LSTMOutputs(torch.nn.Module):
+    """sf.LSTM (or any LSTM taking lengths=) as tensors in, a tuple of tensors
+    out, as the exporters want."""
+
+    def __init__(self, lstm):
+        super().__init__()
+        self.lstm = lstm
+
+    def forward(self, x, lengths):
+        out, (h_n, c_n) = self.lstm(x, lengths=lengths)
+        return out, h_n, c_n
+
+
+def assert_close_named(got, ref, tol, names):
+    """Each of got/ref (equally many, one per name) close within tol."""
+    for name, a, b in zip(names, got, ref, strict=True):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, name=name: f"{name}: {m}")
+

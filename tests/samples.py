@@ -28,7 +28,7 @@ def lengths_placements(device):
     return [None, torch.device("cpu")] + ([device] if device.type != "cpu" else [])
 
 
-def _lengths_name(lengths_on):
+def lengths_name(lengths_on):
     return "no_lengths" if lengths_on is None else f"lengths_{lengths_on.type}"
 
 
@@ -63,7 +63,7 @@ def lstm_layer_forward_samples(device, dtype=torch.float64, requires_grad=False)
                 reverse)
         name = "-".join((f"T{T}_B{B}_I{I}_H{H}", "reverse" if reverse else "forward",
                          "state" if with_state else "no_state",
-                         "bias" if with_bias else "no_bias", _lengths_name(lengths_on)))
+                         "bias" if with_bias else "no_bias", lengths_name(lengths_on)))
         samples.append(Sample(name, args))
     return samples
 
@@ -108,7 +108,7 @@ def masked_attention_pool_forward_samples(device, dtype=torch.float64, requires_
         query = leaf(torch.randn(A if with_keys else D, **factory))
         lengths = None if lengths_on is None else torch.tensor(_POOL_LENGTHS, device=lengths_on)
         name = "-".join((f"B{B}_T{T}_D{D}", "keys" if with_keys else "no_keys",
-                         "strided" if strided else "contiguous", _lengths_name(lengths_on)))
+                         "strided" if strided else "contiguous", lengths_name(lengths_on)))
         samples.append(Sample(name, (values, keys, query, lengths)))
     return samples
 

@@ -5,32 +5,22 @@ time dimensions, match eager on batches of other sizes than the example.
 cannot see through the Python modules.)"""
 import pytest
 import torch
-from torch.export import Dim
 
 import seqcls_fast as sf
+from helpers import LSTMOutputs, export_dims
 
 
 def _export(module, args, dynamic_shapes):
     return torch.export.export(module.eval(), args, dynamic_shapes=dynamic_shapes)
 
 
-class _Wrap(torch.nn.Module):
-    def __init__(self, lstm):
-        super().__init__()
-        self.lstm = lstm
-
-    def forward(self, x, lengths):
-        out, (h_n, c_n) = self.lstm(x, lengths=lengths)
-        return out, h_n, c_n
-
-
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_export_lstm_with_lengths(batch_first, bidirectional):
     torch.manual_seed(0)
-    module = _Wrap(sf.LSTM(3, 4, num_layers=2, batch_first=batch_first,
-                           bidirectional=bidirectional))
-    batch, steps = Dim("batch", min=2, max=64), Dim("steps", min=2, max=512)
+    module = LSTMOutputs(sf.LSTM(3, 4, num_layers=2, batch_first=batch_first,
+                                  bidirectional=bidirectional))
+    batch, steps = export_dims()
     x = torch.randn(5, 3, 3)
     if batch_first:
         x = x.transpose(0, 1).contiguous()
@@ -48,7 +38,7 @@ def test_export_lstm_with_lengths(batch_first, bidirectional):
 def test_export_classifier(pooling):
     torch.manual_seed(0)
     model = sf.LSTMClassifier(3, 4, 5, num_layers=2, bidirectional=True, pooling=pooling)
-    batch, steps = Dim("batch", min=2, max=64), Dim("steps", min=2, max=512)
+    batch, steps = export_dims()
     program = _export(model, (torch.randn(3, 6, 3), torch.tensor([6, 2, 4])),
                       {"x": {0: batch, 1: steps}, "lengths": {0: batch}})
     x2, lengths2 = torch.randn(5, 11, 3), torch.tensor([11, 3, 7, 1, 11])
@@ -59,7 +49,7 @@ def test_export_classifier(pooling):
 def test_export_classifier_with_embedding():
     torch.manual_seed(0)
     model = sf.LSTMClassifier(4, 5, 3, vocab_size=20, pooling="attention", attn_dim=6)
-    batch, steps = Dim("batch", min=2, max=64), Dim("steps", min=2, max=512)
+    batch, steps = export_dims()
     tokens = torch.randint(1, 20, (3, 6))
     program = _export(model, (tokens, torch.tensor([6, 2, 4])),
                       {"x": {0: batch, 1: steps}, "lengths": {0: batch}})

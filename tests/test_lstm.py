@@ -8,8 +8,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import seqcls_fast as sf
-from helpers import (LSTM_TOL, dtype_id, forward_backward, make_native, place_lengths,
-                     random_lengths, tolerance)
+from helpers import (LSTM_TOL, assert_close_named, dtype_id, forward_backward, make_native,
+                     place_lengths, random_lengths, tolerance)
 from seqcls_fast.reference import packed_lstm
 
 
@@ -31,8 +31,7 @@ def check_matches_packed(device, dtype, T, B, I, H, lengths, layers=1, bidirecti
     tol = tolerance(LSTM_TOL, device, dtype)
     for name in ref:
         assert got[name].dtype == dtype and got[name].device.type == device.type, name
-        torch.testing.assert_close(got[name], ref[name], **tol,
-                                   msg=lambda m, name=name: f"{name}: {m}")
+    assert_close_named([got[n] for n in ref], [ref[n] for n in ref], tol, list(ref))
 
 
 def _grads(outputs, inputs):

@@ -8,17 +8,16 @@ import sys
 
 import pytest
 import torch
-from torch.export import Dim
 
 import seqcls_fast as sf
+from helpers import LSTMOutputs, export_dims, random_lengths
 from seqcls_fast.onnx_export import onnx_translation_table
 
 onnx = pytest.importorskip("onnx", reason="ONNX export tests need onnx")
 pytest.importorskip("onnxscript", reason="ONNX export tests need onnxscript")
 onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX export tests need onnxruntime")
 
-BATCH = Dim("batch", min=2, max=64)
-STEPS = Dim("steps", min=2, max=512)
+BATCH, STEPS = export_dims()
 
 
 def _export(module, args, dynamic_shapes, path):
@@ -70,30 +69,18 @@ def _batch(steps, batch, features, seed):
     """A padded batch with random lengths in [1, steps], one of each extreme."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(steps, batch, features, generator=generator)
-    lengths = torch.randint(1, steps + 1, (batch,), generator=generator)
+    lengths = random_lengths(batch, steps, generator)
     lengths[0], lengths[1] = steps, 1
     return x, lengths
 
 
-class _LSTMOutputs(torch.nn.Module):
-    """sf.LSTM as a module of tensors in, tuple of tensors out."""
-
-    def __init__(self, lstm):
-        super().__init__()
-        self.lstm = lstm
-
-    def forward(self, x, lengths):
-        out, (h_n, c_n) = self.lstm(x, lengths=lengths)
-        return out, h_n, c_n
-
-
-class _LSTMWithStates(_LSTMOutputs):
+class _LSTMWithStates(LSTMOutputs):
     def forward(self, x, lengths, h0, c0):
         out, (h_n, c_n) = self.lstm(x, (h0, c0), lengths=lengths)
         return out, h_n, c_n
 
 
-class _LSTMNoLengths(_LSTMOutputs):
+class _LSTMNoLengths(LSTMOutputs):
     def forward(self, x):
         out, (h_n, c_n) = self.lstm(x)
         return out, h_n, c_n
@@ -103,7 +90,7 @@ class _LSTMNoLengths(_LSTMOutputs):
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_lstm_with_lengths(tmp_path, num_layers, bidirectional):
     torch.manual_seed(0)
-    module = _LSTMOutputs(sf.LSTM(3, 4, num_layers=num_layers, bidirectional=bidirectional))
+    module = LSTMOutputs(sf.LSTM(3, 4, num_layers=num_layers, bidirectional=bidirectional))
     path = _export(module, _batch(5, 3, 3, seed=1), {"x": {0: STEPS, 1: BATCH},
                                                      "lengths": {0: BATCH}}, tmp_path / "m.onnx")
     _assert_lstm_nodes(path, num_layers * (2 if bidirectional else 1))

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import seqcls_fast as sf
-from helpers import LSTM_TOL, POOL_TOL, dtype_id, random_lengths, sample_named, tolerance
+from helpers import (LSTM_TOL, POOL_TOL, assert_close_named, dtype_id, random_lengths,
+                     sample_named, tolerance)
 from samples import (lstm_layer_backward_samples, lstm_layer_forward_samples,
                      masked_attention_pool_backward_samples,
                      masked_attention_pool_forward_samples)
@@ -49,11 +50,6 @@ def run_native_layer(native, x, lengths, h0, c0, reverse):
             c_n[direction])
 
 
-def _check_close(got, ref, tol, names):
-    for name, a, b in zip(names, got, ref):
-        torch.testing.assert_close(a, b, **tol, msg=lambda m, name=name: f"{name}: {m}")
-
-
 # ------------------------------------------------------------------ parity
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_lstm_layer_forward_matches_native(device, dtype):
@@ -64,7 +60,7 @@ def test_lstm_layer_forward_matches_native(device, dtype):
                 got = ops.lstm_layer_forward(*sample.args, save_activations)[:3]
                 ref = run_native_layer(native_layer(w_ih, w_hh, b_ih, b_hh, reverse),
                                        x, lengths, h0, c0, reverse)
-                _check_close(got, ref, tolerance(LSTM_TOL, device, dtype),
+                assert_close_named(got, ref, tolerance(LSTM_TOL, device, dtype),
                              ("output", "h_n", "c_n"))
 
 
@@ -87,10 +83,10 @@ def test_lstm_layer_backward_matches_native_autograd(device, dtype):
                                                                   "bias_ih")]
             ref = torch.autograd.grad(outputs, leaves + params, (grad_output, grad_h_n, grad_c_n))
             tol = tolerance(LSTM_TOL, device, dtype)
-            _check_close(got[1:], ref[1:], tol,
+            assert_close_named(got[1:], ref[1:], tol,
                          ("grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias"))
             if compute_grad_x:
-                _check_close(got[:1], ref[:1], tol, ("grad_x",))
+                assert_close_named(got[:1], ref[:1], tol, ("grad_x",))
             else:  # documented: all zeros
                 assert got[0].shape == x.shape and not got[0].any()
 
@@ -101,7 +97,7 @@ def test_pool_forward_matches_reference(device, dtype):
         with sample_named(sample.name):
             got = ops.masked_attention_pool_forward(*sample.args)
             ref = masked_attention_pool(*sample.args)
-            _check_close(got, ref, tolerance(POOL_TOL, device, dtype), ("pooled", "weights"))
+            assert_close_named(got, ref, tolerance(POOL_TOL, device, dtype), ("pooled", "weights"))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
@@ -118,7 +114,7 @@ def test_pool_backward_matches_reference_autograd(device, dtype):
                                       leaves, (grad_pooled, grad_weights))
             got = [grad_values] + ([grad_keys] if keys is not None else []) + [grad_query]
             names = ["grad_values"] + (["grad_keys"] if keys is not None else []) + ["grad_query"]
-            _check_close(got, ref, tolerance(POOL_TOL, device, dtype), names)
+            assert_close_named(got, ref, tolerance(POOL_TOL, device, dtype), names)
             if keys is None:  # documented: folded into grad_values
                 assert grad_keys.numel() == 0
 
@@ -128,18 +124,25 @@ def _detached(args):
     return tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
 
 
+def _lstm_forward_opcheck_samples(device, dtype):
+    # save_activations=False is the inference call: inputs that need no grad.
+    return ([s._replace(args=s.args + (True,))
+             for s in lstm_layer_forward_samples(device, dtype, requires_grad=True)]
+            + [s._replace(name=s.name + "-inference", args=_detached(s.args) + (False,))
+               for s in lstm_layer_forward_samples(device, dtype)])
+
+
+_OPCHECK_SAMPLES = {
+    "lstm_layer_forward": _lstm_forward_opcheck_samples,
+    "masked_attention_pool_forward": lambda device, dtype: masked_attention_pool_forward_samples(
+        device, dtype, requires_grad=True),
+    "lstm_layer_backward": lstm_layer_backward_samples,
+    "masked_attention_pool_backward": masked_attention_pool_backward_samples,
+}
+
+
 def _opcheck_samples(operator, device, dtype):
-    if operator == "lstm_layer_forward":
-        # save_activations=False is the inference call: inputs that need no grad.
-        return ([s._replace(args=s.args + (True,))
-                 for s in lstm_layer_forward_samples(device, dtype, requires_grad=True)]
-                + [s._replace(name=s.name + "-inference", args=_detached(s.args) + (False,))
-                   for s in lstm_layer_forward_samples(device, dtype)])
-    if operator == "masked_attention_pool_forward":
-        return masked_attention_pool_forward_samples(device, dtype, requires_grad=True)
-    if operator == "lstm_layer_backward":
-        return lstm_layer_backward_samples(device, dtype)
-    return masked_attention_pool_backward_samples(device, dtype)
+    return _OPCHECK_SAMPLES[operator](device, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
