@@ -15,7 +15,6 @@ Prints a table and writes ``stream_metrics.json`` (keys:
 ``early_classification.png`` (accuracy vs fraction seen) into ``--out``.
 """
 import argparse
-import json
 import os
 import platform
 import sys
@@ -25,8 +24,8 @@ import numpy as np
 import torch
 
 from .data import pad_batch
-from .train import (NPZ_LAYOUT, DataError, build_model, choose_device, encode_labels,
-                    load_checked_data, load_checkpoint, standardize)
+from .train import (NPZ_LAYOUT, DataError, add_data_arguments, choose_device, load_checked_data,
+                    load_checkpoint, model_from_checkpoint, prepare_test_split, write_json)
 
 STREAM_METRICS_KEYS = (
     "command", "checkpoint", "dataset", "n_test", "classes", "model", "steps",
@@ -46,15 +45,10 @@ def parse_args(argv):
                     "2/steps, ..., all of each sequence.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=NPZ_LAYOUT)
     p.add_argument("--checkpoint", required=True, help="a model.pt written by seqcls-fast train")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dataset", help="a UEA set through aeon (as for train)")
-    src.add_argument("--data", nargs="+", metavar="PATH",
-                     help="X_TRAIN.ts, train.ts test.ts, or a .npz (as for train; the train "
-                          "split is only checked, the standardization is the checkpoint's)")
-    p.add_argument("--download", action="store_true",
-                   help="let aeon download a --dataset it does not ship (needs network)")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="allow a .npz with object arrays (unpickles; trusted files only)")
+    add_data_arguments(
+        p, dataset_help="a UEA set through aeon (as for train)",
+        data_help="X_TRAIN.ts, train.ts test.ts, or a .npz (as for train; the train split is "
+                  "only checked, the standardization is the checkpoint's)")
     p.add_argument("--steps", type=int, default=10,
                    help="report after 1/steps, 2/steps, ..., all of each sequence (default 10)")
     p.add_argument("--batch-size", type=int, default=256, help="rows streamed together")
@@ -88,8 +82,7 @@ def load_streaming_model(path, device):
                         "the past only (its reverse direction reads steps not seen yet); train "
                         "one with --no-bidirectional")
     # Either impl's checkpoint loads into sf.LSTMClassifier (same parameter names).
-    model = build_model("seqcls_fast", config)
-    model.load_state_dict(ckpt["state_dict"])
+    model = model_from_checkpoint(ckpt, impl="seqcls_fast")
     return model.to(device).eval(), ckpt
 
 
@@ -100,18 +93,26 @@ def prefix_lengths(lengths, steps):
     return -(-k * lengths[None, :] // steps)
 
 
-def stream_predictions(model, sequences, steps, batch_size, device):
+def sequence_lengths(sequences):
+    """int64 [N]: each sequence's number of steps."""
+    return torch.tensor([len(s) for s in sequences], dtype=torch.int64)
+
+
+def stream_predictions(model, sequences, steps, batch_size, device, prefixes=None):
     """Class predictions [steps, N] after each fraction, fed through
-    ``model.stream`` in batches; -> (predictions, feed calls, seconds)."""
+    ``model.stream`` in batches; -> (predictions, feed calls, seconds).
+    ``prefixes``: prefix_lengths of the sequences, when the caller has it."""
     n = len(sequences)
+    if prefixes is None:
+        prefixes = prefix_lengths(sequence_lengths(sequences), steps)
     preds = torch.empty(steps, n, dtype=torch.int64)
     calls, seconds = 0, 0.0
     for start in range(0, n, batch_size):
-        x, lengths = pad_batch(sequences[start:start + batch_size])
+        x, _ = pad_batch(sequences[start:start + batch_size])
         x = x.to(device)
-        targets = prefix_lengths(lengths, steps)
+        targets = prefixes[:, start:start + x.size(0)]
         stream = model.stream(x.size(0))
-        seen = torch.zeros_like(lengths)
+        seen = torch.zeros_like(targets[0])
         for k in range(steps):
             chunk_lengths = targets[k] - seen
             width = int(chunk_lengths.max())
@@ -132,25 +133,20 @@ def _run(args, argv):
     started = time.perf_counter()
     device = choose_device(args.device, 0, False)
     model, ckpt = load_streaming_model(args.checkpoint, device)
-    name, (_, tr_y), (te_x, te_y), _, channels = load_checked_data(args)
-    mean, std = ckpt["mean"].numpy(), ckpt["std"].numpy()
-    if mean.shape[0] != channels:
-        raise DataError(f"--checkpoint {args.checkpoint}: trained on {mean.shape[0]} "
-                        f"channels, the data has {channels}")
+    name, _, test_split, _, channels = load_checked_data(args)
     classes = ckpt["classes"]
-    _, true, _ = encode_labels(tr_y[:0], te_y, classes)
-    sequences = standardize(te_x, mean, std)
+    sequences, true = prepare_test_split(ckpt, args.checkpoint, test_split, channels)
     load_seconds = time.perf_counter() - started
 
+    prefixes = prefix_lengths(sequence_lengths(sequences), args.steps)
     preds, calls, feed_seconds = stream_predictions(model, sequences, args.steps,
-                                                    args.batch_size, device)
+                                                    args.batch_size, device, prefixes)
     from sklearn.metrics import f1_score  # the [data] extra, as for train
-    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.int64)
     fractions = [k / args.steps for k in range(1, args.steps + 1)]
     accuracy = [float(np.mean(p.numpy() == true)) for p in preds]
     macro_f1 = [float(f1_score(true, p.numpy(), labels=list(range(len(classes))),
                                average="macro", zero_division=0)) for p in preds]
-    seen = prefix_lengths(lengths, args.steps).double().mean(dim=1).tolist()
+    seen = prefixes.double().mean(dim=1).tolist()
     result = {
         "command": "python -m seqcls_fast stream " + " ".join(argv),
         "checkpoint": args.checkpoint, "dataset": name, "n_test": len(sequences),
@@ -165,11 +161,7 @@ def _run(args, argv):
     }
     print(format_table(result))
     out_dir = args.out or os.path.join("out", "stream", name)
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "stream_metrics.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {path}")
+    write_json(out_dir, "stream_metrics.json", result, print)
     plot = write_plot(result, os.path.join(out_dir, "early_classification.png"))
     print(f"wrote {plot}" if plot else "no plot (matplotlib is not installed)")
     return 0

@@ -22,24 +22,27 @@ scores, the printed report), :mod:`.checkpoint` (``model.pt``), :mod:`.cli`
 ``train.X`` works for all of them. The ``--baseline native`` model is
 :class:`seqcls_fast.reference.NativeLSTMClassifier`.
 """
-from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from .checkpoint import (CHECKPOINT_FORMAT, load_checkpoint, model_from_checkpoint,
+                         prepare_test_split, save_checkpoint)
 from .cli import OPTIM_KEYS, main, parse_args
 from .loop import build_model, choose_device, make_optimizer, setup_processes, train_model
-from .metrics import evaluate, format_report, predict
-from .sources import (KNOWN_DATASETS, NPZ_LAYOUT, DataError, check_split, encode_labels,
-                      fit_standardization, load_aeon_dataset, load_checked_data, load_data,
-                      standardize)
+from .metrics import evaluate, format_report, predict, write_json
+from .sources import (KNOWN_DATASETS, NPZ_LAYOUT, DataError, add_data_arguments, check_split,
+                      encode_labels, fit_standardization, load_aeon_dataset, load_checked_data,
+                      load_data, standardize)
 
 __all__ = [
     # sources
-    "KNOWN_DATASETS", "NPZ_LAYOUT", "DataError", "load_aeon_dataset", "load_data",
+    "KNOWN_DATASETS", "NPZ_LAYOUT", "DataError", "add_data_arguments", "load_aeon_dataset",
+    "load_data",
     "encode_labels", "check_split", "fit_standardization", "standardize", "load_checked_data",
     # loop
     "build_model", "choose_device", "make_optimizer", "setup_processes", "train_model",
     # metrics
-    "predict", "evaluate", "format_report",
+    "predict", "evaluate", "format_report", "write_json",
     # checkpoint
-    "CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint",
+    "CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "model_from_checkpoint",
+    "prepare_test_split",
     # cli
     "OPTIM_KEYS", "parse_args", "main",
 ]

@@ -4,7 +4,6 @@ then either evaluate a ``--checkpoint`` or train each implementation, report,
 save ``model.pt`` and write ``metrics.json``.
 """
 import argparse
-import json
 import os
 import platform
 import sys
@@ -13,10 +12,11 @@ import time
 import torch
 
 from ..data import SequenceDataset
-from .checkpoint import load_checkpoint, save_checkpoint
-from .loop import build_model, setup_processes, train_model
-from .metrics import evaluate, format_report
-from .sources import (KNOWN_DATASETS, NPZ_LAYOUT, DataError, encode_labels,
+from .checkpoint import (load_checkpoint, model_from_checkpoint, prepare_test_split,
+                         save_checkpoint)
+from .loop import setup_processes, train_model
+from .metrics import evaluate, format_report, write_json
+from .sources import (KNOWN_DATASETS, NPZ_LAYOUT, DataError, add_data_arguments, encode_labels,
                       fit_standardization, load_checked_data, standardize)
 
 # Run settings recorded in metrics.json under "optim".
@@ -32,16 +32,10 @@ def parse_args(argv):
                     "confusion matrix. Runs under torchrun --nproc_per_node N with "
                     "DistributedDataParallel.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=NPZ_LAYOUT)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dataset", help=f"a UEA set through aeon ({', '.join(KNOWN_DATASETS)} "
-                     "ship offline)")
-    src.add_argument("--data", nargs="+", metavar="PATH",
-                     help="your data: X_TRAIN.ts (X_TEST.ts beside it), train.ts test.ts, or a "
-                          ".npz (layout below)")
-    p.add_argument("--download", action="store_true",
-                   help="let aeon download a --dataset it does not ship (needs network)")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="allow a .npz with object arrays (unpickles; trusted files only)")
+    add_data_arguments(
+        p, dataset_help=f"a UEA set through aeon ({', '.join(KNOWN_DATASETS)} ship offline)",
+        data_help="your data: X_TRAIN.ts (X_TEST.ts beside it), train.ts test.ts, or a .npz "
+                  "(layout below)")
     m = p.add_argument_group("model")
     m.add_argument("--hidden-size", type=int, default=128)
     m.add_argument("--num-layers", type=int, default=1)
@@ -110,8 +104,8 @@ def _run(args, argv):
     name, train_split, test_split, classes, channels = load_checked_data(args)
     out_dir = args.out or os.path.join("out", "train", name)
     if args.checkpoint:
-        _evaluate_checkpoint(args, argv, name, train_split, test_split, channels, out_dir,
-                             device, rank, log)
+        _evaluate_checkpoint(args, argv, name, test_split, channels, out_dir, device, rank,
+                             log)
         return 0
     _train_and_evaluate(args, argv, name, train_split, test_split, classes, channels, out_dir,
                         device, (world, rank), log, started)
@@ -120,20 +114,12 @@ def _run(args, argv):
     return 0
 
 
-def _evaluate_checkpoint(args, argv, name, train_split, test_split, channels, out_dir, device,
-                         rank, log):
+def _evaluate_checkpoint(args, argv, name, test_split, channels, out_dir, device, rank, log):
     """--checkpoint: the saved model on the test split; writes eval_metrics.json."""
-    (_, tr_y), (te_x, te_y) = train_split, test_split
     ckpt = load_checkpoint(args.checkpoint)
     classes = ckpt["classes"]
-    _, te_idx, _ = encode_labels(tr_y[:0], te_y, classes)
-    mean, std = ckpt["mean"].numpy(), ckpt["std"].numpy()
-    if mean.shape[0] != channels:
-        raise DataError(f"--checkpoint {args.checkpoint}: trained on {mean.shape[0]} "
-                        f"channels, the data has {channels}")
-    test_set = SequenceDataset(standardize(te_x, mean, std), te_idx)
-    model = build_model(ckpt["impl"], ckpt["model"]).to(device)
-    model.load_state_dict(ckpt["state_dict"])
+    test_set = SequenceDataset(*prepare_test_split(ckpt, args.checkpoint, test_split, channels))
+    model = model_from_checkpoint(ckpt).to(device)
     metrics = evaluate(model, test_set, device, classes)
     log(format_report(name, ckpt["impl"], metrics, classes))
     result = {"command": "python -m seqcls_fast train " + " ".join(argv), "dataset": name,
@@ -141,7 +127,7 @@ def _evaluate_checkpoint(args, argv, name, train_split, test_split, channels, ou
               "n_test": len(test_set), "model": ckpt["model"], "impl": ckpt["impl"],
               "test": metrics}
     if rank == 0:
-        _write_json(out_dir, "eval_metrics.json", result, log)
+        write_json(out_dir, "eval_metrics.json", result, log)
 
 
 def _train_and_evaluate(args, argv, name, train_split, test_split, classes, channels, out_dir,
@@ -184,7 +170,7 @@ def _train_and_evaluate(args, argv, name, train_split, test_split, classes, chan
         _compare_runs(result, impls, log)
     result["elapsed_seconds"] = time.perf_counter() - started  # data loading to here
     if rank == 0:
-        _write_json(out_dir, "metrics.json", result, log)
+        write_json(out_dir, "metrics.json", result, log)
 
 
 def _run_record(args, argv, name, train_set, test_set, channels, classes, config, device,
@@ -221,10 +207,3 @@ def _compare_runs(result, impls, log):
                                    / ours["train"]["train_seconds"])
     log(f"training speedup vs native: {result['speedup_vs_native']:.2f}x")
 
-
-def _write_json(out_dir, filename, result, log):
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, filename)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
-    log(f"wrote {path}")

@@ -1,8 +1,11 @@
 """How well a trained model does on a split: :func:`predict` (class indices,
 batched by length), :func:`evaluate` (accuracy, balanced accuracy, macro and
-per-class precision/recall/F1, confusion matrix, through scikit-learn) and
-:func:`format_report` (the table printed after each run).
+per-class precision/recall/F1, confusion matrix, through scikit-learn),
+:func:`format_report` (the table printed after each run) and
+:func:`write_json` (the record of a run, as a file).
 """
+import json
+import os
 import time
 
 import torch
@@ -65,3 +68,13 @@ def format_report(name, impl, metrics, classes):
         lines.append(f"  {c:>{width}s}" + "".join(f"{v:>{cell}d}" for v in row))
     return "\n".join(lines)
 
+
+
+def write_json(out_dir, filename, result, log):
+    """``result`` as indented JSON in ``out_dir/filename`` (the folder made
+    if missing); logs "wrote PATH"."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, filename)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    log(f"wrote {path}")

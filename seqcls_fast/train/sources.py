@@ -3,6 +3,8 @@ aeon, a pair of ``.ts`` files, or a ``.npz`` (see :data:`NPZ_LAYOUT`), turned
 into per-sequence ``[T_i, C]`` float32 arrays; labels encoded to class
 indices; each split checked (:class:`DataError` with a one-line message when
 something is wrong); per-channel standardization fitted on the train split.
+:func:`add_data_arguments` declares the options that pick the data, for each
+command that reads it.
 """
 import math
 import os
@@ -192,6 +194,19 @@ def _npz_split(z, split, path, allow_pickle):
         raise DataError(f"--data {path}: {len(seqs)} sequences in {xk} but {len(y)} labels in "
                         f"{yk}")
     return seqs, y
+
+
+def add_data_arguments(parser, dataset_help, data_help):
+    """--dataset or --data (one of them, required), --download and
+    --allow-pickle on ``parser``: what :func:`load_data` reads. The help of
+    the first two is the command's own."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", help=dataset_help)
+    source.add_argument("--data", nargs="+", metavar="PATH", help=data_help)
+    parser.add_argument("--download", action="store_true",
+                        help="let aeon download a --dataset it does not ship (needs network)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow a .npz with object arrays (unpickles; trusted files only)")
 
 
 def load_data(args):

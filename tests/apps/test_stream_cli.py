@@ -13,35 +13,17 @@ from seqcls_fast import stream_cli, train
 from seqcls_fast.__main__ import main as cli_main
 from seqcls_fast.data import pad_batch
 
+from data_helpers import toy, write_npz  # tests/apps/, on sys.path by its conftest.py
+
 FAST = ["--hidden-size", "16", "--batch-size", "8", "--no-progress"]
 
 
-def _toy(n, seed, channels=3, classes=3, min_len=3, max_len=12):
-    """As tests/apps/test_train.py's: the class is the channel with a raised mean."""
-    rng = np.random.default_rng(seed)
-    seqs, labels = [], []
-    for i in range(n):
-        label = i % classes
-        length = int(rng.integers(min_len, max_len + 1))
-        x = rng.normal(size=(length, channels)).astype(np.float32) * 0.5
-        x[:, label % channels] += 1.5
-        seqs.append(x)
-        labels.append(f"c{label}")
-    return seqs, np.array(labels)
-
-
-def _write_npz(path, channels=3):
-    tr, ytr = _toy(48, 0, channels=channels)
-    te, yte = _toy(30, 1, channels=channels)
-    np.savez(path, X_train=np.concatenate(tr), lengths_train=[len(s) for s in tr], y_train=ytr,
-             X_test=np.concatenate(te), lengths_test=[len(s) for s in te], y_test=yte)
-    return str(path)
-
-
-def _train(data, out, capsys, *flags):
+def _train(data, out, *flags, capsys=None):
+    """train.main on ``data`` into ``out``; -> the model.pt path. With
+    ``capsys``, a failure shows train's stderr."""
     rc = train.main(["--data", data, "--out", str(out), "--epochs", "3", "--lr", "1e-2",
                      *flags] + FAST)
-    err = capsys.readouterr().err
+    err = capsys.readouterr().err if capsys is not None else None
     assert rc == 0, err
     return str(out / "model.pt")
 
@@ -58,11 +40,8 @@ def _has_matplotlib():
 def trained(tmp_path_factory):
     """A unidirectional attention checkpoint on the toy .npz."""
     root = tmp_path_factory.mktemp("stream")
-    data = _write_npz(root / "toy.npz")
-    rc = train.main(["--data", data, "--out", str(root / "uni"), "--epochs", "3", "--lr", "1e-2",
-                     "--no-bidirectional", "--pooling", "attention"] + FAST)
-    assert rc == 0
-    return root, data, str(root / "uni" / "model.pt")
+    data = write_npz(root / "toy.npz")
+    return root, data, _train(data, root / "uni", "--no-bidirectional", "--pooling", "attention")
 
 
 def test_full_sequence_score_equals_train_checkpoint_evaluation(trained, capsys):
@@ -90,7 +69,7 @@ def test_full_sequence_score_equals_train_checkpoint_evaluation(trained, capsys)
 def test_each_fraction_matches_the_offline_model_on_the_prefix(trained):
     _, _, ckpt = trained
     model, _ = stream_cli.load_streaming_model(ckpt, torch.device("cpu"))
-    seqs, _ = _toy(11, 5, min_len=1, max_len=9)  # lengths below steps: chunk_lengths of 0
+    seqs, _ = toy(11, 5, min_len=1, max_len=9)  # lengths below steps: chunk_lengths of 0
     seqs = [torch.from_numpy(s) for s in seqs]
     steps = 4
     preds, calls, _ = stream_cli.stream_predictions(model, seqs, steps, batch_size=4,
@@ -107,12 +86,12 @@ def test_each_fraction_matches_the_offline_model_on_the_prefix(trained):
 
 def test_errors_are_one_line_exit_2(trained, tmp_path, capsys):
     root, data, ckpt = trained
-    bi = _train(data, tmp_path / "bi", capsys, "--bidirectional")
+    bi = _train(data, tmp_path / "bi", "--bidirectional", capsys=capsys)
     cases = [
         (["--checkpoint", bi, "--data", data], "bidirectional, and streaming needs the past only"),
         (["--checkpoint", str(tmp_path / "nope.pt"), "--data", data], "no such file"),
         (["--checkpoint", ckpt, "--data", str(tmp_path / "nope.npz")], "no such file"),
-        (["--checkpoint", ckpt, "--data", _write_npz(tmp_path / "four.npz", channels=4)],
+        (["--checkpoint", ckpt, "--data", write_npz(tmp_path / "four.npz", channels=4)],
          "trained on 3 channels, the data has 4"),
     ]
     for argv, message in cases:

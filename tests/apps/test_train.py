@@ -17,33 +17,9 @@ from seqcls_fast import train
 from seqcls_fast.data import LengthBucketSampler, collate, pad_batch
 from seqcls_fast.reference import NativeLSTMClassifier
 
+from data_helpers import toy, write_npz  # tests/apps/, on sys.path by its conftest.py
+
 FAST = ["--hidden-size", "16", "--batch-size", "8", "--no-progress"]
-
-
-def _toy(n, seed, channels=3, classes=3, min_len=3, max_len=12):
-    """Sequences whose class is the sign pattern of the channel means: learnable."""
-    rng = np.random.default_rng(seed)
-    seqs, labels = [], []
-    for i in range(n):
-        label = i % classes
-        length = int(rng.integers(min_len, max_len + 1))
-        x = rng.normal(size=(length, channels)).astype(np.float32) * 0.5
-        x[:, label % channels] += 1.5
-        seqs.append(x)
-        labels.append(f"c{label}")
-    return seqs, np.array(labels)
-
-
-def _write_npz(path, train_n=48, test_n=30, **overrides):
-    tr, ytr = _toy(train_n, 0)
-    te, yte = _toy(test_n, 1)
-    arrays = {"X_train": np.concatenate(tr), "lengths_train": [len(s) for s in tr],
-              "y_train": ytr, "X_test": np.concatenate(te), "lengths_test": [len(s) for s in te],
-              "y_test": yte}
-    arrays.update(overrides)
-    arrays = {k: v for k, v in arrays.items() if v is not None}
-    np.savez(path, **arrays)
-    return str(path)
 
 
 def _run(args, capsys):
@@ -54,7 +30,7 @@ def _run(args, capsys):
 
 # ------------------------------------------------------------ end to end, npz
 def test_train_npz_learns_reports_metrics_and_checkpoint_reloads(tmp_path, capsys):
-    data = _write_npz(tmp_path / "toy.npz")
+    data = write_npz(tmp_path / "toy.npz")
     out = tmp_path / "run"
     rc, stdout, _ = _run(["--data", data, "--out", str(out), "--epochs", "12", "--lr", "1e-2"]
                          + FAST, capsys)
@@ -86,15 +62,15 @@ def test_train_npz_learns_reports_metrics_and_checkpoint_reloads(tmp_path, capsy
 
 
 def test_train_npz_equal_length_and_object_forms(tmp_path, capsys):
-    tr, ytr = _toy(24, 0, min_len=6, max_len=6)
-    te, yte = _toy(12, 1, min_len=6, max_len=6)
+    tr, ytr = toy(24, 0, min_len=6, max_len=6)
+    te, yte = toy(12, 1, min_len=6, max_len=6)
     path = tmp_path / "eq.npz"
     np.savez(path, X_train=np.stack(tr), y_train=ytr, X_test=np.stack(te), y_test=yte)
     rc, _, err = _run(["--data", str(path), "--out", str(tmp_path / "a"), "--epochs", "1"]
                       + FAST, capsys)
     assert rc == 0, err
 
-    tr, ytr = _toy(24, 0)
+    tr, ytr = toy(24, 0)
     obj = np.empty(len(tr), dtype=object)
     obj[:] = tr
     path = tmp_path / "obj.npz"
@@ -126,7 +102,7 @@ def _ragged_object(channels):
     ({"y_train": np.array(["c0"] * 48)}, [], "only 1 class"),
 ])
 def test_bad_npz_gets_clear_error(tmp_path, capsys, overrides, flags, message):
-    path = _write_npz(tmp_path / "bad.npz", **overrides)
+    path = write_npz(tmp_path / "bad.npz", **overrides)
     rc, _, err = _run(["--data", path, "--out", str(tmp_path / "o"), "--epochs", "1"] + FAST
                       + flags, capsys)
     assert rc == 2
@@ -135,15 +111,15 @@ def test_bad_npz_gets_clear_error(tmp_path, capsys, overrides, flags, message):
 
 
 def test_nan_and_channel_mismatch_between_splits(tmp_path, capsys):
-    tr, ytr = _toy(48, 0)  # as _write_npz's
-    te, yte = _toy(6, 1, channels=4)
+    tr, ytr = toy(48, 0)  # as write_npz's
+    te, yte = toy(6, 1, channels=4)
     path = tmp_path / "mismatch.npz"
     np.savez(path, X_train=np.concatenate(tr), lengths_train=[len(s) for s in tr], y_train=ytr,
              X_test=np.concatenate(te), lengths_test=[len(s) for s in te], y_test=yte)
     rc, _, err = _run(["--data", str(path)] + FAST, capsys)
     assert rc == 2 and "3 channels but the test split has 4" in err
     tr[3][1, 1] = np.nan
-    path = _write_npz(tmp_path / "nan.npz", X_train=np.concatenate(tr))
+    path = write_npz(tmp_path / "nan.npz", X_train=np.concatenate(tr))
     rc, _, err = _run(["--data", path] + FAST, capsys)
     assert rc == 2 and "NaN" in err and "sequence 3" in err
 
@@ -177,8 +153,8 @@ def _ts_text(seqs, labels, with_labels=True):
 
 
 def test_ts_pair_through_aeon(tmp_path, capsys):
-    tr, ytr = _toy(30, 0)
-    te, yte = _toy(15, 1)
+    tr, ytr = toy(30, 0)
+    te, yte = toy(15, 1)
     (tmp_path / "toy_TRAIN.ts").write_text(_ts_text(tr, ytr))
     (tmp_path / "toy_TEST.ts").write_text(_ts_text(te, yte))
     rc, stdout, err = _run(["--data", str(tmp_path / "toy_TRAIN.ts"), "--out",
@@ -238,7 +214,7 @@ def test_native_baseline_is_the_same_model(pooling, bidirectional, attn_dim):
 
 
 def test_baseline_native_run_side_by_side(tmp_path, capsys):
-    data = _write_npz(tmp_path / "toy.npz", train_n=24, test_n=12)
+    data = write_npz(tmp_path / "toy.npz", train_n=24, test_n=12)
     rc, stdout, err = _run(["--data", data, "--out", str(tmp_path / "o"), "--epochs", "2",
                             "--baseline", "native"] + FAST, capsys)
     assert rc == 0, err
@@ -323,7 +299,7 @@ def test_ddp_two_processes_match_one_process_on_combined_batches(tmp_path):
 
 
 def test_train_cli_under_torchrun_two_processes(tmp_path):
-    data = _write_npz(tmp_path / "toy.npz", train_n=40, test_n=10)
+    data = write_npz(tmp_path / "toy.npz", train_n=40, test_n=10)
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
         [os.path.dirname(os.path.dirname(os.path.abspath(sf.__file__)))]
