@@ -1,12 +1,14 @@
 """Before/after timing of two builds of seqcls_fast on the CPU, in one run.
 
     python benchmarks/compare_builds.py --before DIR --after DIR [--rounds N] --json OUT
+        [--batch 64 --seq-len 256 --input-size 128 --hidden-size 256]
 
 DIR is a source tree with its extension built in place. Each round runs one
 child process per build (order alternating), each timing the same cases on
 the same seeded inputs after a warm-up; the record holds every per-round
 median and the after/before ratio of the medians. Used to show a refactor
-did not make the CPU path slower.
+did not make the CPU path slower. A child that fails stops the run: its
+stderr is printed and the exit status is non-zero.
 """
 import argparse
 import json
@@ -15,11 +17,12 @@ import statistics
 import subprocess
 import sys
 
+# argv: threads, layers, bidirectional (0/1), repeats, B, T, I, H
 CHILD = r"""
 import json, sys, time, torch
 import seqcls_fast as sf
 torch.set_num_threads(int(sys.argv[1]))
-B, T, I, H = 64, 256, 128, 256
+B, T, I, H = (int(v) for v in sys.argv[5:9])
 g = torch.Generator().manual_seed(0)
 x = torch.randn(B, T, I, generator=g)
 lengths = torch.randint(T // 4, T + 1, (B,), generator=g); lengths[0] = T
@@ -52,9 +55,14 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--bidirectional", action="store_true")
+    ap.add_argument("--batch", type=int, default=64, help="B (default 64)")
+    ap.add_argument("--seq-len", type=int, default=256, help="T (default 256)")
+    ap.add_argument("--input-size", type=int, default=128, help="I (default 128)")
+    ap.add_argument("--hidden-size", type=int, default=256, help="H (default 256)")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     builds = {"before": os.path.abspath(args.before), "after": os.path.abspath(args.after)}
+    shape = {"B": args.batch, "T": args.seq_len, "I": args.input_size, "H": args.hidden_size}
     rounds = []
     for r in range(args.rounds):
         order = ("before", "after") if r % 2 == 0 else ("after", "before")
@@ -63,8 +71,13 @@ def main():
             env = dict(os.environ, PYTHONPATH=builds[which])
             proc = subprocess.run(
                 [sys.executable, "-c", CHILD, str(args.threads), str(args.layers),
-                 "1" if args.bidirectional else "0", str(args.repeats)],
-                cwd=builds[which], env=env, capture_output=True, text=True, check=True)
+                 "1" if args.bidirectional else "0", str(args.repeats),
+                 *(str(shape[k]) for k in ("B", "T", "I", "H"))],
+                cwd=builds[which], env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.stderr.write(proc.stderr)
+                sys.exit(f"compare_builds: the {which} build ({builds[which]}) failed in round "
+                         f"{r} with exit status {proc.returncode}")
             result[which] = json.loads(proc.stdout.strip().splitlines()[-1])
         rounds.append(result)
         print(f"round {r}: {result}", flush=True)
@@ -73,8 +86,8 @@ def main():
         before = statistics.median(x["before"][mode] for x in rounds)
         after = statistics.median(x["after"][mode] for x in rounds)
         summary[mode] = {"before_s": before, "after_s": after, "after_over_before": after / before}
-    record = {"command": " ".join(sys.argv), "case": {"B": 64, "T": 256, "I": 128, "H": 256,
-              "layers": args.layers, "bidirectional": args.bidirectional,
+    record = {"command": " ".join(sys.argv), "case": {
+              **shape, "layers": args.layers, "bidirectional": args.bidirectional,
               "lengths": "uniform [T/4, T]"}, "threads": args.threads,
               "builds": {k: subprocess.run(["git", "-C", v, "rev-parse", "HEAD"],
                                           capture_output=True, text=True).stdout.strip()

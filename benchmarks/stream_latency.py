@@ -3,8 +3,9 @@ prefix, as the prefix grows.
 
     python benchmarks/stream_latency.py --json OUT.json [--plot OUT.png]
 
-For B in {1, 64} and chunks of 1 and 8 steps (H=256, I=64, one layer,
-attention pooling, float32, CPU by default): ``stream.feed`` of the next chunk
+For B in BATCHES {1, 64} and chunks of CHUNKS {1, 8} steps (H=256 and I=64
+unless --hidden-size/--input-size say otherwise, one layer, attention
+pooling, float32, CPU by default): ``stream.feed`` of the next chunk
 versus what a user of nn.LSTM does without streaming, re-running the native
 classifier (nn.LSTM + masked attention pooling + head, from the same weights)
 on the whole prefix seen so far. Both are measured at each prefix length in
@@ -24,6 +25,8 @@ import seqcls_fast as sf
 from seqcls_fast.reference import NativeLSTMClassifier
 
 PREFIXES = (8, 64, 128, 256, 512, 1024)
+BATCHES = (1, 64)  # rows streamed together; one plot panel each
+CHUNKS = (1, 8)    # steps per feed
 
 
 def _time(fn):
@@ -63,23 +66,23 @@ def run(batch, chunk, args):
     return rows
 
 
-def write_plot(rows, path):
+def write_plot(rows, path, hidden_size):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, batch in zip(axes, (1, 64)):
-        for chunk in (1, 8):
+    fig, axes = plt.subplots(1, len(BATCHES), figsize=(11, 4), sharey=True)
+    for ax, batch in zip(axes, BATCHES):
+        for chunk in CHUNKS:
             sel = [r for r in rows if r["batch"] == batch and r["chunk"] == chunk]
             ax.plot([r["prefix"] for r in sel], [r["feed_s"] * 1e3 for r in sel], "o-",
                     label=f"stream.feed, {chunk}-step chunk")
             ax.plot([r["prefix"] for r in sel], [r["rerun_s"] * 1e3 for r in sel], "s--",
                     label=f"re-run nn.LSTM on prefix (+{chunk})")
         ax.set(xscale="log", yscale="log", xlabel="prefix length (steps)",
-               title=f"B={batch}, H=256, CPU")
+               title=f"B={batch}, H={hidden_size}, CPU")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("latency per chunk (ms)")
-    axes[1].legend(fontsize=8)
+    axes[-1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -94,8 +97,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    for batch in (1, 64):
-        for chunk in (1, 8):
+    for batch in BATCHES:
+        for chunk in CHUNKS:
             rows += run(batch, chunk, args)
     record = {"what": __doc__.strip().splitlines()[0], "torch": torch.__version__,
               "machine": platform.processor() or platform.machine(), "threads": args.threads,
@@ -103,7 +106,7 @@ def main():
     with open(args.json, "w") as f:
         json.dump(record, f, indent=1)
     if args.plot:
-        write_plot(rows, args.plot)
+        write_plot(rows, args.plot, args.hidden_size)
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ def prepared(case):
 def checked_model(prepared, name, mode):
     methods, batches = prepared
     model = methods[name]
-    if mode not in bench.METHODS[name].modes:
-        pytest.skip(f"{name}: {' and '.join(bench.METHODS[name].modes)} only")
+    unavailable = bench.METHODS[name].unavailable_in(mode)
+    if unavailable is not None:
+        pytest.skip(f"{name}: {unavailable}")
     if isinstance(model, bench.Unavailable):
         pytest.skip(str(model))
     ours = methods[bench.REFERENCE_METHOD]

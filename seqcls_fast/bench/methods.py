@@ -91,20 +91,23 @@ class Packed(Classifier):
         self.pool = plain_pooling(reference.query)
         self.head = copy.deepcopy(reference.head)
 
-    def forward(self, batch):
-        outputs, _ = plain.packed_lstm(self.lstm, batch.x, batch.lengths_cpu)
-        pooled, _ = self.pool(outputs, batch.lengths)
+    def logits(self, x, lengths_cpu, lengths):
+        """The classifier on tensors: packs with ``lengths_cpu`` (packing
+        wants them on the CPU), pools with ``lengths`` (on x's device)."""
+        outputs, _ = plain.packed_lstm(self.lstm, x, lengths_cpu)
+        pooled, _ = self.pool(outputs, lengths)
         return self.head(pooled)
 
+    def forward(self, batch):
+        return self.logits(batch.x, batch.lengths_cpu, batch.lengths)
 
-class Padded(Classifier):
-    """nn.LSTM on the padded batch, lengths ignored, + the plain pooling."""
+
+class Padded(Packed):
+    """nn.LSTM on the padded batch, lengths ignored, + the plain pooling
+    (Packed's modules, without the packing)."""
 
     def __init__(self, reference, case):
-        super().__init__()
-        self.lstm = copy.deepcopy(reference.lstm)
-        self.pool = plain_pooling(reference.query)
-        self.head = copy.deepcopy(reference.head)
+        super().__init__(reference, case)
         if case.bidirectional:
             self.known_wrong = ("ignores lengths: the reverse direction starts in the padding "
                                 "(timed anyway, for reference)")
@@ -221,9 +224,7 @@ class _ExportablePacked(nn.Module):
         self.packed = packed
 
     def forward(self, x, lengths):
-        outputs, _ = plain.packed_lstm(self.packed.lstm, x, lengths)
-        pooled, _ = self.packed.pool(outputs, lengths)
-        return self.packed.head(pooled)
+        return self.packed.logits(x, lengths, lengths)
 
 
 def _has_lstm_with_sequence_lens(graph):
@@ -284,6 +285,13 @@ class MethodSpec:
     build: object  # (reference, case) -> Classifier; raises Unavailable
     modes: tuple = MODES  # the modes it runs in; skipped in the others
 
+    def unavailable_in(self, mode):
+        """Unavailable (why) when this method does not run in ``mode``, else
+        None (also for mode None: any mode)."""
+        if mode is not None and mode not in self.modes:
+            return Unavailable(f"{' and '.join(self.modes)} only")
+        return None
+
 
 # Ours first: it is the reference of the agreement check and of every speedup.
 METHODS = {
@@ -305,8 +313,9 @@ def build_methods(reference, case, mode=None):
     ``mode``, those that do not run in it are Unavailable."""
     built = {}
     for name, spec in METHODS.items():
-        if mode is not None and mode not in spec.modes:
-            built[name] = Unavailable(f"{' and '.join(spec.modes)} only")
+        unavailable = spec.unavailable_in(mode)
+        if unavailable is not None:
+            built[name] = unavailable
             continue
         try:
             built[name] = spec.build(reference, case)
