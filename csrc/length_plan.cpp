@@ -18,9 +18,11 @@ namespace {
 std::atomic<int64_t> g_plans_made{0};
 std::atomic<int64_t> g_host_copies{0};
 
-// length_plan(lengths, steps, batch): lengths [B] of any integer dtype on any device.
-at::Tensor length_plan_op(const at::Tensor& lengths, int64_t steps, int64_t batch) {
-  check_lengths_form(lengths, batch, lengths.device());
+// length_plan(lengths, steps, batch, device): lengths [B] of any integer
+// dtype, on the CPU or on `device` (default: wherever they are).
+at::Tensor length_plan_op(const at::Tensor& lengths, int64_t steps, int64_t batch,
+                          std::optional<at::Device> device) {
+  check_lengths_form(lengths, batch, device.value_or(lengths.device()));
   SEQCLS_CHECK_VALUE(steps >= 1 || batch == 0, "steps must be at least 1, got ", steps);
   return make_plan_table(lengths, steps);
 }

@@ -20,10 +20,10 @@
 #include "length_plan.h"
 
 TORCH_LIBRARY(seqcls_fast, m) {
-  // lengths [B] (any integer dtype, any device) validated against `steps` and
-  // `batch` and sorted: the plan [3, B] int64 on the CPU (csrc/length_plan.h).
-  // The only device-to-host copy of a batch's lengths.
-  m.def("length_plan(Tensor lengths, SymInt steps, SymInt batch) -> Tensor");
+  // lengths [B] (any integer dtype, on the CPU or on `device`, the input's)
+  // validated against `steps` and `batch` and sorted: the plan [3, B] int64 on
+  // the CPU (csrc/length_plan.h). The only device-to-host copy of a batch's lengths.
+  m.def("length_plan(Tensor lengths, SymInt steps, SymInt batch, Device? device=None) -> Tensor");
   // Returns (output [T,B,H], h_n [B,H], c_n [B,H], gates [N,4H], cell [N,H],
   // h_prev [N,H]) with N = sum(lengths) (T*B without lengths); output is 0
   // past each row's length. The last three are what the backward needs, in

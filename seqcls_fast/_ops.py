@@ -198,5 +198,5 @@ def masked_attention_pool(values, keys, query, lengths, plan=None):
 
 # ------------------------------------------------------------- length plan
 @torch.library.register_fake("seqcls_fast::length_plan")
-def _length_plan_fake(lengths, steps, batch):
+def _length_plan_fake(lengths, steps, batch, device=None):
     return lengths.new_empty(3, batch, dtype=torch.long, device="cpu")

@@ -123,7 +123,7 @@ def masked_attention_pool_forward(values, keys, query, lengths, plan=None):
     return pooled, weights
 
 
-def length_plan(lengths, steps, batch):
+def length_plan(lengths, steps, batch, device=None):
     """seqcls_fast::length_plan -> [3, B] int64: TopK order and sorted lengths, lengths."""
     op, ir = _onnx()
     lens = op.Cast(lengths, to=ir.DataType.INT64)

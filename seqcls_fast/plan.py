@@ -15,21 +15,22 @@ from ._ops import ops
 class LengthPlan:
     """``plan = sf.LengthPlan(lengths, steps)``: lengths ``[B]`` (any integer
     dtype, any device; a list works) for a padded batch of ``steps`` time steps
-    (``batch``: B, checked; default the size of lengths).
+    (``batch``: B, checked, default the size of lengths; ``device``: the
+    input's, where lengths may be besides the CPU, default wherever they are).
 
     ``plan.lengths`` is the lengths tensor as given, ``plan.steps`` the padded
     length T, ``plan.table`` the ``[3, B]`` int64 CPU tensor the operators read
     (sorted order, sorted lengths, lengths in caller order).
     """
 
-    def __init__(self, lengths, steps, batch=None):
+    def __init__(self, lengths, steps, batch=None, device=None):
         if not isinstance(lengths, torch.Tensor):
             lengths = torch.as_tensor(lengths)
         if batch is None:
             batch = lengths.shape[0] if lengths.dim() > 0 else 1
         self.lengths = lengths
         self.steps = steps  # an int, or a symbolic size under torch.export / compile
-        self.table = ops.length_plan(lengths, steps, batch)
+        self.table = ops.length_plan(lengths, steps, batch, device)
 
     @property
     def batch_size(self):
@@ -52,9 +53,4 @@ class LengthPlan:
                                  f"({lengths.steps}, {lengths.batch_size}), the input has "
                                  f"({steps}, {batch})")
             return lengths
-        if not isinstance(lengths, torch.Tensor):
-            lengths = torch.as_tensor(lengths)
-        if lengths.device.type != "cpu" and lengths.device != device:
-            raise ValueError(f"seqcls_fast: lengths must be on the CPU or on the input's device "
-                             f"({device}), got {lengths.device}")
-        return cls(lengths, steps, batch)
+        return cls(lengths, steps, batch, device)
