@@ -148,9 +148,10 @@ class ClassifierStream:
         plan = LengthPlan(lengths, steps, x.size(0)) if lengths is not None else None
         # sf.LSTM's own layer loop, started from the rows' states (inference:
         # nothing is kept for a backward).
-        out, (h, c) = self.model.lstm._run(x.transpose(0, 1), plan,
-                                           (self.h[:, rows], self.c[:, rows]))
-        if isinstance(rows, slice):  # every row moved: rebind, no scatter
+        every_row = isinstance(rows, slice)
+        state = (self.h, self.c) if every_row else (self.h[:, rows], self.c[:, rows])
+        out, (h, c) = self.model.lstm._run(x.transpose(0, 1), plan, state)
+        if every_row:  # rebind, no scatter
             self.h, self.c = h, c
         else:
             self.h[:, rows], self.c[:, rows] = h, c
