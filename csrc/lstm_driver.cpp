@@ -9,6 +9,8 @@
 #include <c10/core/DeviceGuard.h>
 
 #include <algorithm>
+#include <limits>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -74,6 +76,163 @@ void check_saved(const Tensor& gates, const Tensor& cell, const Tensor& h_prev, 
                      x.device(), "), got ", cell.device());
 }
 
+// The forward recurrence both forward operators run, on sorted states
+// (h_state, c_state updated in place). `output` undefined: not written;
+// `gates` holds every packed row's gates when `cell`/`h_prev` are kept (else
+// a chunk of scratch is used); `pool` non-null: online pooling after each step.
+struct ForwardPass {
+  const Tensor& x;
+  const LengthPlan& plan;
+  const DevicePlan& dev;
+  bool has_h0, reverse, save_activations;
+  Tensor output, gates, cell, h_prev;
+};
+
+struct PoolPass {
+  OnlinePooling pooling;
+  Tensor query, key_weight_t, key_bias;  // key_weight_t [H, A] (undefined: keys are h)
+  Tensor max, denom, sum;                // sorted state, updated in place
+};
+
+void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Tensor& c_state,
+                 const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_ih,
+                 const optional<Tensor>& b_hh, PoolPass* pool) {
+  const LengthPlan& plan = f.plan;
+  const int64_t B = h_state.size(0), H = h_state.size(1), N = plan.packed_rows;
+  const at::ScalarType dtype = f.x.scalar_type();
+  if (f.save_activations) f.h_prev.narrow(0, 0, B).copy_(h_state);
+
+  // The input projection x W_ih^T + (b_ih + b_hh) of a chunk of steps is one
+  // GEMM, done just before the chunk's recurrence. Without saved activations
+  // one chunk of scratch replaces the [N, 4H] buffer.
+  const Tensor x_packed = pack_rows(f.x, N, f.dev);
+  const Tensor w_ih_t = w_ih.t(), w_hh_t = w_hh.t();
+  const optional<Tensor> bias = b_ih.has_value() ? optional<Tensor>(*b_ih + *b_hh) : c10::nullopt;
+  const std::vector<int64_t> chunk_starts = chunk_steps(plan, backend.projection_chunk_rows);
+  Tensor scratch = f.save_activations
+                       ? Tensor()
+                       : at::empty({largest_chunk(plan, chunk_starts), 4 * H}, f.x.options());
+  // Attention keys tanh(h W^T + b) of a step's rows, when the keys are not h.
+  Tensor keys = pool != nullptr && pool->key_weight_t.defined()
+                    ? at::empty({B, pool->key_weight_t.size(1)}, f.x.options())
+                    : Tensor();
+
+  LstmForwardStep p{};
+  static_cast<LstmStepRows&>(p) = step_rows(f.dev, B, H, f.reverse);
+  p.h_state = h_state.data_ptr();
+  p.c_state = c_state.data_ptr();
+  p.output = f.output.defined() ? f.output.data_ptr() : nullptr;
+  LstmPoolStep q{};
+  if (pool != nullptr) {
+    q.hidden = H;
+    q.pooling = pool->pooling;
+    q.key_size = keys.defined() ? keys.size(1) : H;
+    q.h = h_state.const_data_ptr();
+    q.keys = keys.defined() ? keys.const_data_ptr() : q.h;
+    q.query = pool->query.defined() ? pool->query.const_data_ptr() : nullptr;
+    q.max = pool->max.data_ptr();
+    q.denom = pool->denom.data_ptr();
+    q.sum = pool->sum.data_ptr();
+  }
+  for (size_t c = 0; c + 1 < chunk_starts.size(); ++c) {
+    const int64_t first = chunk_starts[c], last = chunk_starts[c + 1];
+    const int64_t chunk_begin = plan.offset[first];
+    const int64_t chunk_rows = plan.offset[last] - chunk_begin;
+    Tensor chunk_gates = f.save_activations ? f.gates.narrow(0, chunk_begin, chunk_rows)
+                                            : scratch.narrow(0, 0, chunk_rows);
+    const Tensor chunk_x = x_packed.narrow(0, chunk_begin, chunk_rows);
+    if (bias.has_value()) {
+      at::addmm_out(chunk_gates, *bias, chunk_x, w_ih_t);
+    } else {
+      at::mm_out(chunk_gates, chunk_x, w_ih_t);
+    }
+    // The recurrence on the length-sorted active prefix: per step one GEMM
+    // accumulating h_{s-1} W_hh^T into the step's rows, then the fused cell.
+    for (int64_t s = first; s < last; ++s) {
+      const int64_t rows = plan.active[s], begin = plan.offset[s];
+      Tensor gates_step = chunk_gates.narrow(0, begin - chunk_begin, rows);
+      if (s > 0 || f.has_h0) gates_step.addmm_(h_state.narrow(0, 0, rows), w_hh_t);
+      p.step = s;
+      p.rows = rows;
+      p.rows_next = s + 1 < plan.steps ? plan.active[s + 1] : 0;
+      p.gates = gates_step.data_ptr();
+      p.cell = f.save_activations ? row_ptr(f.cell, begin) : nullptr;
+      p.h_prev_next = f.save_activations && p.rows_next > 0
+                          ? row_ptr(f.h_prev, plan.offset[s + 1])
+                          : nullptr;
+      backend.forward_step(p, dtype);
+      if (pool == nullptr || pool->pooling == OnlinePooling::kLast) continue;
+      if (keys.defined()) {
+        Tensor keys_rows = keys.narrow(0, 0, rows);
+        const Tensor h_rows = h_state.narrow(0, 0, rows);
+        if (pool->key_bias.defined()) {
+          at::addmm_out(keys_rows, pool->key_bias, h_rows, pool->key_weight_t);
+        } else {
+          at::mm_out(keys_rows, h_rows, pool->key_weight_t);
+        }
+        keys_rows.tanh_();
+      }
+      q.rows = rows;
+      backend.pool_step(q, dtype);
+    }
+  }
+}
+
+OnlinePooling parse_pooling(c10::string_view pooling) {
+  if (pooling == "attention") return OnlinePooling::kAttention;
+  if (pooling == "mean") return OnlinePooling::kMean;
+  SEQCLS_CHECK_VALUE(pooling == "last", "pooling must be \"attention\", \"mean\" or \"last\", got \"",
+                     std::string(pooling), "\"");
+  return OnlinePooling::kLast;
+}
+
+// The pooling arguments of lstm_layer_pooled_forward, checked.
+void check_pool_inputs(OnlinePooling pooling, const Tensor& x, int64_t batch, int64_t hidden,
+                          const optional<Tensor>& query, const optional<Tensor>& key_weight,
+                          const optional<Tensor>& key_bias, const optional<Tensor>& pool_max,
+                          const optional<Tensor>& pool_denom, const optional<Tensor>& pool_sum) {
+  int64_t key_size = hidden;
+  if (pooling == OnlinePooling::kAttention) {
+    SEQCLS_CHECK_VALUE(query.has_value(), "pooling=\"attention\" needs a query");
+    if (key_weight.has_value()) {
+      check_same_kind(*key_weight, "key_weight", x, "x");
+      SEQCLS_CHECK_VALUE(key_weight->dim() == 2 && key_weight->size(1) == hidden,
+                         "key_weight must have shape [A, H] with H = ", hidden, ", got ",
+                         key_weight->sizes());
+      key_size = key_weight->size(0);
+    }
+    check_same_kind(*query, "query", x, "x");
+    check_shape(*query, {key_size}, "query");
+  } else {
+    SEQCLS_CHECK_VALUE(!query.has_value() && !key_weight.has_value(),
+                       "query and key_weight are only taken with pooling=\"attention\"");
+  }
+  SEQCLS_CHECK_VALUE(!key_bias.has_value() || key_weight.has_value(),
+                     "key_bias is only taken with key_weight");
+  if (key_bias.has_value()) {
+    check_same_kind(*key_bias, "key_bias", x, "x");
+    check_shape(*key_bias, {key_size}, "key_bias");
+  }
+  SEQCLS_CHECK_VALUE(pool_max.has_value() == pool_denom.has_value() &&
+                         pool_max.has_value() == pool_sum.has_value(),
+                     "pool_max, pool_denom and pool_sum must be given together or not at all");
+  if (pool_max.has_value()) {
+    const at::ScalarType state = at::toOpMathType(x.scalar_type());
+    const std::pair<const Tensor*, const char*> states[] = {
+        {&*pool_max, "pool_max"}, {&*pool_denom, "pool_denom"}, {&*pool_sum, "pool_sum"}};
+    for (const auto& [t, name] : states) {
+      SEQCLS_CHECK_TYPE(t->scalar_type() == state, name, " must have dtype ", state,
+                        " (the state dtype for x of dtype ", x.scalar_type(), "), got ",
+                        t->scalar_type());
+      SEQCLS_CHECK_VALUE(t->device() == x.device(), name, " must be on the device of x (",
+                         x.device(), "), got ", t->device());
+    }
+    check_shape(*pool_max, {batch}, "pool_max");
+    check_shape(*pool_denom, {batch}, "pool_denom");
+    check_shape(*pool_sum, {batch, hidden}, "pool_sum");
+  }
+}
+
 }  // namespace
 
 LstmForwardResult lstm_layer_forward(const LstmBackend& backend, const Tensor& x,
@@ -93,62 +252,62 @@ LstmForwardResult lstm_layer_forward(const LstmBackend& backend, const Tensor& x
   const DevicePlan dev = make_device_plan(plan, reverse, x.device());
   const int64_t N = plan.packed_rows;  // 0 exactly when B == 0: lengths are >= 1
 
-  Tensor output = at::empty({T, B, H}, opts);
   const int64_t kept_rows = save_activations ? N : 0;
-  Tensor gates = at::empty({kept_rows, 4 * H}, opts);
-  Tensor cell = at::empty({kept_rows, H}, state_opts);
-  Tensor h_prev = at::empty({kept_rows, H}, opts);
-  if (!plan.all_full) backend.zero_output_padding(output, dev);
+  ForwardPass f{x,
+                plan,
+                dev,
+                h0.has_value(),
+                reverse,
+                save_activations,
+                at::empty({T, B, H}, opts),
+                at::empty({kept_rows, 4 * H}, opts),
+                at::empty({kept_rows, H}, state_opts),
+                at::empty({kept_rows, H}, opts)};
+  if (!plan.all_full) backend.zero_output_padding(f.output, dev);
   Tensor h_state = h0.has_value() ? to_sorted(*h0, dev, dtype) : at::zeros({B, H}, opts);
   Tensor c_state = c0.has_value() ? to_sorted(*c0, dev, state_dtype) : at::zeros({B, H}, state_opts);
-  if (N == 0) return {output, h_state, c_state.to(dtype), gates, cell, h_prev};
-  if (save_activations) h_prev.narrow(0, 0, B).copy_(h_state);
+  if (N > 0) run_forward(backend, f, h_state, c_state, w_ih, w_hh, b_ih, b_hh, nullptr);
+  return {f.output,          from_sorted(h_state, dev), from_sorted(c_state.to(dtype), dev),
+          std::move(f.gates), std::move(f.cell),         std::move(f.h_prev)};
+}
 
-  // The input projection x W_ih^T + (b_ih + b_hh) of a chunk of steps is one
-  // GEMM, done just before the chunk's recurrence. Without saved activations
-  // one chunk of scratch replaces the [N, 4H] buffer.
-  const Tensor x_packed = pack_rows(x, N, dev);
-  const Tensor w_ih_t = w_ih.t(), w_hh_t = w_hh.t();
-  const optional<Tensor> bias = b_ih.has_value() ? optional<Tensor>(*b_ih + *b_hh) : c10::nullopt;
-  const std::vector<int64_t> chunk_starts = chunk_steps(plan, backend.projection_chunk_rows);
-  Tensor scratch = save_activations ? Tensor()
-                                    : at::empty({largest_chunk(plan, chunk_starts), 4 * H}, opts);
+LstmPooledForwardResult lstm_layer_pooled_forward(
+    const LstmBackend& backend, const Tensor& x, const optional<Tensor>& lengths,
+    const optional<Tensor>& h0, const optional<Tensor>& c0, const Tensor& w_ih,
+    const Tensor& w_hh, const optional<Tensor>& b_ih, const optional<Tensor>& b_hh,
+    c10::string_view pooling, const optional<Tensor>& query, const optional<Tensor>& key_weight,
+    const optional<Tensor>& key_bias, const optional<Tensor>& pool_max,
+    const optional<Tensor>& pool_denom, const optional<Tensor>& pool_sum,
+    const optional<Tensor>& plan_table) {
+  const LstmSizes sz = check_lstm_forward_inputs(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh);
+  backend.check_input(x, sz.hidden);
+  const int64_t T = sz.steps_total, B = sz.batch, H = sz.hidden;
+  const OnlinePooling mode = parse_pooling(pooling);
+  check_pool_inputs(mode, x, B, H, query, key_weight, key_bias, pool_max, pool_denom, pool_sum);
+  const at::OptionalDeviceGuard device_guard(at::device_of(x));
+  const at::ScalarType dtype = x.scalar_type(), state_dtype = at::toOpMathType(dtype);
+  const auto opts = x.options();
+  const auto state_opts = opts.dtype(state_dtype);
+  const LengthPlan plan = make_length_plan(plan_table_for(lengths, plan_table, T, B), T, B, false);
+  const DevicePlan dev = make_device_plan(plan, false, x.device());
 
-  LstmForwardStep p{};
-  static_cast<LstmStepRows&>(p) = step_rows(dev, B, H, reverse);
-  p.h_state = h_state.data_ptr();
-  p.c_state = c_state.data_ptr();
-  p.output = output.data_ptr();
-  for (size_t c = 0; c + 1 < chunk_starts.size(); ++c) {
-    const int64_t first = chunk_starts[c], last = chunk_starts[c + 1];
-    const int64_t chunk_begin = plan.offset[first];
-    const int64_t chunk_rows = plan.offset[last] - chunk_begin;
-    Tensor chunk_gates = save_activations ? gates.narrow(0, chunk_begin, chunk_rows)
-                                          : scratch.narrow(0, 0, chunk_rows);
-    const Tensor chunk_x = x_packed.narrow(0, chunk_begin, chunk_rows);
-    if (bias.has_value()) {
-      at::addmm_out(chunk_gates, *bias, chunk_x, w_ih_t);
-    } else {
-      at::mm_out(chunk_gates, chunk_x, w_ih_t);
-    }
-    // The recurrence on the length-sorted active prefix: per step one GEMM
-    // accumulating h_{s-1} W_hh^T into the step's rows, then the fused cell.
-    for (int64_t s = first; s < last; ++s) {
-      const int64_t rows = plan.active[s], begin = plan.offset[s];
-      Tensor gates_step = chunk_gates.narrow(0, begin - chunk_begin, rows);
-      if (s > 0 || h0.has_value()) gates_step.addmm_(h_state.narrow(0, 0, rows), w_hh_t);
-      p.step = s;
-      p.rows = rows;
-      p.rows_next = s + 1 < plan.steps ? plan.active[s + 1] : 0;
-      p.gates = gates_step.data_ptr();
-      p.cell = save_activations ? row_ptr(cell, begin) : nullptr;
-      p.h_prev_next = save_activations && p.rows_next > 0 ? row_ptr(h_prev, plan.offset[s + 1])
-                                                           : nullptr;
-      backend.forward_step(p, dtype);
-    }
-  }
-  return {output,           from_sorted(h_state, dev), from_sorted(c_state.to(dtype), dev),
-          std::move(gates), std::move(cell),           std::move(h_prev)};
+  ForwardPass f{x, plan, dev, h0.has_value(), false, false, Tensor(), Tensor(), Tensor(), Tensor()};
+  Tensor h_state = h0.has_value() ? to_sorted(*h0, dev, dtype) : at::zeros({B, H}, opts);
+  Tensor c_state = c0.has_value() ? to_sorted(*c0, dev, state_dtype) : at::zeros({B, H}, state_opts);
+  PoolPass pool{mode,
+                mode == OnlinePooling::kAttention ? query->contiguous() : Tensor(),
+                key_weight.has_value() ? key_weight->t().contiguous() : Tensor(),
+                key_bias.has_value() ? *key_bias : Tensor(),
+                pool_max.has_value() ? to_sorted(*pool_max, dev, state_dtype)
+                                     : at::full({B}, -std::numeric_limits<double>::infinity(),
+                                                state_opts),
+                pool_denom.has_value() ? to_sorted(*pool_denom, dev, state_dtype)
+                                       : at::zeros({B}, state_opts),
+                pool_sum.has_value() ? to_sorted(*pool_sum, dev, state_dtype)
+                                     : at::zeros({B, H}, state_opts)};
+  if (plan.packed_rows > 0) run_forward(backend, f, h_state, c_state, w_ih, w_hh, b_ih, b_hh, &pool);
+  return {from_sorted(h_state, dev), from_sorted(c_state.to(dtype), dev),
+          from_sorted(pool.max, dev), from_sorted(pool.denom, dev), from_sorted(pool.sum, dev)};
 }
 
 LstmBackwardResult lstm_layer_backward(const LstmBackend& backend, const Tensor& grad_output,

@@ -36,6 +36,8 @@ struct LstmBackend {
   // The pointwise half of one step; dtype is x's (the state dtype follows it).
   virtual void forward_step(const LstmForwardStep& step, at::ScalarType dtype) const = 0;
   virtual void backward_step(const LstmBackwardStep& step, at::ScalarType dtype) const = 0;
+  // One online-pooling step after a forward step (lstm_layer_pooled_forward).
+  virtual void pool_step(const LstmPoolStep& step, at::ScalarType dtype) const = 0;
 
  protected:
   explicit LstmBackend(int64_t chunk_rows) : projection_chunk_rows(chunk_rows) {}
@@ -45,6 +47,7 @@ struct LstmBackend {
 using LstmForwardResult =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using LstmBackwardResult = LstmForwardResult;
+using LstmPooledForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // The operators' semantics (csrc/ops.cpp) on `backend`.
 LstmForwardResult lstm_layer_forward(const LstmBackend& backend, const at::Tensor& x,
@@ -56,6 +59,16 @@ LstmForwardResult lstm_layer_forward(const LstmBackend& backend, const at::Tenso
                                      const c10::optional<at::Tensor>& b_hh, bool reverse,
                                      bool save_activations,
                                      const c10::optional<at::Tensor>& plan_table);
+
+LstmPooledForwardResult lstm_layer_pooled_forward(
+    const LstmBackend& backend, const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& h0, const c10::optional<at::Tensor>& c0,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+    const c10::optional<at::Tensor>& b_hh, c10::string_view pooling,
+    const c10::optional<at::Tensor>& query, const c10::optional<at::Tensor>& key_weight,
+    const c10::optional<at::Tensor>& key_bias, const c10::optional<at::Tensor>& pool_max,
+    const c10::optional<at::Tensor>& pool_denom, const c10::optional<at::Tensor>& pool_sum,
+    const c10::optional<at::Tensor>& plan_table);
 
 LstmBackwardResult lstm_layer_backward(
     const LstmBackend& backend, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
@@ -78,6 +91,19 @@ struct LstmOps {
     return lstm_layer_forward(backend(), x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse,
                               save_activations, plan);
   }
+  static LstmPooledForwardResult pooled_forward(
+      const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
+      const c10::optional<at::Tensor>& h0, const c10::optional<at::Tensor>& c0,
+      const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+      const c10::optional<at::Tensor>& b_hh, c10::string_view pooling,
+      const c10::optional<at::Tensor>& query, const c10::optional<at::Tensor>& key_weight,
+      const c10::optional<at::Tensor>& key_bias, const c10::optional<at::Tensor>& pool_max,
+      const c10::optional<at::Tensor>& pool_denom, const c10::optional<at::Tensor>& pool_sum,
+      const c10::optional<at::Tensor>& plan) {
+    return lstm_layer_pooled_forward(backend(), x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                     pooling, query, key_weight, key_bias, pool_max, pool_denom,
+                                     pool_sum, plan);
+  }
   static LstmBackwardResult backward(
       const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
       const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
@@ -91,7 +117,7 @@ struct LstmOps {
 
 }  // namespace seqcls_fast
 
-// Registers lstm_layer_forward / lstm_layer_backward for dispatch key `key`
+// Registers the LSTM operators for dispatch key `key`
 // (CPU, CUDA) on one default-constructed `Backend`; used once per backend file,
 // at namespace scope.
 #define SEQCLS_REGISTER_LSTM_BACKEND(key, Backend)                                           \
@@ -104,4 +130,6 @@ struct LstmOps {
   TORCH_LIBRARY_IMPL(seqcls_fast, key, m) {                                                  \
     m.impl("lstm_layer_forward", &::seqcls_fast::LstmOps<lstm_backend_##key>::forward);      \
     m.impl("lstm_layer_backward", &::seqcls_fast::LstmOps<lstm_backend_##key>::backward);    \
+    m.impl("lstm_layer_pooled_forward",                                                      \
+           &::seqcls_fast::LstmOps<lstm_backend_##key>::pooled_forward);                     \
   }

@@ -33,7 +33,8 @@ struct LstmForwardStep : LstmStepRows {
   void* gates;                    // [rows, 4H] packed; in: pre-activations, out: activated gates
   void* h_state;                  // [B, H] sorted; out: h_s
   void* c_state;                  // [B, H] sorted, state dtype; in: c_{s-1}, out: c_s
-  void* output;                   // [T, B, H] caller order; out: h_s at (t, order[j])
+  void* output;                   // [T, B, H] caller order; out: h_s at (t, order[j]);
+                                  //   nullptr: not written (pooled inference)
   void* cell;                     // [rows, H] packed, state dtype; out: c_s; nullptr: not kept
   void* h_prev_next;              // [rows_next, H] packed; out: h_s as step s+1's h_prev;
                                   //   nullptr: not kept
@@ -49,6 +50,26 @@ struct LstmBackwardStep : LstmStepRows {
   const void* grad_h_state;       // [B, H] sorted; dL/dh_s arriving through W_hh (or h_n)
   void* grad_c_state;             // [B, H] sorted, state dtype; in: dL/dc_s, out: dL/dc_{s-1}
   void* grad_gates;               // [rows, 4H] packed; out: dL/d pre-activations
+};
+
+// What lstm_layer_pooled_forward accumulates over the last layer's outputs.
+enum class OnlinePooling : int32_t { kLast = 0, kMean = 1, kAttention = 2 };
+
+// One step of online pooling over the h_s a forward step just wrote for its
+// active rows (the math is online_pool.h's). Attention: score_j = keys_j .
+// query, merged into the running max, denominator and weighted sum of h;
+// mean: sum += h_s. The state is sorted and in the state dtype.
+struct LstmPoolStep {
+  int64_t rows;                   // active rows at this step
+  int64_t hidden;                 // H
+  int64_t key_size;               // A: keys_j's size (H when the keys are h_s)
+  OnlinePooling pooling;          // kMean or kAttention
+  const void* h;                  // [rows, H] sorted; h_s
+  const void* keys;               // [rows, A] sorted; attention keys of h_s
+  const void* query;              // [A]; attention query
+  void* max;                      // [B] sorted, state dtype; running max of the scores
+  void* denom;                    // [B] sorted, state dtype; sum exp(score - max)
+  void* sum;                      // [B, H] sorted, state dtype; sum exp(score - max) h (mean: sum h)
 };
 
 // Time index of sorted row j at step s: the one place this formula lives.

@@ -38,6 +38,23 @@ TORCH_LIBRARY(seqcls_fast, m) {
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse, "
       "bool save_activations, Tensor? plan=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, "
       "Tensor)");
+  // The last layer of a unidirectional classifier in inference: one forward
+  // layer (as lstm_layer_forward with reverse=false) that never writes its
+  // [T, B, H] output but pools it as it runs. pooling: "attention" (scores
+  // keys_t . query with keys_t = h_t, or tanh(key_weight h_t + key_bias) when
+  // key_weight [A, H] is given; query [A]), "mean" or "last" (nothing pooled).
+  // The pooling state continues a previous call's (streaming) or starts empty
+  // when pool_max/pool_denom/pool_sum are None: per row the running max of the
+  // scores [B], the softmax denominator sum exp(s - max) [B], and the sum
+  // [B, H] of exp(s - max) h_t (attention) or of h_t (mean); all in the state
+  // dtype (float32 for half/bfloat16 x). Returns (h_n, c_n, pool_max,
+  // pool_denom, pool_sum); attention pooled = pool_sum / pool_denom, mean
+  // pooled = pool_sum / lengths.
+  m.def(
+      "lstm_layer_pooled_forward(Tensor x, Tensor? lengths, Tensor? h0, Tensor? c0, "
+      "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, str pooling, Tensor? query, "
+      "Tensor? key_weight, Tensor? key_bias, Tensor? pool_max, Tensor? pool_denom, "
+      "Tensor? pool_sum, Tensor? plan=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Returns (grad_x [T,B,I], grad_h0 [B,H], grad_c0 [B,H], grad_w_ih [4H,I],
   // grad_w_hh [4H,H], grad_bias [4H]); grad_bias is the gradient of b_ih and
   // of b_hh alike. grad_x is all zeros when compute_grad_x is false (the

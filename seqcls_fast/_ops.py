@@ -141,6 +141,36 @@ def lstm_layer(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, plan=None):
     return out, h_n, c_n
 
 
+# ------------------------------------------- pooled last layer (inference)
+@torch.library.register_fake("seqcls_fast::lstm_layer_pooled_forward")
+def _lstm_layer_pooled_forward_fake(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, pooling, query,
+                                    key_weight, key_bias, pool_max, pool_denom, pool_sum,
+                                    plan=None):
+    batch, hidden = x.shape[1], w_hh.shape[1]
+    state = _state_dtype(x.dtype)
+    return (
+        x.new_empty(batch, hidden),
+        x.new_empty(batch, hidden),
+        x.new_empty(batch, dtype=state),
+        x.new_empty(batch, dtype=state),
+        x.new_empty(batch, hidden, dtype=state),
+    )
+
+
+def lstm_layer_pooled(x, h0, c0, w_ih, w_hh, b_ih, b_hh, pooling, query=None, key_weight=None,
+                      key_bias=None, pool_state=None, plan=None):
+    """The last forward layer of a classifier in inference, pooling its
+    output as it runs instead of writing it: x [T, B, I] -> (h_n, c_n,
+    pool_state) with pool_state = (max [B], denom [B], sum [B, H]) in the
+    state dtype, continuing ``pool_state`` when given (streaming). No
+    gradient flows through it."""
+    pool_max, pool_denom, pool_sum = pool_state if pool_state is not None else (None,) * 3
+    h_n, c_n, *state = ops.lstm_layer_pooled_forward(
+        x, None, h0, c0, w_ih, w_hh, b_ih, b_hh, pooling, query, key_weight, key_bias,
+        pool_max, pool_denom, pool_sum, plan)
+    return h_n, c_n, tuple(state)
+
+
 # ------------------------------------------------- masked attention pooling
 @torch.library.register_fake("seqcls_fast::masked_attention_pool_forward")
 def _pool_forward_fake(values, keys, query, lengths, plan=None):

@@ -59,6 +59,8 @@ class LSTMClassifier(nn.Module):
             lengths = torch.as_tensor(lengths)
         if self.plan_lengths:  # once for every layer, direction, pass and the pooling
             lengths = LengthPlan.of(lengths, x.size(1), x.size(0), x.device, "LSTMClassifier")
+        if self._pools_online(x):
+            return self.head(self.dropout(self._pooled_online(x, lengths)))
         outputs, (h_n, _c_n) = self.lstm(x, lengths=lengths)  # outputs [B, T, D]
         if self.pooling == "attention":
             features, _weights = self.pool(outputs, lengths)
@@ -73,6 +75,47 @@ class LSTMClassifier(nn.Module):
             top = h_n[-2:] if self.lstm.bidirectional else h_n[-1:]
             features = torch.cat(tuple(top), dim=1)
         return self.head(self.dropout(features))
+
+    def _pools_online(self, x):
+        """Whether the top LSTM layer pools as it runs, never writing its
+        [T, B, H] output (seqcls_fast::lstm_layer_pooled_forward): when nothing
+        needs a gradient, the LSTM is ours and unidirectional (a reverse
+        direction's scores need both directions' outputs), and x is on the CPU
+        (the CUDA kernel compiles but has not yet run on a GPU, so CUDA keeps
+        the separate pooling)."""
+        lstm = self.lstm
+        if not isinstance(lstm, LSTM) or lstm.bidirectional or x.device.type != "cpu":
+            return False
+        return not torch.is_grad_enabled() or not (
+            x.requires_grad or any(p.requires_grad for p in self.parameters()))
+
+    def online_pooling(self, pool_state=None):
+        """The keyword arguments of ``_ops.lstm_layer_pooled`` for this
+        model's pooling, continuing ``pool_state`` (None: start empty)."""
+        spec = {"pooling": self.pooling, "pool_state": pool_state}
+        if self.pooling == "attention":
+            proj = self.pool.proj
+            spec.update(query=self.pool.query, key_weight=proj.weight if proj is not None else None,
+                        key_bias=proj.bias if proj is not None else None)
+        return spec
+
+    def pooled_features(self, pool_state, h_n, counts):
+        """The pooled features [B, H] from the online pooling state, the
+        top layer's h_n and each row's step count [B]."""
+        _max, denom, total = pool_state
+        if self.pooling == "attention":
+            return total / denom.unsqueeze(1)
+        if self.pooling == "mean":
+            return total / counts.to(total.dtype).unsqueeze(1)
+        return h_n
+
+    def _pooled_online(self, x, plan):
+        xt = x.transpose(0, 1)
+        self.lstm._check_input_and_hx(None, xt, False)
+        pool_state, (h_n, _c_n) = self.lstm._run(xt, plan, None, pool=self.online_pooling())
+        counts = (plan.table[2] if plan is not None else
+                  torch.full((x.size(0),), x.size(1), dtype=torch.long))
+        return self.pooled_features(pool_state, h_n[-1], counts.to(x.device)).to(x.dtype)
 
     def stream(self, batch_size):
         """A ``seqcls_fast.streaming.ClassifierStream`` for ``batch_size``

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from ._ops import lstm_layer
+from ._ops import lstm_layer, lstm_layer_pooled
 from .errors import DtypeMismatchError, ShapeError, StateTypeError
 from .plan import LengthPlan
 
@@ -123,10 +123,13 @@ class LSTM(nn.RNNBase):
             states.append(state)
         return tuple(states)
 
-    def _run(self, x, plan, hx):
+    def _run(self, x, plan, hx, pool=None):
         """x [T, B, I] time-major, plan a LengthPlan or None (all T) ->
         (output [T, B, D*H], (h_n, c_n)). Every layer and direction, and their
-        backward, read the one plan."""
+        backward, read the one plan. ``pool`` (inference, unidirectional):
+        the keyword arguments of ``lstm_layer_pooled`` (pooling, query,
+        key_weight, key_bias, pool_state); the top layer then pools its output
+        as it runs and the first result is its pooling state instead."""
         table = plan.table if plan is not None else None
         num_directions = 2 if self.bidirectional else 1
         h0, c0 = hx if hx is not None else (None, None)
@@ -137,14 +140,15 @@ class LSTM(nn.RNNBase):
             for direction in range(num_directions):
                 suffix = f"l{layer}" + ("_reverse" if direction else "")
                 index = layer * num_directions + direction
-                out, h, c = lstm_layer(
-                    layer_input, None,
-                    h0[index] if h0 is not None else None,
-                    c0[index] if c0 is not None else None,
-                    getattr(self, "weight_ih_" + suffix), getattr(self, "weight_hh_" + suffix),
-                    getattr(self, "bias_ih_" + suffix) if self.bias else None,
-                    getattr(self, "bias_hh_" + suffix) if self.bias else None,
-                    bool(direction), table)
+                args = (h0[index] if h0 is not None else None,
+                        c0[index] if c0 is not None else None,
+                        getattr(self, "weight_ih_" + suffix), getattr(self, "weight_hh_" + suffix),
+                        getattr(self, "bias_ih_" + suffix) if self.bias else None,
+                        getattr(self, "bias_hh_" + suffix) if self.bias else None)
+                if pool is not None and layer == self.num_layers - 1:
+                    h, c, out = lstm_layer_pooled(layer_input, *args, plan=table, **pool)
+                else:
+                    out, h, c = lstm_layer(layer_input, None, *args, bool(direction), table)
                 outputs.append(out)
                 h_n.append(h)
                 c_n.append(c)

@@ -16,6 +16,10 @@ What each operator becomes:
     from nn.LSTM's gate order (i, f, g, o) to ONNX's (i, o, f, c); outputs past
     each length are zeroed with a Where, as ONNX leaves them unspecified. The
     three saved-activation outputs (backward only) are empty tensors.
+  * ``lstm_layer_pooled_forward`` (a unidirectional classifier exported
+    under ``torch.no_grad()``): the ``lstm_layer_forward`` translation, then
+    the pooling state in closed form over the valid steps (ReduceMax, Exp,
+    ReduceSum), continuing the given state.
   * ``masked_attention_pool_forward``: MatMul scores, a Softmax masked by
     ``Range(T) < lengths`` (Where), a MatMul for the weighted sum; float32
     inside for float16 inputs, as the kernels.
@@ -103,6 +107,47 @@ def lstm_layer_forward(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse: bool
             _empty(op, ir, x.dtype, hidden))
 
 
+def lstm_layer_pooled_forward(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, pooling: str, query,
+                              key_weight, key_bias, pool_max, pool_denom, pool_sum, plan=None):
+    """seqcls_fast::lstm_layer_pooled_forward -> the LSTM node of
+    lstm_layer_forward and the pooling state over its valid outputs."""
+    op, ir = _onnx()
+    output, h_n, c_n, *_saved = lstm_layer_forward(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                                   False, False, plan)
+    values = op.Cast(output, to=ir.DataType.FLOAT) if _is_half(x) else output  # state dtype
+    if pool_max is None:  # an empty state: -inf, 0, 0
+        zeros = op.ReduceSum(op.Mul(values, op.CastLike(0.0, values)), op.Constant(value_ints=[0]),
+                             keepdims=0)                                       # [B, H]
+        pool_sum = zeros
+        pool_denom = op.ReduceSum(zeros, op.Constant(value_ints=[1]), keepdims=0)  # [B]
+        pool_max = op.Add(pool_denom, op.CastLike(float("-inf"), pool_denom))
+    if pooling == "mean":
+        pool_sum = op.Add(pool_sum, op.ReduceSum(values, op.Constant(value_ints=[0]), keepdims=0))
+    elif pooling == "attention":
+        keys = values
+        if key_weight is not None:
+            weight = op.CastLike(key_weight, values)
+            keys = op.MatMul(values, op.Transpose(weight, perm=[1, 0]))
+            if key_bias is not None:
+                keys = op.Add(keys, op.CastLike(key_bias, values))
+            keys = op.Tanh(keys)
+        scores = op.MatMul(keys, op.CastLike(query, values))                   # [T, B]
+        lens = _lengths_int64(op, ir, lengths, plan)
+        if lens is not None:
+            valid = op.Less(op.Unsqueeze(_step_range(op, x, 0), [1]), op.Unsqueeze(lens, [0]))
+            scores = op.Where(valid, scores, op.CastLike(float("-inf"), scores))
+        merged = op.Max(pool_max, op.ReduceMax(scores, op.Constant(value_ints=[0]), keepdims=0))
+        weights = op.Exp(op.Sub(scores, op.Unsqueeze(merged, [0])))           # 0 where masked
+        keep = op.Exp(op.Sub(pool_max, merged))                               # 0 for -inf
+        pool_denom = op.Add(op.Mul(pool_denom, keep),
+                            op.ReduceSum(weights, op.Constant(value_ints=[0]), keepdims=0))
+        weighted = op.ReduceSum(op.Mul(op.Unsqueeze(weights, [2]), values),
+                                op.Constant(value_ints=[0]), keepdims=0)
+        pool_sum = op.Add(op.Mul(pool_sum, op.Unsqueeze(keep, [1])), weighted)
+        pool_max = merged
+    return h_n, c_n, pool_max, pool_denom, pool_sum
+
+
 def masked_attention_pool_forward(values, keys, query, lengths, plan=None):
     """seqcls_fast::masked_attention_pool_forward -> MatMul, masked Softmax, MatMul."""
     op, ir = _onnx()
@@ -137,6 +182,7 @@ def onnx_translation_table():
     custom_translation_table=...)``: every seqcls_fast forward operator."""
     return {
         _ops.lstm_layer_forward.default: lstm_layer_forward,
+        _ops.lstm_layer_pooled_forward.default: lstm_layer_pooled_forward,
         _ops.masked_attention_pool_forward.default: masked_attention_pool_forward,
         _ops.length_plan.default: length_plan,
     }

@@ -4,10 +4,14 @@ few steps at a time; ``stream.reset(rows)`` starts new sequences in some rows.
 
 The logits after any chunking equal ``model(x, lengths)`` on the prefix each row
 has seen. The state per row is O(layers x H) whatever the length so far: the
-(h, c) of every layer, and the pooling's online state: for attention the
-running max of the scores, the softmax denominator and the weighted sum of
-outputs, merged chunk by chunk as flash attention merges softmax blocks; for
-mean the running sum and count; for last the top layer's h. Unidirectional
+(h, c) of every layer and the pooling's online state (running max of the
+scores, softmax denominator, and the weighted sum of outputs for attention, as
+flash attention merges softmax blocks; the running sum for mean; nothing more
+for last). On the CPU each chunk runs as the classifier's fused inference path
+does: the top layer pools as it runs (seqcls_fast::lstm_layer_pooled_forward,
+whose merge rule lives in csrc/online_pool.h). On CUDA, until that kernel has
+run on a GPU, the top layer writes its chunk of outputs and
+``merge_attention_chunk`` applies the same rule in PyTorch. Unidirectional
 models only: a reverse direction needs the future.
 """
 import torch
@@ -15,46 +19,23 @@ import torch
 from .plan import LengthPlan
 
 
-class OnlineAttentionPool:
-    """Masked attention pooling over a sequence seen in chunks: per row the
-    running max ``m`` of the scores, the denominator ``l = sum exp(s - m)`` and
-    ``acc = sum exp(s - m) h``; ``acc / l`` is the pooled vector at any time
-    (NaN for a row that has seen nothing: 0 / 0)."""
-
-    def __init__(self, batch, features, like):
-        self.m = like.new_full((batch,), float("-inf"))
-        self.l = like.new_zeros(batch)
-        self.acc = like.new_zeros(batch, features)
-
-    def reset(self, rows):
-        self.m[rows] = float("-inf")
-        self.l[rows] = 0
-        self.acc[rows] = 0
-
-    def update(self, rows, scores, values, valid):
-        """rows [b] (an index, or every row), scores [b, t], values [b, t, D],
-        valid [b, t] bool (None: every step); every row here has at least one
-        valid step."""
-        if valid is not None:
-            scores = scores.masked_fill(~valid, float("-inf"))
-        every_row = isinstance(rows, slice)
-        m_old, l_old, acc_old = ((self.m, self.l, self.acc) if every_row else
-                                 (self.m[rows], self.l[rows], self.acc[rows]))
-        m_new = torch.maximum(m_old, scores.amax(dim=1))
-        # One exp for both: the old state's rescale factor (0 where nothing was
-        # seen yet, m_old = -inf) and the new steps' weights (0 at padding).
-        scaled = torch.exp(torch.cat([m_old[:, None], scores], dim=1) - m_new[:, None])
-        keep, weights = scaled[:, :1], scaled[:, 1:]
-        l_new = torch.addcmul(weights.sum(dim=1), l_old, keep.squeeze(1))
-        acc_new = torch.addcmul(torch.bmm(weights.unsqueeze(1).to(values.dtype), values).squeeze(1),
-                                acc_old, keep)
-        if every_row:  # rebind, no scatter
-            self.m, self.l, self.acc = m_new, l_new, acc_new
-        else:
-            self.m[rows], self.l[rows], self.acc[rows] = m_new, l_new, acc_new
-
-    def pooled(self):
-        return self.acc / self.l[:, None]
+def merge_attention_chunk(state, scores, values, valid):
+    """csrc/online_pool.h's merge for a chunk of steps at once, in PyTorch:
+    state (max [b], denom [b], sum [b, D]) in the state dtype, scores [b, t],
+    values [b, t, D], valid [b, t] bool (None: every step); every row has at
+    least one valid step. Returns the merged state."""
+    m_old, l_old, acc_old = state
+    scores = scores.to(m_old.dtype)
+    if valid is not None:
+        scores = scores.masked_fill(~valid, float("-inf"))
+    m_new = torch.maximum(m_old, scores.amax(dim=1))
+    # One exp for both: the old state's rescale factor (0 where nothing was
+    # seen yet, m_old = -inf) and the new steps' weights (0 at padding).
+    scaled = torch.exp(torch.cat([m_old[:, None], scores], dim=1) - m_new[:, None])
+    keep, weights = scaled[:, :1], scaled[:, 1:]
+    l_new = torch.addcmul(weights.sum(dim=1), l_old, keep.squeeze(1))
+    weighted = torch.bmm(weights.unsqueeze(1), values.to(acc_old.dtype)).squeeze(1)
+    return m_new, l_new, torch.addcmul(weighted, acc_old, keep)
 
 
 class ClassifierStream:
@@ -77,13 +58,18 @@ class ClassifierStream:
         self.batch_size = batch_size
         like = lstm.weight_ih_l0.detach()
         self.dtype, self.device = like.dtype, like.device
+        self.fused = self.device.type == "cpu"  # see the module docstring
         # (h, c) of every layer, [layers, B, H]: sf.LSTM's h_0 / c_0 and h_n / c_n.
         self.h = like.new_zeros(lstm.num_layers, batch_size, lstm.hidden_size)
         self.c = like.new_zeros(lstm.num_layers, batch_size, lstm.hidden_size)
         self.seen = torch.zeros(batch_size, dtype=torch.long, device=like.device)
-        self.pool = (OnlineAttentionPool(batch_size, lstm.hidden_size, like)
-                     if model.pooling == "attention" else None)
-        self.sum = like.new_zeros(batch_size, lstm.hidden_size)  # mean pooling
+        # The pooling state: (max [B], denom [B], sum [B, H]) in the state
+        # dtype, as lstm_layer_pooled_forward takes and returns it.
+        state = like.new_empty(0, dtype=torch.float32 if like.dtype in (
+            torch.float16, torch.bfloat16) else like.dtype)
+        self.pool_state = (state.new_full((batch_size,), float("-inf")),
+                           state.new_zeros(batch_size),
+                           state.new_zeros(batch_size, lstm.hidden_size))
 
     # ---------------------------------------------------------------- public
     @torch.inference_mode()  # the state may hold inference tensors (see feed)
@@ -94,16 +80,14 @@ class ClassifierStream:
         self.h[:, rows] = 0
         self.c[:, rows] = 0
         self.seen[rows] = 0
-        self.sum[rows] = 0
-        if self.pool is not None:
-            self.pool.reset(rows)
+        pool_max, denom, total = self.pool_state
+        pool_max[rows] = float("-inf")
+        denom[rows] = 0
+        total[rows] = 0
 
     def state_numel(self):
         """Elements of state kept per stream (constant: O(B x layers x H))."""
-        tensors = [self.h, self.c, self.seen, self.sum]
-        if self.pool is not None:
-            tensors += [self.pool.m, self.pool.l, self.pool.acc]
-        return sum(t.numel() for t in tensors)
+        return sum(t.numel() for t in (self.h, self.c, self.seen, *self.pool_state))
 
     @torch.inference_mode()
     def feed(self, chunk, chunk_lengths=None):
@@ -131,44 +115,50 @@ class ClassifierStream:
 
     # --------------------------------------------------------------- private
     def _logits(self):
-        model = self.model
-        if model.pooling == "attention":
-            features = self.pool.pooled()
-        elif model.pooling == "mean":
-            features = self.sum / self.seen.to(self.dtype)[:, None]
-        else:
-            features = torch.where(self.seen[:, None] > 0, self.h[-1],
-                                   torch.full_like(self.h[-1], float("nan")))
-        return model.head(features)  # eval mode: dropout is the identity
+        features = self.model.pooled_features(self.pool_state, self.h[-1], self.seen)
+        if self.model.pooling == "last":  # NaN for a row that has seen nothing, as 0 / 0 gives
+            features = torch.where(self.seen[:, None] > 0, features,
+                                   torch.full_like(features, float("nan")))
+        return self.model.head(features.to(self.dtype))  # eval mode: dropout is the identity
 
     def _advance(self, x, lengths, rows):
         """x [b, t, I] for the rows (an index, or every row) with lengths [b]
         >= 1 new steps (None: all t)."""
+        model = self.model
         steps = x.size(1)
         plan = LengthPlan(lengths, steps, x.size(0)) if lengths is not None else None
-        # sf.LSTM's own layer loop, started from the rows' states (inference:
-        # nothing is kept for a backward).
         every_row = isinstance(rows, slice)
         state = (self.h, self.c) if every_row else (self.h[:, rows], self.c[:, rows])
-        out, (h, c) = self.model.lstm._run(x.transpose(0, 1), plan, state)
+        pool_state = self.pool_state if every_row else tuple(t[rows] for t in self.pool_state)
+        # sf.LSTM's own layer loop, started from the rows' states (inference:
+        # nothing is kept for a backward).
+        if self.fused:
+            pool_state, (h, c) = model.lstm._run(x.transpose(0, 1), plan, state,
+                                                 pool=model.online_pooling(pool_state))
+        else:
+            out, (h, c) = model.lstm._run(x.transpose(0, 1), plan, state)
+            pool_state = self._pool_chunk(pool_state, out.transpose(0, 1), lengths)
         if every_row:  # rebind, no scatter
-            self.h, self.c = h, c
+            self.h, self.c, self.pool_state = h, c, pool_state
         else:
             self.h[:, rows], self.c[:, rows] = h, c
-        outputs = out.transpose(0, 1)  # [b, t, H], 0 past each length
-        if lengths is None:
-            self.seen += steps
-        else:
-            lengths = lengths.to(self.device)
-            self.seen[rows] += lengths
-        if self.model.pooling == "mean":
-            self.sum[rows] += outputs.sum(dim=1)
-        elif self.model.pooling == "attention":
-            pool = self.model.pool
-            keys = torch.tanh(pool.proj(outputs)) if pool.proj is not None else outputs
-            valid = (None if lengths is None else
-                     torch.arange(steps, device=self.device)[None, :] < lengths[:, None])
-            self.pool.update(rows, keys @ pool.query, outputs, valid)
+            for kept, new in zip(self.pool_state, pool_state):
+                kept[rows] = new
+        self.seen[rows] += steps if lengths is None else lengths
+
+    def _pool_chunk(self, pool_state, outputs, lengths):
+        """The pooling state after a chunk of top-layer outputs [b, t, H] (0
+        past each length), in PyTorch (the CUDA path)."""
+        pooling = self.model.pooling
+        if pooling == "mean":
+            return (*pool_state[:2], pool_state[2] + outputs.sum(dim=1))
+        if pooling == "last":
+            return pool_state
+        pool = self.model.pool
+        keys = torch.tanh(pool.proj(outputs)) if pool.proj is not None else outputs
+        valid = (None if lengths is None else
+                 torch.arange(outputs.size(1), device=self.device)[None, :] < lengths[:, None])
+        return merge_attention_chunk(pool_state, keys @ pool.query, outputs, valid)
 
     def _rows(self, rows):
         if isinstance(rows, torch.Tensor) and rows.dtype == torch.bool:

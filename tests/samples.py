@@ -84,6 +84,38 @@ def lstm_layer_backward_samples(device, dtype=torch.float64):
     return samples
 
 
+# POOLED_KINDS: (pooling, additive attention keys) for the pooled forward.
+POOLED_KINDS = (("attention", False), ("attention", True), ("mean", False), ("last", False))
+
+
+def lstm_layer_pooled_forward_samples(device, dtype=torch.float64):
+    """args = (x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, pooling, query,
+    key_weight, key_bias, pool_max, pool_denom, pool_sum): every forward-
+    direction LSTM sample pooled every way (inference: no gradients),
+    alternately continuing a random pooling state and starting empty, so each
+    pooling sees both."""
+    def randn(*shape):
+        return torch.randn(*shape, dtype=dtype, device=device)
+
+    samples = []
+    forward = [s for s in lstm_layer_forward_samples(device, dtype) if not s.args[8]]
+    for i, fwd in enumerate(forward):
+        x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, _reverse = fwd.args
+        B, H = x.shape[1], w_hh.shape[1]
+        for k, (pooling, additive) in enumerate(POOLED_KINDS):
+            A = 2 if additive else H
+            continued = (i + k) % 2 == 1
+            state = ((randn(B), randn(B).abs() + 0.5, randn(B, H)) if continued
+                     else (None, None, None))
+            args = (x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, pooling,
+                    randn(A) if pooling == "attention" else None,
+                    randn(A, H) if additive else None, randn(A) if additive else None, *state)
+            name = "-".join((fwd.name.replace("-forward", ""), pooling + ("_additive" if additive else ""),
+                             "continued" if continued else "fresh"))
+            samples.append(Sample(name, args))
+    return samples
+
+
 # ------------------------------------------------- masked attention pooling
 _POOL_SHAPE, _POOL_LENGTHS = (3, 6, 5, 4), [6, 1, 4]  # (B, T, D, A)
 

@@ -47,6 +47,28 @@ def test_matches_reference(device, pooling, bidirectional):
     torch.testing.assert_close(logits, native(x, lengths), **tol)
 
 
+@pytest.mark.parametrize("pooling", ["attention", "additive", "mean", "last"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("with_lengths", [True, False])
+def test_inference_pools_online_and_matches_reference(device, pooling, num_layers, with_lengths):
+    """Without gradients a unidirectional model on the CPU pools in its top
+    layer (lstm_layer_pooled_forward); the logits still equal the reference."""
+    model = sf.LSTMClassifier(4, 6, 3, num_layers=num_layers,
+                              pooling="attention" if pooling == "additive" else pooling,
+                              attn_dim=5 if pooling == "additive" else None, device=device,
+                              dtype=torch.float64).eval()
+    x = torch.randn(5, 7, 4, dtype=torch.float64, device=device)
+    lengths = random_lengths(5, 7).to(device) if with_lengths else None
+    with torch.no_grad():
+        assert model._pools_online(x) == (torch.device(device).type == "cpu")
+        logits = model(x, lengths)
+        ref = reference_logits(model, x, lengths if with_lengths else torch.full((5,), 7))
+    assert not model._pools_online(x)  # a gradient is wanted: the separate pooling
+    torch.testing.assert_close(logits, ref, **tolerance(LSTM_TOL, device, torch.float64))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x, lengths), logits, rtol=0, atol=0)
+
+
 def test_token_ids_with_embedding_and_additive_attention(device):
     model = sf.LSTMClassifier(5, 4, 2, vocab_size=11, attn_dim=3, device=device,
                               dtype=torch.float64).eval()

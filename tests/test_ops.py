@@ -11,7 +11,7 @@ import seqcls_fast as sf
 from helpers import (LSTM_TOL, POOL_TOL, assert_close_named, dtype_id, random_lengths,
                      sample_named, tolerance)
 from samples import (lstm_layer_backward_samples, lstm_layer_forward_samples,
-                     masked_attention_pool_backward_samples,
+                     lstm_layer_pooled_forward_samples, masked_attention_pool_backward_samples,
                      masked_attention_pool_forward_samples)
 from seqcls_fast.reference import masked_attention_pool, packed_lstm
 
@@ -62,6 +62,57 @@ def test_lstm_layer_forward_matches_native(device, dtype):
                                        x, lengths, h0, c0, reverse)
                 assert_close_named(got, ref, tolerance(LSTM_TOL, device, dtype),
                              ("output", "h_n", "c_n"))
+
+
+def pooled_state_reference(out, lengths, pooling, query, key_weight, key_bias, state):
+    """The pooling state (max, denom, sum) after a layer's whole output out
+    [T, B, H] (0 past each length) in plain PyTorch: the closed form over all
+    valid steps at once, continuing `state` (None: empty)."""
+    steps, batch, hidden = out.shape
+    if state[0] is None:
+        state = (out.new_full((batch,), float("-inf")), out.new_zeros(batch),
+                 out.new_zeros(batch, hidden))
+    m0, l0, acc0 = state
+    if pooling == "last":
+        return state
+    if pooling == "mean":
+        return m0, l0, acc0 + out.sum(dim=0)
+    keys = out if key_weight is None else torch.tanh(out @ key_weight.T + key_bias)
+    scores = keys @ query  # [T, B]
+    if lengths is not None:
+        valid = torch.arange(steps)[:, None] < lengths.cpu()[None, :]
+        scores = scores.masked_fill(~valid.to(out.device), float("-inf"))
+    m = torch.maximum(m0, scores.amax(dim=0))
+    weights = torch.exp(scores - m)
+    keep = torch.exp(m0 - m)
+    return m, l0 * keep + weights.sum(dim=0), acc0 * keep[:, None] + (weights[..., None] * out).sum(0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_lstm_layer_pooled_forward_matches_native(device, dtype):
+    """The fused last layer equals packed nn.LSTM followed by the pooling's
+    closed form, for every pooling, fresh or continued."""
+    for sample in lstm_layer_pooled_forward_samples(device, dtype):
+        with sample_named(sample.name):
+            x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, pooling, query, key_weight, key_bias, \
+                *state = sample.args
+            got = ops.lstm_layer_pooled_forward(*sample.args)
+            out, h_n, c_n = run_native_layer(native_layer(w_ih, w_hh, b_ih, b_hh, False),
+                                             x, lengths, h0, c0, False)
+            ref = (h_n, c_n, *pooled_state_reference(out.detach(), lengths, pooling, query,
+                                                     key_weight, key_bias, state))
+            assert_close_named(got, ref, tolerance(LSTM_TOL, device, dtype),
+                               ("h_n", "c_n", "pool_max", "pool_denom", "pool_sum"))
+
+
+def test_lstm_layer_pooled_forward_leaves_its_inputs_alone(device):
+    sample = next(s for s in lstm_layer_pooled_forward_samples(device)
+                  if s.name.endswith("attention-continued") and s.args[1] is not None)
+    before = [a.clone() if isinstance(a, torch.Tensor) else a for a in sample.args]
+    ops.lstm_layer_pooled_forward(*sample.args)
+    for a, b in zip(sample.args, before):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
@@ -137,6 +188,7 @@ _OPCHECK_SAMPLES = {
     "masked_attention_pool_forward": lambda device, dtype: masked_attention_pool_forward_samples(
         device, dtype, requires_grad=True),
     "lstm_layer_backward": lstm_layer_backward_samples,
+    "lstm_layer_pooled_forward": lstm_layer_pooled_forward_samples,
     "masked_attention_pool_backward": masked_attention_pool_backward_samples,
 }
 
@@ -147,6 +199,7 @@ def _opcheck_samples(operator, device, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("operator", ["lstm_layer_forward", "lstm_layer_backward",
+                                      "lstm_layer_pooled_forward",
                                       "masked_attention_pool_forward",
                                       "masked_attention_pool_backward"])
 def test_opcheck(device, dtype, operator):
@@ -221,3 +274,17 @@ def test_compile_fullgraph_classifier_forward_backward(bidirectional):
     grads_compiled = torch.autograd.grad(out.sum(), list(model.parameters()))
     for a, b in zip(grads_compiled, grads_eager):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["attention", "mean", "last"])
+def test_compile_fullgraph_classifier_inference_pools_online(pooling):
+    """Under no_grad the top layer is lstm_layer_pooled_forward; Dynamo traces
+    it through its fake kernel and gets the eager result."""
+    torch._dynamo.reset()
+    model = sf.LSTMClassifier(4, 8, 3, num_layers=2, pooling=pooling).eval()
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(6, 9, 4)
+    lengths = random_lengths(6, 9)
+    with torch.no_grad():
+        assert model._pools_online(x)
+        torch.testing.assert_close(compiled(x, lengths), model(x, lengths), rtol=1e-5, atol=1e-5)

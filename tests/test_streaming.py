@@ -79,8 +79,8 @@ def test_one_step_chunks_keep_state_per_row_constant():
     for _ in range(20):
         stream.feed(torch.randn(2, 1, 4, dtype=torch.float64))
         sizes.append(stream.state_numel())
-    # 2 layers x (h, c) x B x H, seen and sum, and the attention state (m, l, acc)
-    assert set(sizes) == {2 * 2 * 2 * 5 + 2 + 2 * 5 + 2 + 2 + 2 * 5}
+    # 2 layers x (h, c) x B x H, seen, and the pooling state (max, denom, sum)
+    assert set(sizes) == {2 * 2 * 2 * 5 + 2 + 2 + 2 + 2 * 5}
 
 
 def test_reset_after_whole_chunks_then_partial_chunks():

@@ -47,7 +47,7 @@ SEQCLS_CPU_KERNEL void forward_rows(const LstmForwardStep& p, int64_t begin, int
     T* g = gates + j * G;
     T* h_row = h_state + j * H;
     T* c_row = c_state + j * H;
-    T* out_row = output + (t * B + r) * H;
+    T* out_row = output ? output + (t * B + r) * H : nullptr;
     T* cell_row = cell ? cell + j * H : nullptr;
     T* h_next_row = h_prev_next && j < p.rows_next ? h_prev_next + j * H : nullptr;
     for (int64_t k = 0; k < H; k += VecOps<T>::size) {
@@ -61,7 +61,7 @@ SEQCLS_CPU_KERNEL void forward_rows(const LstmForwardStep& p, int64_t begin, int
       store(o, g + 3 * H + k, n);
       store(c, c_row + k, n);
       store(h, h_row + k, n);
-      store(h, out_row + k, n);
+      if (out_row) store(h, out_row + k, n);
       if (cell_row) store(c, cell_row + k, n);
       if (h_next_row) store(h, h_next_row + k, n);
     }

@@ -1,13 +1,15 @@
 // The CPU backend of the LSTM layer driver (../lstm_driver.h): padding
-// zeroing and the vectorized pointwise step kernels (lstm_cell_cpu.h);
-// registers lstm_layer_forward / lstm_layer_backward for CPU.
+// zeroing, the vectorized pointwise step kernels (lstm_cell_cpu.h) and the
+// online-pooling step; registers the LSTM operators for CPU.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "../lstm_driver.h"
+#include "../online_pool.h"
 #include "lstm_cell_cpu.h"
 
 namespace seqcls_fast::cpu {
@@ -16,6 +18,31 @@ namespace {
 // Packed rows per input-projection chunk: large enough for an efficient
 // GEMM, small enough (2 MB of float gates at H = 128) to stay in cache.
 constexpr int64_t kProjectionChunkRows = 1024;
+
+// Rows [begin, end) of one online-pooling step (LstmPoolStep); the state
+// dtype is T itself on the CPU (float or double).
+template <typename T>
+void pool_rows(const LstmPoolStep& p, int64_t begin, int64_t end) {
+  const int64_t H = p.hidden, A = p.key_size;
+  const T* h = static_cast<const T*>(p.h);
+  T* sum = static_cast<T*>(p.sum);
+  for (int64_t j = begin; j < end; ++j) {
+    const T* h_row = h + j * H;
+    T* acc = sum + j * H;
+    if (p.pooling == OnlinePooling::kMean) {
+      for (int64_t k = 0; k < H; ++k) acc[k] += h_row[k];
+      continue;
+    }
+    const T* key = static_cast<const T*>(p.keys) + j * A;
+    const T* query = static_cast<const T*>(p.query);
+    T score = 0;
+    for (int64_t a = 0; a < A; ++a) score += key[a] * query[a];
+    T keep, weight;
+    online_softmax_merge(score, static_cast<T*>(p.max)[j], static_cast<T*>(p.denom)[j], keep,
+                         weight);
+    for (int64_t k = 0; k < H; ++k) acc[k] = acc[k] * keep + weight * h_row[k];
+  }
+}
 
 struct CpuLstmBackend final : LstmBackend {
   CpuLstmBackend() : LstmBackend(kProjectionChunkRows) {}
@@ -46,6 +73,14 @@ struct CpuLstmBackend final : LstmBackend {
 
   void backward_step(const LstmBackwardStep& step, at::ScalarType dtype) const override {
     lstm_backward_step_cpu(step, dtype);
+  }
+
+  void pool_step(const LstmPoolStep& step, at::ScalarType dtype) const override {
+    const int64_t grain = std::max<int64_t>(1, 16384 / (2 * step.hidden + step.key_size));
+    AT_DISPATCH_FLOATING_TYPES(dtype, "lstm_pool_step_cpu", [&] {
+      at::parallel_for(0, step.rows, grain,
+                       [&](int64_t begin, int64_t end) { pool_rows<scalar_t>(step, begin, end); });
+    });
   }
 };
 

@@ -17,6 +17,7 @@
 
 #include "../cell.h"
 #include "../lstm_step.h"
+#include "../online_pool.h"
 
 namespace seqcls_fast::cuda {
 
@@ -59,7 +60,7 @@ __global__ void __launch_bounds__(kStepThreads)
   const scalar_t h_out = static_cast<scalar_t>(h);
   c_state[idx] = c;  // row j of a [*, H] buffer: element j * H + k == idx
   static_cast<scalar_t*>(p.h_state)[idx] = h_out;
-  static_cast<scalar_t*>(p.output)[(t * p.batch + r) * H + k] = h_out;
+  if (p.output != nullptr) static_cast<scalar_t*>(p.output)[(t * p.batch + r) * H + k] = h_out;
   if (p.cell != nullptr) static_cast<acc_t*>(p.cell)[idx] = c;
   if (p.h_prev_next != nullptr && j < p.rows_next) static_cast<scalar_t*>(p.h_prev_next)[idx] = h_out;
 }
@@ -91,6 +92,45 @@ __global__ void __launch_bounds__(kStepThreads)
   dgates[2 * H] = static_cast<scalar_t>(dg);
   dgates[3 * H] = static_cast<scalar_t>(d_o);
   grad_c_state[idx] = dc_prev;
+}
+
+constexpr int kPoolThreads = 128;
+
+// One online-pooling step (LstmPoolStep), one block per active row: the block
+// reduces score = keys_j . query in acc_t, one thread merges it into the row's
+// (max, denom) with online_pool.h's rule, then every thread rescales its units
+// of the row's weighted sum. Mean pooling only adds h_s.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kPoolThreads) lstm_pool_step_kernel(const LstmPoolStep p) {
+  const int64_t j = blockIdx.x, H = p.hidden, A = p.key_size;
+  const scalar_t* h_row = static_cast<const scalar_t*>(p.h) + j * H;
+  acc_t* acc = static_cast<acc_t*>(p.sum) + j * H;
+  if (p.pooling == OnlinePooling::kMean) {
+    for (int64_t k = threadIdx.x; k < H; k += kPoolThreads) acc[k] += static_cast<acc_t>(h_row[k]);
+    return;
+  }
+  const scalar_t* key = static_cast<const scalar_t*>(p.keys) + j * A;
+  const scalar_t* query = static_cast<const scalar_t*>(p.query);
+  acc_t dot = 0;
+  for (int64_t a = threadIdx.x; a < A; a += kPoolThreads) {
+    dot += static_cast<acc_t>(key[a]) * static_cast<acc_t>(query[a]);
+  }
+  for (int offset = 16; offset > 0; offset /= 2) dot += __shfl_down_sync(0xffffffffu, dot, offset);
+  __shared__ acc_t warp_dots[kPoolThreads / 32];
+  __shared__ acc_t keep_weight[2];
+  if (threadIdx.x % 32 == 0) warp_dots[threadIdx.x / 32] = dot;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    acc_t score = 0;
+    for (int w = 0; w < kPoolThreads / 32; ++w) score += warp_dots[w];
+    online_softmax_merge(score, static_cast<acc_t*>(p.max)[j], static_cast<acc_t*>(p.denom)[j],
+                         keep_weight[0], keep_weight[1]);
+  }
+  __syncthreads();
+  const acc_t keep = keep_weight[0], weight = keep_weight[1];
+  for (int64_t k = threadIdx.x; k < H; k += kPoolThreads) {
+    acc[k] = acc[k] * keep + weight * static_cast<acc_t>(h_row[k]);
+  }
 }
 
 // output[t, order[j], :] = 0 for t >= sorted_lengths[j]: the padding a

@@ -1,7 +1,7 @@
 // The CUDA backend of the LSTM layer driver (../lstm_driver.h): device and
 // index-range checks, padding zeroing and the pointwise step kernels
-// (lstm_cell_cuda.cuh), all on the current stream; registers
-// lstm_layer_forward / lstm_layer_backward for CUDA. The driver copies
+// (lstm_cell_cuda.cuh) and the online-pooling step, all on the current
+// stream; registers the LSTM operators for CUDA. The driver copies
 // device-side lengths to the host once per call and uploads the plan with one
 // asynchronous copy; the step loop only enqueues work.
 //
@@ -76,6 +76,15 @@ struct CudaLstmBackend final : LstmBackend {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "lstm_backward_step_cuda", [&] {
       lstm_backward_step_kernel<scalar_t, at::opmath_type<scalar_t>>
           <<<step_blocks(step.rows, step.hidden), kStepThreads, 0, stream>>>(step);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  void pool_step(const LstmPoolStep& step, at::ScalarType dtype) const override {
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "lstm_pool_step_cuda", [&] {
+      lstm_pool_step_kernel<scalar_t, at::opmath_type<scalar_t>>
+          <<<static_cast<unsigned int>(step.rows), kPoolThreads, 0, stream>>>(step);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
