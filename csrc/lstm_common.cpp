@@ -167,26 +167,46 @@ at::Tensor from_sorted(const at::Tensor& sorted, const DevicePlan& plan) {
 }
 
 at::Tensor pack_rows(const at::Tensor& x, int64_t packed_rows, const DevicePlan& plan) {
-  if (!plan.packed_time.defined()) return x.reshape({packed_rows, x.size(2)});
-  return at::index(x, {plan.packed_time, plan.packed_batch});
+  return pack_rows(x, 0, packed_rows, plan);
 }
 
-LstmGemmGrads lstm_gemm_grads(const at::Tensor& grad_gates, const at::Tensor& x,
-                              const at::Tensor& h_prev, const at::Tensor& w_ih,
-                              const DevicePlan& plan, bool compute_grad_x) {
-  LstmGemmGrads grads;
-  const at::Tensor x_packed = pack_rows(x, grad_gates.size(0), plan);
-  grads.grad_w_ih = at::mm(grad_gates.t(), x_packed);
-  grads.grad_w_hh = at::mm(grad_gates.t(), h_prev);
-  grads.grad_bias = grad_gates.sum(0);
-  if (compute_grad_x && !plan.packed_time.defined()) {
-    grads.grad_x = at::mm(grad_gates, w_ih).view(x.sizes());
-  } else {
-    grads.grad_x = at::zeros(x.sizes(), x.options());
-    // Every valid (t, b) is one packed row: unique indices, a deterministic scatter.
-    if (compute_grad_x) grads.grad_x.index_put_({plan.packed_time, plan.packed_batch}, at::mm(grad_gates, w_ih));
+at::Tensor pack_rows(const at::Tensor& x, int64_t begin, int64_t rows, const DevicePlan& plan) {
+  if (!plan.packed_time.defined()) {
+    return x.reshape({x.size(0) * x.size(1), x.size(2)}).narrow(0, begin, rows);
   }
-  return grads;
+  return at::index(x, {plan.packed_time.narrow(0, begin, rows),
+                       plan.packed_batch.narrow(0, begin, rows)});
+}
+
+void accumulate_lstm_gemm_grads(LstmGemmGrads& grads, const at::Tensor& grad_gates,
+                                int64_t begin, const at::Tensor& x, const at::Tensor& h_prev,
+                                const at::Tensor& w_ih, const DevicePlan& plan,
+                                bool compute_grad_x) {
+  const int64_t rows = grad_gates.size(0);
+  const at::Tensor x_packed = pack_rows(x, begin, rows, plan);
+  const at::Tensor grad_gates_t = grad_gates.t();
+  if (!grads.grad_w_ih.defined()) {
+    grads.grad_w_ih = at::mm(grad_gates_t, x_packed);
+    grads.grad_w_hh = at::mm(grad_gates_t, h_prev);
+    grads.grad_bias = grad_gates.sum(0);
+    // Every (t, b) not written below stays 0: padding, or no gradient asked for.
+    grads.grad_x = compute_grad_x && !plan.packed_time.defined() ? at::empty(x.sizes(), x.options())
+                                                                 : at::zeros(x.sizes(), x.options());
+  } else {
+    grads.grad_w_ih.addmm_(grad_gates_t, x_packed);
+    grads.grad_w_hh.addmm_(grad_gates_t, h_prev);
+    grads.grad_bias.add_(grad_gates.sum(0));
+  }
+  if (!compute_grad_x) return;
+  if (!plan.packed_time.defined()) {
+    at::Tensor rows_out = grads.grad_x.view({x.size(0) * x.size(1), x.size(2)}).narrow(0, begin, rows);
+    at::mm_out(rows_out, grad_gates, w_ih);
+  } else {
+    // Every valid (t, b) is one packed row: unique indices, a deterministic scatter.
+    grads.grad_x.index_put_({plan.packed_time.narrow(0, begin, rows),
+                             plan.packed_batch.narrow(0, begin, rows)},
+                            at::mm(grad_gates, w_ih));
+  }
 }
 
 }  // namespace seqcls_fast

@@ -77,18 +77,23 @@ at::Tensor to_sorted(const at::Tensor& t, const DevicePlan& plan, at::ScalarType
 // Sorted rows back in caller order.
 at::Tensor from_sorted(const at::Tensor& sorted, const DevicePlan& plan);
 
-// x [T, B, I] -> its rows in packed order, [N, I].
+// x [T, B, I] -> its rows in packed order, [N, I]; or packed rows
+// [begin, begin + rows) only.
 at::Tensor pack_rows(const at::Tensor& x, int64_t packed_rows, const DevicePlan& plan);
+at::Tensor pack_rows(const at::Tensor& x, int64_t begin, int64_t rows, const DevicePlan& plan);
 
-// The gradients that are single GEMMs over all valid steps, from the packed
-// pre-activation gradients grad_gates [N, 4H]: grad_w_ih = dG^T X,
-// grad_w_hh = dG^T H_prev, grad_bias = sum of dG, and (when compute_grad_x)
-// grad_x = dG W_ih scattered back to [T, B, I] (zeros past each length).
+// The gradients that are GEMMs over valid steps, from the pre-activation
+// gradients grad_gates [rows, 4H] of packed rows [begin, begin + rows) and
+// those rows' h_prev [rows, H]: grad_w_ih += dG^T X, grad_w_hh += dG^T H_prev,
+// grad_bias += sum of dG, and (when compute_grad_x) grad_x [T, B, I] at those
+// rows = dG W_ih (zeros past each length). The first call allocates; calls
+// for every packed row, in any order of disjoint ranges, give the whole.
 struct LstmGemmGrads {
   at::Tensor grad_x, grad_w_ih, grad_w_hh, grad_bias;
 };
-LstmGemmGrads lstm_gemm_grads(const at::Tensor& grad_gates, const at::Tensor& x,
-                              const at::Tensor& h_prev, const at::Tensor& w_ih,
-                              const DevicePlan& plan, bool compute_grad_x);
+void accumulate_lstm_gemm_grads(LstmGemmGrads& grads, const at::Tensor& grad_gates,
+                                int64_t begin, const at::Tensor& x, const at::Tensor& h_prev,
+                                const at::Tensor& w_ih, const DevicePlan& plan,
+                                bool compute_grad_x);
 
 }  // namespace seqcls_fast

@@ -78,13 +78,15 @@ void check_saved(const Tensor& gates, const Tensor& cell, const Tensor& h_prev, 
 
 // The forward recurrence both forward operators run, on sorted states
 // (h_state, c_state updated in place). `output` undefined: not written;
-// `gates` holds every packed row's gates when `cell`/`h_prev` are kept (else
-// a chunk of scratch is used); `pool` non-null: online pooling after each step.
+// `gates` holds every packed row's gates when they are kept (else a chunk of
+// scratch is used); `pool` non-null: online pooling after each step.
 struct ForwardPass {
   const Tensor& x;
   const LengthPlan& plan;
   const DevicePlan& dev;
-  bool has_h0, reverse, save_activations;
+  bool has_h0, reverse;
+  bool keep_gates;  // gates and h_prev of every packed row (the fast backward)
+  bool keep_cell;   // the cell state of every packed row (either backward)
   Tensor output, gates, cell, h_prev;
 };
 
@@ -100,7 +102,7 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
   const LengthPlan& plan = f.plan;
   const int64_t B = h_state.size(0), H = h_state.size(1), N = plan.packed_rows;
   const at::ScalarType dtype = f.x.scalar_type();
-  if (f.save_activations) f.h_prev.narrow(0, 0, B).copy_(h_state);
+  if (f.keep_gates) f.h_prev.narrow(0, 0, B).copy_(h_state);
 
   // The input projection x W_ih^T + (b_ih + b_hh) of a chunk of steps is one
   // GEMM, done just before the chunk's recurrence. Without saved activations
@@ -109,7 +111,7 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
   const Tensor w_ih_t = w_ih.t(), w_hh_t = w_hh.t();
   const optional<Tensor> bias = b_ih.has_value() ? optional<Tensor>(*b_ih + *b_hh) : c10::nullopt;
   const std::vector<int64_t> chunk_starts = chunk_steps(plan, backend.projection_chunk_rows);
-  Tensor scratch = f.save_activations
+  Tensor scratch = f.keep_gates
                        ? Tensor()
                        : at::empty({largest_chunk(plan, chunk_starts), 4 * H}, f.x.options());
   // Attention keys tanh(h W^T + b) of a step's rows, when the keys are not h.
@@ -138,8 +140,8 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
     const int64_t first = chunk_starts[c], last = chunk_starts[c + 1];
     const int64_t chunk_begin = plan.offset[first];
     const int64_t chunk_rows = plan.offset[last] - chunk_begin;
-    Tensor chunk_gates = f.save_activations ? f.gates.narrow(0, chunk_begin, chunk_rows)
-                                            : scratch.narrow(0, 0, chunk_rows);
+    Tensor chunk_gates = f.keep_gates ? f.gates.narrow(0, chunk_begin, chunk_rows)
+                                      : scratch.narrow(0, 0, chunk_rows);
     const Tensor chunk_x = x_packed.narrow(0, chunk_begin, chunk_rows);
     if (bias.has_value()) {
       at::addmm_out(chunk_gates, *bias, chunk_x, w_ih_t);
@@ -156,8 +158,8 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
       p.rows = rows;
       p.rows_next = s + 1 < plan.steps ? plan.active[s + 1] : 0;
       p.gates = gates_step.data_ptr();
-      p.cell = f.save_activations ? row_ptr(f.cell, begin) : nullptr;
-      p.h_prev_next = f.save_activations && p.rows_next > 0
+      p.cell = f.keep_cell ? row_ptr(f.cell, begin) : nullptr;
+      p.h_prev_next = f.keep_gates && p.rows_next > 0
                           ? row_ptr(f.h_prev, plan.offset[s + 1])
                           : nullptr;
       backend.forward_step(p, dtype);
@@ -240,7 +242,8 @@ LstmForwardResult lstm_layer_forward(const LstmBackend& backend, const Tensor& x
                                      const optional<Tensor>& c0, const Tensor& w_ih,
                                      const Tensor& w_hh, const optional<Tensor>& b_ih,
                                      const optional<Tensor>& b_hh, bool reverse,
-                                     bool save_activations, const optional<Tensor>& plan_table) {
+                                     bool save_activations, const optional<Tensor>& plan_table,
+                                     bool low_memory) {
   const LstmSizes sz = check_lstm_forward_inputs(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh);
   backend.check_input(x, sz.hidden);
   const at::OptionalDeviceGuard device_guard(at::device_of(x));
@@ -252,17 +255,19 @@ LstmForwardResult lstm_layer_forward(const LstmBackend& backend, const Tensor& x
   const DevicePlan dev = make_device_plan(plan, reverse, x.device());
   const int64_t N = plan.packed_rows;  // 0 exactly when B == 0: lengths are >= 1
 
-  const int64_t kept_rows = save_activations ? N : 0;
+  const bool keep_gates = save_activations && !low_memory;
+  const int64_t gate_rows = keep_gates ? N : 0, cell_rows = save_activations ? N : 0;
   ForwardPass f{x,
                 plan,
                 dev,
                 h0.has_value(),
                 reverse,
+                keep_gates,
                 save_activations,
                 at::empty({T, B, H}, opts),
-                at::empty({kept_rows, 4 * H}, opts),
-                at::empty({kept_rows, H}, state_opts),
-                at::empty({kept_rows, H}, opts)};
+                at::empty({gate_rows, 4 * H}, opts),
+                at::empty({cell_rows, H}, state_opts),
+                at::empty({gate_rows, H}, opts)};
   if (!plan.all_full) backend.zero_output_padding(f.output, dev);
   Tensor h_state = h0.has_value() ? to_sorted(*h0, dev, dtype) : at::zeros({B, H}, opts);
   Tensor c_state = c0.has_value() ? to_sorted(*c0, dev, state_dtype) : at::zeros({B, H}, state_opts);
@@ -291,7 +296,8 @@ LstmPooledForwardResult lstm_layer_pooled_forward(
   const LengthPlan plan = make_length_plan(plan_table_for(lengths, plan_table, T, B), T, B, false);
   const DevicePlan dev = make_device_plan(plan, false, x.device());
 
-  ForwardPass f{x, plan, dev, h0.has_value(), false, false, Tensor(), Tensor(), Tensor(), Tensor()};
+  ForwardPass f{x,        plan,     dev,      h0.has_value(), false, false, false,
+                Tensor(), Tensor(), Tensor(), Tensor()};
   Tensor h_state = h0.has_value() ? to_sorted(*h0, dev, dtype) : at::zeros({B, H}, opts);
   Tensor c_state = c0.has_value() ? to_sorted(*c0, dev, state_dtype) : at::zeros({B, H}, state_opts);
   PoolPass pool{mode,
@@ -310,6 +316,141 @@ LstmPooledForwardResult lstm_layer_pooled_forward(
           from_sorted(pool.max, dev), from_sorted(pool.denom, dev), from_sorted(pool.sum, dev)};
 }
 
+namespace {
+
+// The upstream gradients of a backward call, checked against x [T, B, I] and H.
+void check_upstream(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n,
+                    const Tensor& x, int64_t hidden) {
+  const int64_t T = x.size(0), B = x.size(1);
+  check_shape(grad_output, {T, B, hidden}, "grad_output");
+  check_shape(grad_h_n, {B, hidden}, "grad_h_n");
+  check_shape(grad_c_n, {B, hidden}, "grad_c_n");
+  // The step kernels read these through x's element type.
+  check_same_kind(grad_output, "grad_output", x, "x");
+  check_same_kind(grad_h_n, "grad_h_n", x, "x");
+  check_same_kind(grad_c_n, "grad_c_n", x, "x");
+}
+
+// Where the backward gets each chunk's activated gates and h_prev: the
+// forward's saved ones (gates [N, 4H], h_prev [N, H]), or, when `output` is
+// defined (low memory), rebuilt chunk by chunk from x, the layer's output
+// [T, B, H] and h0: h_prev of step s is the output at step s - 1 (h0 at
+// s = 0), and the gates' pre-activations are two GEMMs with no recurrence.
+struct GateSource {
+  Tensor gates, h_prev;    // saved (fast)
+  Tensor output, h0;       // low memory; h0 sorted [B, H], undefined: zeros
+  optional<Tensor> bias;   // low memory: b_ih + b_hh
+  bool rebuilds() const { return output.defined(); }
+};
+
+// h_prev of packed rows [begin, begin + rows) from the output (low memory).
+Tensor rebuild_h_prev(const GateSource& src, const DevicePlan& dev, int64_t begin, int64_t rows,
+                      int64_t batch, bool reverse) {
+  const Tensor& out = src.output;
+  const int64_t H = out.size(2);
+  std::vector<Tensor> parts;
+  if (begin < batch) {  // step 0's rows start from h0
+    parts.push_back(src.h0.defined() ? src.h0.narrow(0, begin, batch - begin)
+                                     : at::zeros({batch - begin, H}, out.options()));
+  }
+  const int64_t first = std::max(begin, batch), count = begin + rows - first;
+  if (count > 0) {
+    if (!dev.packed_time.defined()) {  // time-major: packed row q - B is step s - 1's
+      parts.push_back(out.reshape({out.size(0) * batch, H}).narrow(0, first - batch, count));
+    } else {  // the same (row, time -+ 1) of the output
+      const Tensor time = dev.packed_time.narrow(0, first, count);
+      parts.push_back(at::index(out, {reverse ? time + 1 : time - 1,
+                                      dev.packed_batch.narrow(0, first, count)}));
+    }
+  }
+  return parts.size() == 1 ? parts[0].contiguous() : at::cat(parts);
+}
+
+LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_output,
+                                const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& x,
+                                const LengthPlan& plan, const DevicePlan& dev,
+                                const optional<Tensor>& c0, const Tensor& w_ih,
+                                const Tensor& w_hh, const Tensor& cell, const GateSource& src,
+                                bool reverse, bool compute_grad_x) {
+  const int64_t B = x.size(1), I = x.size(2), H = w_hh.size(1), N = plan.packed_rows;
+  const at::ScalarType dtype = x.scalar_type(), state_dtype = at::toOpMathType(dtype);
+  const auto opts = x.options();
+  Tensor grad_h_state = to_sorted(grad_h_n, dev, dtype);
+  Tensor grad_c_state = to_sorted(grad_c_n, dev, state_dtype);
+  if (N == 0) {
+    return {at::zeros(x.sizes(), opts), grad_h_state,        grad_c_state.to(dtype),
+            at::zeros({4 * H, I}, opts), at::zeros({4 * H, H}, opts), at::zeros({4 * H}, opts)};
+  }
+  const Tensor cell_c = cell.contiguous();
+  // Read through its T and B strides (an expanded or sliced gradient needs no
+  // copy) as long as H is unit-stride.
+  const Tensor grad_out = grad_output.stride(2) == 1 || H == 1 ? grad_output
+                                                               : grad_output.contiguous();
+  const Tensor c0_sorted = c0.has_value() ? to_sorted(*c0, dev, state_dtype)
+                                          : at::zeros({B, H}, opts.dtype(state_dtype));
+  // Chunks of steps, last first: only a chunk of gate gradients (and of
+  // rebuilt gates) exists at a time.
+  const std::vector<int64_t> chunk_starts = chunk_steps(plan, backend.backward_chunk_rows);
+  const int64_t most = largest_chunk(plan, chunk_starts);
+  Tensor grad_gates = at::empty({most, 4 * H}, opts);  // every row written below
+  Tensor gates_scratch = src.rebuilds() ? at::empty({most, 4 * H}, opts) : Tensor();
+  const Tensor saved_gates = src.rebuilds() ? Tensor() : src.gates.contiguous();
+  const Tensor w_ih_t = w_ih.t(), w_hh_t = w_hh.t();
+
+  LstmBackwardStep p{};
+  static_cast<LstmStepRows&>(p) = step_rows(dev, B, H, reverse);
+  p.gates_preactivated = src.rebuilds();
+  p.grad_output = grad_out.const_data_ptr();
+  p.grad_output_stride_t = grad_out.stride(0);
+  p.grad_output_stride_b = grad_out.stride(1);
+  p.grad_h_state = grad_h_state.const_data_ptr();
+  p.grad_c_state = grad_c_state.data_ptr();
+  LstmGemmGrads grads;
+  for (size_t c = chunk_starts.size() - 1; c-- > 0;) {
+    const int64_t first = chunk_starts[c], last = chunk_starts[c + 1];
+    const int64_t begin = plan.offset[first], rows = plan.offset[last] - begin;
+    Tensor gates, h_prev;
+    if (src.rebuilds()) {
+      h_prev = rebuild_h_prev(src, dev, begin, rows, B, reverse);
+      gates = gates_scratch.narrow(0, 0, rows);
+      const Tensor x_rows = pack_rows(x, begin, rows, dev);
+      if (src.bias.has_value()) {
+        at::addmm_out(gates, *src.bias, x_rows, w_ih_t);
+      } else {
+        at::mm_out(gates, x_rows, w_ih_t);
+      }
+      gates.addmm_(h_prev, w_hh_t);
+    } else {
+      gates = saved_gates.narrow(0, begin, rows);
+      h_prev = src.h_prev.narrow(0, begin, rows);
+    }
+    Tensor chunk_grad_gates = grad_gates.narrow(0, 0, rows);
+    // The recurrence backward, steps in reverse, on the active prefix.
+    for (int64_t s = last - 1; s >= first; --s) {
+      const int64_t active = plan.active[s], row = plan.offset[s];
+      Tensor grad_gates_step = chunk_grad_gates.narrow(0, row - begin, active);
+      p.step = s;
+      p.rows = active;
+      p.gates = row_ptr(gates, row - begin);
+      p.cell = row_ptr(cell_c, row);
+      p.cell_prev = s == 0 ? c0_sorted.const_data_ptr() : row_ptr(cell_c, plan.offset[s - 1]);
+      p.grad_gates = grad_gates_step.data_ptr();
+      backend.backward_step(p, dtype);
+      // dL/dh_{s-1} = dG_s W_hh for the rows active at s; the others keep the
+      // gradient they were given until their own last step comes up.
+      Tensor grad_h_rows = grad_h_state.narrow(0, 0, active);
+      at::mm_out(grad_h_rows, grad_gates_step, w_hh);
+    }
+    // Weight and input gradients: GEMMs over the chunk's valid steps.
+    accumulate_lstm_gemm_grads(grads, chunk_grad_gates, begin, x, h_prev, w_ih, dev,
+                               compute_grad_x);
+  }
+  return {grads.grad_x,    from_sorted(grad_h_state, dev), from_sorted(grad_c_state.to(dtype), dev),
+          grads.grad_w_ih, grads.grad_w_hh,                 grads.grad_bias};
+}
+
+}  // namespace
+
 LstmBackwardResult lstm_layer_backward(const LstmBackend& backend, const Tensor& grad_output,
                                        const Tensor& grad_h_n, const Tensor& grad_c_n,
                                        const Tensor& x, const optional<Tensor>& lengths,
@@ -320,67 +461,48 @@ LstmBackwardResult lstm_layer_backward(const LstmBackend& backend, const Tensor&
   const LstmSizes sz = check_lstm_forward_inputs(x, lengths, c10::nullopt, c0, w_ih, w_hh,
                                                  c10::nullopt, c10::nullopt);
   backend.check_input(x, sz.hidden);
-  const int64_t T = sz.steps_total, B = sz.batch, I = sz.input_size, H = sz.hidden;
-  check_shape(grad_output, {T, B, H}, "grad_output");
-  check_shape(grad_h_n, {B, H}, "grad_h_n");
-  check_shape(grad_c_n, {B, H}, "grad_c_n");
-  // The step kernels read these through x's element type.
-  check_same_kind(grad_output, "grad_output", x, "x");
-  check_same_kind(grad_h_n, "grad_h_n", x, "x");
-  check_same_kind(grad_c_n, "grad_c_n", x, "x");
+  const int64_t T = sz.steps_total, B = sz.batch, H = sz.hidden;
+  check_upstream(grad_output, grad_h_n, grad_c_n, x, H);
   check_saved(gates, cell, h_prev, x, H);
   const at::OptionalDeviceGuard device_guard(at::device_of(x));
-  const at::ScalarType dtype = x.scalar_type(), state_dtype = at::toOpMathType(dtype);
-  const auto opts = x.options();
   const LengthPlan plan = make_length_plan(plan_table_for(lengths, plan_table, T, B), T, B, reverse);
   const DevicePlan dev = make_device_plan(plan, reverse, x.device());
-  const int64_t N = plan.packed_rows;
-  check_shape(gates, {N, 4 * H}, "gates");
+  check_shape(gates, {plan.packed_rows, 4 * H}, "gates");
+  GateSource src{gates, h_prev, Tensor(), Tensor(), c10::nullopt};
+  return run_backward(backend, grad_output, grad_h_n, grad_c_n, x, plan, dev, c0, w_ih, w_hh,
+                      cell, src, reverse, compute_grad_x);
+}
 
-  Tensor grad_h_state = to_sorted(grad_h_n, dev, dtype);
-  Tensor grad_c_state = to_sorted(grad_c_n, dev, state_dtype);
-  if (N == 0) {
-    return {at::zeros({T, B, I}, opts), grad_h_state, grad_c_state.to(dtype),
-            at::zeros({4 * H, I}, opts), at::zeros({4 * H, H}, opts), at::zeros({4 * H}, opts)};
-  }
-
-  // 1. The recurrence backward, steps in reverse, on the active prefix.
-  const Tensor gates_c = gates.contiguous(), cell_c = cell.contiguous();
-  // Read through its T and B strides (an expanded or sliced gradient needs no
-  // copy) as long as H is unit-stride.
-  const Tensor grad_out = grad_output.stride(2) == 1 || H == 1 ? grad_output
-                                                               : grad_output.contiguous();
-  const Tensor c0_sorted = c0.has_value() ? to_sorted(*c0, dev, state_dtype)
-                                          : at::zeros({B, H}, opts.dtype(state_dtype));
-  Tensor grad_gates = at::empty({N, 4 * H}, opts);  // every row written below
-
-  LstmBackwardStep p{};
-  static_cast<LstmStepRows&>(p) = step_rows(dev, B, H, reverse);
-  p.grad_output = grad_out.const_data_ptr();
-  p.grad_output_stride_t = grad_out.stride(0);
-  p.grad_output_stride_b = grad_out.stride(1);
-  p.grad_h_state = grad_h_state.const_data_ptr();
-  p.grad_c_state = grad_c_state.data_ptr();
-  for (int64_t s = plan.steps - 1; s >= 0; --s) {
-    const int64_t rows = plan.active[s], begin = plan.offset[s];
-    Tensor grad_gates_step = grad_gates.narrow(0, begin, rows);
-    p.step = s;
-    p.rows = rows;
-    p.gates = row_ptr(gates_c, begin);
-    p.cell = row_ptr(cell_c, begin);
-    p.cell_prev = s == 0 ? c0_sorted.const_data_ptr() : row_ptr(cell_c, plan.offset[s - 1]);
-    p.grad_gates = grad_gates_step.data_ptr();
-    backend.backward_step(p, dtype);
-    // dL/dh_{s-1} = dG_s W_hh for the rows active at s; the others keep the
-    // gradient they were given until their own last step comes up.
-    Tensor grad_h_rows = grad_h_state.narrow(0, 0, rows);
-    at::mm_out(grad_h_rows, grad_gates_step, w_hh);
-  }
-
-  // 2. Weight and input gradients as single GEMMs over all valid steps.
-  const LstmGemmGrads g = lstm_gemm_grads(grad_gates, x, h_prev, w_ih, dev, compute_grad_x);
-  return {g.grad_x,    from_sorted(grad_h_state, dev), from_sorted(grad_c_state.to(dtype), dev),
-          g.grad_w_ih, g.grad_w_hh,                    g.grad_bias};
+LstmBackwardResult lstm_layer_backward_recompute(
+    const LstmBackend& backend, const Tensor& grad_output, const Tensor& grad_h_n,
+    const Tensor& grad_c_n, const Tensor& x, const optional<Tensor>& lengths,
+    const optional<Tensor>& h0, const optional<Tensor>& c0, const Tensor& w_ih,
+    const Tensor& w_hh, const optional<Tensor>& b_ih, const optional<Tensor>& b_hh,
+    const Tensor& output, const Tensor& cell, bool reverse, bool compute_grad_x,
+    const optional<Tensor>& plan_table) {
+  const LstmSizes sz = check_lstm_forward_inputs(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh);
+  backend.check_input(x, sz.hidden);
+  const int64_t T = sz.steps_total, B = sz.batch, H = sz.hidden;
+  check_upstream(grad_output, grad_h_n, grad_c_n, x, H);
+  check_shape(output, {T, B, H}, "output");
+  check_same_kind(output, "output", x, "x");
+  const at::ScalarType state_dtype = at::toOpMathType(x.scalar_type());
+  SEQCLS_CHECK_VALUE(cell.dim() == 2 && cell.size(1) == H, "cell must have shape [N, H], got ",
+                     cell.sizes());
+  SEQCLS_CHECK_TYPE(cell.scalar_type() == state_dtype, "cell must have dtype ", state_dtype,
+                    " (the forward's cell state for x of dtype ", x.scalar_type(), "), got ",
+                    cell.scalar_type());
+  SEQCLS_CHECK_VALUE(cell.device() == x.device(), "cell must be on the device of x (",
+                     x.device(), "), got ", cell.device());
+  const at::OptionalDeviceGuard device_guard(at::device_of(x));
+  const LengthPlan plan = make_length_plan(plan_table_for(lengths, plan_table, T, B), T, B, reverse);
+  const DevicePlan dev = make_device_plan(plan, reverse, x.device());
+  check_shape(cell, {plan.packed_rows, H}, "cell");
+  GateSource src{Tensor(), Tensor(), output.contiguous(),
+                 h0.has_value() ? to_sorted(*h0, dev, x.scalar_type()) : Tensor(),
+                 b_ih.has_value() ? optional<Tensor>(*b_ih + *b_hh) : c10::nullopt};
+  return run_backward(backend, grad_output, grad_h_n, grad_c_n, x, plan, dev, c0, w_ih, w_hh,
+                      cell, src, reverse, compute_grad_x);
 }
 
 }  // namespace seqcls_fast

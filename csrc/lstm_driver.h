@@ -27,6 +27,11 @@ struct LstmBackend {
   // runs just before their recurrence (cache-sized on the CPU, where the
   // gates are then still in cache; everything at once on a GPU).
   int64_t projection_chunk_rows;
+  // Packed rows per chunk of the backward: the gate gradients of a chunk of
+  // steps, its weight-gradient GEMMs and (low memory) its rebuilt gates exist
+  // a chunk at a time. Both memory modes chunk alike, so they sum the weight
+  // gradients in the same order.
+  int64_t backward_chunk_rows;
 
   // Device and size limits of this backend's kernels, for x [T, B, I] and H.
   virtual void check_input(const at::Tensor& x, int64_t hidden) const = 0;
@@ -40,7 +45,8 @@ struct LstmBackend {
   virtual void pool_step(const LstmPoolStep& step, at::ScalarType dtype) const = 0;
 
  protected:
-  explicit LstmBackend(int64_t chunk_rows) : projection_chunk_rows(chunk_rows) {}
+  LstmBackend(int64_t projection_rows, int64_t backward_rows)
+      : projection_chunk_rows(projection_rows), backward_chunk_rows(backward_rows) {}
   ~LstmBackend() = default;
 };
 
@@ -58,7 +64,8 @@ LstmForwardResult lstm_layer_forward(const LstmBackend& backend, const at::Tenso
                                      const c10::optional<at::Tensor>& b_ih,
                                      const c10::optional<at::Tensor>& b_hh, bool reverse,
                                      bool save_activations,
-                                     const c10::optional<at::Tensor>& plan_table);
+                                     const c10::optional<at::Tensor>& plan_table,
+                                     bool low_memory);
 
 LstmPooledForwardResult lstm_layer_pooled_forward(
     const LstmBackend& backend, const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
@@ -77,6 +84,14 @@ LstmBackwardResult lstm_layer_backward(
     const at::Tensor& gates, const at::Tensor& cell, const at::Tensor& h_prev, bool reverse,
     bool compute_grad_x, const c10::optional<at::Tensor>& plan_table);
 
+LstmBackwardResult lstm_layer_backward_recompute(
+    const LstmBackend& backend, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+    const at::Tensor& grad_c_n, const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& h0, const c10::optional<at::Tensor>& c0,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+    const c10::optional<at::Tensor>& b_hh, const at::Tensor& output, const at::Tensor& cell,
+    bool reverse, bool compute_grad_x, const c10::optional<at::Tensor>& plan_table);
+
 // The operator kernels for the backend `backend()` returns (a function, as a
 // base subobject cannot be a template argument). Registered with
 // SEQCLS_REGISTER_LSTM_BACKEND below.
@@ -87,9 +102,21 @@ struct LstmOps {
                                    const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih,
                                    const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
                                    const c10::optional<at::Tensor>& b_hh, bool reverse,
-                                   bool save_activations, const c10::optional<at::Tensor>& plan) {
+                                   bool save_activations, const c10::optional<at::Tensor>& plan,
+                                   bool low_memory) {
     return lstm_layer_forward(backend(), x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse,
-                              save_activations, plan);
+                              save_activations, plan, low_memory);
+  }
+  static LstmBackwardResult backward_recompute(
+      const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
+      const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
+      const c10::optional<at::Tensor>& h0, const c10::optional<at::Tensor>& c0,
+      const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+      const c10::optional<at::Tensor>& b_hh, const at::Tensor& output, const at::Tensor& cell,
+      bool reverse, bool compute_grad_x, const c10::optional<at::Tensor>& plan) {
+    return lstm_layer_backward_recompute(backend(), grad_output, grad_h_n, grad_c_n, x, lengths,
+                                         h0, c0, w_ih, w_hh, b_ih, b_hh, output, cell, reverse,
+                                         compute_grad_x, plan);
   }
   static LstmPooledForwardResult pooled_forward(
       const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
@@ -130,6 +157,8 @@ struct LstmOps {
   TORCH_LIBRARY_IMPL(seqcls_fast, key, m) {                                                  \
     m.impl("lstm_layer_forward", &::seqcls_fast::LstmOps<lstm_backend_##key>::forward);      \
     m.impl("lstm_layer_backward", &::seqcls_fast::LstmOps<lstm_backend_##key>::backward);    \
+    m.impl("lstm_layer_backward_recompute",                                                  \
+           &::seqcls_fast::LstmOps<lstm_backend_##key>::backward_recompute);                 \
     m.impl("lstm_layer_pooled_forward",                                                      \
            &::seqcls_fast::LstmOps<lstm_backend_##key>::pooled_forward);                     \
   }

@@ -41,7 +41,8 @@ struct LstmForwardStep : LstmStepRows {
 };
 
 struct LstmBackwardStep : LstmStepRows {
-  const void* gates;              // [rows, 4H] packed; activated gates from the forward
+  const void* gates;              // [rows, 4H] packed; activated gates from the forward, or
+  bool gates_preactivated;        //   (true) their rebuilt pre-activations (low memory)
   const void* cell;               // [rows, H] packed, state dtype; c_s from the forward
   const void* cell_prev;          // [rows, H] packed c_{s-1}, state dtype; sorted c0 at s = 0
   const void* grad_output;        // [T, B, H] caller order; dL/d output; unit stride along H

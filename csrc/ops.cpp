@@ -33,11 +33,13 @@ TORCH_LIBRARY(seqcls_fast, m) {
   // gates (i, f, g, o), cell c_t (float32 for half/bfloat16 x), and h_prev the
   // hidden state each step started from (h0 at the first step). With
   // save_activations=false (inference) all three are empty (0 rows).
+  // With low_memory=true (and save_activations) only cell is kept, gates and
+  // h_prev are empty: the backward is lstm_layer_backward_recompute.
   m.def(
       "lstm_layer_forward(Tensor x, Tensor? lengths, Tensor? h0, Tensor? c0, "
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse, "
-      "bool save_activations, Tensor? plan=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, "
-      "Tensor)");
+      "bool save_activations, Tensor? plan=None, bool low_memory=False) -> (Tensor, Tensor, "
+      "Tensor, Tensor, Tensor, Tensor)");
   // The last layer of a unidirectional classifier in inference: one forward
   // layer (as lstm_layer_forward with reverse=false) that never writes its
   // [T, B, H] output but pools it as it runs. pooling: "attention" (scores
@@ -64,6 +66,16 @@ TORCH_LIBRARY(seqcls_fast, m) {
       "Tensor x, Tensor? lengths, Tensor? c0, Tensor w_ih, Tensor w_hh, "
       "Tensor gates, Tensor cell, Tensor h_prev, bool reverse, bool compute_grad_x, "
       "Tensor? plan=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // lstm_layer_backward's results for a forward run with low_memory=true:
+  // the gates are rebuilt from x, the forward's output [T,B,H], h0 and the
+  // biases (h_prev of step s is the output at step s-1), a chunk of steps at a
+  // time, with two GEMMs per chunk and no recurrence; cell [N,H] as saved.
+  m.def(
+      "lstm_layer_backward_recompute(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, "
+      "Tensor x, Tensor? lengths, Tensor? h0, Tensor? c0, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, Tensor output, Tensor cell, bool reverse, "
+      "bool compute_grad_x, Tensor? plan=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "Tensor)");
   // values [B,T,D], keys [B,T,A] (None: keys are the values), query [A].
   // scores s[b,t] = keys[b,t] . query over t < lengths[b]; weights = masked
   // softmax of s (0 at padding); pooled[b] = sum_t weights[b,t] values[b,t].

@@ -22,7 +22,7 @@ def _state_dtype(dtype):
 # ----------------------------------------------------------------- LSTM layer
 @torch.library.register_fake("seqcls_fast::lstm_layer_forward")
 def _lstm_layer_forward_fake(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse,
-                             save_activations, plan=None):
+                             save_activations, plan=None, low_memory=False):
     steps, batch, _ = x.shape
     hidden = w_hh.shape[1]
     if not save_activations:
@@ -31,19 +31,32 @@ def _lstm_layer_forward_fake(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse
         kept = steps * batch
     else:  # N = sum(lengths): known only from the data
         kept = torch.library.get_ctx().new_dynamic_size()
+    gate_rows = 0 if low_memory else kept  # low memory keeps the cell only
     return (
         x.new_empty(steps, batch, hidden),
         x.new_empty(batch, hidden),
         x.new_empty(batch, hidden),
-        x.new_empty(kept, 4 * hidden),
+        x.new_empty(gate_rows, 4 * hidden),
         x.new_empty(kept, hidden, dtype=_state_dtype(x.dtype)),
-        x.new_empty(kept, hidden),
+        x.new_empty(gate_rows, hidden),
     )
 
 
 @torch.library.register_fake("seqcls_fast::lstm_layer_backward")
 def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, x, lengths, c0, w_ih, w_hh,
                               gates, cell, h_prev, reverse, compute_grad_x, plan=None):
+    return _lstm_gradients_fake(x, w_ih, w_hh)
+
+
+@torch.library.register_fake("seqcls_fast::lstm_layer_backward_recompute")
+def _lstm_layer_backward_recompute_fake(grad_output, grad_h_n, grad_c_n, x, lengths, h0, c0,
+                                        w_ih, w_hh, b_ih, b_hh, output, cell, reverse,
+                                        compute_grad_x, plan=None):
+    return _lstm_gradients_fake(x, w_ih, w_hh)
+
+
+def _lstm_gradients_fake(x, w_ih, w_hh):
+    """(grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias), both backwards."""
     batch, hidden = x.shape[1], w_hh.shape[1]
     return (
         x.new_empty(x.shape),
@@ -56,11 +69,15 @@ def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, x, lengths, c0, w
 
 
 def _lstm_setup_context(ctx, inputs, output):
-    x, lengths, h0, c0, w_ih, w_hh, b_ih, _b_hh, reverse, save_activations, plan = inputs
+    x, lengths, h0, c0, w_ih, w_hh, b_ih, _b_hh, reverse, save_activations, plan, *rest = inputs
     if not save_activations:
         return  # inference call: backward() below raises if reached
-    _out, _h_n, _c_n, gates, cell, h_prev = output
-    ctx.save_for_backward(x, lengths, h0, c0, w_ih, w_hh, b_ih, _b_hh, gates, cell, h_prev, plan)
+    out, _h_n, _c_n, gates, cell, h_prev = output
+    ctx.low_memory = bool(rest and rest[0])
+    # Low memory: the output (kept alive by the next layer anyway) stands in
+    # for the gates and h_prev, which the backward rebuilds.
+    kept = (out, cell, out) if ctx.low_memory else (gates, cell, h_prev)
+    ctx.save_for_backward(x, lengths, h0, c0, w_ih, w_hh, b_ih, _b_hh, *kept, plan)
     ctx.reverse = reverse
     ctx.has_bias = b_ih is not None
     ctx.has_h0 = h0 is not None
@@ -83,13 +100,19 @@ def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cell
     if grad_c_n is None:
         grad_c_n = x.new_zeros(batch, hidden)
     need = ctx.needs_input_grad
-    grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = ops.lstm_layer_backward(
-        grad_output, grad_h_n, grad_c_n, x, lengths, c0, w_ih, w_hh, gates, cell, h_prev,
-        ctx.reverse, need[0], plan)
+    if ctx.low_memory:  # `gates` holds the layer's output (see _lstm_setup_context)
+        grads = ops.lstm_layer_backward_recompute(
+            grad_output, grad_h_n, grad_c_n, x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, gates,
+            cell, ctx.reverse, need[0], plan)
+    else:
+        grads = ops.lstm_layer_backward(
+            grad_output, grad_h_n, grad_c_n, x, lengths, c0, w_ih, w_hh, gates, cell, h_prev,
+            ctx.reverse, need[0], plan)
+    grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = grads
     grad_b = grad_bias if ctx.has_bias else None
     return (grad_x if need[0] else None, None,
             grad_h0 if ctx.has_h0 else None, grad_c0 if c0 is not None else None,
-            grad_w_ih, grad_w_hh, grad_b, grad_b, None, None, None)
+            grad_w_ih, grad_w_hh, grad_b, grad_b, None, None, None, None)
 
 
 def _grads_through(ctx, outputs, grads, slots, num_inputs):
@@ -122,22 +145,24 @@ def _lstm_backward_differentiable(ctx, inputs, grads):
     outputs = reference_lstm_layer(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, ctx.reverse)
     # Argument positions of the operator that can carry a gradient.
     slots = {0: x, 2: h0, 3: c0, 4: w_ih, 5: w_hh, 6: b_ih, 7: b_hh}
-    return _grads_through(ctx, outputs, grads, slots, num_inputs=11)
+    return _grads_through(ctx, outputs, grads, slots, num_inputs=12)
 
 
 torch.library.register_autograd("seqcls_fast::lstm_layer_forward", _lstm_backward,
                                 setup_context=_lstm_setup_context)
 
 
-def lstm_layer(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, plan=None):
+def lstm_layer(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, plan=None,
+               low_memory=False):
     """One LSTM layer in one direction, time-major: x [T, B, I] ->
     (output [T, B, H], h_n [B, H], c_n [B, H]). Keeps what the backward needs
-    only when autograd will ask for it. ``plan``: the batch's length plan
-    tensor (then lengths is None)."""
+    only when autograd will ask for it: with ``low_memory`` only the cell
+    state, the backward rebuilding the gates. ``plan``: the batch's length
+    plan tensor (then lengths is None)."""
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
     out, h_n, c_n, _gates, _cell, _h_prev = ops.lstm_layer_forward(
-        x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, save, plan)
+        x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, save, plan, low_memory)
     return out, h_n, c_n
 
 

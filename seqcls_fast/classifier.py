@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from .lstm import LSTM
+from .lstm import LSTM, check_memory_mode
 from .plan import LengthPlan
 from .pooling import MaskedAttentionPooling
 
@@ -18,7 +18,8 @@ class LSTMClassifier(nn.Module):
     bidirectional): ``"attention"`` (masked attention, additive when
     ``attn_dim`` is set), ``"mean"`` over valid steps, or ``"last"`` (the final
     states h_n; both directions' when bidirectional). ``dropout`` applies
-    between LSTM layers and before the head.
+    between LSTM layers and before the head. ``memory``: sf.LSTM's training
+    memory mode (``"fast"`` or ``"low"``).
 
     ``lstm_class`` and ``pooling_class`` are the parts it is built from;
     ``seqcls_fast.reference.NativeLSTMClassifier`` swaps in native ones (and
@@ -30,17 +31,22 @@ class LSTMClassifier(nn.Module):
 
     def __init__(self, input_size, hidden_size, num_classes, num_layers=1, bidirectional=False,
                  dropout=0.0, vocab_size=None, padding_idx=0, pooling="attention",
-                 attn_dim=None, device=None, dtype=None):
+                 attn_dim=None, device=None, dtype=None, memory="fast"):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"LSTMClassifier: pooling must be one of {POOLINGS}, got {pooling!r}")
         factory = {"device": device, "dtype": dtype}
+        check_memory_mode(memory, "LSTMClassifier")
+        lstm_options = {"memory": memory} if issubclass(self.lstm_class, LSTM) else {}
+        if memory != "fast" and not lstm_options:
+            raise ValueError(f"LSTMClassifier: memory={memory!r} needs seqcls_fast.LSTM, not "
+                             f"{self.lstm_class.__name__}")
         self.pooling = pooling
         self.embedding = (nn.Embedding(vocab_size, input_size, padding_idx=padding_idx, **factory)
                           if vocab_size is not None else None)
         self.lstm = self.lstm_class(input_size, hidden_size, num_layers, batch_first=True,
                                     dropout=dropout if num_layers > 1 else 0.0,
-                                    bidirectional=bidirectional, **factory)
+                                    bidirectional=bidirectional, **factory, **lstm_options)
         features = hidden_size * (2 if bidirectional else 1)
         self.pool = (self.pooling_class(features, attn_dim, **factory)
                      if pooling == "attention" else None)

@@ -8,6 +8,15 @@ from .errors import DtypeMismatchError, ShapeError, StateTypeError
 from .plan import LengthPlan
 
 
+MEMORY_MODES = ("fast", "low")
+
+
+def check_memory_mode(memory, where):
+    if memory not in MEMORY_MODES:
+        raise ValueError(f"{where}: memory must be one of {MEMORY_MODES}, got {memory!r}")
+    return memory
+
+
 class LSTM(nn.RNNBase):
     """Same constructor, parameters, state_dict and repr as ``nn.LSTM``
     (gate order i, f, g, o), with one more forward argument, ``lengths``.
@@ -20,20 +29,31 @@ class LSTM(nn.RNNBase):
     as if packed: outputs past a length are 0, ``h_n``/``c_n`` are the states
     at each sequence's last valid step, and the reverse direction starts there.
 
+    ``memory`` (not in nn.LSTM): ``"fast"`` keeps each valid step's gates,
+    cell and h_prev for the backward; ``"low"`` keeps only the cell state and
+    rebuilds the gates in the backward from the layer's output with two GEMMs
+    per chunk of steps (same results; see the README's "Long sequences").
+
     A subclass of ``nn.RNNBase``, not of ``nn.LSTM``, so torch.compile traces
     through it (Dynamo refuses modules that are ``nn.LSTM`` instances).
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None,
+                 memory="fast"):
         if proj_size:
             raise NotImplementedError("seqcls_fast.LSTM: proj_size > 0 is not supported")
         super().__init__("LSTM", input_size, hidden_size, num_layers=num_layers, bias=bias,
                          batch_first=batch_first, dropout=float(dropout),
                          bidirectional=bidirectional, proj_size=0, device=device, dtype=dtype)
+        self.memory = check_memory_mode(memory, "seqcls_fast.LSTM")
+
+    def extra_repr(self):
+        text = super().extra_repr()
+        return text if self.memory == "fast" else f"{text}, memory={self.memory!r}"
 
     @classmethod
-    def from_native(cls, native):
+    def from_native(cls, native, memory="fast"):
         """An sf.LSTM with the weights, settings, device, dtype and train/eval
         mode of an ``nn.LSTM``; it computes the same numbers."""
         if not isinstance(native, nn.LSTM):
@@ -43,7 +63,7 @@ class LSTM(nn.RNNBase):
         weight = native.weight_ih_l0
         lstm = cls(native.input_size, native.hidden_size, native.num_layers, native.bias,
                    native.batch_first, native.dropout, native.bidirectional,
-                   device=weight.device, dtype=weight.dtype)
+                   device=weight.device, dtype=weight.dtype, memory=memory)
         lstm.load_state_dict(native.state_dict())
         return lstm.train(native.training)
 
@@ -132,6 +152,7 @@ class LSTM(nn.RNNBase):
         as it runs and the first result is its pooling state instead."""
         table = plan.table if plan is not None else None
         num_directions = 2 if self.bidirectional else 1
+        low_memory = self.memory == "low"
         h0, c0 = hx if hx is not None else (None, None)
         layer_input = x
         h_n, c_n = [], []
@@ -148,7 +169,8 @@ class LSTM(nn.RNNBase):
                 if pool is not None and layer == self.num_layers - 1:
                     h, c, out = lstm_layer_pooled(layer_input, *args, plan=table, **pool)
                 else:
-                    out, h, c = lstm_layer(layer_input, None, *args, bool(direction), table)
+                    out, h, c = lstm_layer(layer_input, None, *args, bool(direction), table,
+                                           low_memory)
                 outputs.append(out)
                 h_n.append(h)
                 c_n.append(c)

@@ -84,6 +84,24 @@ def lstm_layer_backward_samples(device, dtype=torch.float64):
     return samples
 
 
+def lstm_layer_backward_recompute_samples(device, dtype=torch.float64):
+    """args = (grad_output, grad_h_n, grad_c_n, x, lengths, h0, c0, w_ih, w_hh,
+    b_ih, b_hh, output, cell, reverse, compute_grad_x), from a low-memory
+    forward of each forward sample; `forward` holds the matching
+    lstm_layer_backward sample (the same upstream gradients, saved gates)."""
+    samples = []
+    for backward in lstm_layer_backward_samples(device, dtype):
+        x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse = backward.forward.args
+        grad_output, grad_h_n, grad_c_n = backward.args[:3]
+        compute_grad_x = backward.args[-1]
+        out, _h_n, _c_n, _gates, cell, _h_prev = ops.lstm_layer_forward(
+            *backward.forward.args, True, None, True)
+        args = (grad_output, grad_h_n, grad_c_n, x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, out,
+                cell, reverse, compute_grad_x)
+        samples.append(Sample(backward.name, args, backward))
+    return samples
+
+
 # POOLED_KINDS: (pooling, additive attention keys) for the pooled forward.
 POOLED_KINDS = (("attention", False), ("attention", True), ("mean", False), ("last", False))
 

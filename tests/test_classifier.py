@@ -80,9 +80,10 @@ def test_token_ids_with_embedding_and_additive_attention(device):
                                **tolerance(LSTM_TOL, device, torch.float64))
 
 
-def test_gradcheck_classifier(device):
-    model = sf.LSTMClassifier(3, 4, 2, bidirectional=True, attn_dim=3, device=device,
-                              dtype=torch.float64)
+@pytest.mark.parametrize("memory", ["fast", "low"])
+def test_gradcheck_classifier(device, memory):
+    model = sf.LSTMClassifier(3, 4, 2, num_layers=2, bidirectional=True, attn_dim=3,
+                              device=device, dtype=torch.float64, memory=memory)
     x = torch.randn(3, 5, 3, dtype=torch.float64, device=device, requires_grad=True)
     lengths = torch.tensor([5, 2, 4], device=device)
     params = list(model.parameters())

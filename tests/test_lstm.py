@@ -10,16 +10,17 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import seqcls_fast as sf
 from helpers import (LSTM_TOL, assert_close_named, dtype_id, forward_backward, make_native,
                      place_lengths, random_lengths, tolerance)
+from seqcls_fast.lstm import MEMORY_MODES
 from seqcls_fast.reference import packed_lstm
 
 
 def check_matches_packed(device, dtype, T, B, I, H, lengths, layers=1, bidirectional=False,
-                         batch_first=False, bias=True, with_hx=True):
+                         batch_first=False, bias=True, with_hx=True, memory="fast"):
     """sf.LSTM with `lengths` (None: none) against nn.LSTM on the packed batch
     (on the padded tensor without lengths): every output and gradient, in
-    dtype on device."""
+    dtype on device, in training memory mode `memory`."""
     native = make_native(I, H, layers, bidirectional, batch_first, bias, dtype, device=device)
-    ours = sf.LSTM.from_native(native)
+    ours = sf.LSTM.from_native(native, memory=memory)
     x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=dtype, device=device)
     hx = None
     if with_hx:
@@ -57,20 +58,66 @@ SHAPES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}_B{}_I{}_H{}_L{}_bidir{:d}".format(*s))
 @pytest.mark.parametrize("with_hx", [False, True])
-def test_matches_packed_native(device, lengths_on, dtype, shape, with_hx):
+@pytest.mark.parametrize("memory", MEMORY_MODES)
+def test_matches_packed_native(device, lengths_on, dtype, shape, with_hx, memory):
     T, B, I, H, layers, bidirectional = shape
     lengths = random_lengths(B, T)
     lengths[0] = T  # one full row, as in a real padded batch
     check_matches_packed(device, dtype, T, B, I, H, place_lengths(lengths, lengths_on), layers,
-                         bidirectional, with_hx=with_hx)
+                         bidirectional, with_hx=with_hx, memory=memory)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=dtype_id)
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("layers", [1, 2])
-def test_random_shapes(device, dtype, bidirectional, layers):
+@pytest.mark.parametrize("memory", MEMORY_MODES)
+def test_random_shapes(device, dtype, bidirectional, layers, memory):
     check_matches_packed(device, dtype, T=9, B=6, I=5, H=7, layers=layers,
-                         bidirectional=bidirectional, lengths=random_lengths(6, 9).to(device))
+                         bidirectional=bidirectional, lengths=random_lengths(6, 9).to(device),
+                         memory=memory)
+
+
+# Low memory against the default mode over many rebuild chunks (the CPU
+# rebuilds 1024 packed rows at a time): the same numbers, float64 to 1e-12,
+# float32 to 1e-6.
+LOW_MEMORY_TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12),
+                  torch.float32: dict(rtol=1e-6, atol=1e-6)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=dtype_id)
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_low_memory_equals_fast_over_many_chunks(device, dtype, bidirectional, with_lengths):
+    T, B, I, H = 700, 5, 3, 6  # 3500 packed rows without lengths
+    fast = sf.LSTM(I, H, num_layers=2, bidirectional=bidirectional, device=device, dtype=dtype)
+    low = sf.LSTM(I, H, num_layers=2, bidirectional=bidirectional, device=device, dtype=dtype,
+                  memory="low")
+    low.load_state_dict(fast.state_dict())
+    x = torch.randn(T, B, I, dtype=dtype, device=device)
+    lengths = torch.tensor([700, 3, 650, 1, 700]).to(device) if with_lengths else None
+    hx = tuple(torch.randn(2 * (2 if bidirectional else 1), B, H, dtype=dtype, device=device)
+               for _ in range(2))
+    want = forward_backward(fast, x, lengths, hx, packed=False)
+    got = forward_backward(low, x, lengths, hx, packed=False)
+    assert_close_named([got[n] for n in want], list(want.values()), LOW_MEMORY_TOL[dtype],
+                       list(want))
+
+
+def test_low_memory_keeps_only_the_cell():
+    """What autograd holds per layer: the cell state [N, H], not the gates."""
+    x = torch.randn(9, 4, 3, requires_grad=True)
+    saved = {}
+    for memory in MEMORY_MODES:
+        lstm = sf.LSTM(3, 5, memory=memory)
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t,
+                                                      lambda t: t):
+            lstm(x, lengths=torch.tensor([9, 2, 5, 1]))
+        saved[memory] = sum(sizes)
+    rows, hidden = 9 + 2 + 5 + 1, 5
+    # fast keeps gates [N, 4H], cell [N, H] and h_prev [N, H]; low the cell and
+    # the layer output (which the caller holds anyway) in their place.
+    assert saved["fast"] - saved["low"] == rows * 6 * hidden - rows * hidden - 2 * 9 * 4 * hidden
 
 
 @pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (1, 4, 3, 5), (6, 1, 3, 5), (5, 3, 2, 1),

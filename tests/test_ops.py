@@ -10,7 +10,8 @@ from torch import nn
 import seqcls_fast as sf
 from helpers import (LSTM_TOL, POOL_TOL, assert_close_named, dtype_id, random_lengths,
                      sample_named, tolerance)
-from samples import (lstm_layer_backward_samples, lstm_layer_forward_samples,
+from samples import (lstm_layer_backward_recompute_samples, lstm_layer_backward_samples,
+                     lstm_layer_forward_samples,
                      lstm_layer_pooled_forward_samples, masked_attention_pool_backward_samples,
                      masked_attention_pool_forward_samples)
 from seqcls_fast.reference import masked_attention_pool, packed_lstm
@@ -143,6 +144,21 @@ def test_lstm_layer_backward_matches_native_autograd(device, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_lstm_layer_backward_recompute_equals_the_saved_gates_backward(device, dtype):
+    """The low-memory backward (gates rebuilt from x, the output, h0 and the
+    biases) gives the saved-gates backward's gradients, which the test above
+    holds against nn.LSTM."""
+    for sample in lstm_layer_backward_recompute_samples(device, dtype):
+        with sample_named(sample.name):
+            got = ops.lstm_layer_backward_recompute(*sample.args)
+            saved = ops.lstm_layer_backward(*sample.forward.args)
+            assert_close_named(got, saved, dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64
+                               else dict(rtol=1e-6, atol=1e-6),
+                               ("grad_x", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh",
+                                "grad_bias"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_pool_forward_matches_reference(device, dtype):
     for sample in masked_attention_pool_forward_samples(device, dtype):
         with sample_named(sample.name):
@@ -177,8 +193,11 @@ def _detached(args):
 
 def _lstm_forward_opcheck_samples(device, dtype):
     # save_activations=False is the inference call: inputs that need no grad.
-    return ([s._replace(args=s.args + (True,))
-             for s in lstm_layer_forward_samples(device, dtype, requires_grad=True)]
+    # low_memory=True on every other training sample.
+    training = lstm_layer_forward_samples(device, dtype, requires_grad=True)
+    return ([s._replace(args=s.args + (True,)) for s in training]
+            + [s._replace(name=s.name + "-low_memory", args=s.args + (True, None, True))
+               for s in training[::2]]
             + [s._replace(name=s.name + "-inference", args=_detached(s.args) + (False,))
                for s in lstm_layer_forward_samples(device, dtype)])
 
@@ -188,6 +207,7 @@ _OPCHECK_SAMPLES = {
     "masked_attention_pool_forward": lambda device, dtype: masked_attention_pool_forward_samples(
         device, dtype, requires_grad=True),
     "lstm_layer_backward": lstm_layer_backward_samples,
+    "lstm_layer_backward_recompute": lstm_layer_backward_recompute_samples,
     "lstm_layer_pooled_forward": lstm_layer_pooled_forward_samples,
     "masked_attention_pool_backward": masked_attention_pool_backward_samples,
 }
@@ -199,6 +219,7 @@ def _opcheck_samples(operator, device, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("operator", ["lstm_layer_forward", "lstm_layer_backward",
+                                      "lstm_layer_backward_recompute",
                                       "lstm_layer_pooled_forward",
                                       "masked_attention_pool_forward",
                                       "masked_attention_pool_backward"])
@@ -223,10 +244,11 @@ def _only_tensors(fn, args):
     return of_tensors, [args[i] for i in positions]
 
 
-def test_gradcheck_lstm_layer(device):
+@pytest.mark.parametrize("low_memory", [False, True], ids=["fast", "low_memory"])
+def test_gradcheck_lstm_layer(device, low_memory):
     for sample in lstm_layer_forward_samples(device, torch.float64, requires_grad=True):
         with sample_named(sample.name):
-            fn, inputs = _only_tensors(sf.lstm_layer, sample.args)
+            fn, inputs = _only_tensors(sf.lstm_layer, sample.args + (None, low_memory))
             assert torch.autograd.gradcheck(fn, inputs)
 
 
@@ -238,8 +260,10 @@ def test_gradcheck_pool(device):
             assert torch.autograd.gradcheck(fn, inputs)
 
 
-def test_gradcheck_module_with_lengths_and_states(device):
-    lstm = sf.LSTM(3, 4, num_layers=2, bidirectional=True, device=device, dtype=torch.float64)
+@pytest.mark.parametrize("memory", ["fast", "low"])
+def test_gradcheck_module_with_lengths_and_states(device, memory):
+    lstm = sf.LSTM(3, 4, num_layers=2, bidirectional=True, device=device, dtype=torch.float64,
+                   memory=memory)
     x = torch.randn(5, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
     h0 = torch.randn(4, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
     c0 = torch.randn(4, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
@@ -261,9 +285,10 @@ def test_inference_call_refuses_backward(device):
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_compile_fullgraph_classifier_forward_backward(bidirectional):
+@pytest.mark.parametrize("memory", ["fast", "low"])
+def test_compile_fullgraph_classifier_forward_backward(bidirectional, memory):
     torch._dynamo.reset()
-    model = sf.LSTMClassifier(4, 8, 3, num_layers=2, bidirectional=bidirectional)
+    model = sf.LSTMClassifier(4, 8, 3, num_layers=2, bidirectional=bidirectional, memory=memory)
     compiled = torch.compile(model, fullgraph=True)
     x = torch.randn(6, 9, 4)
     lengths = random_lengths(6, 9)

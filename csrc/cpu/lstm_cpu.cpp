@@ -15,8 +15,9 @@
 namespace seqcls_fast::cpu {
 namespace {
 
-// Packed rows per input-projection chunk: large enough for an efficient
-// GEMM, small enough (2 MB of float gates at H = 128) to stay in cache.
+// Packed rows per input-projection chunk and per backward chunk: large
+// enough for an efficient GEMM, small enough (2 MB of float gates at H = 128)
+// to stay in cache.
 constexpr int64_t kProjectionChunkRows = 1024;
 
 // Rows [begin, end) of one online-pooling step (LstmPoolStep); the state
@@ -45,7 +46,7 @@ void pool_rows(const LstmPoolStep& p, int64_t begin, int64_t end) {
 }
 
 struct CpuLstmBackend final : LstmBackend {
-  CpuLstmBackend() : LstmBackend(kProjectionChunkRows) {}
+  CpuLstmBackend() : LstmBackend(kProjectionChunkRows, kProjectionChunkRows) {}
 
   void check_input(const at::Tensor& x, int64_t /*hidden*/) const override {
     SEQCLS_CHECK_VALUE(x.device().is_cpu(), "x must be on the CPU for the CPU kernel, got ",

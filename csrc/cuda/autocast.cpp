@@ -32,7 +32,7 @@ using c10::optional;
 using LstmForwardFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
     const Tensor&, const optional<Tensor>&, const optional<Tensor>&, const optional<Tensor>&,
     const Tensor&, const Tensor&, const optional<Tensor>&, const optional<Tensor>&, bool, bool,
-    const optional<Tensor>&);
+    const optional<Tensor>&, bool);
 using PoolForwardFn = std::tuple<Tensor, Tensor>(const Tensor&, const optional<Tensor>&,
                                                  const Tensor&, const optional<Tensor>&,
                                                  const optional<Tensor>&);
@@ -46,7 +46,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward_au
     const Tensor& x, const optional<Tensor>& lengths, const optional<Tensor>& h0,
     const optional<Tensor>& c0, const Tensor& w_ih, const Tensor& w_hh,
     const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, bool reverse,
-    bool save_activations, const optional<Tensor>& plan) {
+    bool save_activations, const optional<Tensor>& plan, bool low_memory) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("seqcls_fast::lstm_layer_forward", "")
                              .typed<LstmForwardFn>();
@@ -54,7 +54,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward_au
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
   return op.call(cast(dtype, x), lengths, cast(dtype, h0), cast(dtype, c0), cast(dtype, w_ih),
                  cast(dtype, w_hh), cast(dtype, b_ih), cast(dtype, b_hh), reverse,
-                 save_activations, plan);
+                 save_activations, plan, low_memory);
 }
 
 std::tuple<Tensor, Tensor> masked_attention_pool_forward_autocast(

@@ -29,8 +29,10 @@ unsigned int step_blocks(int64_t rows, int64_t hidden) {
 }
 
 struct CudaLstmBackend final : LstmBackend {
-  // One input-projection GEMM for every valid step: a GPU has no cache to fit.
-  CudaLstmBackend() : LstmBackend(std::numeric_limits<int64_t>::max()) {}
+  // One input-projection GEMM for every valid step: a GPU has no cache to
+  // fit. The backward runs 64K packed rows at a time (64 MB of float gate
+  // gradients at H = 256): GEMMs large enough to fill the GPU.
+  CudaLstmBackend() : LstmBackend(std::numeric_limits<int64_t>::max(), int64_t{1} << 16) {}
 
   void check_input(const at::Tensor& x, int64_t hidden) const override {
     SEQCLS_CHECK_VALUE(x.device().is_cuda(), "x must be on a CUDA device for the CUDA kernel, got ",

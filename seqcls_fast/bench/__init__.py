@@ -4,7 +4,9 @@ Every method is a full classifier, LSTM + masked attention pooling (dot-product
 scores with a learned query, softmax over the valid steps) + linear head, built
 from the same weights and run on the same inputs:
 
-- ``ours``: ``sf.LSTM`` with ``lengths`` + ``sf.MaskedAttentionPooling``;
+- ``ours``: ``sf.LSTMClassifier`` (``sf.LSTM`` with ``lengths`` + attention
+  pooling; in inference on the CPU the top layer pools as it runs);
+- ``ours-low``: the same with ``memory="low"`` (training only);
 - ``packed``: ``nn.LSTM`` on a ``PackedSequence`` (``pack_padded_sequence`` with
   ``enforce_sorted=False``, then ``pad_packed_sequence``:
   :func:`seqcls_fast.reference.packed_lstm`) + the pooling written in plain
@@ -29,26 +31,29 @@ environment, plot, progress), :mod:`.cli` (options and the run). Their names
 are re-exported here, so ``bench.X`` works for all of them; :data:`METHODS`
 is the one registry object, so adding to it here adds to the run.
 """
-from .cases import (CUDA_EXTRA_CASES, DEFAULT_SWEEP, DTYPES, LENGTH_DISTRIBUTIONS, MODES,
-                    NUM_CLASSES, Batch, Case, make_batch, make_lengths)
-from .cli import cases_from, main, parse_args, positive_int
+from .cases import (CUDA_EXTRA_CASES, DEFAULT_SWEEP, DTYPES, LENGTH_DISTRIBUTIONS, LONG_SWEEP,
+                    LONG_SWEEP_MAX_SECONDS, MODES, NUM_CLASSES, SWEEPS, Batch, Case, make_batch,
+                    make_lengths)
+from .cli import cases_from, main, parse_args, positive_int, too_slow
 from .measure import (AUTO_REPEATS, AUTO_SECONDS_PER_CASE, CUDA_WARMUP_ROUNDS,
                       ROTATED_BATCHES, TOLERANCES, auto_repeats, check_and_measure, compare,
                       quartiles, relative_error, run_case, run_step, set_mode, summarize,
                       time_call, time_interleaved)
 from .memory import cpu_peak_growth_supported, exact_rss_accounting, measure_peak_memory
 from .methods import (FLASHRNN_BACKEND, METHODS, REFERENCE_METHOD, Classifier, FlashRNN,
-                      Haste, MethodSpec, OnnxRuntime, Ours, Packed, Padded, Reference,
-                      Unavailable, build_methods, plain_pooling)
-from .report import Progress, cpu_name, environment, format_table, git_commit, write_plot
+                      Haste, MethodSpec, OnnxRuntime, Ours, OursLowMemory, Packed, Padded,
+                      Reference, Unavailable, build_methods, plain_pooling)
+from .report import (Progress, cpu_name, environment, format_table, git_commit,
+                     write_memory_plot, write_plot)
 
 __all__ = [
     # cases
     "NUM_CLASSES", "LENGTH_DISTRIBUTIONS", "MODES", "DTYPES", "Case", "DEFAULT_SWEEP",
-    "CUDA_EXTRA_CASES", "make_lengths", "Batch", "make_batch",
+    "LONG_SWEEP", "LONG_SWEEP_MAX_SECONDS", "SWEEPS", "CUDA_EXTRA_CASES", "make_lengths",
+    "Batch", "make_batch",
     # methods
     "FLASHRNN_BACKEND", "Reference", "Unavailable", "Classifier", "plain_pooling", "Ours",
-    "Packed", "Padded", "FlashRNN", "Haste", "OnnxRuntime", "MethodSpec", "METHODS",
+    "OursLowMemory", "Packed", "Padded", "FlashRNN", "Haste", "OnnxRuntime", "MethodSpec", "METHODS",
     "REFERENCE_METHOD", "build_methods",
     # memory
     "exact_rss_accounting", "cpu_peak_growth_supported", "measure_peak_memory",
@@ -58,7 +63,8 @@ __all__ = [
     "auto_repeats", "quartiles", "run_case", "check_and_measure", "time_interleaved",
     "summarize",
     # report
-    "format_table", "git_commit", "cpu_name", "environment", "write_plot", "Progress",
+    "format_table", "git_commit", "cpu_name", "environment", "write_plot",
+    "write_memory_plot", "Progress",
     # cli
-    "positive_int", "parse_args", "cases_from", "main",
+    "positive_int", "parse_args", "cases_from", "too_slow", "main",
 ]

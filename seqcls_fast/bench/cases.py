@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 NUM_CLASSES = 10
-LENGTH_DISTRIBUTIONS = ("uniform", "full", "long-tail")
+LENGTH_DISTRIBUTIONS = ("uniform", "upper-half", "full", "long-tail")
 MODES = ("inference", "train")
 DTYPES = {"float32": torch.float32, "float64": torch.float64,
           "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -37,6 +37,15 @@ DEFAULT_SWEEP = (
     Case(seq_len=256),
     Case(seq_len=64, bidirectional=True),
 )
+# Long sequences (`--sweep long`): training memory and time as T grows, few
+# rows, lengths uniform in [T/2, T]. Packed nn.LSTM is skipped at a T where
+# its step is predicted (linearly in T from the case before) to take more
+# than LONG_SWEEP_MAX_SECONDS.
+LONG_SWEEP = tuple(Case(batch=8, seq_len=steps, input_size=64, hidden_size=256,
+                        lengths="upper-half") for steps in (1024, 4096, 16384))
+LONG_SWEEP_MAX_SECONDS = 60.0
+SWEEPS = {"default": DEFAULT_SWEEP, "long": LONG_SWEEP}
+
 # FlashRNN takes no lengths, so it is compared on full-length batches only; on
 # CUDA (the only place it runs) the sweep adds one such case.
 CUDA_EXTRA_CASES = (Case(seq_len=128, lengths="full"),)
@@ -44,11 +53,13 @@ CUDA_EXTRA_CASES = (Case(seq_len=128, lengths="full"),)
 
 def make_lengths(case, generator):
     """[B] int64 lengths on the CPU, the longest exactly seq_len (as a padding
-    data loader gives). uniform: in [T/4, T]; full: all T; long-tail: T * u^3
-    for u uniform in (0, 1), i.e. mostly short with a few long ones."""
+    data loader gives). uniform: in [T/4, T]; upper-half: in [T/2, T]; full:
+    all T; long-tail: T * u^3 for u uniform in (0, 1), i.e. mostly short with
+    a few long ones."""
     steps = case.seq_len
-    if case.lengths == "uniform":
-        lengths = torch.randint(max(1, steps // 4), steps + 1, (case.batch,), generator=generator)
+    if case.lengths in ("uniform", "upper-half"):
+        shortest = max(1, steps // (4 if case.lengths == "uniform" else 2))
+        lengths = torch.randint(shortest, steps + 1, (case.batch,), generator=generator)
     elif case.lengths == "full":
         lengths = torch.full((case.batch,), steps)
     elif case.lengths == "long-tail":

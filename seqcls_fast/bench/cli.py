@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
-from .cases import CUDA_EXTRA_CASES, DEFAULT_SWEEP, DTYPES, LENGTH_DISTRIBUTIONS, MODES, Case
+from .cases import (CUDA_EXTRA_CASES, DTYPES, LENGTH_DISTRIBUTIONS, LONG_SWEEP_MAX_SECONDS, MODES,
+                    SWEEPS, Case)
 from .measure import AUTO_REPEATS, AUTO_SECONDS_PER_CASE, run_case
-from .report import Progress, environment, format_table, write_plot
+from .report import Progress, environment, format_table, write_memory_plot, write_plot
 
 
 def positive_int(text):
@@ -38,12 +39,20 @@ def parse_args(argv):
     shape.add_argument("--bidirectional", action="store_true", default=None,
                        help="bidirectional LSTM")
     shape.add_argument("--lengths", choices=LENGTH_DISTRIBUTIONS,
-                       help="sequence lengths: uniform in [T/4, T] (default), full (all T), "
-                            "long-tail (T*u^3: mostly short)")
+                       help="sequence lengths: uniform in [T/4, T] (default), upper-half "
+                            "(in [T/2, T]), full (all T), long-tail (T*u^3: mostly short)")
+    parser.add_argument("--sweep", choices=tuple(SWEEPS), default="default",
+                        help="the cases run without shape options: default (T = 64..256 at "
+                             "B=64, and a bidirectional case), or long (training memory and "
+                             "time at T = 1024, 4096, 16384, B=8, I=64, H=256, lengths in "
+                             "[T/2, T]; a method predicted to take over "
+                             f"{LONG_SWEEP_MAX_SECONDS:.0f} s per step is skipped; --plot "
+                             "draws memory and time against T)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
-    parser.add_argument("--mode", choices=(*MODES, "both"), default="both",
+    parser.add_argument("--mode", choices=(*MODES, "both"),
                         help="inference (forward under no_grad), train (forward + "
-                             "cross-entropy + backward), or both (default)")
+                             "cross-entropy + backward), or both (default; train for "
+                             "--sweep long)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument("--repeats", type=positive_int,
                         help=f"timed repeats per case (default: enough for about "
@@ -69,6 +78,8 @@ def parse_args(argv):
         except ImportError:
             parser.error("--plot needs matplotlib: pip install 'seqcls_fast[report]'")
     args.dtype = DTYPES[args.dtype]
+    if args.mode is None:
+        args.mode = "train" if args.sweep == "long" else "both"
     return args
 
 
@@ -78,10 +89,33 @@ def cases_from(args):
         ("hidden_size", args.hidden_size), ("layers", args.layers),
         ("bidirectional", args.bidirectional), ("lengths", args.lengths)) if value is not None}
     if not overrides and args.seq_len is None:
-        extra = CUDA_EXTRA_CASES if args.device.type == "cuda" else ()
-        return list(DEFAULT_SWEEP + extra)
+        extra = CUDA_EXTRA_CASES if args.device.type == "cuda" and args.sweep == "default" else ()
+        return list(SWEEPS[args.sweep] + extra)
     return [replace(Case(**overrides), seq_len=seq_len)
             for seq_len in (args.seq_len or [Case.seq_len])]
+
+
+def too_slow(results, case, mode):
+    """{method: why} for the methods whose step at ``case`` is predicted,
+    linearly in T from their median at the previous T of this mode, to take
+    more than LONG_SWEEP_MAX_SECONDS (or that were skipped for that already)."""
+    previous = [r for r in results if r["mode"] == mode]
+    if not previous:
+        return None
+    last = previous[-1]
+    skip = {}
+    for record in last["methods"]:
+        note = record.get("note") or ""
+        if record["status"] == "skipped" and note.startswith("predicted"):
+            skip[record["name"]] = note
+        elif "median_ms" in record:
+            predicted = record["median_ms"] / 1e3 * case.seq_len / last["case"]["seq_len"]
+            if predicted > LONG_SWEEP_MAX_SECONDS:
+                skip[record["name"]] = (
+                    f"predicted {predicted:.0f} s per step at T={case.seq_len} (linear in T from "
+                    f"{record['median_ms'] / 1e3:.1f} s at T={last['case']['seq_len']}), over "
+                    f"{LONG_SWEEP_MAX_SECONDS:.0f} s")
+    return skip
 
 
 def main(argv=None):
@@ -99,8 +133,9 @@ def main(argv=None):
         for case in cases:
             for mode in modes:
                 progress.start_case(f"T={case.seq_len} {mode}")
+                skip = too_slow(results, case, mode) if args.sweep == "long" else None
                 result = run_case(case, mode, args.dtype, args.device, args.repeats,
-                                  progress.rounds)
+                                  progress.rounds, skip)
                 results.append(result)
                 progress.end_case(format_table(result))
     finally:
@@ -122,6 +157,6 @@ def main(argv=None):
             json.dump(record, out, indent=1)
         print(f"wrote {args.json}")
     if args.plot:
-        write_plot(results, args.plot)
+        (write_memory_plot if args.sweep == "long" else write_plot)(results, args.plot)
         print(f"wrote {args.plot}")
     return 0

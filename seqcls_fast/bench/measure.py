@@ -90,13 +90,14 @@ def quartiles(values):
 
 
 # --------------------------------------------------------------- one case
-def run_case(case, mode, dtype, device, repeats=None, progress=None):
+def run_case(case, mode, dtype, device, repeats=None, progress=None, skip=None):
     """Check every method against ours, then time those that agree (and those
-    known to be wrong), interleaved. Returns the case's JSON-ready record."""
+    known to be wrong), interleaved; the methods in ``skip`` ({name: why})
+    are reported as skipped. Returns the case's JSON-ready record."""
     reference = Reference(case, dtype, device)
     batches = [make_batch(case, dtype, device, seed) for seed in range(ROTATED_BATCHES)]
     records, runnable = {}, {}
-    for name, model in build_methods(reference, case, mode).items():
+    for name, model in build_methods(reference, case, mode, skip).items():
         records[name] = {"name": name, "description": METHODS[name].description,
                          "status": None, "note": None, "errors": None, "times_ms": [],
                          "peak_memory_bytes": None}

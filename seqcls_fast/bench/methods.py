@@ -70,16 +70,29 @@ class Classifier(nn.Module):
 
 
 class Ours(Classifier):
+    """sf.LSTMClassifier with the reference weights (in inference its top
+    layer pools as it runs where that path is on: see LSTMClassifier)."""
+    memory = "fast"
+
     def __init__(self, reference, case):
         super().__init__()
-        self.lstm = sf.LSTM.from_native(copy.deepcopy(reference.lstm))
-        self.pool = _pooling_with_query(sf.MaskedAttentionPooling, reference.query)
-        self.head = copy.deepcopy(reference.head)
+        query = reference.query
+        self.model = sf.LSTMClassifier(
+            case.input_size, case.hidden_size, NUM_CLASSES, num_layers=case.layers,
+            bidirectional=case.bidirectional, memory=self.memory, device=query.device,
+            dtype=query.dtype)
+        self.model.lstm.load_state_dict(reference.lstm.state_dict())
+        self.model.head.load_state_dict(reference.head.state_dict())
+        with torch.no_grad():
+            self.model.pool.query.copy_(query)
+        self.lstm = self.model.lstm
 
     def forward(self, batch):
-        outputs, _ = self.lstm(batch.x, lengths=batch.lengths)
-        pooled, _ = self.pool(outputs, batch.lengths)
-        return self.head(pooled)
+        return self.model(batch.x, batch.lengths)
+
+
+class OursLowMemory(Ours):
+    memory = "low"
 
 
 class Packed(Classifier):
@@ -296,7 +309,9 @@ class MethodSpec:
 # Ours first: it is the reference of the agreement check and of every speedup.
 METHODS = {
     spec.name: spec for spec in (
-        MethodSpec("ours", "sf.LSTM(lengths=) + sf.MaskedAttentionPooling", Ours),
+        MethodSpec("ours", "sf.LSTMClassifier (sf.LSTM with lengths + attention pooling)", Ours),
+        MethodSpec("ours-low", "sf.LSTMClassifier(memory='low'): gates rebuilt in the backward",
+                   OursLowMemory, modes=("train",)),
         MethodSpec("packed", "nn.LSTM on pack_padded_sequence + PyTorch masked pooling", Packed),
         MethodSpec("padded", "nn.LSTM on the padded batch + PyTorch masked pooling", Padded),
         MethodSpec("flashrnn", "FlashRNN LSTM (no lengths) + PyTorch masked pooling", FlashRNN),
@@ -308,11 +323,15 @@ METHODS = {
 REFERENCE_METHOD = "ours"
 
 
-def build_methods(reference, case, mode=None):
+def build_methods(reference, case, mode=None, skip=None):
     """{name: Classifier or Unavailable} for every method in METHODS; with a
-    ``mode``, those that do not run in it are Unavailable."""
+    ``mode``, those that do not run in it are Unavailable, and so are those
+    in ``skip`` ({name: why})."""
     built = {}
     for name, spec in METHODS.items():
+        if skip and name in skip:
+            built[name] = Unavailable(skip[name])
+            continue
         unavailable = spec.unavailable_in(mode)
         if unavailable is not None:
             built[name] = unavailable

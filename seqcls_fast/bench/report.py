@@ -105,6 +105,43 @@ def write_plot(results, path):
     pyplot.close(figure)
 
 
+def write_memory_plot(results, path):
+    """Training-step peak memory and time of every method vs sequence length
+    (the long-sequence sweep): two panels, log-log."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    lines = {}
+    for result in results:
+        for record in result["methods"]:
+            if record.get("peak_memory_bytes") is not None and "median_ms" in record:
+                lines.setdefault(record["name"], []).append(
+                    (result["case"]["seq_len"], record["peak_memory_bytes"] / 2**20,
+                     record["median_ms"] / 1e3))
+    figure, (memory, time_axes) = pyplot.subplots(1, 2, figsize=(11, 4.5))
+    for name, points in sorted(lines.items()):
+        points.sort()
+        steps = [t for t, _, _ in points]
+        memory.plot(steps, [m for _, m, _ in points], marker="o", label=name)
+        time_axes.plot(steps, [s for _, _, s in points], marker="o", label=name)
+    seq_lens = sorted({result["case"]["seq_len"] for result in results})
+    for axes, label in ((memory, "peak memory of a training step (MiB)"),
+                        (time_axes, "training step time (s, median)")):
+        axes.set_xscale("log", base=2)
+        axes.set_yscale("log")
+        axes.set_xticks(seq_lens, [str(seq_len) for seq_len in seq_lens])
+        axes.minorticks_off()
+        axes.set_xlabel("sequence length T")
+        axes.set_ylabel(label)
+        axes.legend(fontsize=8)
+    figure.suptitle(results[0]["label"].split(" T=")[0] + ", " + results[0]["label"].split(
+        "layers=")[1] if results else "")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)
+
+
 class Progress:
     """A tqdm bar over the sweep's rounds when tqdm is installed; otherwise one
     line per case on stderr."""

@@ -40,6 +40,10 @@ def test_bench_runs_end_to_end_and_writes_a_valid_record(tmp_path, capsys):
         assert methods["packed"]["speedup_of_ours"] > 0
         if result["mode"] == "train":
             assert "grad weight_hh_l0_reverse" in methods["packed"]["errors"]
+            assert methods["ours-low"]["status"] == "ok", methods["ours-low"]
+            assert methods["ours-low"]["errors"]["grad weight_hh_l0_reverse"] < 1e-5
+        else:
+            assert methods["ours-low"]["status"] == "skipped"
         # Padded nn.LSTM ignores lengths: wrong when bidirectional, still timed.
         assert methods["padded"]["status"] == "wrong"
         assert "reverse direction" in methods["padded"]["note"]
@@ -118,10 +122,32 @@ def test_lengths_are_in_range_and_the_longest_is_seq_len(distribution):
     assert lengths.min() >= 1 and lengths.max() == 40
     if distribution == "uniform":
         assert lengths.min() >= 10
+    elif distribution == "upper-half":
+        assert lengths.min() >= 20 and lengths.double().median() < 35
     elif distribution == "full":
         assert (lengths == 40).all()
     else:  # long-tail: most sequences short
         assert lengths.double().median() < 10
+
+
+def test_long_sweep_skips_a_method_predicted_to_take_too_long():
+    from seqcls_fast.bench.cli import too_slow
+    limit_ms = bench.LONG_SWEEP_MAX_SECONDS * 1e3
+
+    def result(steps, *methods):
+        return {"mode": "train", "case": {"seq_len": steps}, "methods": list(methods)}
+
+    fast = {"name": "ours", "status": "ok", "median_ms": 1000.0, "note": None}
+    slow = {"name": "packed", "status": "ok", "median_ms": limit_ms / 3, "note": None}
+    results = [result(1024, fast, slow)]
+    assert too_slow(results, bench.Case(seq_len=2048), "train") == {}  # 2/3 of the limit
+    skip = too_slow(results, bench.Case(seq_len=4096), "train")        # 4/3 of it
+    assert list(skip) == ["packed"] and skip["packed"].startswith("predicted 80 s")
+    assert too_slow(results, bench.Case(seq_len=4096), "inference") is None
+    # Once skipped for that, it stays skipped at longer T.
+    results.append(result(4096, fast, {"name": "packed", "status": "skipped",
+                                       "note": skip["packed"]}))
+    assert list(too_slow(results, bench.Case(seq_len=16384), "train")) == ["packed"]
 
 
 def test_padding_is_zero_and_valid_steps_are_not():
