@@ -35,25 +35,17 @@ SEQCLS_HOST_DEVICE V sigmoid(V x) {
   return V(1) / (V(1) + CellMath<V>::exp(V(0) - x));
 }
 
-// The four gates' activations from their pre-activations (x W_ih^T +
-// h W_hh^T + b, gate order i, f, g, o): the forward's, and the low-memory
-// backward's when it rebuilds the gates.
+// One hidden unit of one step, forward. Inputs are the pre-activations of the
+// four gates (x W_ih^T + h W_hh^T + b, gate order i, f, g, o) and the previous
+// cell state; outputs are the activated gates (kept for the backward), the new
+// cell state and the new hidden state.
 template <typename V>
-SEQCLS_HOST_DEVICE void lstm_gate_activations(V pre_i, V pre_f, V pre_g, V pre_o, V& i, V& f,
-                                              V& g, V& o) {
+SEQCLS_HOST_DEVICE void lstm_cell_forward(V pre_i, V pre_f, V pre_g, V pre_o, V c_prev,
+                                          V& i, V& f, V& g, V& o, V& c, V& h) {
   i = sigmoid(pre_i);
   f = sigmoid(pre_f);
   g = CellMath<V>::tanh(pre_g);
   o = sigmoid(pre_o);
-}
-
-// One hidden unit of one step, forward. Inputs are the pre-activations of the
-// four gates and the previous cell state; outputs are the activated gates
-// (kept for the backward), the new cell state and the new hidden state.
-template <typename V>
-SEQCLS_HOST_DEVICE void lstm_cell_forward(V pre_i, V pre_f, V pre_g, V pre_o, V c_prev,
-                                          V& i, V& f, V& g, V& o, V& c, V& h) {
-  lstm_gate_activations(pre_i, pre_f, pre_g, pre_o, i, f, g, o);
   c = f * c_prev + i * g;
   h = o * CellMath<V>::tanh(c);
 }

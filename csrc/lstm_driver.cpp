@@ -31,6 +31,12 @@ std::vector<int64_t> chunk_steps(const LengthPlan& plan, int64_t rows) {
   return starts;
 }
 
+// Rows of the checkpointed cell states for chunk starts `starts` (from
+// chunk_steps; empty when N = 0): B per chunk.
+int64_t checkpoint_rows(const std::vector<int64_t>& starts, int64_t batch) {
+  return starts.empty() ? 0 : static_cast<int64_t>(starts.size() - 1) * batch;
+}
+
 int64_t largest_chunk(const LengthPlan& plan, const std::vector<int64_t>& starts) {
   int64_t most = 0;
   for (size_t c = 0; c + 1 < starts.size(); ++c) {
@@ -76,17 +82,26 @@ void check_saved(const Tensor& gates, const Tensor& cell, const Tensor& h_prev, 
                      x.device(), "), got ", cell.device());
 }
 
+// What a forward keeps for its backward.
+enum class Keep {
+  kNothing,      // inference
+  kEveryStep,    // gates, cell and h_prev of every packed row (lstm_layer_backward)
+  kCheckpoints,  // the sorted cell state [B, H] at the start of every backward chunk
+                 // (lstm_layer_backward_recompute rebuilds the rest)
+};
+
 // The forward recurrence both forward operators run, on sorted states
 // (h_state, c_state updated in place). `output` undefined: not written;
-// `gates` holds every packed row's gates when they are kept (else a chunk of
-// scratch is used); `pool` non-null: online pooling after each step.
+// `gates` holds every packed row's gates with Keep::kEveryStep (else a chunk
+// of scratch is used); `cell` [N, H] or, with kCheckpoints, [C * B, H] for the
+// C chunks of `checkpoint_steps`; `pool` non-null: online pooling after each step.
 struct ForwardPass {
   const Tensor& x;
   const LengthPlan& plan;
   const DevicePlan& dev;
   bool has_h0, reverse;
-  bool keep_gates;  // gates and h_prev of every packed row (the fast backward)
-  bool keep_cell;   // the cell state of every packed row (either backward)
+  Keep keep;
+  std::vector<int64_t> checkpoint_steps;  // kCheckpoints: the backward's chunk starts
   Tensor output, gates, cell, h_prev;
 };
 
@@ -102,7 +117,8 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
   const LengthPlan& plan = f.plan;
   const int64_t B = h_state.size(0), H = h_state.size(1), N = plan.packed_rows;
   const at::ScalarType dtype = f.x.scalar_type();
-  if (f.keep_gates) f.h_prev.narrow(0, 0, B).copy_(h_state);
+  const bool every_step = f.keep == Keep::kEveryStep;
+  if (every_step) f.h_prev.narrow(0, 0, B).copy_(h_state);
 
   // The input projection x W_ih^T + (b_ih + b_hh) of a chunk of steps is one
   // GEMM, done just before the chunk's recurrence. Without saved activations
@@ -111,7 +127,7 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
   const Tensor w_ih_t = w_ih.t(), w_hh_t = w_hh.t();
   const optional<Tensor> bias = b_ih.has_value() ? optional<Tensor>(*b_ih + *b_hh) : c10::nullopt;
   const std::vector<int64_t> chunk_starts = chunk_steps(plan, backend.projection_chunk_rows);
-  Tensor scratch = f.keep_gates
+  Tensor scratch = every_step
                        ? Tensor()
                        : at::empty({largest_chunk(plan, chunk_starts), 4 * H}, f.x.options());
   // Attention keys tanh(h W^T + b) of a step's rows, when the keys are not h.
@@ -136,12 +152,13 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
     q.denom = pool->denom.data_ptr();
     q.sum = pool->sum.data_ptr();
   }
+  size_t checkpoint = 0;
   for (size_t c = 0; c + 1 < chunk_starts.size(); ++c) {
     const int64_t first = chunk_starts[c], last = chunk_starts[c + 1];
     const int64_t chunk_begin = plan.offset[first];
     const int64_t chunk_rows = plan.offset[last] - chunk_begin;
-    Tensor chunk_gates = f.keep_gates ? f.gates.narrow(0, chunk_begin, chunk_rows)
-                                      : scratch.narrow(0, 0, chunk_rows);
+    Tensor chunk_gates = every_step ? f.gates.narrow(0, chunk_begin, chunk_rows)
+                                    : scratch.narrow(0, 0, chunk_rows);
     const Tensor chunk_x = x_packed.narrow(0, chunk_begin, chunk_rows);
     if (bias.has_value()) {
       at::addmm_out(chunk_gates, *bias, chunk_x, w_ih_t);
@@ -152,14 +169,17 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
     // accumulating h_{s-1} W_hh^T into the step's rows, then the fused cell.
     for (int64_t s = first; s < last; ++s) {
       const int64_t rows = plan.active[s], begin = plan.offset[s];
+      if (checkpoint + 1 < f.checkpoint_steps.size() && s == f.checkpoint_steps[checkpoint]) {
+        f.cell.narrow(0, static_cast<int64_t>(checkpoint++) * B, B).copy_(c_state);  // c_{s-1}, every row
+      }
       Tensor gates_step = chunk_gates.narrow(0, begin - chunk_begin, rows);
       if (s > 0 || f.has_h0) gates_step.addmm_(h_state.narrow(0, 0, rows), w_hh_t);
       p.step = s;
       p.rows = rows;
       p.rows_next = s + 1 < plan.steps ? plan.active[s + 1] : 0;
       p.gates = gates_step.data_ptr();
-      p.cell = f.keep_cell ? row_ptr(f.cell, begin) : nullptr;
-      p.h_prev_next = f.keep_gates && p.rows_next > 0
+      p.cell = every_step ? row_ptr(f.cell, begin) : nullptr;
+      p.h_prev_next = every_step && p.rows_next > 0
                           ? row_ptr(f.h_prev, plan.offset[s + 1])
                           : nullptr;
       backend.forward_step(p, dtype);
@@ -255,15 +275,22 @@ LstmForwardResult lstm_layer_forward(const LstmBackend& backend, const Tensor& x
   const DevicePlan dev = make_device_plan(plan, reverse, x.device());
   const int64_t N = plan.packed_rows;  // 0 exactly when B == 0: lengths are >= 1
 
-  const bool keep_gates = save_activations && !low_memory;
-  const int64_t gate_rows = keep_gates ? N : 0, cell_rows = save_activations ? N : 0;
+  const Keep keep = !save_activations ? Keep::kNothing
+                    : low_memory        ? Keep::kCheckpoints
+                                        : Keep::kEveryStep;
+  std::vector<int64_t> checkpoints;
+  if (keep == Keep::kCheckpoints && N > 0) checkpoints = chunk_steps(plan, backend.backward_chunk_rows);
+  const int64_t gate_rows = keep == Keep::kEveryStep ? N : 0;
+  const int64_t cell_rows = keep == Keep::kEveryStep    ? N
+                            : keep == Keep::kCheckpoints ? checkpoint_rows(checkpoints, B)
+                                                         : 0;
   ForwardPass f{x,
                 plan,
                 dev,
                 h0.has_value(),
                 reverse,
-                keep_gates,
-                save_activations,
+                keep,
+                std::move(checkpoints),
                 at::empty({T, B, H}, opts),
                 at::empty({gate_rows, 4 * H}, opts),
                 at::empty({cell_rows, H}, state_opts),
@@ -296,7 +323,7 @@ LstmPooledForwardResult lstm_layer_pooled_forward(
   const LengthPlan plan = make_length_plan(plan_table_for(lengths, plan_table, T, B), T, B, false);
   const DevicePlan dev = make_device_plan(plan, false, x.device());
 
-  ForwardPass f{x,        plan,     dev,      h0.has_value(), false, false, false,
+  ForwardPass f{x,        plan,     dev,      h0.has_value(), false, Keep::kNothing, {},
                 Tensor(), Tensor(), Tensor(), Tensor()};
   Tensor h_state = h0.has_value() ? to_sorted(*h0, dev, dtype) : at::zeros({B, H}, opts);
   Tensor c_state = c0.has_value() ? to_sorted(*c0, dev, state_dtype) : at::zeros({B, H}, state_opts);
@@ -331,15 +358,19 @@ void check_upstream(const Tensor& grad_output, const Tensor& grad_h_n, const Ten
   check_same_kind(grad_c_n, "grad_c_n", x, "x");
 }
 
-// Where the backward gets each chunk's activated gates and h_prev: the
-// forward's saved ones (gates [N, 4H], h_prev [N, H]), or, when `output` is
-// defined (low memory), rebuilt chunk by chunk from x, the layer's output
-// [T, B, H] and h0: h_prev of step s is the output at step s - 1 (h0 at
-// s = 0), and the gates' pre-activations are two GEMMs with no recurrence.
+// Where the backward gets each chunk's activated gates, cell states and
+// h_prev: the forward's saved ones (gates [N, 4H], cell [N, H], h_prev
+// [N, H]), or, when `output` is defined (low memory), rebuilt chunk by chunk
+// from x, the layer's output [T, B, H], h0 and the chunk's checkpointed cell
+// state: h_prev of step s is the output at step s - 1 (h0 at s = 0), the
+// gates' pre-activations are two GEMMs with no recurrence, and replaying the
+// forward's pointwise step over the chunk gives the activated gates and the
+// cell states (c_s = f c_{s-1} + i g needs no GEMM).
 struct GateSource {
-  Tensor gates, h_prev;    // saved (fast)
-  Tensor output, h0;       // low memory; h0 sorted [B, H], undefined: zeros
-  optional<Tensor> bias;   // low memory: b_ih + b_hh
+  Tensor gates, cell, h_prev;  // saved (fast)
+  Tensor output, h0;           // low memory; h0 sorted [B, H], undefined: zeros
+  Tensor checkpoints;          // low memory: [C * B, H] sorted c at each chunk start
+  optional<Tensor> bias;       // low memory: b_ih + b_hh
   bool rebuilds() const { return output.defined(); }
 };
 
@@ -370,8 +401,8 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
                                 const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& x,
                                 const LengthPlan& plan, const DevicePlan& dev,
                                 const optional<Tensor>& c0, const Tensor& w_ih,
-                                const Tensor& w_hh, const Tensor& cell, const GateSource& src,
-                                bool reverse, bool compute_grad_x) {
+                                const Tensor& w_hh, const GateSource& src, bool reverse,
+                                bool compute_grad_x) {
   const int64_t B = x.size(1), I = x.size(2), H = w_hh.size(1), N = plan.packed_rows;
   const at::ScalarType dtype = x.scalar_type(), state_dtype = at::toOpMathType(dtype);
   const auto opts = x.options();
@@ -381,25 +412,38 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
     return {at::zeros(x.sizes(), opts), grad_h_state,        grad_c_state.to(dtype),
             at::zeros({4 * H, I}, opts), at::zeros({4 * H, H}, opts), at::zeros({4 * H}, opts)};
   }
-  const Tensor cell_c = cell.contiguous();
   // Read through its T and B strides (an expanded or sliced gradient needs no
   // copy) as long as H is unit-stride.
   const Tensor grad_out = grad_output.stride(2) == 1 || H == 1 ? grad_output
                                                                : grad_output.contiguous();
-  const Tensor c0_sorted = c0.has_value() ? to_sorted(*c0, dev, state_dtype)
-                                          : at::zeros({B, H}, opts.dtype(state_dtype));
+  const bool rebuild = src.rebuilds();
+  const Tensor c0_sorted = rebuild       ? Tensor()  // the first checkpoint
+                           : c0.has_value() ? to_sorted(*c0, dev, state_dtype)
+                                            : at::zeros({B, H}, opts.dtype(state_dtype));
   // Chunks of steps, last first: only a chunk of gate gradients (and of
   // rebuilt gates) exists at a time.
   const std::vector<int64_t> chunk_starts = chunk_steps(plan, backend.backward_chunk_rows);
   const int64_t most = largest_chunk(plan, chunk_starts);
   Tensor grad_gates = at::empty({most, 4 * H}, opts);  // every row written below
-  Tensor gates_scratch = src.rebuilds() ? at::empty({most, 4 * H}, opts) : Tensor();
-  const Tensor saved_gates = src.rebuilds() ? Tensor() : src.gates.contiguous();
+  const Tensor saved_gates = rebuild ? Tensor() : src.gates.contiguous();
+  const Tensor saved_cell = rebuild ? Tensor() : src.cell.contiguous();
   const Tensor w_ih_t = w_ih.t(), w_hh_t = w_hh.t();
+  // Low memory: a chunk of rebuilt gates and cells, and the replayed forward's
+  // states (its h is not needed: the output holds it).
+  Tensor gates_scratch, cell_scratch, c_replay, h_replay;
+  LstmForwardStep replay{};
+  if (rebuild) {
+    gates_scratch = at::empty({most, 4 * H}, opts);
+    cell_scratch = at::empty({most, H}, opts.dtype(state_dtype));
+    c_replay = at::empty({B, H}, opts.dtype(state_dtype));
+    h_replay = at::empty({B, H}, opts);
+    static_cast<LstmStepRows&>(replay) = step_rows(dev, B, H, reverse);
+    replay.h_state = h_replay.data_ptr();
+    replay.c_state = c_replay.data_ptr();
+  }
 
   LstmBackwardStep p{};
   static_cast<LstmStepRows&>(p) = step_rows(dev, B, H, reverse);
-  p.gates_preactivated = src.rebuilds();
   p.grad_output = grad_out.const_data_ptr();
   p.grad_output_stride_t = grad_out.stride(0);
   p.grad_output_stride_b = grad_out.stride(1);
@@ -409,8 +453,10 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
   for (size_t c = chunk_starts.size() - 1; c-- > 0;) {
     const int64_t first = chunk_starts[c], last = chunk_starts[c + 1];
     const int64_t begin = plan.offset[first], rows = plan.offset[last] - begin;
-    Tensor gates, h_prev;
-    if (src.rebuilds()) {
+    Tensor gates, cell, h_prev;
+    int64_t cell_begin = 0;  // packed row of cell's first row
+    const void* cell_before = nullptr;  // c_{first-1}: sorted [B, H]
+    if (rebuild) {
       h_prev = rebuild_h_prev(src, dev, begin, rows, B, reverse);
       gates = gates_scratch.narrow(0, 0, rows);
       const Tensor x_rows = pack_rows(x, begin, rows, dev);
@@ -420,9 +466,23 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
         at::mm_out(gates, x_rows, w_ih_t);
       }
       gates.addmm_(h_prev, w_hh_t);
+      cell = cell_scratch;
+      cell_begin = begin;
+      const Tensor checkpoint = src.checkpoints.narrow(0, static_cast<int64_t>(c) * B, B);
+      cell_before = checkpoint.const_data_ptr();
+      c_replay.copy_(checkpoint);
+      for (int64_t s = first; s < last; ++s) {  // pre-activations -> gates, and c_s
+        replay.step = s;
+        replay.rows = plan.active[s];
+        replay.gates = row_ptr(gates, plan.offset[s] - begin);
+        replay.cell = row_ptr(cell, plan.offset[s] - begin);
+        backend.forward_step(replay, dtype);
+      }
     } else {
       gates = saved_gates.narrow(0, begin, rows);
+      cell = saved_cell;
       h_prev = src.h_prev.narrow(0, begin, rows);
+      cell_before = first == 0 ? c0_sorted.const_data_ptr() : nullptr;
     }
     Tensor chunk_grad_gates = grad_gates.narrow(0, 0, rows);
     // The recurrence backward, steps in reverse, on the active prefix.
@@ -432,8 +492,9 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
       p.step = s;
       p.rows = active;
       p.gates = row_ptr(gates, row - begin);
-      p.cell = row_ptr(cell_c, row);
-      p.cell_prev = s == 0 ? c0_sorted.const_data_ptr() : row_ptr(cell_c, plan.offset[s - 1]);
+      p.cell = row_ptr(cell, row - cell_begin);
+      p.cell_prev = s == first && cell_before != nullptr ? cell_before
+                                                         : row_ptr(cell, plan.offset[s - 1] - cell_begin);
       p.grad_gates = grad_gates_step.data_ptr();
       backend.backward_step(p, dtype);
       // dL/dh_{s-1} = dG_s W_hh for the rows active at s; the others keep the
@@ -468,9 +529,9 @@ LstmBackwardResult lstm_layer_backward(const LstmBackend& backend, const Tensor&
   const LengthPlan plan = make_length_plan(plan_table_for(lengths, plan_table, T, B), T, B, reverse);
   const DevicePlan dev = make_device_plan(plan, reverse, x.device());
   check_shape(gates, {plan.packed_rows, 4 * H}, "gates");
-  GateSource src{gates, h_prev, Tensor(), Tensor(), c10::nullopt};
+  GateSource src{gates, cell, h_prev, Tensor(), Tensor(), Tensor(), c10::nullopt};
   return run_backward(backend, grad_output, grad_h_n, grad_c_n, x, plan, dev, c0, w_ih, w_hh,
-                      cell, src, reverse, compute_grad_x);
+                      src, reverse, compute_grad_x);
 }
 
 LstmBackwardResult lstm_layer_backward_recompute(
@@ -487,7 +548,8 @@ LstmBackwardResult lstm_layer_backward_recompute(
   check_shape(output, {T, B, H}, "output");
   check_same_kind(output, "output", x, "x");
   const at::ScalarType state_dtype = at::toOpMathType(x.scalar_type());
-  SEQCLS_CHECK_VALUE(cell.dim() == 2 && cell.size(1) == H, "cell must have shape [N, H], got ",
+  SEQCLS_CHECK_VALUE(cell.dim() == 2 && cell.size(1) == H,
+                     "cell must have shape [C * B, H] (the low-memory forward's checkpoints), got ",
                      cell.sizes());
   SEQCLS_CHECK_TYPE(cell.scalar_type() == state_dtype, "cell must have dtype ", state_dtype,
                     " (the forward's cell state for x of dtype ", x.scalar_type(), "), got ",
@@ -497,12 +559,18 @@ LstmBackwardResult lstm_layer_backward_recompute(
   const at::OptionalDeviceGuard device_guard(at::device_of(x));
   const LengthPlan plan = make_length_plan(plan_table_for(lengths, plan_table, T, B), T, B, reverse);
   const DevicePlan dev = make_device_plan(plan, reverse, x.device());
-  check_shape(cell, {plan.packed_rows, H}, "cell");
-  GateSource src{Tensor(), Tensor(), output.contiguous(),
+  const std::vector<int64_t> chunks =
+      plan.packed_rows > 0 ? chunk_steps(plan, backend.backward_chunk_rows) : std::vector<int64_t>{};
+  check_shape(cell, {checkpoint_rows(chunks, B), H}, "cell");
+  GateSource src{Tensor(),
+                 Tensor(),
+                 Tensor(),
+                 output.contiguous(),
                  h0.has_value() ? to_sorted(*h0, dev, x.scalar_type()) : Tensor(),
+                 cell.contiguous(),
                  b_ih.has_value() ? optional<Tensor>(*b_ih + *b_hh) : c10::nullopt};
   return run_backward(backend, grad_output, grad_h_n, grad_c_n, x, plan, dev, c0, w_ih, w_hh,
-                      cell, src, reverse, compute_grad_x);
+                      src, reverse, compute_grad_x);
 }
 
 }  // namespace seqcls_fast

@@ -41,10 +41,10 @@ struct LstmForwardStep : LstmStepRows {
 };
 
 struct LstmBackwardStep : LstmStepRows {
-  const void* gates;              // [rows, 4H] packed; activated gates from the forward, or
-  bool gates_preactivated;        //   (true) their rebuilt pre-activations (low memory)
-  const void* cell;               // [rows, H] packed, state dtype; c_s from the forward
-  const void* cell_prev;          // [rows, H] packed c_{s-1}, state dtype; sorted c0 at s = 0
+  const void* gates;              // [rows, 4H] packed; activated gates (forward's or rebuilt)
+  const void* cell;               // [rows, H] packed, state dtype; c_s (forward's or rebuilt)
+  const void* cell_prev;          // [rows, H] c_{s-1}, state dtype: packed, or sorted [B, H]
+                                  //   (c0 at s = 0; the checkpoint at a rebuilt chunk's start)
   const void* grad_output;        // [T, B, H] caller order; dL/d output; unit stride along H
   int64_t grad_output_stride_t;   //   its stride along T in elements (0 when expanded)
   int64_t grad_output_stride_b;   //   its stride along B in elements (0 when expanded)

@@ -33,8 +33,10 @@ TORCH_LIBRARY(seqcls_fast, m) {
   // gates (i, f, g, o), cell c_t (float32 for half/bfloat16 x), and h_prev the
   // hidden state each step started from (h0 at the first step). With
   // save_activations=false (inference) all three are empty (0 rows).
-  // With low_memory=true (and save_activations) only cell is kept, gates and
-  // h_prev are empty: the backward is lstm_layer_backward_recompute.
+  // With low_memory=true (and save_activations) gates and h_prev are empty
+  // and cell [C*B, H] holds the sorted cell state [B, H] at the start of each
+  // of the backward's C chunks of steps (about 1024 packed rows each on the
+  // CPU, 64K on CUDA): the backward is lstm_layer_backward_recompute.
   m.def(
       "lstm_layer_forward(Tensor x, Tensor? lengths, Tensor? h0, Tensor? c0, "
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse, "
@@ -69,7 +71,9 @@ TORCH_LIBRARY(seqcls_fast, m) {
   // lstm_layer_backward's results for a forward run with low_memory=true:
   // the gates are rebuilt from x, the forward's output [T,B,H], h0 and the
   // biases (h_prev of step s is the output at step s-1), a chunk of steps at a
-  // time, with two GEMMs per chunk and no recurrence; cell [N,H] as saved.
+  // time, with two GEMMs per chunk and no recurrence; the cell states by
+  // replaying the pointwise forward step from the chunk's checkpoint in cell
+  // [C*B, H] (as that forward returned it).
   m.def(
       "lstm_layer_backward_recompute(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, "
       "Tensor x, Tensor? lengths, Tensor? h0, Tensor? c0, Tensor w_ih, Tensor w_hh, "

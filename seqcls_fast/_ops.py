@@ -26,18 +26,19 @@ def _lstm_layer_forward_fake(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse
     steps, batch, _ = x.shape
     hidden = w_hh.shape[1]
     if not save_activations:
-        kept = 0
+        gate_rows = cell_rows = 0
+    elif low_memory:  # no gates; cell checkpoints, B per backward chunk (data-dependent)
+        gate_rows, cell_rows = 0, torch.library.get_ctx().new_dynamic_size()
     elif lengths is None and plan is None:
-        kept = steps * batch
+        gate_rows = cell_rows = steps * batch
     else:  # N = sum(lengths): known only from the data
-        kept = torch.library.get_ctx().new_dynamic_size()
-    gate_rows = 0 if low_memory else kept  # low memory keeps the cell only
+        gate_rows = cell_rows = torch.library.get_ctx().new_dynamic_size()
     return (
         x.new_empty(steps, batch, hidden),
         x.new_empty(batch, hidden),
         x.new_empty(batch, hidden),
         x.new_empty(gate_rows, 4 * hidden),
-        x.new_empty(kept, hidden, dtype=_state_dtype(x.dtype)),
+        x.new_empty(cell_rows, hidden, dtype=_state_dtype(x.dtype)),
         x.new_empty(gate_rows, hidden),
     )
 
@@ -75,7 +76,8 @@ def _lstm_setup_context(ctx, inputs, output):
     out, _h_n, _c_n, gates, cell, h_prev = output
     ctx.low_memory = bool(rest and rest[0])
     # Low memory: the output (kept alive by the next layer anyway) stands in
-    # for the gates and h_prev, which the backward rebuilds.
+    # for the gates and h_prev, which the backward rebuilds; `cell` holds only
+    # the cell state at the start of each backward chunk.
     kept = (out, cell, out) if ctx.low_memory else (gates, cell, h_prev)
     ctx.save_for_backward(x, lengths, h0, c0, w_ih, w_hh, b_ih, _b_hh, *kept, plan)
     ctx.reverse = reverse

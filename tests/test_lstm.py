@@ -103,21 +103,38 @@ def test_low_memory_equals_fast_over_many_chunks(device, dtype, bidirectional, w
                        list(want))
 
 
-def test_low_memory_keeps_only_the_cell():
-    """What autograd holds per layer: the cell state [N, H], not the gates."""
-    x = torch.randn(9, 4, 3, requires_grad=True)
-    saved = {}
-    for memory in MEMORY_MODES:
-        lstm = sf.LSTM(3, 5, memory=memory)
-        sizes = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t,
-                                                      lambda t: t):
-            lstm(x, lengths=torch.tensor([9, 2, 5, 1]))
-        saved[memory] = sum(sizes)
-    rows, hidden = 9 + 2 + 5 + 1, 5
-    # fast keeps gates [N, 4H], cell [N, H] and h_prev [N, H]; low the cell and
-    # the layer output (which the caller holds anyway) in their place.
-    assert saved["fast"] - saved["low"] == rows * 6 * hidden - rows * hidden - 2 * 9 * 4 * hidden
+def _saved_numel(lstm, x, lengths):
+    """Elements autograd saves for a forward of `lstm` (a tensor saved twice
+    counts twice)."""
+    sizes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t,
+                                                  lambda t: t):
+        lstm(x, lengths=lengths)
+    return sum(sizes)
+
+
+def test_low_memory_keeps_cell_checkpoints_only():
+    """What autograd holds per layer: fast keeps gates [N, 4H], cell [N, H]
+    and h_prev [N, H]; low memory the layer output (which the caller holds
+    anyway) in their place, twice, and the sorted cell state [B, H] at the
+    start of each backward chunk (one chunk here)."""
+    T, B, H = 9, 4, 5
+    x = torch.randn(T, B, 3, requires_grad=True)
+    lengths = torch.tensor([9, 2, 5, 1])
+    saved = {memory: _saved_numel(sf.LSTM(3, H, memory=memory), x, lengths)
+             for memory in MEMORY_MODES}
+    rows = int(lengths.sum())
+    assert saved["fast"] - saved["low"] == rows * 6 * H - (2 * T * B * H + B * H)
+
+
+def test_low_memory_checkpoints_are_a_small_fraction_of_the_cells():
+    T, B, H = 3000, 2, 8  # 6000 packed rows: several 1024-row chunks on the CPU
+    x = torch.randn(T, B, 3, requires_grad=True)
+    lengths = torch.tensor([3000, 2500])
+    low = _saved_numel(sf.LSTM(3, H, memory="low"), x, lengths)
+    output, inputs = T * B * H, x.numel() + 4 * H * (3 + H + 2) + B
+    checkpoints = low - 2 * output - inputs
+    assert 0 < checkpoints <= 8 * B * H  # a handful of [B, H] states, not 5500 rows of H
 
 
 @pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (1, 4, 3, 5), (6, 1, 3, 5), (5, 3, 2, 1),

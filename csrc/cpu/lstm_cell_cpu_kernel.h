@@ -96,11 +96,9 @@ SEQCLS_CPU_KERNEL void backward_rows(const LstmBackwardStep& p, int64_t begin, i
     T* dg = grad_gates + j * G;
     for (int64_t k = 0; k < H; k += VecOps<T>::size) {
       const int64_t n = std::min<int64_t>(VecOps<T>::size, H - k);
-      Vec<T> i = load(g + k, n), f = load(g + H + k, n), gg = load(g + 2 * H + k, n),
-             o = load(g + 3 * H + k, n);
-      if (p.gates_preactivated) lstm_gate_activations(i, f, gg, o, i, f, gg, o);
       Vec<T> di, df, dgg, dout, dc_prev;
-      lstm_cell_backward(i, f, gg, o, load(c_row + k, n), load(c_prev_row + k, n),
+      lstm_cell_backward(load(g + k, n), load(g + H + k, n), load(g + 2 * H + k, n),
+                         load(g + 3 * H + k, n), load(c_row + k, n), load(c_prev_row + k, n),
                          load(dh_row + k, n) + load(dout_row + k, n), load(dc_row + k, n), di, df,
                          dgg, dout, dc_prev);
       store(di, dg + k, n);

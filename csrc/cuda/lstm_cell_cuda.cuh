@@ -81,12 +81,11 @@ __global__ void __launch_bounds__(kStepThreads)
   const acc_t dh = static_cast<acc_t>(static_cast<const scalar_t*>(p.grad_h_state)[idx]) +
                    static_cast<acc_t>(grad_output[t * p.grad_output_stride_t +
                                                   r * p.grad_output_stride_b + k]);
-  acc_t i = static_cast<acc_t>(g[0]), f = static_cast<acc_t>(g[H]),
-        gg = static_cast<acc_t>(g[2 * H]), o = static_cast<acc_t>(g[3 * H]);
-  if (p.gates_preactivated) lstm_gate_activations<acc_t>(i, f, gg, o, i, f, gg, o);
   acc_t di, df, dg, d_o, dc_prev;
-  lstm_cell_backward<acc_t>(i, f, gg, o, cell[idx], cell_prev[idx], dh, grad_c_state[idx], di, df,
-                            dg, d_o, dc_prev);
+  lstm_cell_backward<acc_t>(static_cast<acc_t>(g[0]), static_cast<acc_t>(g[H]),
+                            static_cast<acc_t>(g[2 * H]), static_cast<acc_t>(g[3 * H]),
+                            cell[idx], cell_prev[idx], dh, grad_c_state[idx], di, df, dg, d_o,
+                            dc_prev);
   scalar_t* dgates = static_cast<scalar_t*>(p.grad_gates) + static_cast<int64_t>(j) * 4 * H + k;
   dgates[0] = static_cast<scalar_t>(di);
   dgates[H] = static_cast<scalar_t>(df);
