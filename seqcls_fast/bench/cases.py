@@ -29,13 +29,18 @@ class Case:
                 f"layers={self.layers} {direction}, lengths {self.lengths}")
 
 
-# The default sweep: sequence length varies, plus one bidirectional case. Sized
-# for about 2 minutes on a 2-core CPU, where packed nn.LSTM training dominates.
+# The default sweep: sequence length varies at B=64, I=128, H=256, plus a
+# bidirectional case, single-request latency (B=1), a smaller model (H=64) and
+# a longer, narrower batch. Sized for a few minutes on a 2-core CPU, where
+# packed nn.LSTM training dominates.
 DEFAULT_SWEEP = (
     Case(seq_len=64),
     Case(seq_len=128),
     Case(seq_len=256),
     Case(seq_len=64, bidirectional=True),
+    Case(batch=1, seq_len=256),
+    Case(seq_len=128, input_size=64, hidden_size=64),
+    Case(batch=16, seq_len=512, input_size=64, hidden_size=128),
 )
 # Long sequences (`--sweep long`): training memory and time as T grows, few
 # rows, lengths uniform in [T/2, T]. Packed nn.LSTM is skipped at a T where

@@ -162,16 +162,20 @@ def check_and_measure(runnable, records, batch, mode, device, tolerance):
 def time_interleaved(runnable, records, batches, mode, device, warmup, repeats, progress):
     """Rounds of one call per method on the same batch, the batches taken in
     turn and a different method first each round; the first ``warmup`` rounds
-    are not kept."""
+    are not kept. After a method with ``settle_seconds``, an untimed pause."""
     names = list(runnable)
     for round_index in range(warmup + repeats if names else 0):
         batch = batches[round_index % len(batches)]
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             model = runnable[name]
+            if mode == "inference":  # untimed: thread pools and caches warm, as when serving
+                run_step(model, batch, mode)
             elapsed = time_call(lambda: run_step(model, batch, mode), device)
             if round_index >= warmup:
                 records[name]["times_ms"].append(elapsed)
+            if model.settle_seconds:
+                time.sleep(model.settle_seconds)
         if progress is not None:
             progress(round_index + 1, warmup + repeats)
 

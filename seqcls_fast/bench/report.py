@@ -135,8 +135,11 @@ def write_memory_plot(results, path):
         axes.set_xlabel("sequence length T")
         axes.set_ylabel(label)
         axes.legend(fontsize=8)
-    figure.suptitle(results[0]["label"].split(" T=")[0] + ", " + results[0]["label"].split(
-        "layers=")[1] if results else "")
+    if results:
+        case = results[0]["case"]
+        figure.suptitle(f"training step, B={case['batch']} I={case['input_size']} "
+                        f"H={case['hidden_size']}, {case['layers']} layer(s), lengths "
+                        f"{case['lengths']}, {results[0]['dtype']}")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     pyplot.close(figure)
