@@ -92,54 +92,17 @@ LstmBackwardResult lstm_layer_backward_recompute(
     const c10::optional<at::Tensor>& b_hh, const at::Tensor& output, const at::Tensor& cell,
     bool reverse, bool compute_grad_x, const c10::optional<at::Tensor>& plan_table);
 
-// The operator kernels for the backend `backend()` returns (a function, as a
-// base subobject cannot be a template argument). Registered with
-// SEQCLS_REGISTER_LSTM_BACKEND below.
-template <const LstmBackend& (*backend)()>
-struct LstmOps {
-  static LstmForwardResult forward(const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
-                                   const c10::optional<at::Tensor>& h0,
-                                   const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih,
-                                   const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
-                                   const c10::optional<at::Tensor>& b_hh, bool reverse,
-                                   bool save_activations, const c10::optional<at::Tensor>& plan,
-                                   bool low_memory) {
-    return lstm_layer_forward(backend(), x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse,
-                              save_activations, plan, low_memory);
-  }
-  static LstmBackwardResult backward_recompute(
-      const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
-      const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
-      const c10::optional<at::Tensor>& h0, const c10::optional<at::Tensor>& c0,
-      const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
-      const c10::optional<at::Tensor>& b_hh, const at::Tensor& output, const at::Tensor& cell,
-      bool reverse, bool compute_grad_x, const c10::optional<at::Tensor>& plan) {
-    return lstm_layer_backward_recompute(backend(), grad_output, grad_h_n, grad_c_n, x, lengths,
-                                         h0, c0, w_ih, w_hh, b_ih, b_hh, output, cell, reverse,
-                                         compute_grad_x, plan);
-  }
-  static LstmPooledForwardResult pooled_forward(
-      const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
-      const c10::optional<at::Tensor>& h0, const c10::optional<at::Tensor>& c0,
-      const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
-      const c10::optional<at::Tensor>& b_hh, c10::string_view pooling,
-      const c10::optional<at::Tensor>& query, const c10::optional<at::Tensor>& key_weight,
-      const c10::optional<at::Tensor>& key_bias, const c10::optional<at::Tensor>& pool_max,
-      const c10::optional<at::Tensor>& pool_denom, const c10::optional<at::Tensor>& pool_sum,
-      const c10::optional<at::Tensor>& plan) {
-    return lstm_layer_pooled_forward(backend(), x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                     pooling, query, key_weight, key_bias, pool_max, pool_denom,
-                                     pool_sum, plan);
-  }
-  static LstmBackwardResult backward(
-      const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
-      const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
-      const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-      const at::Tensor& gates, const at::Tensor& cell, const at::Tensor& h_prev, bool reverse,
-      bool compute_grad_x, const c10::optional<at::Tensor>& plan) {
-    return lstm_layer_backward(backend(), grad_output, grad_h_n, grad_c_n, x, lengths, c0, w_ih,
-                               w_hh, gates, cell, h_prev, reverse, compute_grad_x, plan);
-  }
+// A driver entry point bound to the backend `backend()` returns (a function,
+// as a base subobject cannot be a template argument): `call` has the
+// operator's own signature, the entry point's without its first parameter.
+// Registered with SEQCLS_REGISTER_LSTM_BACKEND below.
+template <const LstmBackend& (*backend)(), auto entry>
+struct BoundToBackend;
+
+template <const LstmBackend& (*backend)(), typename Result, typename... Args,
+          Result (*entry)(const LstmBackend&, Args...)>
+struct BoundToBackend<backend, entry> {
+  static Result call(Args... args) { return entry(backend(), args...); }
 };
 
 }  // namespace seqcls_fast
@@ -147,18 +110,19 @@ struct LstmOps {
 // Registers the LSTM operators for dispatch key `key`
 // (CPU, CUDA) on one default-constructed `Backend`; used once per backend file,
 // at namespace scope.
-#define SEQCLS_REGISTER_LSTM_BACKEND(key, Backend)                                           \
-  namespace {                                                                                \
-  const ::seqcls_fast::LstmBackend& lstm_backend_##key() {                                   \
-    static const Backend backend;                                                            \
-    return backend;                                                                          \
-  }                                                                                          \
-  }                                                                                          \
-  TORCH_LIBRARY_IMPL(seqcls_fast, key, m) {                                                  \
-    m.impl("lstm_layer_forward", &::seqcls_fast::LstmOps<lstm_backend_##key>::forward);      \
-    m.impl("lstm_layer_backward", &::seqcls_fast::LstmOps<lstm_backend_##key>::backward);    \
-    m.impl("lstm_layer_backward_recompute",                                                  \
-           &::seqcls_fast::LstmOps<lstm_backend_##key>::backward_recompute);                 \
-    m.impl("lstm_layer_pooled_forward",                                                      \
-           &::seqcls_fast::LstmOps<lstm_backend_##key>::pooled_forward);                     \
+#define SEQCLS_REGISTER_LSTM_BACKEND(key, Backend)                                            \
+  namespace {                                                                                 \
+  const ::seqcls_fast::LstmBackend& lstm_backend_##key() {                                    \
+    static const Backend backend;                                                             \
+    return backend;                                                                           \
+  }                                                                                           \
+  template <auto entry>                                                                       \
+  constexpr auto lstm_op_##key = &::seqcls_fast::BoundToBackend<lstm_backend_##key, entry>::call; \
+  }                                                                                           \
+  TORCH_LIBRARY_IMPL(seqcls_fast, key, m) {                                                   \
+    m.impl("lstm_layer_forward", lstm_op_##key<&::seqcls_fast::lstm_layer_forward>);          \
+    m.impl("lstm_layer_backward", lstm_op_##key<&::seqcls_fast::lstm_layer_backward>);        \
+    m.impl("lstm_layer_backward_recompute",                                                   \
+           lstm_op_##key<&::seqcls_fast::lstm_layer_backward_recompute>);                     \
+    m.impl("lstm_layer_pooled_forward", lstm_op_##key<&::seqcls_fast::lstm_layer_pooled_forward>); \
   }
