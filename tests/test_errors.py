@@ -165,3 +165,57 @@ def test_native_lstm_raises_what_the_error_classes_cover():
         native(torch.randn(5, 2, 3, 1))
     with pytest.raises((RuntimeError, IndexError)):
         native(X(), torch.randn(2, 2, 4))
+
+
+def test_memory_mode_must_be_known():
+    with pytest.raises(ValueError, match=r"seqcls_fast.LSTM: memory must be one of \('fast', 'low'\), got 'small'"):
+        sf.LSTM(3, 4, memory="small")
+    with pytest.raises(ValueError, match=r"LSTMClassifier: memory must be one of"):
+        sf.LSTMClassifier(3, 4, 2, memory=None)
+    from seqcls_fast.reference import NativeLSTMClassifier
+    with pytest.raises(ValueError, match=r"memory='low' needs seqcls_fast.LSTM, not PackedLSTM"):
+        NativeLSTMClassifier(3, 4, 2, memory="low")
+
+
+def _pooled_args(**changes):
+    """lstm_layer_pooled_forward's arguments (T=5, B=2, I=3, H=4), with changes."""
+    args = dict(x=torch.randn(5, 2, 3), lengths=None, h0=None, c0=None,
+                w_ih=torch.randn(16, 3), w_hh=torch.randn(16, 4), b_ih=None, b_hh=None,
+                pooling="attention", query=torch.randn(4), key_weight=None, key_bias=None,
+                pool_max=None, pool_denom=None, pool_sum=None)
+    args.update(changes)
+    return list(args.values())
+
+
+@pytest.mark.parametrize("changes,exc,match", [
+    (dict(pooling="max"), ValueError, r'pooling must be "attention", "mean" or "last", got "max"'),
+    (dict(query=None), ValueError, r'pooling="attention" needs a query'),
+    (dict(query=torch.randn(5)), ValueError, r"query must have shape \[4\]"),
+    (dict(key_weight=torch.randn(6, 5)), ValueError, r"key_weight must have shape \[A, H\] with H = 4"),
+    (dict(key_bias=torch.randn(4)), ValueError, r"key_bias is only taken with key_weight"),
+    (dict(pooling="mean"), ValueError, r'query and key_weight are only taken with pooling="attention"'),
+    (dict(pool_max=torch.zeros(2)), ValueError, r"pool_max, pool_denom and pool_sum must be given together"),
+    (dict(pool_max=torch.zeros(2), pool_denom=torch.zeros(2), pool_sum=torch.zeros(2, 5)),
+     ValueError, r"pool_sum must have shape \[2, 4\]"),
+    (dict(pool_max=torch.zeros(2, dtype=torch.float64), pool_denom=torch.zeros(2),
+          pool_sum=torch.zeros(2, 4)), TypeError, r"pool_max must have dtype Float"),
+    (dict(query=torch.randn(4, dtype=torch.float64)), TypeError, r"query"),
+])
+def test_pooled_forward_argument_errors(changes, exc, match):
+    with pytest.raises(exc, match=match):
+        torch.ops.seqcls_fast.lstm_layer_pooled_forward(*_pooled_args(**changes))
+
+
+def test_recompute_backward_checks_the_checkpoints():
+    x = torch.randn(5, 2, 3)
+    w_ih, w_hh = torch.randn(16, 3), torch.randn(16, 4)
+    out, h_n, c_n, _g, cell, _h = torch.ops.seqcls_fast.lstm_layer_forward(
+        x, None, None, None, w_ih, w_hh, None, None, False, True, None, True)
+    grads = (torch.ones_like(out), torch.ones_like(h_n), torch.ones_like(c_n))
+    with pytest.raises(ValueError, match=r"cell must have shape \[2, 4\]"):  # one chunk: [B, H]
+        torch.ops.seqcls_fast.lstm_layer_backward_recompute(
+            *grads, x, None, None, None, w_ih, w_hh, None, None, out, torch.zeros(10, 4), False,
+            True)
+    with pytest.raises(ValueError, match=r"output must have shape \[5, 2, 4\]"):
+        torch.ops.seqcls_fast.lstm_layer_backward_recompute(
+            *grads, x, None, None, None, w_ih, w_hh, None, None, out[:4], cell, False, True)
