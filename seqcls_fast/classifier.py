@@ -19,7 +19,7 @@ class LSTMClassifier(nn.Module):
     ``attn_dim`` is set), ``"mean"`` over valid steps, or ``"last"`` (the final
     states h_n; both directions' when bidirectional). ``dropout`` applies
     between LSTM layers and before the head. ``memory``: sf.LSTM's training
-    memory mode (``"fast"`` or ``"low"``).
+    memory mode (``"fast"``, ``"low"`` or ``"auto"``).
 
     ``lstm_class`` and ``pooling_class`` are the parts it is built from;
     ``seqcls_fast.reference.NativeLSTMClassifier`` swaps in native ones (and

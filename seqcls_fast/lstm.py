@@ -8,7 +8,19 @@ from .errors import DtypeMismatchError, ShapeError, StateTypeError
 from .plan import LengthPlan
 
 
-MEMORY_MODES = ("fast", "low")
+MEMORY_MODES = ("fast", "low", "auto")
+# memory="auto" picks "low" for a batch where "fast" would keep more than this
+# per layer-direction (6H values per padded step and row; see the README's
+# "Long sequences": there "low" cost 3-4% above ~200 MB and up to 26% at 50 MB).
+AUTO_LOW_MEMORY_BYTES = 128 * 2**20
+
+
+def low_memory_for(memory, x, hidden_size):
+    """Whether a layer run on x [T, B, *] keeps only cell checkpoints."""
+    if memory != "auto":
+        return memory == "low"
+    kept = 6 * hidden_size * x.size(0) * x.size(1) * x.element_size()
+    return kept > AUTO_LOW_MEMORY_BYTES
 
 
 def check_memory_mode(memory, where):
@@ -30,9 +42,12 @@ class LSTM(nn.RNNBase):
     at each sequence's last valid step, and the reverse direction starts there.
 
     ``memory`` (not in nn.LSTM): ``"fast"`` keeps each valid step's gates,
-    cell and h_prev for the backward; ``"low"`` keeps only the cell state and
-    rebuilds the gates in the backward from the layer's output with two GEMMs
-    per chunk of steps (same results; see the README's "Long sequences").
+    cell and h_prev for the backward; ``"low"`` keeps only the cell state at
+    the start of each chunk of steps and rebuilds the rest in the backward from
+    the layer's output (same results; see the README's "Long sequences");
+    ``"auto"``: ``"low"`` for a batch where ``"fast"`` would keep more than
+    ``AUTO_LOW_MEMORY_BYTES`` (128 MiB) per layer-direction, counted on the
+    padded batch (6H values per step and row).
 
     A subclass of ``nn.RNNBase``, not of ``nn.LSTM``, so torch.compile traces
     through it (Dynamo refuses modules that are ``nn.LSTM`` instances).
@@ -152,7 +167,7 @@ class LSTM(nn.RNNBase):
         as it runs and the first result is its pooling state instead."""
         table = plan.table if plan is not None else None
         num_directions = 2 if self.bidirectional else 1
-        low_memory = self.memory == "low"
+        low_memory = low_memory_for(self.memory, x, self.hidden_size)
         h0, c0 = hx if hx is not None else (None, None)
         layer_input = x
         h_n, c_n = [], []

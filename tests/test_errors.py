@@ -168,7 +168,7 @@ def test_native_lstm_raises_what_the_error_classes_cover():
 
 
 def test_memory_mode_must_be_known():
-    with pytest.raises(ValueError, match=r"seqcls_fast.LSTM: memory must be one of \('fast', 'low'\), got 'small'"):
+    with pytest.raises(ValueError, match=r"seqcls_fast.LSTM: memory must be one of \('fast', 'low', 'auto'\), got 'small'"):
         sf.LSTM(3, 4, memory="small")
     with pytest.raises(ValueError, match=r"LSTMClassifier: memory must be one of"):
         sf.LSTMClassifier(3, 4, 2, memory=None)

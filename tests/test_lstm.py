@@ -127,6 +127,27 @@ def test_low_memory_keeps_cell_checkpoints_only():
     assert saved["fast"] - saved["low"] == rows * 6 * H - (2 * T * B * H + B * H)
 
 
+def test_auto_memory_picks_low_above_the_threshold(monkeypatch):
+    """memory="auto" keeps what "fast" keeps for a small batch and what "low"
+    keeps once 6H values per padded step and row pass AUTO_LOW_MEMORY_BYTES;
+    the results are the same either way."""
+    from seqcls_fast import lstm as lstm_module
+    x = torch.randn(9, 4, 3, requires_grad=True)
+    lengths = torch.tensor([9, 2, 5, 1])
+    auto = sf.LSTM(3, 5, memory="auto")
+    saved = {}
+    for memory in ("fast", "low"):
+        other = sf.LSTM(3, 5, memory=memory)
+        other.load_state_dict(auto.state_dict())
+        saved[memory] = _saved_numel(other, x, lengths)
+    kept_fast = 6 * 5 * 9 * 4 * x.element_size()
+    monkeypatch.setattr(lstm_module, "AUTO_LOW_MEMORY_BYTES", kept_fast)  # not above: fast
+    assert _saved_numel(auto, x, lengths) == saved["fast"]
+    monkeypatch.setattr(lstm_module, "AUTO_LOW_MEMORY_BYTES", kept_fast - 1)  # above: low
+    assert _saved_numel(auto, x, lengths) == saved["low"]
+    assert lstm_module.AUTO_LOW_MEMORY_BYTES < kept_fast
+
+
 def test_low_memory_checkpoints_are_a_small_fraction_of_the_cells():
     T, B, H = 3000, 2, 8  # 6000 packed rows: several 1024-row chunks on the CPU
     x = torch.randn(T, B, 3, requires_grad=True)
