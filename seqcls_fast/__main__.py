@@ -1,4 +1,4 @@
-"""Command line: ``python -m seqcls_fast {bench,train,stream} ...`` (also the
+"""Command line: ``python -m seqcls_fast {bench,train,stream,predict} ...`` (also the
 ``seqcls-fast`` console script)."""
 import sys
 
@@ -6,13 +6,14 @@ COMMANDS = {
     "bench": "compare against nn.LSTM (+ packing) and other RNN libraries",
     "train": "train a classifier on a UEA dataset or your own data",
     "stream": "early classification: a checkpoint's accuracy after 10%, 20%, ... of each sequence",
+    "predict": "a checkpoint's predicted classes and probabilities for new data, as CSV",
 }
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: seqcls-fast {bench,train,stream} [options]   "
+        print("usage: seqcls-fast {bench,train,stream,predict} [options]   "
               "(-h after a command for its options)")
         for name, what in COMMANDS.items():
             print(f"  {name:6s} {what}")
@@ -22,8 +23,10 @@ def main(argv=None):
         from .bench import main as run
     elif command == "train":
         from .train import main as run
-    else:
+    elif command == "stream":
         from .stream_cli import main as run
+    else:
+        from .predict_cli import main as run
     return run(rest)
 
 

@@ -1,5 +1,5 @@
-"""How well a trained model does on a split: :func:`predict` (class indices,
-batched by length), :func:`evaluate` (accuracy, balanced accuracy, macro and
+"""How well a trained model does on a split: :func:`predict_proba` (class
+probabilities, batched by length) and :func:`predict` (class indices), :func:`evaluate` (accuracy, balanced accuracy, macro and
 per-class precision/recall/F1, confusion matrix, through scikit-learn),
 :func:`format_report` (the table printed after each run) and
 :func:`write_json` (the record of a run, as a file).
@@ -14,16 +14,25 @@ from ..data import LengthBucketSampler, collate
 
 
 @torch.no_grad()
-def predict(model, dataset, device, batch_size=256):
+def predict_proba(model, dataset, device, batch_size=256):
+    """Class probabilities [N, classes] (float64 numpy), in dataset order,
+    batched by length."""
     model.eval()
     sampler = LengthBucketSampler(dataset.lengths, batch_size, shuffle=False,
                                   num_replicas=1, rank=0)
-    preds = torch.empty(len(dataset), dtype=torch.int64)
+    probs = None
     for batch in sampler:
         x, lengths, _ = collate([dataset[i] for i in batch])
         logits = model(x.to(device), lengths.to(device))
-        preds[torch.as_tensor(batch)] = logits.argmax(dim=1).cpu()
-    return preds.numpy()
+        if probs is None:
+            probs = torch.empty(len(dataset), logits.shape[1], dtype=torch.float64)
+        probs[torch.as_tensor(batch)] = torch.softmax(logits.double(), dim=1).cpu()
+    return probs.numpy()
+
+
+def predict(model, dataset, device, batch_size=256):
+    """Predicted class indices [N], in dataset order."""
+    return predict_proba(model, dataset, device, batch_size).argmax(axis=1)
 
 
 def evaluate(model, dataset, device, classes):

@@ -117,7 +117,8 @@ def load_aeon_dataset(name, download=False):
     return splits["train"], splits["test"], (meta or {}).get("class_values") or None
 
 
-def _load_ts(path, which):
+def _load_ts(path, which, require_labels=True):
+    """(sequences, labels or None, class order or None) of a .ts file."""
     datasets = _aeon()
     try:
         X, y, meta = datasets.load_from_ts_file(path, return_meta_data=True)
@@ -125,28 +126,33 @@ def _load_ts(path, which):
         raise DataError(f"--data {path}: aeon could not read this .ts file: "
                         f"{type(e).__name__}: {e}") from e
     if not meta.get("classlabel") or y is None or len(y) == 0:
+        if not require_labels:
+            return _to_sequences(X, f"--data {path}"), None, None
         raise DataError(f"--data {path}: the {which} file has no class labels "
                         "(@classLabel true <labels> in the header, a label at the end of each "
                         "line)")
     return _to_sequences(X, f"--data {path}"), y, meta.get("class_values") or None
 
 
-def _npz_split(z, split, path, allow_pickle):
+def _npz_split(z, split, path, allow_pickle, require_labels=True):
+    """(sequences, labels) of one split of a .npz; labels None when the split
+    has none and ``require_labels`` is false."""
     keys = set(z.files)
-    xk, yk, lk = f"X_{split}", f"y_{split}", f"lengths_{split}"
+    suffix = f"_{split}" if split else ""  # "": the single-split keys X, y, lengths
+    xk, yk, lk = f"X{suffix}", f"y{suffix}", f"lengths{suffix}"
     if xk not in keys:
         raise DataError(f"--data {path}: no {xk} array (has {sorted(keys)}).\n{NPZ_LAYOUT}")
-    if yk not in keys:
+    if yk not in keys and require_labels:
         raise DataError(f"--data {path}: {xk} has no labels: missing {yk}.\n{NPZ_LAYOUT}")
     try:
         X = z[xk]
-        y = z[yk]
+        y = z[yk] if yk in keys else None
         lengths = z[lk] if lk in keys else None
     except ValueError as e:  # object arrays without allow_pickle
         raise DataError(f"--data {path}: {xk} is an object array (a list of arrays); loading "
                         "it unpickles code-capable data, so pass --allow-pickle if you trust "
                         f"the file, or save the pickle-free ragged form.\n{NPZ_LAYOUT}") from e
-    if y.ndim != 1:
+    if y is not None and y.ndim != 1:
         raise DataError(f"--data {path}: {yk} must be 1-D [N], got shape {y.shape}")
     if X.dtype == object:
         seqs = []
@@ -190,7 +196,7 @@ def _npz_split(z, split, path, allow_pickle):
     else:
         raise DataError(f"--data {path}: {xk} must be [N, T, C], [sum T_i, C] with {lk}, or an "
                         f"object array of [T_i, C]; got shape {X.shape}.\n{NPZ_LAYOUT}")
-    if len(seqs) != len(y):
+    if y is not None and len(seqs) != len(y):
         raise DataError(f"--data {path}: {len(seqs)} sequences in {xk} but {len(y)} labels in "
                         f"{yk}")
     return seqs, y
@@ -253,6 +259,30 @@ def load_data(args):
     te_x, te_y, _ = _load_ts(test_path, "test")
     name = os.path.basename(train_path).replace("_TRAIN", "").rsplit(".", 1)[0]
     return name, (tr_x, tr_y), (te_x, te_y), classes
+
+
+def load_prediction_data(path, split=None, allow_pickle=False):
+    """New data for ``seqcls-fast predict``: -> (name, sequences [T_i, C],
+    labels or None). A .ts file (labels optional), or a .npz with ``X``
+    (``lengths``, ``y`` optional; the layouts of NPZ_LAYOUT without a split
+    suffix) or with ``X_<split>`` (``split``: default test)."""
+    if not os.path.isfile(path):
+        raise DataError(f"--data {path}: no such file")
+    name = os.path.splitext(os.path.basename(path))[0]
+    if path.endswith(".ts"):
+        seqs, labels, _ = _load_ts(path, "data", require_labels=False)
+        return name, seqs, labels
+    if not path.endswith(".npz"):
+        raise DataError(f"--data {path}: expected a .ts file (aeon's format) or a .npz")
+    try:
+        z = np.load(path, allow_pickle=allow_pickle)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"--data {path}: not a readable .npz: {type(e).__name__}: {e}") from e
+    with z:
+        if split is None:
+            split = "" if "X" in z.files else "test"
+        seqs, labels = _npz_split(z, split, path, allow_pickle, require_labels=False)
+    return name, seqs, labels
 
 
 def _label_key(label):
