@@ -62,6 +62,19 @@ void* row_ptr(const Tensor& t, int64_t row) {
   return static_cast<char*>(t.data_ptr()) + row * t.stride(0) * t.element_size();
 }
 
+// A saved cell tensor [rows, H]: the state dtype of x (float32 for
+// half/bfloat16 x), on x's device.
+void check_cell(const Tensor& cell, const Tensor& x, int64_t hidden) {
+  SEQCLS_CHECK_VALUE(cell.dim() == 2 && cell.size(1) == hidden, "cell must have shape [rows, H] ",
+                     "with H = ", hidden, ", got ", cell.sizes());
+  const at::ScalarType state = at::toOpMathType(x.scalar_type());
+  SEQCLS_CHECK_TYPE(cell.scalar_type() == state, "cell must have dtype ", state,
+                    " (the forward's cell state for x of dtype ", x.scalar_type(), "), got ",
+                    cell.scalar_type());
+  SEQCLS_CHECK_VALUE(cell.device() == x.device(), "cell must be on the device of x (",
+                     x.device(), "), got ", cell.device());
+}
+
 // The saved activations lstm_layer_backward reads, checked against the
 // contract in ops.cpp: gates and h_prev in x's dtype, cell in the state dtype,
 // N = sum(lengths) rows, all on x's device.
@@ -74,12 +87,7 @@ void check_saved(const Tensor& gates, const Tensor& cell, const Tensor& h_prev, 
   check_shape(h_prev, {rows, hidden}, "h_prev");
   check_same_kind(gates, "gates", x, "x");
   check_same_kind(h_prev, "h_prev", x, "x");
-  const at::ScalarType state = at::toOpMathType(x.scalar_type());
-  SEQCLS_CHECK_TYPE(cell.scalar_type() == state, "cell must have dtype ", state,
-                    " (the forward's cell state for x of dtype ", x.scalar_type(), "), got ",
-                    cell.scalar_type());
-  SEQCLS_CHECK_VALUE(cell.device() == x.device(), "cell must be on the device of x (",
-                     x.device(), "), got ", cell.device());
+  check_cell(cell, x, hidden);
 }
 
 // What a forward keeps for its backward.
@@ -547,15 +555,7 @@ LstmBackwardResult lstm_layer_backward_recompute(
   check_upstream(grad_output, grad_h_n, grad_c_n, x, H);
   check_shape(output, {T, B, H}, "output");
   check_same_kind(output, "output", x, "x");
-  const at::ScalarType state_dtype = at::toOpMathType(x.scalar_type());
-  SEQCLS_CHECK_VALUE(cell.dim() == 2 && cell.size(1) == H,
-                     "cell must have shape [C * B, H] (the low-memory forward's checkpoints), got ",
-                     cell.sizes());
-  SEQCLS_CHECK_TYPE(cell.scalar_type() == state_dtype, "cell must have dtype ", state_dtype,
-                    " (the forward's cell state for x of dtype ", x.scalar_type(), "), got ",
-                    cell.scalar_type());
-  SEQCLS_CHECK_VALUE(cell.device() == x.device(), "cell must be on the device of x (",
-                     x.device(), "), got ", cell.device());
+  check_cell(cell, x, H);  // [C * B, H]: the low-memory forward's checkpoints
   const at::OptionalDeviceGuard device_guard(at::device_of(x));
   const LengthPlan plan = make_length_plan(plan_table_for(lengths, plan_table, T, B), T, B, reverse);
   const DevicePlan dev = make_device_plan(plan, reverse, x.device());

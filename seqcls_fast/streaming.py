@@ -16,6 +16,7 @@ models only: a reverse direction needs the future.
 """
 import torch
 
+from ._ops import _state_dtype, pools_online_on
 from .plan import LengthPlan
 
 
@@ -58,15 +59,14 @@ class ClassifierStream:
         self.batch_size = batch_size
         like = lstm.weight_ih_l0.detach()
         self.dtype, self.device = like.dtype, like.device
-        self.fused = self.device.type == "cpu"  # see the module docstring
+        self.fused = pools_online_on(self.device)  # see the module docstring
         # (h, c) of every layer, [layers, B, H]: sf.LSTM's h_0 / c_0 and h_n / c_n.
         self.h = like.new_zeros(lstm.num_layers, batch_size, lstm.hidden_size)
         self.c = like.new_zeros(lstm.num_layers, batch_size, lstm.hidden_size)
         self.seen = torch.zeros(batch_size, dtype=torch.long, device=like.device)
         # The pooling state: (max [B], denom [B], sum [B, H]) in the state
         # dtype, as lstm_layer_pooled_forward takes and returns it.
-        state = like.new_empty(0, dtype=torch.float32 if like.dtype in (
-            torch.float16, torch.bfloat16) else like.dtype)
+        state = like.new_empty(0, dtype=_state_dtype(like.dtype))
         self.pool_state = (state.new_full((batch_size,), float("-inf")),
                            state.new_zeros(batch_size),
                            state.new_zeros(batch_size, lstm.hidden_size))

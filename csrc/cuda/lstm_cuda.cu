@@ -28,6 +28,18 @@ unsigned int step_blocks(int64_t rows, int64_t hidden) {
   return static_cast<unsigned int>((rows * hidden + kStepThreads - 1) / kStepThreads);
 }
 
+// Launches the step kernel `kernel_for(scalar_t{})` returns for x's dtype (the
+// four the backend supports) on the current stream, and checks the launch.
+template <typename Step, typename KernelFor>
+void launch_step(at::ScalarType dtype, unsigned int blocks, int threads, const Step& step,
+                 const KernelFor& kernel_for) {
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "seqcls_fast_cuda_step", [&] {
+    kernel_for(scalar_t{})<<<blocks, threads, 0, stream>>>(step);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
 struct CudaLstmBackend final : LstmBackend {
   // One input-projection GEMM for every valid step: a GPU has no cache to
   // fit. The backward runs 64K packed rows at a time (64 MB of float gate
@@ -65,29 +77,24 @@ struct CudaLstmBackend final : LstmBackend {
   }
 
   void forward_step(const LstmForwardStep& step, at::ScalarType dtype) const override {
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "lstm_forward_step_cuda", [&] {
-      lstm_forward_step_kernel<scalar_t, at::opmath_type<scalar_t>>
-          <<<step_blocks(step.rows, step.hidden), kStepThreads, 0, stream>>>(step);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_step(dtype, step_blocks(step.rows, step.hidden), kStepThreads, step, [](auto tag) {
+      using T = decltype(tag);
+      return lstm_forward_step_kernel<T, at::opmath_type<T>>;
     });
   }
 
   void backward_step(const LstmBackwardStep& step, at::ScalarType dtype) const override {
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "lstm_backward_step_cuda", [&] {
-      lstm_backward_step_kernel<scalar_t, at::opmath_type<scalar_t>>
-          <<<step_blocks(step.rows, step.hidden), kStepThreads, 0, stream>>>(step);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_step(dtype, step_blocks(step.rows, step.hidden), kStepThreads, step, [](auto tag) {
+      using T = decltype(tag);
+      return lstm_backward_step_kernel<T, at::opmath_type<T>>;
     });
   }
 
+  // One block per active row.
   void pool_step(const LstmPoolStep& step, at::ScalarType dtype) const override {
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "lstm_pool_step_cuda", [&] {
-      lstm_pool_step_kernel<scalar_t, at::opmath_type<scalar_t>>
-          <<<static_cast<unsigned int>(step.rows), kPoolThreads, 0, stream>>>(step);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_step(dtype, static_cast<unsigned int>(step.rows), kPoolThreads, step, [](auto tag) {
+      using T = decltype(tag);
+      return lstm_pool_step_kernel<T, at::opmath_type<T>>;
     });
   }
 };
