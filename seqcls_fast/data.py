@@ -98,6 +98,13 @@ class SequenceDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         return self.sequences[index], self.labels[index]
 
+    def subset(self, indices):
+        """A SequenceDataset of the items at ``indices`` (the tensors shared,
+        not copied)."""
+        indices = [int(i) for i in indices]
+        return SequenceDataset([self.sequences[i] for i in indices],
+                               self.labels[torch.as_tensor(indices, dtype=torch.int64)])
+
 
 class LengthBucketSampler(torch.utils.data.Sampler):
     """Batches of similar-length sequences, in shuffled order; a

@@ -15,13 +15,16 @@ from ..data import SequenceDataset
 from .checkpoint import (load_checkpoint, model_from_checkpoint, prepare_test_split,
                          save_checkpoint)
 from .loop import setup_processes, train_model
-from .metrics import evaluate, format_report, write_json
+from .metrics import evaluate, format_report, summarize_runs, write_json
+from .plots import write_plots
+from .selection import stratified_split
 from .sources import (KNOWN_DATASETS, NPZ_LAYOUT, DataError, add_data_arguments, encode_labels,
                       fit_standardization, load_checked_data, standardize)
 
 # Run settings recorded in metrics.json under "optim".
-OPTIM_KEYS = ("optimizer", "lr", "weight_decay", "schedule", "clip_grad", "epochs",
-              "batch_size", "seed", "label_smoothing", "noise")
+OPTIM_KEYS = ("optimizer", "lr", "weight_decay", "schedule", "warmup", "clip_grad", "steps",
+              "epochs", "batch_size", "val_fraction", "seed", "seeds", "label_smoothing",
+              "noise")
 
 
 def parse_args(argv):
@@ -42,7 +45,7 @@ def parse_args(argv):
     m.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True)
     m.add_argument("--dropout", type=float, default=0.3,
                    help="before the head (and between LSTM layers)")
-    m.add_argument("--pooling", choices=("attention", "mean", "last"), default="mean")
+    m.add_argument("--pooling", choices=("attention", "mean", "last"), default="attention")
     m.add_argument("--attn-dim", type=int, default=None,
                    help="additive attention width (default: dot-product attention)")
     o = p.add_argument_group("optimization")
@@ -50,15 +53,28 @@ def parse_args(argv):
     o.add_argument("--lr", type=float, default=3e-3)
     o.add_argument("--weight-decay", type=float, default=0.0)
     o.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
-                   help="learning-rate schedule over all steps")
+                   help="learning-rate schedule after the warmup, to the last step")
+    o.add_argument("--warmup", type=float, default=0.05,
+                   help="fraction of the steps with a linear learning-rate warmup")
     o.add_argument("--label-smoothing", type=float, default=0.0)
     o.add_argument("--noise", type=float, default=0.0,
                    help="std of Gaussian noise added to the (standardized) training inputs")
     o.add_argument("--clip-grad", type=float, default=1.0, help="max grad norm (0: off)")
-    o.add_argument("--epochs", type=int, default=30)
+    o.add_argument("--steps", type=int, default=1500,
+                   help="optimizer steps to train (rounded up to whole epochs), whatever the "
+                        "set's size")
+    o.add_argument("--epochs", type=int, default=None,
+                   help="train this many epochs instead of a --steps budget")
+    o.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of each class held out of the train split (seeded by the run's "
+                        "seed) to choose the epoch; the test split is read once, at the end. "
+                        "0: no validation, keep the last epoch")
     o.add_argument("--batch-size", type=int, default=16,
                    help="per process (the global batch is this times the number of processes)")
-    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--seed", type=int, default=0, help="seed of the first run")
+    o.add_argument("--seeds", type=int, default=1,
+                   help="runs with seeds --seed, --seed+1, ...; metrics.json gives their mean "
+                        "and standard deviation")
     r = p.add_argument_group("run")
     r.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     r.add_argument("--threads", type=int, default=1,
@@ -72,13 +88,17 @@ def parse_args(argv):
     r.add_argument("--out", default=None, help="output folder (default out/train/<name>)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    for name in ("hidden_size", "num_layers", "epochs", "batch_size"):
-        if getattr(args, name) < 1:
+    for name in ("hidden_size", "num_layers", "steps", "epochs", "batch_size", "seeds"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if not 0.0 <= args.dropout < 1.0:
         p.error("--dropout must be in [0, 1)")
     if args.lr <= 0:
         p.error("--lr must be > 0")
+    if not 0.0 <= args.warmup < 1.0:
+        p.error("--warmup must be in [0, 1)")
+    if not 0.0 <= args.val_fraction < 1.0:
+        p.error("--val-fraction must be in [0, 1)")
     return args
 
 
@@ -132,45 +152,69 @@ def _evaluate_checkpoint(args, argv, name, test_split, channels, out_dir, device
 
 def _train_and_evaluate(args, argv, name, train_split, test_split, classes, channels, out_dir,
                         device, dist_info, log, started):
-    """Train each implementation, evaluate it, save its checkpoint; compare
-    them when there are two; write metrics.json."""
+    """For each seed and implementation: hold out the seed's validation split,
+    train, choose the epoch on validation, then evaluate the test split once
+    and save the checkpoint. Then the summary over seeds, the comparison when
+    there are two implementations, metrics.json and the plots."""
     world, rank = dist_info
     (tr_x, tr_y), (te_x, te_y) = train_split, test_split
     tr_idx, te_idx, classes = encode_labels(tr_y, te_y, classes)
     mean, std = fit_standardization(tr_x)  # train split only
-    train_set = SequenceDataset(standardize(tr_x, mean, std), tr_idx)
+    train_all = SequenceDataset(standardize(tr_x, mean, std), tr_idx)
     test_set = SequenceDataset(standardize(te_x, mean, std), te_idx)
     config = {"input_size": channels, "hidden_size": args.hidden_size,
               "num_classes": len(classes), "num_layers": args.num_layers,
               "bidirectional": args.bidirectional, "dropout": args.dropout,
               "pooling": args.pooling, "attn_dim": args.attn_dim}
-    lens_tr, lens_te = train_set.lengths, test_set.lengths
-    log(f"{name}: {len(train_set)} train / {len(test_set)} test sequences, {channels} channels, "
+    lens_tr, lens_te = train_all.lengths, test_set.lengths
+    log(f"{name}: {len(train_all)} train / {len(test_set)} test sequences, {channels} channels, "
         f"{len(classes)} classes, lengths {int(lens_tr.min())}-{int(lens_tr.max())} (train) "
         f"{int(lens_te.min())}-{int(lens_te.max())} (test); device {device}, "
         f"{world} process(es), {torch.get_num_threads()} thread(s) each")
-    result = _run_record(args, argv, name, train_set, test_set, channels, classes, config,
+    result = _run_record(args, argv, name, train_all, test_set, channels, classes, config,
                          device, world)
     impls = ["seqcls_fast"] + (["native"] if args.baseline == "native" else [])
     if rank == 0:
         os.makedirs(out_dir, exist_ok=True)
-    for impl in impls:
-        model, history = train_model(impl, args, config, train_set, device, dist_info, log)
-        metrics = evaluate(model, test_set, device, classes)
-        log(format_report(name, impl, metrics, classes))
-        log(f"{impl}: {history['mean_epoch_seconds']:.3f} s/epoch, "
-            f"{history['train_seconds']:.1f} s training")
-        result["runs"][impl] = {"train": history, "test": metrics}
-        if rank == 0:
-            path = os.path.join(out_dir, "model.pt" if impl == "seqcls_fast"
-                                else f"model_{impl}.pt")
-            save_checkpoint(path, model, impl, config, classes, mean, std, name)
-            result["runs"][impl]["checkpoint"] = path
-    if len(impls) > 1:
-        _compare_runs(result, impls, log)
+    for seed in range(args.seed, args.seed + args.seeds):
+        fit_idx, val_idx = stratified_split(tr_idx, args.val_fraction, seed)
+        fit_set, val_set = train_all.subset(fit_idx), train_all.subset(val_idx)
+        log(f"seed {seed}: {len(fit_set)} sequences to fit, {len(val_set)} to validate")
+        for impl in impls:
+            model, history = train_model(impl, args, config, fit_set, device, dist_info, log,
+                                         val_set=val_set, seed=seed)
+            metrics = evaluate(model, test_set, device, classes)  # the test split, once
+            log(format_report(name, impl, metrics, classes))
+            log(f"{impl} seed {seed}: epoch {history['chosen_epoch']}/{history['epochs']} "
+                f"chosen, {history['mean_epoch_seconds']:.3f} s/epoch, "
+                f"{history['train_seconds']:.1f} s training")
+            run = {"seed": seed, "impl": impl, "test_accuracy": metrics["accuracy"],
+                   "macro_f1": metrics["macro_f1"], "chosen_epoch": history["chosen_epoch"],
+                   "val_accuracy": history.get("chosen_val_accuracy"),
+                   "train_seconds": history["train_seconds"], "n_fit": len(fit_set),
+                   "n_val": len(val_set), "train": history, "test": metrics}
+            if rank == 0:
+                run["checkpoint"] = os.path.join(out_dir, _checkpoint_name(impl, seed, args.seed))
+                save_checkpoint(run["checkpoint"], model, impl, config, classes, mean, std, name)
+            result["runs"].append(run)
+    result["summary"] = {impl: summarize_runs([r for r in result["runs"] if r["impl"] == impl])
+                         for impl in impls}
+    result.update({k: result["summary"]["seqcls_fast"][k]
+                   for k in ("test_accuracy_mean", "test_accuracy_std", "macro_f1_mean",
+                             "macro_f1_std")})
+    _log_summary(result, impls, log)
     result["elapsed_seconds"] = time.perf_counter() - started  # data loading to here
     if rank == 0:
         write_json(out_dir, "metrics.json", result, log)
+        write_plots(out_dir, result, classes, log)
+
+
+def _checkpoint_name(impl, seed, first_seed):
+    """model.pt for the first seed's seqcls_fast run (what predict and stream
+    take by default); the others are told apart by suffixes."""
+    suffix = ("" if impl == "seqcls_fast" else f"_{impl}") + (
+        "" if seed == first_seed else f"_seed{seed}")
+    return f"model{suffix}.pt"
 
 
 def _run_record(args, argv, name, train_set, test_set, channels, classes, config, device,
@@ -188,22 +232,26 @@ def _run_record(args, argv, name, train_set, test_set, channels, classes, config
         "model": config,
         "optim": {k: getattr(args, k) for k in OPTIM_KEYS},
         "standardization": "per-channel mean/std over all train time steps",
+        "selection": "per seed, a stratified validation split of the train split (val_fraction "
+                     "of each class); the epoch with the best validation accuracy (the later "
+                     "one on ties); the test split is evaluated once, after training",
         "device": str(device), "world_size": world, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "runs": {},
+        "runs": [],
     }
 
 
-def _compare_runs(result, impls, log):
-    """--baseline: the runs side by side, and the training speedup over native."""
-    ours, base = result["runs"]["seqcls_fast"], result["runs"]["native"]
-    log(f"\n{'':12s} {'test acc':>9s} {'macro F1':>9s} {'s/epoch':>9s} {'train s':>9s}")
+def _log_summary(result, impls, log):
+    """The summary over seeds, and with --baseline the two side by side and
+    the training speedup over native (ratio of summed training seconds)."""
+    log(f"\n{'':12s} {'runs':>4s} {'test acc':>17s} {'macro F1':>17s} {'train s/run':>11s}")
     for impl in impls:
-        r = result["runs"][impl]
-        log(f"{impl:12s} {r['test']['accuracy']:9.4f} {r['test']['macro_f1']:9.4f} "
-            f"{r['train']['mean_epoch_seconds']:9.3f} {r['train']['train_seconds']:9.1f}")
-    result["speedup_vs_native"] = (base["train"]["train_seconds"]
-                                   / ours["train"]["train_seconds"])
-    log(f"training speedup vs native: {result['speedup_vs_native']:.2f}x")
-
+        r = result["summary"][impl]
+        log(f"{impl:12s} {r['runs']:4d} {r['test_accuracy_mean']:8.4f} +- "
+            f"{r['test_accuracy_std']:.4f} {r['macro_f1_mean']:8.4f} +- {r['macro_f1_std']:.4f} "
+            f"{r['train_seconds_mean']:11.1f}")
+    if len(impls) > 1:
+        ours, base = (result["summary"][k] for k in ("seqcls_fast", "native"))
+        result["speedup_vs_native"] = base["train_seconds_mean"] / ours["train_seconds_mean"]
+        log(f"training speedup vs native: {result['speedup_vs_native']:.2f}x")

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from ..classifier import LSTMClassifier
 from ..data import LengthBucketSampler, collate
 from ..reference import NativeLSTMClassifier
+from .selection import EpochSelector, validation_scores
 from .sources import DataError
 
 
@@ -67,34 +68,61 @@ def setup_processes(args):
     return device, world, rank
 
 
-def train_model(impl, args, config, train_set, device, dist_info, log):
-    """Train one model; returns (model (unwrapped), history dict)."""
+def lr_factor(step, total, warmup, schedule):
+    """Learning-rate multiplier at optimizer step ``step`` of ``total``: a
+    linear warmup over the first ``warmup`` steps, then ``schedule``
+    ("cosine": down to 0 at ``total``; "constant": 1)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(step - warmup, total - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def epoch_count(args, steps_per_epoch):
+    """Epochs to run: ``--epochs`` when given, else enough to reach the
+    ``--steps`` budget of optimizer steps (so a set of 40 sequences trains as
+    many steps as one of 4000)."""
+    if args.epochs is not None:
+        return args.epochs
+    return max(1, math.ceil(args.steps / steps_per_epoch))
+
+
+def train_model(impl, args, config, train_set, device, dist_info, log, val_set=None, seed=None):
+    """Train one model with seed ``seed`` (default ``args.seed``); when
+    ``val_set`` is given, score it after every epoch and end with the weights
+    of the best epoch (:class:`.selection.EpochSelector`). Returns (model
+    (unwrapped), history dict)."""
     world, rank = dist_info
-    torch.manual_seed(args.seed)  # same initial weights on every rank and for both impls
+    seed = args.seed if seed is None else seed
+    torch.manual_seed(seed)  # same initial weights on every rank and for both impls
     model = build_model(impl, config).to(device)
     net = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     sampler = LengthBucketSampler(train_set.lengths, args.batch_size, shuffle=True,
-                                  seed=args.seed, num_replicas=world, rank=rank)
+                                  seed=seed, num_replicas=world, rank=rank)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate)
     optimizer = make_optimizer(args, model.parameters())
-    total_steps = args.epochs * len(sampler)
-    scheduler = (torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
-                 if args.schedule == "cosine" else None)
+    epochs = epoch_count(args, len(sampler))
+    total_steps = epochs * len(sampler)
+    warmup = int(round(args.warmup * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, warmup, args.schedule))
     progress = None
     if not args.no_progress and rank == 0:
         try:
             from tqdm.auto import tqdm as progress
         except ImportError:
             progress = None
-    epoch_times, epoch_losses = [], []
-    for epoch in range(args.epochs):
+    selector = EpochSelector() if val_set is not None and len(val_set) else None
+    epoch_times, epoch_losses, val_acc, val_loss = [], [], [], []
+    for epoch in range(epochs):
         sampler.set_epoch(epoch)
         net.train()
-        bar = (progress(total=len(sampler), desc=f"{impl} epoch {epoch + 1}/{args.epochs}",
+        bar = (progress(total=len(sampler), desc=f"{impl} epoch {epoch + 1}/{epochs}",
                         leave=False, disable=None, dynamic_ncols=True) if progress else None)
         loss_sum = torch.zeros(2, dtype=torch.float64)
         start = time.perf_counter()
@@ -109,8 +137,7 @@ def train_model(impl, args, config, train_set, device, dist_info, log):
             if args.clip_grad > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
             optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
+            scheduler.step()
             loss_sum += torch.tensor([loss.item() * len(y), len(y)], dtype=torch.float64)
             if bar is not None:
                 bar.update(1)
@@ -125,10 +152,25 @@ def train_model(impl, args, config, train_set, device, dist_info, log):
         mean_loss = float(loss_sum[0] / loss_sum[1])
         epoch_times.append(seconds)
         epoch_losses.append(mean_loss)
-        log(f"{impl:12s} epoch {epoch + 1:3d}/{args.epochs}  loss {mean_loss:.4f}  "
-            f"{seconds:6.2f} s")
-    return model, {"epoch_seconds": epoch_times, "epoch_loss": epoch_losses,
-                   "train_seconds": float(sum(epoch_times)),
-                   "mean_epoch_seconds": float(np.mean(epoch_times)),
-                   "steps_per_epoch": len(sampler)}
-
+        scored = ""
+        if selector is not None:  # every rank scores the whole split: same choice everywhere
+            accuracy, v_loss = validation_scores(model, val_set, device)
+            selector.update(epoch, accuracy, v_loss, model)
+            val_acc.append(accuracy)
+            val_loss.append(v_loss)
+            scored = f"  val acc {accuracy:.4f}  val loss {v_loss:.4f}"
+        if epochs <= 50 or (epoch + 1) % math.ceil(epochs / 50) == 0 or epoch + 1 == epochs:
+            log(f"{impl:12s} epoch {epoch + 1:4d}/{epochs}  loss {mean_loss:.4f}{scored}  "
+                f"{seconds:6.2f} s")
+    history = {"epoch_seconds": epoch_times, "epoch_loss": epoch_losses,
+               "train_seconds": float(sum(epoch_times)),
+               "mean_epoch_seconds": float(np.mean(epoch_times)),
+               "steps_per_epoch": len(sampler), "epochs": epochs, "steps": total_steps,
+               "warmup_steps": warmup, "seed": seed}
+    if selector is not None:
+        selector.restore(model)
+        history.update(val_accuracy=val_acc, val_loss=val_loss, chosen_epoch=selector.epoch + 1,
+                       chosen_val_accuracy=selector.accuracy, chosen_val_loss=selector.loss)
+    else:
+        history["chosen_epoch"] = epochs  # no validation split: the last epoch
+    return model, history

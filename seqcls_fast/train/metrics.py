@@ -1,13 +1,15 @@
 """How well a trained model does on a split: :func:`predict_proba` (class
 probabilities, batched by length) and :func:`predict` (class indices), :func:`evaluate` (accuracy, balanced accuracy, macro and
 per-class precision/recall/F1, confusion matrix, through scikit-learn),
-:func:`format_report` (the table printed after each run) and
+:func:`summarize_runs` (mean and spread over seeds), :func:`format_report`
+(the table printed after each run) and
 :func:`write_json` (the record of a run, as a file).
 """
 import json
 import os
 import time
 
+import numpy as np
 import torch
 
 from ..data import LengthBucketSampler, collate
@@ -59,6 +61,19 @@ def evaluate(model, dataset, device, classes):
         "confusion_matrix_axes": "rows: true class, columns: predicted class, in 'classes' order",
         "inference_seconds": seconds,
     }
+
+
+def summarize_runs(runs):
+    """Mean and standard deviation over runs (one per seed) of the test
+    accuracy, macro F1 and training seconds; the std is the sample one
+    (ddof=1), 0 for one run."""
+    summary = {"runs": len(runs), "seeds": [r["seed"] for r in runs]}
+    for key, name in (("test_accuracy", "test_accuracy"), ("macro_f1", "macro_f1"),
+                      ("train_seconds", "train_seconds")):
+        values = np.array([r[key] for r in runs], dtype=np.float64)
+        summary[f"{name}_mean"] = float(values.mean())
+        summary[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return summary
 
 
 def format_report(name, impl, metrics, classes):

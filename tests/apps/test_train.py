@@ -38,7 +38,8 @@ def test_train_npz_learns_reports_metrics_and_checkpoint_reloads(tmp_path, capsy
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["classes"] == ["c0", "c1", "c2"]
     assert (metrics["n_train"], metrics["n_test"], metrics["channels"]) == (48, 30, 3)
-    run = metrics["runs"]["seqcls_fast"]
+    (run,) = metrics["runs"]
+    assert (run["impl"], run["seed"]) == ("seqcls_fast", 0)
     test = run["test"]
     assert test["accuracy"] >= 0.9  # the toy task is easy; a broken loop stays near 1/3
     cm = np.array(test["confusion_matrix"])
@@ -219,12 +220,13 @@ def test_baseline_native_run_side_by_side(tmp_path, capsys):
                             "--baseline", "native"] + FAST, capsys)
     assert rc == 0, err
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
-    assert set(metrics["runs"]) == {"seqcls_fast", "native"}
+    assert [r["impl"] for r in metrics["runs"]] == ["seqcls_fast", "native"]
+    assert set(metrics["summary"]) == {"seqcls_fast", "native"}
     assert metrics["speedup_vs_native"] > 0
     assert (tmp_path / "o" / "model_native.pt").exists()
     assert "training speedup vs native" in stdout
     # same init and data order: the two trainings agree to float rounding
-    losses = [metrics["runs"][k]["train"]["epoch_loss"] for k in ("seqcls_fast", "native")]
+    losses = [r["train"]["epoch_loss"] for r in metrics["runs"]]
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-3)
 
 
@@ -312,7 +314,8 @@ def test_train_cli_under_torchrun_two_processes(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2
     assert metrics["command"].startswith("torchrun --nproc_per_node 2")
-    run = metrics["runs"]["seqcls_fast"]["train"]
-    # 40 sequences, batch 8 per process -> 5 batches, split to 6, 3 per rank
-    assert run["steps_per_epoch"] == 3
-    assert proc.stdout.count("epoch   1/2") == 1  # only rank 0 logs
+    run = metrics["runs"][0]["train"]
+    # 40 sequences less 9 held out for validation (3 of each class), batch 8
+    # per process -> 4 batches, 2 per rank
+    assert run["steps_per_epoch"] == 2
+    assert proc.stdout.count("epoch    1/2") == 1  # only rank 0 logs

@@ -1,0 +1,79 @@
+"""Model selection without the test split: :func:`stratified_split` carves a
+seeded, stratified validation split out of the training sequences, and
+:class:`EpochSelector` keeps the weights of the epoch that did best on it.
+The test split is read once, after training, by the caller; nothing here
+sees it.
+"""
+import copy
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..data import LengthBucketSampler, collate
+
+
+def stratified_split(labels, fraction, seed):
+    """Indices (fit, validation) of a split of ``labels`` (class indices [N])
+    holding out about ``fraction`` of each class, chosen by a generator seeded
+    with ``seed``. A class with at least two sequences gives at least one to
+    validation and keeps at least one for fitting; a single-sequence class
+    stays in fitting. ``fraction == 0`` gives an empty validation split.
+    Both index arrays come back sorted."""
+    labels = np.asarray(labels)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        if fraction == 0.0 or len(members) < 2:
+            continue
+        k = min(len(members) - 1, max(1, int(round(fraction * len(members)))))
+        held.append(rng.permutation(members)[:k])
+    val = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+    fit = np.setdiff1d(np.arange(len(labels)), val)
+    return fit, val
+
+
+@torch.no_grad()
+def validation_scores(model, dataset, device, batch_size=256):
+    """(accuracy, mean cross-entropy) of ``model`` on ``dataset``, in eval
+    mode, batches in a fixed order (so the scores do not depend on anything
+    but the weights)."""
+    model.eval()
+    sampler = LengthBucketSampler(dataset.lengths, batch_size, shuffle=False,
+                                  num_replicas=1, rank=0)
+    correct, loss = 0, 0.0
+    for batch in sampler:
+        x, lengths, y = collate([dataset[i] for i in batch])
+        logits = model(x.to(device), lengths.to(device)).double()
+        y = y.to(device)
+        correct += int((logits.argmax(1) == y).sum())
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+    return correct / len(dataset), loss / len(dataset)
+
+
+class EpochSelector:
+    """Remembers the best epoch by validation score and a copy of its
+    weights. Best = highest validation accuracy; among equal accuracies the
+    later epoch wins, because the schedule anneals the learning rate toward
+    the end and a small validation split often reaches its top accuracy
+    early and stays there (the later weights then agree with it on every
+    validation sequence and have trained longer)."""
+
+    def __init__(self):
+        self.epoch = None
+        self.accuracy = None
+        self.loss = None
+        self.state = None
+
+    def update(self, epoch, accuracy, loss, model):
+        if self.accuracy is None or accuracy >= self.accuracy:
+            self.epoch, self.accuracy, self.loss = epoch, accuracy, loss
+            self.state = copy.deepcopy(model.state_dict())
+
+    def restore(self, model):
+        """Load the chosen epoch's weights into ``model``."""
+        if self.state is not None:
+            model.load_state_dict(self.state)
