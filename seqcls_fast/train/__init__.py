@@ -15,18 +15,23 @@ model's state_dict, plus what evaluation needs: classes, standardization,
 model options) and ``metrics.json`` into ``--out``.
 
 The modules, one job each: :mod:`.sources` (the data: aeon sets, ``.ts``
-pairs, ``.npz``; labels, checks, standardization), :mod:`.loop` (processes,
-device, model, optimizer, the training loop), :mod:`.metrics` (predictions,
-scores, the printed report), :mod:`.checkpoint` (``model.pt``), :mod:`.cli`
-(options and the run). Their public names are re-exported here, so
+pairs, ``.npz``; labels, checks, standardization), :mod:`.selection` (the
+validation split and the choice of epoch), :mod:`.loop` (processes, device,
+model, optimizer and schedule, the training loop), :mod:`.metrics`
+(predictions, scores, the summary over seeds, the printed report),
+:mod:`.plots` (training curves and confusion matrix as PNGs),
+:mod:`.checkpoint` (``model.pt``), :mod:`.cli` (options and the run). Their public names are re-exported here, so
 ``train.X`` works for all of them. The ``--baseline native`` model is
 :class:`seqcls_fast.reference.NativeLSTMClassifier`.
 """
 from .checkpoint import (CHECKPOINT_FORMAT, load_checkpoint, model_from_checkpoint,
                          prepare_test_split, save_checkpoint)
 from .cli import OPTIM_KEYS, main, parse_args
-from .loop import build_model, choose_device, make_optimizer, setup_processes, train_model
-from .metrics import evaluate, format_report, predict, write_json
+from .loop import (build_model, choose_device, epoch_count, lr_factor, make_optimizer,
+                   setup_processes, train_model)
+from .metrics import evaluate, format_report, predict, predict_proba, summarize_runs, write_json
+from .plots import write_plots
+from .selection import EpochSelector, stratified_split, validation_scores
 from .sources import (KNOWN_DATASETS, NPZ_LAYOUT, DataError, add_data_arguments, check_split,
                       encode_labels, fit_standardization, load_aeon_dataset, load_checked_data,
                       load_data, standardize)
@@ -36,10 +41,14 @@ __all__ = [
     "KNOWN_DATASETS", "NPZ_LAYOUT", "DataError", "add_data_arguments", "load_aeon_dataset",
     "load_data",
     "encode_labels", "check_split", "fit_standardization", "standardize", "load_checked_data",
+    # selection
+    "stratified_split", "validation_scores", "EpochSelector",
     # loop
-    "build_model", "choose_device", "make_optimizer", "setup_processes", "train_model",
-    # metrics
-    "predict", "evaluate", "format_report", "write_json",
+    "build_model", "choose_device", "epoch_count", "lr_factor", "make_optimizer",
+    "setup_processes", "train_model",
+    # metrics and plots
+    "predict", "predict_proba", "evaluate", "summarize_runs", "format_report", "write_json",
+    "write_plots",
     # checkpoint
     "CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "model_from_checkpoint",
     "prepare_test_split",

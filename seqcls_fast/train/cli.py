@@ -24,7 +24,7 @@ from .sources import (KNOWN_DATASETS, NPZ_LAYOUT, DataError, add_data_arguments,
 # Run settings recorded in metrics.json under "optim".
 OPTIM_KEYS = ("optimizer", "lr", "weight_decay", "schedule", "warmup", "clip_grad", "steps",
               "epochs", "batch_size", "val_fraction", "seed", "seeds", "label_smoothing",
-              "noise")
+              "noise", "stretch", "scale")
 
 
 def parse_args(argv):
@@ -43,22 +43,28 @@ def parse_args(argv):
     m.add_argument("--hidden-size", type=int, default=128)
     m.add_argument("--num-layers", type=int, default=1)
     m.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True)
-    m.add_argument("--dropout", type=float, default=0.3,
+    m.add_argument("--dropout", type=float, default=0.5,
                    help="before the head (and between LSTM layers)")
     m.add_argument("--pooling", choices=("attention", "mean", "last"), default="attention")
     m.add_argument("--attn-dim", type=int, default=None,
                    help="additive attention width (default: dot-product attention)")
     o = p.add_argument_group("optimization")
-    o.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam")
+    o.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adamw")
     o.add_argument("--lr", type=float, default=3e-3)
-    o.add_argument("--weight-decay", type=float, default=0.0)
+    o.add_argument("--weight-decay", type=float, default=0.05)
     o.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                    help="learning-rate schedule after the warmup, to the last step")
     o.add_argument("--warmup", type=float, default=0.05,
                    help="fraction of the steps with a linear learning-rate warmup")
-    o.add_argument("--label-smoothing", type=float, default=0.0)
+    o.add_argument("--label-smoothing", type=float, default=0.1)
     o.add_argument("--noise", type=float, default=0.0,
                    help="std of Gaussian noise added to the (standardized) training inputs")
+    o.add_argument("--stretch", type=float, default=0.3,
+                   help="augmentation: each training sequence resampled to exp(u) times its "
+                        "length, u uniform in [-stretch, stretch] (0: off)")
+    o.add_argument("--scale", type=float, default=0.1,
+                   help="augmentation: each training sequence's channels multiplied by "
+                        "1 + scale * N(0, 1) (0: off)")
     o.add_argument("--clip-grad", type=float, default=1.0, help="max grad norm (0: off)")
     o.add_argument("--steps", type=int, default=1500,
                    help="optimizer steps to train (rounded up to whole epochs), whatever the "
@@ -95,6 +101,9 @@ def parse_args(argv):
         p.error("--dropout must be in [0, 1)")
     if args.lr <= 0:
         p.error("--lr must be > 0")
+    for name in ("noise", "stretch", "scale", "weight_decay", "label_smoothing"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0")
     if not 0.0 <= args.warmup < 1.0:
         p.error("--warmup must be in [0, 1)")
     if not 0.0 <= args.val_fraction < 1.0:

@@ -1,8 +1,10 @@
 """The training loop and what it runs on: the processes (``torchrun`` sets
 WORLD_SIZE/RANK/LOCAL_RANK; gloo on CPU, nccl on GPU), the device, the model
 of each implementation (``seqcls_fast`` or the ``native`` baseline), the
-optimizer and schedule, and :func:`train_model` (DistributedDataParallel when
-there is more than one process).
+optimizer, the schedule (:func:`lr_factor`: warmup, then cosine) and the
+budget (:func:`epoch_count`: optimizer steps, not epochs), and
+:func:`train_model` (DistributedDataParallel when there is more than one
+process; the epoch chosen on a validation split when one is given).
 """
 import math
 import os
@@ -16,6 +18,7 @@ from torch.nn import functional as F
 from ..classifier import LSTMClassifier
 from ..data import LengthBucketSampler, collate
 from ..reference import NativeLSTMClassifier
+from .augment import AugmentingCollate
 from .selection import EpochSelector, validation_scores
 from .sources import DataError
 
@@ -104,7 +107,9 @@ def train_model(impl, args, config, train_set, device, dist_info, log, val_set=N
             model, device_ids=[device.index] if device.type == "cuda" else None)
     sampler = LengthBucketSampler(train_set.lengths, args.batch_size, shuffle=True,
                                   seed=seed, num_replicas=world, rank=rank)
-    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate)
+    augment = (AugmentingCollate(args.stretch, args.scale, seed=seed * 1009 + rank)
+               if args.stretch > 0 or args.scale > 0 else collate)
+    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=augment)
     optimizer = make_optimizer(args, model.parameters())
     epochs = epoch_count(args, len(sampler))
     total_steps = epochs * len(sampler)

@@ -159,6 +159,8 @@ def test_no_matplotlib_is_one_line_not_an_error(tmp_path, capsys, monkeypatch):
     ("--warmup", "-0.1", "--warmup must be in"),
     ("--seeds", "0", "--seeds must be >= 1"),
     ("--steps", "0", "--steps must be >= 1"),
+    ("--stretch", "-0.5", "--stretch must be >= 0"),
+    ("--weight-decay", "-1", "--weight-decay must be >= 0"),
 ])
 def test_selection_options_refused(tmp_path, capsys, flag, value, message):
     with pytest.raises(SystemExit):

@@ -319,3 +319,31 @@ def test_train_cli_under_torchrun_two_processes(tmp_path):
     # per process -> 4 batches, 2 per rank
     assert run["steps_per_epoch"] == 2
     assert proc.stdout.count("epoch    1/2") == 1  # only rank 0 logs
+
+
+# --------------------------------------------------------------- augmentation
+def test_augmenting_collate_stretches_and_scales_repeatably():
+    from seqcls_fast.train.augment import AugmentingCollate
+    items = [(torch.randn(n, 3), torch.tensor(i)) for i, n in enumerate((40, 7, 1, 25))]
+    batches = [AugmentingCollate(0.3, 0.1, seed=4)(items) for _ in range(2)]
+    for a, b in zip(*batches):
+        assert torch.equal(a, b)  # the seed fixes every draw
+    x, lengths, y = batches[0]
+    assert y.tolist() == [0, 1, 2, 3]
+    base = torch.tensor([40, 7, 1, 25])
+    assert lengths[2] == 1  # a single step is not stretched
+    assert ((lengths >= torch.floor(base * np.exp(-0.3))) & (lengths <= torch.ceil(base * np.exp(0.3)))).all()
+    assert not torch.equal(lengths, base)  # some sequence was stretched
+    other = AugmentingCollate(0.3, 0.1, seed=5)(items)
+    assert not torch.equal(other[1], lengths) or not torch.equal(other[0], x)
+    # stretch only: the endpoints are kept (interpolation with aligned corners)
+    x, lengths, _ = AugmentingCollate(0.3, 0.0, seed=0)(items)
+    for i, (seq, _) in enumerate(items):
+        assert torch.allclose(x[i, 0], seq[0]) and torch.allclose(x[i, lengths[i] - 1], seq[-1])
+    # scale only: lengths kept, each channel multiplied by one gain
+    x, lengths, _ = AugmentingCollate(0.0, 0.1, seed=0)(items)
+    assert lengths.tolist() == base.tolist()
+    gain = x[0, :40] / items[0][0]
+    assert torch.allclose(gain, gain[:1].expand_as(gain), rtol=1e-5)
+    with pytest.raises(ValueError, match="stretch and scale must be >= 0"):
+        AugmentingCollate(-0.1, 0.0, seed=0)
