@@ -7,10 +7,8 @@ sees it.
 import copy
 
 import numpy as np
-import torch
-from torch.nn import functional as F
 
-from ..data import LengthBucketSampler, collate
+from .metrics import predict_proba
 
 
 def stratified_split(labels, fraction, seed):
@@ -36,22 +34,15 @@ def stratified_split(labels, fraction, seed):
     return fit, val
 
 
-@torch.no_grad()
-def validation_scores(model, dataset, device, batch_size=256):
-    """(accuracy, mean cross-entropy) of ``model`` on ``dataset``, in eval
-    mode, batches in a fixed order (so the scores do not depend on anything
-    but the weights)."""
-    model.eval()
-    sampler = LengthBucketSampler(dataset.lengths, batch_size, shuffle=False,
-                                  num_replicas=1, rank=0)
-    correct, loss = 0, 0.0
-    for batch in sampler:
-        x, lengths, y = collate([dataset[i] for i in batch])
-        logits = model(x.to(device), lengths.to(device)).double()
-        y = y.to(device)
-        correct += int((logits.argmax(1) == y).sum())
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-    return correct / len(dataset), loss / len(dataset)
+def validation_scores(model, dataset, device):
+    """(accuracy, mean cross-entropy) of ``model`` on ``dataset``, from
+    :func:`.metrics.predict_proba` (eval mode, batches in a fixed order: the
+    scores depend on nothing but the weights)."""
+    probs = predict_proba(model, dataset, device)
+    labels = dataset.labels.numpy()
+    picked = probs[np.arange(len(labels)), labels]
+    loss = -np.mean(np.log(np.maximum(picked, np.finfo(np.float64).tiny)))  # finite, as F.cross_entropy
+    return float(np.mean(probs.argmax(axis=1) == labels)), float(loss)
 
 
 class EpochSelector:
