@@ -23,8 +23,8 @@ from .sources import (KNOWN_DATASETS, NPZ_LAYOUT, DataError, add_data_arguments,
 
 # Run settings recorded in metrics.json under "optim".
 OPTIM_KEYS = ("optimizer", "lr", "weight_decay", "schedule", "warmup", "clip_grad", "steps",
-              "epochs", "batch_size", "val_fraction", "seed", "seeds", "label_smoothing",
-              "noise", "stretch", "scale")
+              "epochs", "batch_size", "val_fraction", "select_window", "seed", "seeds",
+              "label_smoothing", "noise", "stretch", "scale")
 
 
 def parse_args(argv):
@@ -75,6 +75,9 @@ def parse_args(argv):
                    help="share of each class held out of the train split (seeded by the run's "
                         "seed) to choose the epoch; the test split is read once, at the end. "
                         "0: no validation, keep the last epoch")
+    o.add_argument("--select-window", type=float, default=0.05,
+                   help="the epoch is chosen by the mean validation accuracy over a window of "
+                        "this fraction of the epochs ending at it (at least 1 epoch)")
     o.add_argument("--batch-size", type=int, default=16,
                    help="per process (the global batch is this times the number of processes)")
     o.add_argument("--seed", type=int, default=0, help="seed of the first run")
@@ -106,6 +109,8 @@ def parse_args(argv):
             p.error(f"--{name.replace('_', '-')} must be >= 0")
     if not 0.0 <= args.warmup < 1.0:
         p.error("--warmup must be in [0, 1)")
+    if not 0.0 <= args.select_window <= 1.0:
+        p.error("--select-window must be in [0, 1]")
     if not 0.0 <= args.val_fraction < 1.0:
         p.error("--val-fraction must be in [0, 1)")
     return args
@@ -242,8 +247,9 @@ def _run_record(args, argv, name, train_set, test_set, channels, classes, config
         "optim": {k: getattr(args, k) for k in OPTIM_KEYS},
         "standardization": "per-channel mean/std over all train time steps",
         "selection": "per seed, a stratified validation split of the train split (val_fraction "
-                     "of each class); the epoch with the best validation accuracy (the later "
-                     "one on ties); the test split is evaluated once, after training",
+                     "of each class); the epoch with the best mean validation accuracy over "
+                     "the select_window fraction of epochs ending at it (the later one on "
+                     "ties); the test split is evaluated once, after training",
         "device": str(device), "world_size": world, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),

@@ -122,7 +122,8 @@ def train_model(impl, args, config, train_set, device, dist_info, log, val_set=N
             from tqdm.auto import tqdm as progress
         except ImportError:
             progress = None
-    selector = EpochSelector() if val_set is not None and len(val_set) else None
+    selector = (EpochSelector(window=max(1, int(round(args.select_window * epochs))))
+                if val_set is not None and len(val_set) else None)
     epoch_times, epoch_losses, val_acc, val_loss = [], [], [], []
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
@@ -175,7 +176,8 @@ def train_model(impl, args, config, train_set, device, dist_info, log, val_set=N
     if selector is not None:
         selector.restore(model)
         history.update(val_accuracy=val_acc, val_loss=val_loss, chosen_epoch=selector.epoch + 1,
-                       chosen_val_accuracy=selector.accuracy, chosen_val_loss=selector.loss)
+                       chosen_val_accuracy=selector.accuracy, chosen_val_loss=selector.loss,
+                       chosen_val_score=selector.score, select_window=selector.window)
     else:
         history["chosen_epoch"] = epochs  # no validation split: the last epoch
     return model, history

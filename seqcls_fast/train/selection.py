@@ -1,6 +1,7 @@
 """Model selection without the test split: :func:`stratified_split` carves a
 seeded, stratified validation split out of the training sequences, and
-:class:`EpochSelector` keeps the weights of the epoch that did best on it.
+:class:`EpochSelector` keeps the weights of the epoch that did best on it
+(by a windowed mean of validation accuracy).
 The test split is read once, after training, by the caller; nothing here
 sees it.
 """
@@ -47,21 +48,26 @@ def validation_scores(model, dataset, device):
 
 class EpochSelector:
     """Remembers the best epoch by validation score and a copy of its
-    weights. Best = highest validation accuracy; among equal accuracies the
-    later epoch wins, because the schedule anneals the learning rate toward
-    the end and a small validation split often reaches its top accuracy
-    early and stays there (the later weights then agree with it on every
-    validation sequence and have trained longer)."""
+    weights. The score of epoch e is the mean validation accuracy over the
+    ``window`` epochs ending at e (fewer at the start): a small validation
+    split's accuracy jumps by one sequence from epoch to epoch, and the
+    maximum of a hundred noisy values is mostly noise (an early spike while
+    the learning rate is still high); the windowed mean picks a stretch of
+    training that stays good. On equal scores the later epoch wins: the
+    schedule anneals toward the end."""
 
-    def __init__(self):
-        self.epoch = None
-        self.accuracy = None
-        self.loss = None
-        self.state = None
+    def __init__(self, window=1):
+        if not (isinstance(window, int) and window >= 1):
+            raise ValueError(f"window must be an int >= 1, got {window!r}")
+        self.window = window
+        self.recent = []
+        self.epoch = self.score = self.accuracy = self.loss = self.state = None
 
     def update(self, epoch, accuracy, loss, model):
-        if self.accuracy is None or accuracy >= self.accuracy:
-            self.epoch, self.accuracy, self.loss = epoch, accuracy, loss
+        self.recent = (self.recent + [accuracy])[-self.window:]
+        score = sum(self.recent) / len(self.recent)
+        if self.score is None or score >= self.score:
+            self.epoch, self.score, self.accuracy, self.loss = epoch, score, accuracy, loss
             self.state = copy.deepcopy(model.state_dict())
 
     def restore(self, model):

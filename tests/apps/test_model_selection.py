@@ -11,7 +11,7 @@ import torch
 from seqcls_fast import train
 from seqcls_fast.data import SequenceDataset
 from seqcls_fast.train.loop import lr_factor
-from seqcls_fast.train.selection import stratified_split, validation_scores
+from seqcls_fast.train.selection import EpochSelector, stratified_split, validation_scores
 
 from data_helpers import toy, write_npz  # tests/apps/, on sys.path by its conftest.py
 
@@ -52,6 +52,31 @@ def test_lr_factor_warms_up_linearly_then_follows_the_schedule():
     assert factors[55] == pytest.approx(0.5, abs=1e-12)  # halfway through the cosine
     assert lr_factor(50, total, warmup, "constant") == 1.0
     assert lr_factor(0, total, 0, "cosine") == 1.0  # no warmup
+
+
+def _choose(accuracies, window):
+    """The epoch (0-based) EpochSelector keeps for these validation
+    accuracies, and the weight it restores (each epoch's model is a
+    one-parameter module holding its epoch number)."""
+    selector = EpochSelector(window=window)
+    for epoch, accuracy in enumerate(accuracies):
+        selector.update(epoch, accuracy, 0.0, torch.nn.Linear(1, 1, bias=False).requires_grad_(
+            False).apply(lambda m: m.weight.fill_(epoch)))
+    model = torch.nn.Linear(1, 1, bias=False)
+    selector.restore(model)
+    assert float(model.weight.detach()) == selector.epoch  # the weights of the chosen epoch
+    return selector.epoch
+
+
+def test_epoch_selector_windowed_mean_ignores_a_lone_spike():
+    accuracies = [0.5, 0.9, 1.0, 0.9, 0.95, 0.96, 0.96, 0.96, 0.96, 0.9]
+    assert _choose(accuracies, window=1) == 2  # the spike
+    # windows of 3 ending at each epoch: the best mean is 0.96 (epochs 6-8);
+    # the later epoch wins the tie
+    assert _choose(accuracies, window=3) == 8
+    assert _choose([0.7, 0.7, 0.7], window=1) == 2  # ties: the later epoch
+    with pytest.raises(ValueError, match="window must be an int >= 1"):
+        EpochSelector(window=0)
 
 
 # ------------------------------------------------------------------ the runs
@@ -159,6 +184,7 @@ def test_no_matplotlib_is_one_line_not_an_error(tmp_path, capsys, monkeypatch):
     ("--warmup", "-0.1", "--warmup must be in"),
     ("--seeds", "0", "--seeds must be >= 1"),
     ("--steps", "0", "--steps must be >= 1"),
+    ("--select-window", "1.5", "--select-window must be in"),
     ("--stretch", "-0.5", "--stretch must be >= 0"),
     ("--weight-decay", "-1", "--weight-decay must be >= 0"),
 ])
