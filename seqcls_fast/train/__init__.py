@@ -20,8 +20,9 @@ validation split and the choice of epoch), :mod:`.loop` (processes, device,
 model, optimizer and schedule, the training loop), :mod:`.metrics`
 (predictions, scores, the summary over seeds, the printed report),
 :mod:`.plots` (training curves and confusion matrix as PNGs),
-:mod:`.checkpoint` (``model.pt``), :mod:`.cli` (options and the run). Their public names are re-exported here, so
-``train.X`` works for all of them. The ``--baseline native`` model is
+:mod:`.augment` (time stretch and gain of training sequences),
+:mod:`.checkpoint` (``model.pt``), :mod:`.cli` (options and the run). Their
+public names are re-exported here, so ``train.X`` works for all of them. The ``--baseline native`` model is
 :class:`seqcls_fast.reference.NativeLSTMClassifier`.
 """
 from .checkpoint import (CHECKPOINT_FORMAT, load_checkpoint, model_from_checkpoint,

@@ -204,7 +204,7 @@ def _train_and_evaluate(args, argv, name, train_split, test_split, classes, chan
                 f"{history['train_seconds']:.1f} s training")
             run = {"seed": seed, "impl": impl, "test_accuracy": metrics["accuracy"],
                    "macro_f1": metrics["macro_f1"], "chosen_epoch": history["chosen_epoch"],
-                   "val_accuracy": history.get("chosen_val_accuracy"),
+                   "chosen_val_accuracy": history.get("chosen_val_accuracy"),
                    "train_seconds": history["train_seconds"], "n_fit": len(fit_set),
                    "n_val": len(val_set), "train": history, "test": metrics}
             if rank == 0:

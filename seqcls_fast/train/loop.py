@@ -107,6 +107,7 @@ def train_model(impl, args, config, train_set, device, dist_info, log, val_set=N
             model, device_ids=[device.index] if device.type == "cuda" else None)
     sampler = LengthBucketSampler(train_set.lengths, args.batch_size, shuffle=True,
                                   seed=seed, num_replicas=world, rank=rank)
+    # each rank its own augmentation draws (seed * prime + rank: distinct across seeds too)
     augment = (AugmentingCollate(args.stretch, args.scale, seed=seed * 1009 + rank)
                if args.stretch > 0 or args.scale > 0 else collate)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=augment)

@@ -1,6 +1,7 @@
 """How well a trained model does on a split: :func:`predict_proba` (class
-probabilities, batched by length) and :func:`predict` (class indices), :func:`evaluate` (accuracy, balanced accuracy, macro and
-per-class precision/recall/F1, confusion matrix, through scikit-learn),
+probabilities, batched by length) and :func:`predict` (class indices),
+:func:`evaluate` (accuracy, balanced accuracy, macro and per-class
+precision/recall/F1, confusion matrix, through scikit-learn),
 :func:`summarize_runs` (mean and spread over seeds), :func:`format_report`
 (the table printed after each run) and
 :func:`write_json` (the record of a run, as a file).
@@ -68,11 +69,10 @@ def summarize_runs(runs):
     accuracy, macro F1 and training seconds; the std is the sample one
     (ddof=1), 0 for one run."""
     summary = {"runs": len(runs), "seeds": [r["seed"] for r in runs]}
-    for key, name in (("test_accuracy", "test_accuracy"), ("macro_f1", "macro_f1"),
-                      ("train_seconds", "train_seconds")):
+    for key in ("test_accuracy", "macro_f1", "train_seconds"):
         values = np.array([r[key] for r in runs], dtype=np.float64)
-        summary[f"{name}_mean"] = float(values.mean())
-        summary[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        summary[f"{key}_mean"] = float(values.mean())
+        summary[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     return summary
 
 

@@ -42,18 +42,20 @@ def validation_scores(model, dataset, device):
     probs = predict_proba(model, dataset, device)
     labels = dataset.labels.numpy()
     picked = probs[np.arange(len(labels)), labels]
-    loss = -np.mean(np.log(np.maximum(picked, np.finfo(np.float64).tiny)))  # finite, as F.cross_entropy
+    # clamped so a probability that underflowed to 0 gives a finite loss, as F.cross_entropy
+    loss = -np.mean(np.log(np.maximum(picked, np.finfo(np.float64).tiny)))
     return float(np.mean(probs.argmax(axis=1) == labels)), float(loss)
 
 
 class EpochSelector:
     """Remembers the best epoch by validation score and a copy of its
     weights. The score of epoch e is the mean validation accuracy over the
-    ``window`` epochs ending at e (fewer at the start): a small validation
-    split's accuracy jumps by one sequence from epoch to epoch, and the
-    maximum of a hundred noisy values is mostly noise (an early spike while
-    the learning rate is still high); the windowed mean picks a stretch of
-    training that stays good. On equal scores the later epoch wins: the
+    ``window`` epochs ending at e: a small validation split's accuracy jumps
+    by one sequence from epoch to epoch, and the maximum of a hundred noisy
+    values is mostly noise (an early spike while the learning rate is still
+    high); the windowed mean picks a stretch of training that stays good. The
+    first ``window - 1`` epochs have shorter windows, as noisy as the spikes,
+    so any full window beats them. On equal scores the later epoch wins: the
     schedule anneals toward the end."""
 
     def __init__(self, window=1):
@@ -62,11 +64,14 @@ class EpochSelector:
         self.window = window
         self.recent = []
         self.epoch = self.score = self.accuracy = self.loss = self.state = None
+        self._rank = None  # (window full, score) of the chosen epoch
 
     def update(self, epoch, accuracy, loss, model):
         self.recent = (self.recent + [accuracy])[-self.window:]
         score = sum(self.recent) / len(self.recent)
-        if self.score is None or score >= self.score:
+        rank = (len(self.recent) == self.window, score)
+        if self._rank is None or rank >= self._rank:
+            self._rank = rank
             self.epoch, self.score, self.accuracy, self.loss = epoch, score, accuracy, loss
             self.state = copy.deepcopy(model.state_dict())
 

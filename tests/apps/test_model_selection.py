@@ -75,6 +75,8 @@ def test_epoch_selector_windowed_mean_ignores_a_lone_spike():
     # the later epoch wins the tie
     assert _choose(accuracies, window=3) == 8
     assert _choose([0.7, 0.7, 0.7], window=1) == 2  # ties: the later epoch
+    # a short window at the start (epoch 0: 1.0 alone) loses to any full one
+    assert _choose([1.0, 0.5, 0.5, 0.5], window=3) == 2
     with pytest.raises(ValueError, match="window must be an int >= 1"):
         EpochSelector(window=0)
 
@@ -106,7 +108,7 @@ def test_checkpoint_holds_the_chosen_epoch(tmp_path):
     assert len(history["val_accuracy"]) == len(history["val_loss"]) == 8
     best = max(history["val_accuracy"])
     chosen = history["chosen_epoch"]
-    assert history["val_accuracy"][chosen - 1] == best == run["val_accuracy"]
+    assert history["val_accuracy"][chosen - 1] == best == run["chosen_val_accuracy"]
     assert best not in history["val_accuracy"][chosen:]
     ckpt = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     model = train.model_from_checkpoint(ckpt)
