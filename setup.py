@@ -141,21 +141,38 @@ def _plan(torch):
     return plan
 
 
+def _torch_uses_openmp():
+    """Whether torch's intra-op threads are OpenMP's (its Linux wheels), and
+    the compiler here takes -fopenmp."""
+    import torch
+
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return False
+    return platform.system() == "Linux"
+
+
 def _extension(plan):
     from torch.utils import cpp_extension  # after CUDA_HOME is settled
 
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     define_macros = []
     cxx_flags = ["-O3", "-fvisibility=hidden"]
+    link_flags = []
+    # at::parallel_for is inline: it only runs threads in code compiled with
+    # OpenMP (else every CPU kernel here runs on one thread). The runtime is
+    # torch's own libgomp, already loaded by libtorch_cpu under the same soname.
+    if _torch_uses_openmp():
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     if platform.machine() in ("x86_64", "AMD64"):
         define_macros.append(("SEQCLS_WITH_AVX2", None))
     else:
-        sources = [s for s in sources if not s.endswith("_avx2.cpp")]
+        sources = [s for s in sources if not s.endswith(("_avx2.cpp", "_avx512.cpp"))]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not plan["cuda"]:
         return cpp_extension.CppExtension(
             "seqcls_fast._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-            extra_compile_args={"cxx": cxx_flags})
+            extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
 
     system_includes = []
     for path in plan["system_includes"]:
@@ -166,7 +183,8 @@ def _extension(plan):
     return cpp_extension.CUDAExtension(
         "seqcls_fast._C", sources, include_dirs=include_dirs, define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags + system_includes,
-                            "nvcc": ["-O3", "-lineinfo"] + system_includes})
+                            "nvcc": ["-O3", "-lineinfo"] + system_includes},
+        extra_link_args=link_flags)
 
 
 # A CUDA source that includes what the kernels include from torch and the

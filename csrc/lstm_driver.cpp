@@ -15,6 +15,11 @@
 #include <vector>
 
 namespace seqcls_fast {
+void LstmBackend::forward_recurrence(const LstmForwardRecurrence& /*r*/,
+                                     at::ScalarType /*dtype*/) const {
+  TORCH_CHECK(false, "seqcls_fast: forward_recurrence called on a backend without one");
+}
+
 namespace {
 
 using at::Tensor;
@@ -138,28 +143,58 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
   Tensor scratch = every_step
                        ? Tensor()
                        : at::empty({largest_chunk(plan, chunk_starts), 4 * H}, f.x.options());
-  // Attention keys tanh(h W^T + b) of a step's rows, when the keys are not h.
-  Tensor keys = pool != nullptr && pool->key_weight_t.defined()
-                    ? at::empty({B, pool->key_weight_t.size(1)}, f.x.options())
+  // Attention keys tanh(h W^T + b) of a step's (or a chunk's) rows, when the
+  // keys are not h; and the chunk's h_s when a fused recurrence feeds pooling.
+  const bool pooling = pool != nullptr && pool->pooling != OnlinePooling::kLast;
+  const int64_t most_rows = every_step ? largest_chunk(plan, chunk_starts) : scratch.size(0);
+  Tensor keys = pooling && pool->key_weight_t.defined()
+                    ? at::empty({std::max(B, most_rows), pool->key_weight_t.size(1)}, f.x.options())
                     : Tensor();
+  const auto compute_keys = [&](const Tensor& h_rows) {
+    Tensor keys_rows = keys.narrow(0, 0, h_rows.size(0));
+    if (pool->key_bias.defined()) {
+      at::addmm_out(keys_rows, pool->key_bias, h_rows, pool->key_weight_t);
+    } else {
+      at::mm_out(keys_rows, h_rows, pool->key_weight_t);
+    }
+    keys_rows.tanh_();
+  };
 
   LstmForwardStep p{};
   static_cast<LstmStepRows&>(p) = step_rows(f.dev, B, H, f.reverse);
   p.h_state = h_state.data_ptr();
   p.c_state = c_state.data_ptr();
   p.output = f.output.defined() ? f.output.data_ptr() : nullptr;
+  LstmForwardRecurrence r{};
+  static_cast<LstmStepRows&>(r) = step_rows(f.dev, B, H, f.reverse);
+  r.steps = plan.steps;
+  r.active = plan.active.data();
+  r.offset = plan.offset.data();
+  const Tensor w_hh_packed = backend.pack_recurrent_weights(w_hh);
+  r.w_hh_packed = w_hh_packed.defined() ? w_hh_packed.const_data_ptr() : nullptr;
+  Tensor h_chunk = pooling && w_hh_packed.defined() ? at::empty({most_rows, H}, f.x.options())
+                                                     : Tensor();
+  r.h_state = p.h_state;
+  r.c_state = p.c_state;
+  r.output = p.output;
   LstmPoolStep q{};
-  if (pool != nullptr) {
+  if (pooling) {
     q.hidden = H;
     q.pooling = pool->pooling;
     q.key_size = keys.defined() ? keys.size(1) : H;
-    q.h = h_state.const_data_ptr();
-    q.keys = keys.defined() ? keys.const_data_ptr() : q.h;
     q.query = pool->query.defined() ? pool->query.const_data_ptr() : nullptr;
     q.max = pool->max.data_ptr();
     q.denom = pool->denom.data_ptr();
     q.sum = pool->sum.data_ptr();
   }
+  // Pools step s's h_s, rows [0, rows) of h_rows (and of key_rows, when the
+  // keys are not h).
+  const auto pool_rows = [&](const Tensor& h_rows, const Tensor& key_rows) {
+    q.rows = h_rows.size(0);
+    q.h = h_rows.const_data_ptr();
+    q.keys = keys.defined() ? key_rows.const_data_ptr() : q.h;
+    backend.pool_step(q, dtype);
+  };
   size_t checkpoint = 0;
   for (size_t c = 0; c + 1 < chunk_starts.size(); ++c) {
     const int64_t first = chunk_starts[c], last = chunk_starts[c + 1];
@@ -173,37 +208,59 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
     } else {
       at::mm_out(chunk_gates, chunk_x, w_ih_t);
     }
-    // The recurrence on the length-sorted active prefix: per step one GEMM
+    // The recurrence on the length-sorted active prefix, in segments that
+    // start at the chunk and at each checkpoint inside it: one persistent
+    // kernel per segment where the backend has one, else per step one GEMM
     // accumulating h_{s-1} W_hh^T into the step's rows, then the fused cell.
-    for (int64_t s = first; s < last; ++s) {
-      const int64_t rows = plan.active[s], begin = plan.offset[s];
-      if (checkpoint + 1 < f.checkpoint_steps.size() && s == f.checkpoint_steps[checkpoint]) {
+    for (int64_t seg = first; seg < last;) {
+      if (checkpoint + 1 < f.checkpoint_steps.size() && seg == f.checkpoint_steps[checkpoint]) {
         f.cell.narrow(0, static_cast<int64_t>(checkpoint++) * B, B).copy_(c_state);  // c_{s-1}, every row
       }
-      Tensor gates_step = chunk_gates.narrow(0, begin - chunk_begin, rows);
-      if (s > 0 || f.has_h0) gates_step.addmm_(h_state.narrow(0, 0, rows), w_hh_t);
-      p.step = s;
-      p.rows = rows;
-      p.rows_next = s + 1 < plan.steps ? plan.active[s + 1] : 0;
-      p.gates = gates_step.data_ptr();
-      p.cell = every_step ? row_ptr(f.cell, begin) : nullptr;
-      p.h_prev_next = every_step && p.rows_next > 0
-                          ? row_ptr(f.h_prev, plan.offset[s + 1])
-                          : nullptr;
-      backend.forward_step(p, dtype);
-      if (pool == nullptr || pool->pooling == OnlinePooling::kLast) continue;
-      if (keys.defined()) {
-        Tensor keys_rows = keys.narrow(0, 0, rows);
-        const Tensor h_rows = h_state.narrow(0, 0, rows);
-        if (pool->key_bias.defined()) {
-          at::addmm_out(keys_rows, pool->key_bias, h_rows, pool->key_weight_t);
-        } else {
-          at::mm_out(keys_rows, h_rows, pool->key_weight_t);
+      const int64_t seg_end = checkpoint + 1 < f.checkpoint_steps.size()
+                                  ? std::min(last, f.checkpoint_steps[checkpoint])
+                                  : last;
+      const int64_t seg_rows = plan.offset[seg_end] - plan.offset[seg];
+      r.step = seg;
+      r.end_step = seg_end;
+      r.row0 = plan.offset[seg];
+      r.gates = row_ptr(chunk_gates, plan.offset[seg] - chunk_begin);
+      r.product_at_first = seg > 0 || f.has_h0;
+      r.h_packed = h_chunk.defined() ? h_chunk.data_ptr() : nullptr;
+      r.cell = every_step ? row_ptr(f.cell, plan.offset[seg]) : nullptr;
+      r.h_prev = every_step ? row_ptr(f.h_prev, plan.offset[seg]) : nullptr;
+      if (w_hh_packed.defined()) {
+        backend.forward_recurrence(r, dtype);
+        if (pooling) {
+          const Tensor h_rows = h_chunk.narrow(0, 0, seg_rows);
+          if (keys.defined()) compute_keys(h_rows);  // one GEMM for the segment
+          for (int64_t s = seg; s < seg_end; ++s) {
+            const int64_t row = plan.offset[s] - plan.offset[seg];
+            pool_rows(h_rows.narrow(0, row, plan.active[s]),
+                      keys.defined() ? keys.narrow(0, row, plan.active[s]) : Tensor());
+          }
         }
-        keys_rows.tanh_();
+        seg = seg_end;
+        continue;
       }
-      q.rows = rows;
-      backend.pool_step(q, dtype);
+      for (int64_t s = seg; s < seg_end; ++s) {
+        const int64_t rows = plan.active[s], begin = plan.offset[s];
+        Tensor gates_step = chunk_gates.narrow(0, begin - chunk_begin, rows);
+        if (s > 0 || f.has_h0) gates_step.addmm_(h_state.narrow(0, 0, rows), w_hh_t);
+        p.step = s;
+        p.rows = rows;
+        p.rows_next = s + 1 < plan.steps ? plan.active[s + 1] : 0;
+        p.gates = gates_step.data_ptr();
+        p.cell = every_step ? row_ptr(f.cell, begin) : nullptr;
+        p.h_prev_next = every_step && p.rows_next > 0
+                            ? row_ptr(f.h_prev, plan.offset[s + 1])
+                            : nullptr;
+        backend.forward_step(p, dtype);
+        if (!pooling) continue;
+        const Tensor h_rows = h_state.narrow(0, 0, rows);
+        if (keys.defined()) compute_keys(h_rows);
+        pool_rows(h_rows, keys.defined() ? keys.narrow(0, 0, rows) : Tensor());
+      }
+      seg = seg_end;
     }
   }
 }
@@ -438,8 +495,9 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
   const Tensor w_ih_t = w_ih.t(), w_hh_t = w_hh.t();
   // Low memory: a chunk of rebuilt gates and cells, and the replayed forward's
   // states (its h is not needed: the output holds it).
-  Tensor gates_scratch, cell_scratch, c_replay, h_replay;
+  Tensor gates_scratch, cell_scratch, c_replay, h_replay, w_hh_packed;
   LstmForwardStep replay{};
+  LstmForwardRecurrence fused_replay{};
   if (rebuild) {
     gates_scratch = at::empty({most, 4 * H}, opts);
     cell_scratch = at::empty({most, H}, opts.dtype(state_dtype));
@@ -448,6 +506,14 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
     static_cast<LstmStepRows&>(replay) = step_rows(dev, B, H, reverse);
     replay.h_state = h_replay.data_ptr();
     replay.c_state = c_replay.data_ptr();
+    w_hh_packed = backend.pack_recurrent_weights(w_hh);
+    static_cast<LstmStepRows&>(fused_replay) = replay;
+    fused_replay.steps = plan.steps;
+    fused_replay.active = plan.active.data();
+    fused_replay.offset = plan.offset.data();
+    fused_replay.w_hh_packed = w_hh_packed.defined() ? w_hh_packed.const_data_ptr() : nullptr;
+    fused_replay.h_state = replay.h_state;
+    fused_replay.c_state = replay.c_state;
   }
 
   LstmBackwardStep p{};
@@ -473,18 +539,31 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
       } else {
         at::mm_out(gates, x_rows, w_ih_t);
       }
-      gates.addmm_(h_prev, w_hh_t);
       cell = cell_scratch;
       cell_begin = begin;
       const Tensor checkpoint = src.checkpoints.narrow(0, static_cast<int64_t>(c) * B, B);
       cell_before = checkpoint.const_data_ptr();
       c_replay.copy_(checkpoint);
-      for (int64_t s = first; s < last; ++s) {  // pre-activations -> gates, and c_s
-        replay.step = s;
-        replay.rows = plan.active[s];
-        replay.gates = row_ptr(gates, plan.offset[s] - begin);
-        replay.cell = row_ptr(cell, plan.offset[s] - begin);
-        backend.forward_step(replay, dtype);
+      if (w_hh_packed.defined()) {
+        // The forward's own kernel with h_{s-1} read from the output: the
+        // rebuilt gates and cells are bitwise the forward's.
+        fused_replay.step = first;
+        fused_replay.end_step = last;
+        fused_replay.row0 = begin;
+        fused_replay.product_at_first = first > 0 || src.h0.defined();
+        fused_replay.gates = gates.data_ptr();
+        fused_replay.h_in = h_prev.const_data_ptr();
+        fused_replay.cell = cell.data_ptr();
+        backend.forward_recurrence(fused_replay, dtype);
+      } else {
+        gates.addmm_(h_prev, w_hh_t);
+        for (int64_t s = first; s < last; ++s) {  // pre-activations -> gates, and c_s
+          replay.step = s;
+          replay.rows = plan.active[s];
+          replay.gates = row_ptr(gates, plan.offset[s] - begin);
+          replay.cell = row_ptr(cell, plan.offset[s] - begin);
+          backend.forward_step(replay, dtype);
+        }
       }
     } else {
       gates = saved_gates.narrow(0, begin, rows);

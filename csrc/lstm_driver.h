@@ -41,6 +41,15 @@ struct LstmBackend {
   // The pointwise half of one step; dtype is x's (the state dtype follows it).
   virtual void forward_step(const LstmForwardStep& step, at::ScalarType dtype) const = 0;
   virtual void backward_step(const LstmBackwardStep& step, at::ScalarType dtype) const = 0;
+  // The persistent recurrence: W_hh [4H, H] in the layout forward_recurrence
+  // reads (a backend may cache it across calls while w_hh is unchanged), or
+  // undefined when this backend has none for these inputs; the driver then
+  // runs each step as a GEMM and forward_step.
+  virtual at::Tensor pack_recurrent_weights(const at::Tensor& /*w_hh*/) const { return {}; }
+  // Runs steps [r.step, r.end_step) as one persistent kernel: the recurrent
+  // GEMMs fused with the cell, one barrier per step. Only called when
+  // pack_recurrent_weights gave weights.
+  virtual void forward_recurrence(const LstmForwardRecurrence& r, at::ScalarType dtype) const;
   // One online-pooling step after a forward step (lstm_layer_pooled_forward).
   virtual void pool_step(const LstmPoolStep& step, at::ScalarType dtype) const = 0;
 

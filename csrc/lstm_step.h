@@ -53,6 +53,32 @@ struct LstmBackwardStep : LstmStepRows {
   void* grad_gates;               // [rows, 4H] packed; out: dL/d pre-activations
 };
 
+// Steps [step, end_step) of the forward run by one persistent kernel, the
+// recurrent product h_{s-1} W_hh^T fused with the cell (LstmBackend::
+// forward_recurrence). Workers own hidden units, all four gates of them, so
+// the cell update is local; they exchange h_s through memory and meet once
+// per step. The input projection of every step is already in `gates`. Every
+// output is what LstmForwardStep writes for each step in turn.
+struct LstmForwardRecurrence : LstmStepRows {  // step: the first step; rows: unused
+  int64_t end_step;               // one past the last step run
+  int64_t steps;                  // the plan's step count (for the step after the last)
+  const int64_t* active;          // [steps] host; active rows per step
+  const int64_t* offset;          // [steps + 1] host; packed row of each step's first row
+  int64_t row0;                   // packed row at which every "packed" buffer below starts
+  bool product_at_first;          // false: h_{step-1} is zero (step 0 without h0), no product
+  void* gates;                    // [.., 4H] packed; in: x W_ih^T + b; out: activated gates
+                                  //   when cell is kept
+  const void* w_hh_packed;        // W_hh in the backend's layout (pack_recurrent_weights)
+  const void* h_in;               // [.., H] packed: h_{s-1} of each row, read instead of the
+                                  //   recurrence's (replaying a forward whose h is known); or nullptr
+  void* h_state;                  // [B, H] sorted; in: h_{step-1}, out: h of each row's last step
+  void* c_state;                  // [B, H] sorted, state dtype; in/out like h_state
+  void* output;                   // [T, B, H] caller order, or nullptr (as LstmForwardStep)
+  void* cell;                     // [.., H] packed, state dtype; out: c_s; or nullptr
+  void* h_prev;                   // [.., H] packed; out: h_s at step s+1's rows; or nullptr
+  void* h_packed;                 // [.., H] packed; out: h_s; or nullptr
+};
+
 // What lstm_layer_pooled_forward accumulates over the last layer's outputs.
 enum class OnlinePooling : int32_t { kLast = 0, kMean = 1, kAttention = 2 };
 

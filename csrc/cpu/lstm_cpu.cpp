@@ -1,16 +1,22 @@
 // The CPU backend of the LSTM layer driver (../lstm_driver.h): padding
-// zeroing, the vectorized pointwise step kernels (lstm_cell_cpu.h) and the
+// zeroing, the vectorized pointwise step kernels (lstm_cell_cpu.h), the
+// persistent forward recurrence (lstm_recurrence_cpu.h) and the
 // online-pooling step; registers the LSTM operators for CPU.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <string>
+#include <vector>
 
 #include "../lstm_driver.h"
 #include "../online_pool.h"
 #include "lstm_cell_cpu.h"
+#include "lstm_recurrence_cpu.h"
 
 namespace seqcls_fast::cpu {
 namespace {
@@ -45,6 +51,78 @@ void pool_rows(const LstmPoolStep& p, int64_t begin, int64_t end) {
   }
 }
 
+// Whether the persistent recurrence can run here: float32 on a CPU with
+// AVX-512F, ATen's OpenMP backend (its parallel_for runs the worker slots
+// concurrently, which the per-step barrier needs), and not switched off by
+// SEQCLS_FAST_CPU_RECURRENCE=steps (the per-step GEMM path, for comparison).
+bool persistent_recurrence_available(at::ScalarType dtype) {
+#if defined(SEQCLS_WITH_AVX2) && AT_PARALLEL_OPENMP
+  static const bool cpu_ok = __builtin_cpu_supports("avx512f");
+  const char* choice = std::getenv("SEQCLS_FAST_CPU_RECURRENCE");
+  return cpu_ok && dtype == at::kFloat && (choice == nullptr || std::string(choice) != "steps");
+#else
+  (void)dtype;
+  return false;
+#endif
+}
+
+// W_hh packed for the persistent recurrence, kept for the last few weight
+// tensors while they are alive and unmodified (same storage, same version), so
+// inference and streaming calls do not repack; a training step's update bumps
+// the version and the next forward packs anew.
+class PackedWeightCache {
+ public:
+  at::Tensor get(const at::Tensor& w_hh) {
+    const at::Tensor w = w_hh.contiguous();
+    const bool cacheable = !w_hh.is_inference() && w.is_same(w_hh);
+    if (!cacheable) return pack(w);
+    const uint32_t version = w_hh._version();
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+      const auto alive = it->weight.lock();
+      if (alive.get() == w_hh.unsafeGetTensorImpl() && it->version == version &&
+          it->data == w_hh.const_data_ptr() && it->numel == w_hh.numel()) {
+        Entry hit = *it;  // most recent first
+        entries_.erase(it);
+        entries_.insert(entries_.begin(), hit);
+        return hit.packed;
+      }
+    }
+    at::Tensor packed = pack(w);
+    entries_.insert(entries_.begin(), Entry{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(w_hh.getIntrusivePtr()), version, w_hh.const_data_ptr(),
+                                            w_hh.numel(), packed});
+    if (entries_.size() > kEntries) entries_.pop_back();
+    return packed;
+  }
+
+ private:
+  static constexpr size_t kEntries = 16;  // layers x directions of a few models
+  struct Entry {
+    c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> weight;
+    uint32_t version;
+    const void* data;
+    int64_t numel;
+    at::Tensor packed;
+  };
+
+  static at::Tensor pack(const at::Tensor& w) {
+    const int64_t H = w.size(1);
+    at::Tensor packed = at::empty({avx512::packed_w_hh_floats(H)}, w.options());
+#if defined(SEQCLS_WITH_AVX2)
+    avx512::pack_w_hh(w.const_data_ptr<float>(), H, packed.data_ptr<float>());
+#endif
+    return packed;
+  }
+
+  std::mutex mutex_;
+  std::vector<Entry> entries_;
+};
+
+PackedWeightCache& packed_weight_cache() {
+  static PackedWeightCache cache;
+  return cache;
+}
+
 struct CpuLstmBackend final : LstmBackend {
   CpuLstmBackend() : LstmBackend(kProjectionChunkRows, kProjectionChunkRows) {}
 
@@ -74,6 +152,24 @@ struct CpuLstmBackend final : LstmBackend {
 
   void backward_step(const LstmBackwardStep& step, at::ScalarType dtype) const override {
     lstm_backward_step_cpu(step, dtype);
+  }
+
+  at::Tensor pack_recurrent_weights(const at::Tensor& w_hh) const override {
+    if (!persistent_recurrence_available(w_hh.scalar_type())) return {};
+    return packed_weight_cache().get(w_hh);
+  }
+
+  void forward_recurrence(const LstmForwardRecurrence& r, at::ScalarType /*dtype*/) const override {
+#if defined(SEQCLS_WITH_AVX2)
+    // One worker per thread, each with at least one block of units; one
+    // inside another parallel region, where parallel_for runs serially.
+    const int64_t workers =
+        at::in_parallel_region()
+            ? 1
+            : std::min<int64_t>(at::get_num_threads(), avx512::unit_blocks(r.hidden));
+    at::Tensor h_swap = at::empty({r.batch, r.hidden}, at::TensorOptions().dtype(at::kFloat));
+    avx512::lstm_forward_recurrence(r, h_swap.data_ptr<float>(), workers);
+#endif
   }
 
   void pool_step(const LstmPoolStep& step, at::ScalarType dtype) const override {

@@ -1,0 +1,243 @@
+// AVX-512 build of the persistent forward recurrence (float32). Worker w owns
+// a contiguous range of 16-unit blocks and all four gates of them: it packs
+// its slice of W_hh once per call, then per step computes, for every active
+// row, its blocks' gate pre-activations (the projection already in `gates`
+// plus h_{s-1} W_hh^T, broadcast-FMAs over k with 4 x MR accumulators in
+// registers), applies the shared cell math (../cell.h) in registers, writes
+// h_s into the other h buffer, and meets the other workers at one barrier.
+// Each unit's sums run in the same order whoever owns it, so results do not
+// depend on the thread count. Compiled for AVX-512 by the target pragma only;
+// the caller checks the CPU supports it.
+#if defined(__x86_64__) || defined(_M_X64)
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "lstm_recurrence_cpu.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma")
+// GCC 12's masked-load intrinsics start from _mm512_undefined_ps(), which
+// -Wuninitialized reports once per inlined call (a false positive).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include "../cell.h"
+
+extern "C" {
+__m512 Sleef_expf16_u10avx512f(__m512);
+__m512 Sleef_expm1f16_u10avx512f(__m512);
+}
+
+// GCC does not extend the target pragma to functions defined inside a class
+// body, so those carry the attribute themselves.
+#define SEQCLS_AVX512 __attribute__((target("avx512f,fma")))
+
+namespace seqcls_fast {
+namespace cpu::avx512 {
+
+// One AVX-512 register of float: just the arithmetic the cell needs.
+struct Float16 {
+  __m512 v;
+  Float16() = default;
+  SEQCLS_AVX512 Float16(__m512 x) : v(x) {}
+  SEQCLS_AVX512 Float16(float x) : v(_mm512_set1_ps(x)) {}
+  SEQCLS_AVX512 friend Float16 operator+(Float16 a, Float16 b) { return _mm512_add_ps(a.v, b.v); }
+  SEQCLS_AVX512 friend Float16 operator-(Float16 a, Float16 b) { return _mm512_sub_ps(a.v, b.v); }
+  SEQCLS_AVX512 friend Float16 operator*(Float16 a, Float16 b) { return _mm512_mul_ps(a.v, b.v); }
+  SEQCLS_AVX512 friend Float16 operator/(Float16 a, Float16 b) { return _mm512_div_ps(a.v, b.v); }
+};
+
+}  // namespace cpu::avx512
+
+template <>
+struct CellMath<cpu::avx512::Float16> {
+  SEQCLS_AVX512 static cpu::avx512::Float16 exp(cpu::avx512::Float16 x) {
+    return Sleef_expf16_u10avx512f(x.v);
+  }
+  // tanh x = e / (e + 2) with e = expm1(2x): a third of the cost of SLEEF's
+  // tanh and within a few ulp of it (no cancellation near 0, as expm1 keeps
+  // its relative accuracy there). |x| is clamped at 10, where tanh is 1 in
+  // float32, so e stays finite; NaN passes through.
+  SEQCLS_AVX512 static cpu::avx512::Float16 tanh(cpu::avx512::Float16 x) {
+    const __m512 limit = _mm512_set1_ps(10.0f);
+    // min/max return their second operand when one is NaN: x goes second.
+    const __m512 clamped =
+        _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), limit), _mm512_min_ps(limit, x.v));
+    const __m512 e = Sleef_expm1f16_u10avx512f(_mm512_add_ps(clamped, clamped));
+    return _mm512_div_ps(e, _mm512_add_ps(e, _mm512_set1_ps(2.0f)));
+  }
+};
+
+namespace cpu::avx512 {
+namespace {
+
+constexpr int64_t kLanes = kUnitsPerBlock;
+// Rows per register tile: 6 rows x 4 gates = 24 accumulators, plus the four
+// weight vectors and a broadcast, within the 32 registers.
+constexpr int64_t kTileRows = 6;
+
+// What one step's tiles share.
+struct StepView {
+  const LstmForwardRecurrence& r;
+  const float* packed;   // [blocks, H, 4, 16]
+  const float* h_in;     // [B, H] sorted: h_{s-1}
+  float* h_out;          // [B, H] sorted: h_s
+  const float* gates_s;  // [rows, 4H]: this step's rows of r.gates
+  int64_t step, rows_next;
+  bool product;
+};
+
+// Rows [j0, j0 + MR) of one step, units of block b: gate pre-activations in
+// registers, then the cell, then every output of the step for those units.
+template <int MR>
+SEQCLS_AVX512 void forward_tile(const StepView& v, int64_t j0, int64_t b) {
+  const LstmForwardRecurrence& r = v.r;
+  const int64_t H = r.hidden, G = 4 * H, u0 = b * kLanes;
+  const int64_t lanes = std::min<int64_t>(kLanes, H - u0);
+  const __mmask16 mask = static_cast<__mmask16>((1u << lanes) - 1u);
+  __m512 acc[MR][4];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m) {
+    for (int g = 0; g < 4; ++g) {
+      acc[m][g] = _mm512_maskz_loadu_ps(mask, v.gates_s + (j0 + m) * G + g * H + u0);
+    }
+  }
+  if (v.product) {
+    const float* w = v.packed + b * H * 4 * kLanes;
+    const float* h = v.h_in + j0 * H;
+#pragma GCC unroll 2
+    for (int64_t k = 0; k < H; ++k) {
+      const float* wk = w + k * 4 * kLanes;
+      const __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + kLanes),
+                   w2 = _mm512_loadu_ps(wk + 2 * kLanes), w3 = _mm512_loadu_ps(wk + 3 * kLanes);
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) {
+        const __m512 hk = _mm512_set1_ps(h[m * H + k]);
+        acc[m][0] = _mm512_fmadd_ps(hk, w0, acc[m][0]);
+        acc[m][1] = _mm512_fmadd_ps(hk, w1, acc[m][1]);
+        acc[m][2] = _mm512_fmadd_ps(hk, w2, acc[m][2]);
+        acc[m][3] = _mm512_fmadd_ps(hk, w3, acc[m][3]);
+      }
+    }
+  }
+  const int64_t packed_row = r.offset[v.step] - r.row0;  // of the step's row 0
+  float* c_state = static_cast<float*>(r.c_state);
+  for (int m = 0; m < MR; ++m) {
+    const int64_t j = j0 + m;
+    Float16 i, f, g, o, c, h;
+    lstm_cell_forward(Float16(acc[m][0]), Float16(acc[m][1]), Float16(acc[m][2]),
+                      Float16(acc[m][3]), Float16(_mm512_maskz_loadu_ps(mask, c_state + j * H + u0)),
+                      i, f, g, o, c, h);
+    _mm512_mask_storeu_ps(c_state + j * H + u0, mask, c.v);
+    _mm512_mask_storeu_ps(v.h_out + j * H + u0, mask, h.v);
+    if (r.output != nullptr) {
+      const int64_t caller_row = r.order ? r.order[j] : j;
+      const int64_t t = step_time(r.reverse, r.sorted_lengths, j, v.step);
+      _mm512_mask_storeu_ps(static_cast<float*>(r.output) + (t * r.batch + caller_row) * H + u0,
+                            mask, h.v);
+    }
+    if (r.h_packed != nullptr) {
+      _mm512_mask_storeu_ps(static_cast<float*>(r.h_packed) + (packed_row + j) * H + u0, mask, h.v);
+    }
+    if (r.cell != nullptr) {  // everything the backward keeps
+      float* gates = static_cast<float*>(r.gates) + (packed_row + j) * G + u0;
+      _mm512_mask_storeu_ps(gates, mask, i.v);
+      _mm512_mask_storeu_ps(gates + H, mask, f.v);
+      _mm512_mask_storeu_ps(gates + 2 * H, mask, g.v);
+      _mm512_mask_storeu_ps(gates + 3 * H, mask, o.v);
+      _mm512_mask_storeu_ps(static_cast<float*>(r.cell) + (packed_row + j) * H + u0, mask, c.v);
+    }
+    if (r.h_prev != nullptr && j < v.rows_next) {
+      _mm512_mask_storeu_ps(static_cast<float*>(r.h_prev) + (r.offset[v.step + 1] - r.row0 + j) * H + u0,
+                            mask, h.v);
+    }
+  }
+}
+
+SEQCLS_AVX512 void forward_block(const StepView& v, int64_t rows, int64_t b) {
+  int64_t j = 0;
+  for (; j + kTileRows <= rows; j += kTileRows) forward_tile<kTileRows>(v, j, b);
+  switch (rows - j) {
+    case 5: forward_tile<5>(v, j, b); break;
+    case 4: forward_tile<4>(v, j, b); break;
+    case 3: forward_tile<3>(v, j, b); break;
+    case 2: forward_tile<2>(v, j, b); break;
+    case 1: forward_tile<1>(v, j, b); break;
+    default: break;
+  }
+}
+
+// Worker slots [slot_begin, slot_end) of `workers`: their blocks, all steps.
+void run_slots(const LstmForwardRecurrence& r, float* h_swap, int64_t workers, int64_t slot_begin,
+               int64_t slot_end, SpinBarrier& barrier) {
+  const int64_t H = r.hidden, blocks = unit_blocks(H);
+  const int64_t first_block = slot_begin * blocks / workers, end_block = slot_end * blocks / workers;
+  const int64_t weight = slot_end - slot_begin;
+  const float* packed = static_cast<const float*>(r.w_hh_packed);
+  float* h_state = static_cast<float*>(r.h_state);
+  for (int64_t s = r.step; s < r.end_step; ++s) {
+    // Even steps of the segment read h_state and write h_swap, odd ones the
+    // reverse: nobody overwrites an h_{s-1} another worker may still read.
+    const bool even = (s - r.step) % 2 == 0;
+    const int64_t rows = r.active[s];
+    const StepView v{r,
+                     packed,
+                     r.h_in ? static_cast<const float*>(r.h_in) + (r.offset[s] - r.row0) * H
+                     : even ? h_state
+                            : h_swap,
+                     even ? h_swap : h_state,
+                     static_cast<const float*>(r.gates) + (r.offset[s] - r.row0) * 4 * H,
+                     s,
+                     s + 1 < r.steps ? r.active[s + 1] : 0,
+                     s > r.step || r.product_at_first};
+    for (int64_t b = first_block; b < end_block; ++b) forward_block(v, rows, b);
+    barrier.arrive_and_wait(weight);
+  }
+  // Rows whose last step here was an even one left h in h_swap: bring their
+  // units back (every worker is past its last read of h_state).
+  for (int64_t s = r.step; s < r.end_step; s += 2) {
+    const int64_t done_from = s + 1 < r.end_step ? r.active[s + 1] : 0;
+    for (int64_t j = done_from; j < r.active[s]; ++j) {
+      std::copy(h_swap + j * H + first_block * kLanes,
+                h_swap + j * H + std::min(H, end_block * kLanes), h_state + j * H + first_block * kLanes);
+    }
+  }
+}
+
+}  // namespace
+
+void pack_w_hh(const float* w_hh, int64_t H, float* packed) {
+  // packed[b][k][g][l] = W_hh[g H + 16 b + l][k], 0 past H.
+  at::parallel_for(0, unit_blocks(H), 1, [&](int64_t first, int64_t end) {
+    for (int64_t b = first; b < end; ++b) {
+      float* block = packed + b * H * 4 * kLanes;
+      for (int64_t g = 0; g < 4; ++g) {
+        for (int64_t l = 0; l < kLanes; ++l) {
+          const int64_t unit = b * kLanes + l;
+          const float* w_row = unit < H ? w_hh + (g * H + unit) * H : nullptr;
+          for (int64_t k = 0; k < H; ++k) block[(k * 4 + g) * kLanes + l] = w_row ? w_row[k] : 0.0f;
+        }
+      }
+    }
+  });
+}
+
+void lstm_forward_recurrence(const LstmForwardRecurrence& r, float* h_swap, int64_t workers) {
+  SpinBarrier barrier(workers);
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    run_slots(r, h_swap, workers, begin, end, barrier);
+  });
+}
+
+}  // namespace cpu::avx512
+}  // namespace seqcls_fast
+
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+
+#endif  // x86-64

@@ -1,0 +1,145 @@
+"""The CPU's persistent forward recurrence (float32 on AVX-512 CPUs; other
+CPUs and float64 run a GEMM per step): both paths against the float64
+reference at the shapes where its blocking has edges, bitwise repeatability,
+the low-memory backward replaying the same kernel, and its cache of packed
+weights following in-place updates. SEQCLS_FAST_CPU_RECURRENCE=steps selects
+the per-step path."""
+import pytest
+import torch
+
+import seqcls_fast as sf
+from helpers import LSTM_TOL, assert_close_named, forward_backward, make_native
+from seqcls_fast.reference import NativeLSTMClassifier, packed_lstm
+
+PATHS = ["fused", "steps"]
+
+
+def _cpu_has_avx512f():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return " avx512f " in cpuinfo.read().replace("\n", " ")
+    except OSError:
+        return False
+
+
+# Where the persistent recurrence runs ("fused" falls back to steps elsewhere).
+NEEDS_FUSED = pytest.mark.skipif(not _cpu_has_avx512f(),
+                                 reason="the persistent recurrence needs an AVX-512F CPU")
+
+# Hidden sizes around the 16-unit blocks and the 6-row tiles of the kernel;
+# batches with full and partial tiles; lengths that retire rows mid-tile.
+SHAPES = [  # (T, B, I, H)
+    (9, 1, 3, 1),
+    (13, 7, 5, 15),
+    (11, 6, 4, 16),
+    (17, 13, 8, 17),
+    (6, 20, 3, 40),
+    (5, 3, 2, 64),
+]
+
+
+@pytest.fixture(params=PATHS)
+def path(request, monkeypatch):
+    monkeypatch.setenv("SEQCLS_FAST_CPU_RECURRENCE", request.param)
+    return request.param
+
+
+def _sf_from_native(native, **kwargs):
+    model = sf.LSTM(native.input_size, native.hidden_size, native.num_layers,
+                    bidirectional=native.bidirectional, dtype=torch.float32, **kwargs)
+    model.load_state_dict(native.state_dict())
+    return model
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-I{}-H{}".format(*s))
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_forward_and_backward_match_float64_reference(path, shape, bidirectional):
+    T, B, I, H = shape
+    native = make_native(I, H, num_layers=2, bidirectional=bidirectional)
+    model = _sf_from_native(native)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    lengths = torch.randint(1, T + 1, (B,))
+    lengths[0] = T
+    hx = tuple(torch.randn(2 * (2 if bidirectional else 1), B, H, dtype=torch.float64)
+               for _ in range(2))
+    want = forward_backward(native, x, lengths, hx, packed=True)
+    got = forward_backward(model, x.float(), lengths, tuple(s.float() for s in hx), packed=False)
+    assert_close_named([got[n].double() for n in want], list(want.values()),
+                       LSTM_TOL[("cpu", torch.float32)], list(want))
+
+
+def test_inference_pooling_matches_float64_reference(path):
+    """LSTMClassifier under no_grad pools in its top layer's kernel (the
+    fused recurrence hands the pooling a chunk of h_s at a time); its logits
+    equal nn.LSTM + packing + masked attention in float64."""
+    model = sf.LSTMClassifier(6, 40, 3, num_layers=2, attn_dim=8).eval()
+    native = NativeLSTMClassifier(6, 40, 3, num_layers=2, attn_dim=8, dtype=torch.float64).eval()
+    native.load_state_dict(model.state_dict())
+    x = torch.randn(9, 300, 6)  # batch first, past one 1024-row chunk
+    lengths = torch.randint(1, 301, (9,))
+    with torch.no_grad():
+        assert model._pools_online(x)
+        logits = model(x, lengths)
+        want = native(x.double(), lengths)
+    torch.testing.assert_close(logits.double(), want, **LSTM_TOL[("cpu", torch.float32)])
+
+
+def test_bitwise_repeatable_at_a_fixed_thread_count(path):
+    """Fixed ownership of units and no scheduling-dependent sums: the same
+    call twice gives bitwise the same outputs and gradients."""
+    native = make_native(24, 48, num_layers=2, dtype=torch.float32)
+    model = _sf_from_native(native)
+    x = torch.randn(40, 11, 24)
+    lengths = torch.randint(1, 41, (11,))
+    hx = tuple(torch.randn(2, 11, 48) for _ in range(2))
+    first = forward_backward(model, x, lengths, hx, packed=False)
+    second = forward_backward(model, x, lengths, hx, packed=False)
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
+@NEEDS_FUSED
+def test_low_memory_replays_the_forward_bitwise(monkeypatch):
+    """memory="low" rebuilds each chunk's gates with the forward's own kernel
+    (h_{s-1} read from the output), so its gradients are bitwise the default
+    mode's, over several backward chunks. (The per-step path rebuilds with one
+    GEMM per chunk instead of one per step: close, not bitwise.)"""
+    monkeypatch.setenv("SEQCLS_FAST_CPU_RECURRENCE", "fused")
+    native = make_native(5, 33, num_layers=1, dtype=torch.float32)
+    fast = _sf_from_native(native)
+    low = _sf_from_native(native, memory="low")
+    x = torch.randn(500, 6, 5)
+    lengths = torch.tensor([500, 3, 420, 1, 499, 250])
+    hx = tuple(torch.randn(1, 6, 33) for _ in range(2))
+    want = forward_backward(fast, x, lengths, hx, packed=False)
+    got = forward_backward(low, x, lengths, hx, packed=False)
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+
+
+def test_packed_weights_follow_in_place_updates(path):
+    """Inference reuses W_hh packed by an earlier call only while the weight
+    is unchanged: after an in-place update the result is the new weights'."""
+    native = make_native(4, 20)
+    model = _sf_from_native(native)
+    x = torch.randn(12, 3, 4)
+    lengths = torch.tensor([12, 5, 9])
+    with torch.no_grad():
+        model(x, lengths=lengths)  # packs (and caches) W_hh
+        native.weight_hh_l0.mul_(-0.5)
+        model.weight_hh_l0.mul_(-0.5)
+        out, _ = model(x, lengths=lengths)
+    want, _ = packed_lstm(native, x.double(), lengths, None)
+    torch.testing.assert_close(out.double(), want, **LSTM_TOL[("cpu", torch.float32)])
+
+
+def test_nan_input_stays_in_its_row(path):
+    """A NaN in one row's input makes that row's output NaN (the kernel's
+    tanh passes NaN through) and leaves the other rows finite."""
+    model = sf.LSTM(3, 20)
+    x = torch.randn(7, 4, 3)
+    x[2, 1, 0] = float("nan")
+    with torch.no_grad():
+        out, (h_n, _) = model(x, lengths=torch.tensor([7, 7, 6, 5]))
+    assert torch.isnan(out[2:, 1]).all() and torch.isnan(h_n[0, 1]).all()
+    assert torch.isfinite(out[:, [0, 2, 3]]).all()
