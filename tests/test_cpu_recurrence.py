@@ -75,8 +75,8 @@ def test_inference_pooling_matches_float64_reference(path):
     model = sf.LSTMClassifier(6, 40, 3, num_layers=2, attn_dim=8).eval()
     native = NativeLSTMClassifier(6, 40, 3, num_layers=2, attn_dim=8, dtype=torch.float64).eval()
     native.load_state_dict(model.state_dict())
-    x = torch.randn(9, 300, 6)  # batch first, past one 1024-row chunk
-    lengths = torch.randint(1, 301, (9,))
+    x = torch.randn(9, 300, 6)  # batch first
+    lengths = torch.randint(150, 301, (9,))  # >= 1350 rows: more than one 1024-row chunk
     with torch.no_grad():
         assert model._pools_online(x)
         logits = model(x, lengths)
