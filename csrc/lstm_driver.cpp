@@ -61,6 +61,21 @@ LstmStepRows step_rows(const DevicePlan& dev, int64_t batch, int64_t hidden, boo
   return rows;
 }
 
+// The fields of a persistent recurrence that every segment of a pass shares,
+// from the pass's step parameters (rows, states) and the plan.
+LstmForwardRecurrence recurrence_rows(const LstmForwardStep& step, const LengthPlan& plan,
+                                      const Tensor& w_hh_packed) {
+  LstmForwardRecurrence r{};
+  static_cast<LstmStepRows&>(r) = step;
+  r.steps = plan.steps;
+  r.active = plan.active.data();
+  r.offset = plan.offset.data();
+  r.w_hh_packed = w_hh_packed.defined() ? w_hh_packed.const_data_ptr() : nullptr;
+  r.h_state = step.h_state;
+  r.c_state = step.c_state;
+  return r;
+}
+
 // Address of row `row` of a contiguous 2-D tensor: a step's slice, without a
 // Tensor per step.
 void* row_ptr(const Tensor& t, int64_t row) {
@@ -140,13 +155,11 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
   const Tensor w_ih_t = w_ih.t(), w_hh_t = w_hh.t();
   const optional<Tensor> bias = b_ih.has_value() ? optional<Tensor>(*b_ih + *b_hh) : c10::nullopt;
   const std::vector<int64_t> chunk_starts = chunk_steps(plan, backend.projection_chunk_rows);
-  Tensor scratch = every_step
-                       ? Tensor()
-                       : at::empty({largest_chunk(plan, chunk_starts), 4 * H}, f.x.options());
+  const int64_t most_rows = largest_chunk(plan, chunk_starts);
+  Tensor scratch = every_step ? Tensor() : at::empty({most_rows, 4 * H}, f.x.options());
   // Attention keys tanh(h W^T + b) of a step's (or a chunk's) rows, when the
   // keys are not h; and the chunk's h_s when a fused recurrence feeds pooling.
   const bool pooling = pool != nullptr && pool->pooling != OnlinePooling::kLast;
-  const int64_t most_rows = every_step ? largest_chunk(plan, chunk_starts) : scratch.size(0);
   Tensor keys = pooling && pool->key_weight_t.defined()
                     ? at::empty({std::max(B, most_rows), pool->key_weight_t.size(1)}, f.x.options())
                     : Tensor();
@@ -165,18 +178,11 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
   p.h_state = h_state.data_ptr();
   p.c_state = c_state.data_ptr();
   p.output = f.output.defined() ? f.output.data_ptr() : nullptr;
-  LstmForwardRecurrence r{};
-  static_cast<LstmStepRows&>(r) = step_rows(f.dev, B, H, f.reverse);
-  r.steps = plan.steps;
-  r.active = plan.active.data();
-  r.offset = plan.offset.data();
   const Tensor w_hh_packed = backend.pack_recurrent_weights(w_hh);
-  r.w_hh_packed = w_hh_packed.defined() ? w_hh_packed.const_data_ptr() : nullptr;
+  LstmForwardRecurrence r = recurrence_rows(p, plan, w_hh_packed);
+  r.output = p.output;
   Tensor h_chunk = pooling && w_hh_packed.defined() ? at::empty({most_rows, H}, f.x.options())
                                                      : Tensor();
-  r.h_state = p.h_state;
-  r.c_state = p.c_state;
-  r.output = p.output;
   LstmPoolStep q{};
   if (pooling) {
     q.hidden = H;
@@ -507,13 +513,7 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
     replay.h_state = h_replay.data_ptr();
     replay.c_state = c_replay.data_ptr();
     w_hh_packed = backend.pack_recurrent_weights(w_hh);
-    static_cast<LstmStepRows&>(fused_replay) = replay;
-    fused_replay.steps = plan.steps;
-    fused_replay.active = plan.active.data();
-    fused_replay.offset = plan.offset.data();
-    fused_replay.w_hh_packed = w_hh_packed.defined() ? w_hh_packed.const_data_ptr() : nullptr;
-    fused_replay.h_state = replay.h_state;
-    fused_replay.c_state = replay.c_state;
+    fused_replay = recurrence_rows(replay, plan, w_hh_packed);
   }
 
   LstmBackwardStep p{};

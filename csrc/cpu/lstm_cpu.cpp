@@ -78,27 +78,30 @@ class PackedWeightCache {
     if (!cacheable) return pack(w);
     const uint32_t version = w_hh._version();
     std::lock_guard<std::mutex> lock(mutex_);
+    // Weights that are gone free their packed copies here.
+    entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
+                                  [](const Entry& e) { return e.weight.expired(); }),
+                   entries_.end());
     for (auto it = entries_.begin(); it != entries_.end(); ++it) {
-      const auto alive = it->weight.lock();
-      if (alive.get() == w_hh.unsafeGetTensorImpl() && it->version == version &&
+      if (it->weight.lock().get() == w_hh.unsafeGetTensorImpl() && it->version == version &&
           it->data == w_hh.const_data_ptr() && it->numel == w_hh.numel()) {
-        Entry hit = *it;  // most recent first
-        entries_.erase(it);
-        entries_.insert(entries_.begin(), hit);
-        return hit.packed;
+        std::rotate(entries_.begin(), it, it + 1);  // most recent first
+        return entries_.front().packed;
       }
     }
     at::Tensor packed = pack(w);
-    entries_.insert(entries_.begin(), Entry{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(w_hh.getIntrusivePtr()), version, w_hh.const_data_ptr(),
-                                            w_hh.numel(), packed});
+    entries_.insert(entries_.begin(),
+                    Entry{WeakImpl(w_hh.getIntrusivePtr()), version, w_hh.const_data_ptr(),
+                          w_hh.numel(), packed});
     if (entries_.size() > kEntries) entries_.pop_back();
     return packed;
   }
 
  private:
   static constexpr size_t kEntries = 16;  // layers x directions of a few models
+  using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
   struct Entry {
-    c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> weight;
+    WeakImpl weight;
     uint32_t version;
     const void* data;
     int64_t numel;

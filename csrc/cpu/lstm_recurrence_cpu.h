@@ -1,43 +1,12 @@
 // The persistent forward recurrence on the CPU (LstmBackend::forward_recurrence):
-// the entry points of its AVX-512 build, and the spin barrier its workers meet
-// at once per step.
+// the entry points of its AVX-512 build and the layout of its packed W_hh.
 #pragma once
 
-#include <atomic>
 #include <cstdint>
-#include <thread>
 
 #include "../lstm_step.h"
 
 namespace seqcls_fast::cpu {
-
-// A sense-reversing barrier for a fixed total weight: each participant
-// arrives with the number of worker slots it runs, and the barrier opens when
-// the weights sum to the total. So it is correct however ATen's parallel_for
-// groups the slots into threads, provided they run concurrently (OpenMP).
-class SpinBarrier {
- public:
-  explicit SpinBarrier(int64_t total) : total_(total) {}
-
-  void arrive_and_wait(int64_t weight) {
-    const int64_t generation = generation_.load(std::memory_order_acquire);
-    if (arrived_.fetch_add(weight, std::memory_order_acq_rel) + weight == total_) {
-      arrived_.store(0, std::memory_order_relaxed);
-      generation_.fetch_add(1, std::memory_order_release);
-      return;
-    }
-    // Spin (a step is microseconds); yield now and then so an oversubscribed
-    // machine still makes progress.
-    for (int64_t spins = 1; generation_.load(std::memory_order_acquire) == generation; ++spins) {
-      if (spins % 4096 == 0) std::this_thread::yield();
-    }
-  }
-
- private:
-  const int64_t total_;
-  std::atomic<int64_t> arrived_{0};
-  std::atomic<int64_t> generation_{0};
-};
 
 namespace avx512 {
 

@@ -1,6 +1,6 @@
 // AVX-512 build of the persistent forward recurrence (float32). Worker w owns
-// a contiguous range of 16-unit blocks and all four gates of them: it packs
-// its slice of W_hh once per call, then per step computes, for every active
+// a contiguous range of 16-unit blocks and all four gates of them, and reads
+// W_hh as pack_w_hh laid it out; per step it computes, for every active
 // row, its blocks' gate pre-activations (the projection already in `gates`
 // plus h_{s-1} W_hh^T, broadcast-FMAs over k with 4 x MR accumulators in
 // registers), applies the shared cell math (../cell.h) in registers, writes
@@ -13,7 +13,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cmath>
+#include <atomic>
+#include <thread>
 
 #include "lstm_recurrence_cpu.h"
 
@@ -68,6 +69,34 @@ struct CellMath<cpu::avx512::Float16> {
 
 namespace cpu::avx512 {
 namespace {
+
+// A sense-reversing barrier for a fixed total weight: each participant
+// arrives with the number of worker slots it runs, and the barrier opens when
+// the weights sum to the total. So it is correct however ATen's parallel_for
+// groups the slots into threads, provided they run concurrently (OpenMP).
+class SpinBarrier {
+ public:
+  explicit SpinBarrier(int64_t total) : total_(total) {}
+
+  void arrive_and_wait(int64_t weight) {
+    const int64_t generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(weight, std::memory_order_acq_rel) + weight == total_) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    // Spin (a step is microseconds); yield now and then so an oversubscribed
+    // machine still makes progress.
+    for (int64_t spins = 1; generation_.load(std::memory_order_acquire) == generation; ++spins) {
+      if (spins % 4096 == 0) std::this_thread::yield();
+    }
+  }
+
+ private:
+  const int64_t total_;
+  std::atomic<int64_t> arrived_{0};
+  std::atomic<int64_t> generation_{0};
+};
 
 constexpr int64_t kLanes = kUnitsPerBlock;
 // Rows per register tile: 6 rows x 4 gates = 24 accumulators, plus the four
