@@ -1,5 +1,6 @@
 #include "lstm_common.h"
 
+#include "buffers.h"
 #include "lstm_step.h"
 
 #include <ATen/ATen.h>
@@ -174,8 +175,9 @@ at::Tensor pack_rows(const at::Tensor& x, int64_t begin, int64_t rows, const Dev
   if (!plan.packed_time.defined()) {
     return x.reshape({x.size(0) * x.size(1), x.size(2)}).narrow(0, begin, rows);
   }
-  return at::index(x, {plan.packed_time.narrow(0, begin, rows),
-                       plan.packed_batch.narrow(0, begin, rows)});
+  at::Tensor packed = empty_buffer({rows, x.size(2)}, x.options());
+  return at::index_out(packed, x, {plan.packed_time.narrow(0, begin, rows),
+                                   plan.packed_batch.narrow(0, begin, rows)});
 }
 
 void accumulate_lstm_gemm_grads(LstmGemmGrads& grads, const at::Tensor& grad_gates,
@@ -190,8 +192,8 @@ void accumulate_lstm_gemm_grads(LstmGemmGrads& grads, const at::Tensor& grad_gat
     grads.grad_w_hh = at::mm(grad_gates_t, h_prev);
     grads.grad_bias = grad_gates.sum(0);
     // Every (t, b) not written below stays 0: padding, or no gradient asked for.
-    grads.grad_x = compute_grad_x && !plan.packed_time.defined() ? at::empty(x.sizes(), x.options())
-                                                                 : at::zeros(x.sizes(), x.options());
+    grads.grad_x = compute_grad_x && !plan.packed_time.defined() ? empty_buffer(x.sizes(), x.options())
+                                                                 : zeros_buffer(x.sizes(), x.options());
   } else {
     grads.grad_w_ih.addmm_(grad_gates_t, x_packed);
     grads.grad_w_hh.addmm_(grad_gates_t, h_prev);

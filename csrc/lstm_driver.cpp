@@ -2,6 +2,7 @@
 // forward and backward step loops, once for every backend.
 #include "lstm_driver.h"
 
+#include "buffers.h"
 #include "length_plan.h"
 
 #include <ATen/ATen.h>
@@ -156,7 +157,7 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
   const optional<Tensor> bias = b_ih.has_value() ? optional<Tensor>(*b_ih + *b_hh) : c10::nullopt;
   const std::vector<int64_t> chunk_starts = chunk_steps(plan, backend.projection_chunk_rows);
   const int64_t most_rows = largest_chunk(plan, chunk_starts);
-  Tensor scratch = every_step ? Tensor() : at::empty({most_rows, 4 * H}, f.x.options());
+  Tensor scratch = every_step ? Tensor() : empty_buffer({most_rows, 4 * H}, f.x.options());
   // Attention keys tanh(h W^T + b) of a step's (or a chunk's) rows, when the
   // keys are not h; and the chunk's h_s when a fused recurrence feeds pooling.
   const bool pooling = pool != nullptr && pool->pooling != OnlinePooling::kLast;
@@ -362,10 +363,10 @@ LstmForwardResult lstm_layer_forward(const LstmBackend& backend, const Tensor& x
                 reverse,
                 keep,
                 std::move(checkpoints),
-                at::empty({T, B, H}, opts),
-                at::empty({gate_rows, 4 * H}, opts),
-                at::empty({cell_rows, H}, state_opts),
-                at::empty({gate_rows, H}, opts)};
+                empty_buffer({T, B, H}, opts),
+                empty_buffer({gate_rows, 4 * H}, opts),
+                empty_buffer({cell_rows, H}, state_opts),
+                empty_buffer({gate_rows, H}, opts)};
   if (!plan.all_full) backend.zero_output_padding(f.output, dev);
   Tensor h_state = h0.has_value() ? to_sorted(*h0, dev, dtype) : at::zeros({B, H}, opts);
   Tensor c_state = c0.has_value() ? to_sorted(*c0, dev, state_dtype) : at::zeros({B, H}, state_opts);
@@ -495,7 +496,7 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
   // rebuilt gates) exists at a time.
   const std::vector<int64_t> chunk_starts = chunk_steps(plan, backend.backward_chunk_rows);
   const int64_t most = largest_chunk(plan, chunk_starts);
-  Tensor grad_gates = at::empty({most, 4 * H}, opts);  // every row written below
+  Tensor grad_gates = empty_buffer({most, 4 * H}, opts);  // every row written below
   const Tensor saved_gates = rebuild ? Tensor() : src.gates.contiguous();
   const Tensor saved_cell = rebuild ? Tensor() : src.cell.contiguous();
   const Tensor w_ih_t = w_ih.t(), w_hh_t = w_hh.t();
@@ -505,7 +506,7 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
   LstmForwardStep replay{};
   LstmForwardRecurrence fused_replay{};
   if (rebuild) {
-    gates_scratch = at::empty({most, 4 * H}, opts);
+    gates_scratch = empty_buffer({most, 4 * H}, opts);
     cell_scratch = at::empty({most, H}, opts.dtype(state_dtype));
     c_replay = at::empty({B, H}, opts.dtype(state_dtype));
     h_replay = at::empty({B, H}, opts);

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../attention_pool_common.h"
+#include "../buffers.h"
 
 namespace seqcls_fast::cpu {
 namespace {
@@ -105,8 +106,8 @@ std::tuple<Tensor, Tensor, Tensor> masked_attention_pool_backward_cpu(
   check_shape(grad_pooled, {B, D}, "grad_pooled");
   check_shape(grad_weights, {B, T}, "grad_weights");
   check_shape(weights, {B, T}, "weights");
-  Tensor grad_values = at::zeros({B, T, D}, values.options());
-  Tensor grad_keys = keys.has_value() ? at::zeros({B, T, A}, values.options())
+  Tensor grad_values = zeros_buffer({B, T, D}, values.options());
+  Tensor grad_keys = keys.has_value() ? zeros_buffer({B, T, A}, values.options())
                                       : at::empty({0}, values.options());
   // Each row's share of grad_query, summed over rows afterwards in a fixed order.
   Tensor grad_query_rows = at::zeros({B, A}, values.options().dtype(at::kDouble));
