@@ -74,6 +74,10 @@ def _lstm_setup_context(ctx, inputs, output):
     if not save_activations:
         return  # inference call: backward() below raises if reached
     out, _h_n, _c_n, gates, cell, h_prev = output
+    # The saved activations are outputs only to reach the backward: no
+    # gradient ever flows into them, and materialized zeros for them would be
+    # tens of MB filled on every training step. Unused outputs arrive as None.
+    ctx.set_materialize_grads(False)
     ctx.low_memory = bool(rest and rest[0])
     # Low memory: the output (kept alive by the next layer anyway) stands in
     # for the gates and h_prev, which the backward rebuilds; `cell` holds only
