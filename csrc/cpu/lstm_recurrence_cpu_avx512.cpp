@@ -29,17 +29,46 @@
 
 #include "../cell.h"
 
-extern "C" {
-__m512 Sleef_expf16_u10avx512f(__m512);
-__m512 Sleef_tanhf16_u35avx512f(__m512);
-}
-
 // GCC does not extend the target pragma to functions defined inside a class
 // body, so those carry the attribute themselves.
 #define SEQCLS_AVX512 __attribute__((target("avx512f,fma")))
 
 namespace seqcls_fast {
 namespace cpu::avx512 {
+
+// The cell's math is inlined into the tile, with the 24 accumulators still
+// in registers: a call into a vector math library clobbers every zmm
+// register, and its exact division and tanh cost more than the tile's cell
+// is worth (benchmarks/NOTES.md). Both functions below are within a few ulp
+// of float32, far inside the error of a float32 LSTM.
+
+// a / b as a 14-bit reciprocal refined by one Newton step (about 1 ulp for
+// the cell's divisors, which are in [1, 2e38]: exp below never returns inf).
+SEQCLS_AVX512 inline __m512 divide(__m512 a, __m512 b) {
+  const __m512 y = _mm512_rcp14_ps(b);
+  const __m512 r = _mm512_fmadd_ps(_mm512_fnmadd_ps(b, y, _mm512_set1_ps(1.0f)), y, y);
+  return _mm512_mul_ps(a, r);
+}
+
+// e^x for x clamped to [-104, 88] (NaN stays NaN): x = n ln2 + r with
+// |r| <= ln2 / 2, e^r by Cephes' expf polynomial, then 2^n by vscalefps,
+// which goes to 0 below the float range.
+SEQCLS_AVX512 inline __m512 exp_clamped(__m512 x) {
+  x = _mm512_min_ps(_mm512_set1_ps(88.0f), x);  // the NaN operand second: it is returned
+  x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln2 in two parts
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
 
 // One AVX-512 register of float: just the arithmetic the cell needs.
 struct Float16 {
@@ -50,7 +79,7 @@ struct Float16 {
   SEQCLS_AVX512 friend Float16 operator+(Float16 a, Float16 b) { return _mm512_add_ps(a.v, b.v); }
   SEQCLS_AVX512 friend Float16 operator-(Float16 a, Float16 b) { return _mm512_sub_ps(a.v, b.v); }
   SEQCLS_AVX512 friend Float16 operator*(Float16 a, Float16 b) { return _mm512_mul_ps(a.v, b.v); }
-  SEQCLS_AVX512 friend Float16 operator/(Float16 a, Float16 b) { return _mm512_div_ps(a.v, b.v); }
+  SEQCLS_AVX512 friend Float16 operator/(Float16 a, Float16 b) { return divide(a.v, b.v); }
 };
 
 }  // namespace cpu::avx512
@@ -58,12 +87,13 @@ struct Float16 {
 template <>
 struct CellMath<cpu::avx512::Float16> {
   SEQCLS_AVX512 static cpu::avx512::Float16 exp(cpu::avx512::Float16 x) {
-    return Sleef_expf16_u10avx512f(x.v);
+    return cpu::avx512::exp_clamped(x.v);
   }
-  // SLEEF's 3.5-ulp tanh: a fraction of the cost of its 1-ulp one (which
-  // works in double-float arithmetic), and well inside float32 LSTM error.
+  // tanh x = 1 - 2 / (1 + e^2x): saturates to +-1 exactly, and its error
+  // near 0 is absolute (~1e-7), as is the rest of a float32 cell's.
   SEQCLS_AVX512 static cpu::avx512::Float16 tanh(cpu::avx512::Float16 x) {
-    return Sleef_tanhf16_u35avx512f(x.v);
+    using cpu::avx512::Float16;
+    return Float16(1.0f) - Float16(2.0f) / (Float16(1.0f) + exp(x + x));
   }
 };
 
