@@ -4,6 +4,8 @@ reference at the shapes where its blocking has edges, bitwise repeatability,
 the low-memory backward replaying the same kernel, and its cache of packed
 weights following in-place updates. SEQCLS_FAST_CPU_RECURRENCE=steps selects
 the per-step path."""
+import copy
+
 import pytest
 import torch
 
@@ -143,3 +145,41 @@ def test_nan_input_stays_in_its_row(path):
         out, (h_n, _) = model(x, lengths=torch.tensor([7, 7, 6, 5]))
     assert torch.isnan(out[2:, 1]).all() and torch.isnan(h_n[0, 1]).all()
     assert torch.isfinite(out[:, [0, 2, 3]]).all()
+
+
+def test_saturating_gates_match_float64_reference(path):
+    """Pre-activations in the hundreds: the inline exp clamps its argument,
+    so sigmoid saturates to 0 or 1 and tanh to -1 or 1 without inf / inf."""
+    T, B, I, H = 7, 5, 4, 20
+    native = make_native(I, H, num_layers=1, bidirectional=False)
+    with torch.no_grad():
+        for name, p in native.named_parameters():
+            p.mul_(30.0)
+    model = _sf_from_native(native)
+    x = torch.randn(T, B, I, dtype=torch.float64) * 10.0
+    lengths = torch.tensor([7, 6, 4, 2, 1])
+    want = forward_backward(native, x, lengths, None, packed=True)
+    got = forward_backward(model, x.float(), lengths, None, packed=False)
+    assert all(torch.isfinite(got[n]).all() for n in want)
+    assert_close_named([got[n].double() for n in want], list(want.values()),
+                       LSTM_TOL[("cpu", torch.float32)], list(want))
+
+
+def test_buffers_past_the_huge_page_size_match_float64_reference(path):
+    """Gates [N, 4H] of 8 MiB and an output of 4 MiB: the per-call buffers
+    the kernels fill after a huge-page advice (csrc/buffers.cpp). Weight
+    gradients here sum ~3000 rows in float32, so the error allowed is
+    float32 nn.LSTM's own on the same packed batch, against float64."""
+    T, B, I, H = 64, 64, 16, 128
+    native = make_native(I, H, num_layers=1, bidirectional=False)
+    model = _sf_from_native(native)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    lengths = torch.full((B,), T)
+    lengths[1::2] = torch.randint(1, T + 1, (B // 2,))
+    want = forward_backward(native, x, lengths, None, packed=True)
+    torch32 = forward_backward(copy.deepcopy(native).float(), x.float(), lengths, None, packed=True)
+    got = forward_backward(model, x.float(), lengths, None, packed=False)
+    for name, ref in want.items():
+        ours = (got[name].double() - ref).abs().max().item()
+        theirs = (torch32[name].double() - ref).abs().max().item()
+        assert ours <= 2 * theirs + 1e-6, (name, ours, theirs)
