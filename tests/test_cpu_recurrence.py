@@ -153,7 +153,7 @@ def test_saturating_gates_match_float64_reference(path):
     T, B, I, H = 7, 5, 4, 20
     native = make_native(I, H, num_layers=1, bidirectional=False)
     with torch.no_grad():
-        for name, p in native.named_parameters():
+        for p in native.parameters():
             p.mul_(30.0)
     model = _sf_from_native(native)
     x = torch.randn(T, B, I, dtype=torch.float64) * 10.0
@@ -166,8 +166,8 @@ def test_saturating_gates_match_float64_reference(path):
 
 
 def test_buffers_past_the_huge_page_size_match_float64_reference(path):
-    """Gates [N, 4H] of 8 MiB and an output of 4 MiB: the per-call buffers
-    the kernels fill after a huge-page advice (csrc/buffers.cpp). Weight
+    """Saved gates [N, 4H] of ~6 MB (N ~ 3100 rows), past the 4 MiB from
+    which a per-call buffer is advised as huge pages (csrc/buffers.cpp). Weight
     gradients here sum ~3000 rows in float32, so the error allowed is
     float32 nn.LSTM's own on the same packed batch, against float64."""
     T, B, I, H = 64, 64, 16, 128
