@@ -1,7 +1,8 @@
 """Per-kernel times of one LSTM layer on the CPU against its FLOP floor: the
 forward (persistent recurrence, and the per-step GEMM path for comparison),
 its input-projection GEMM alone, the recurrence alone (I = 1, so the
-projection is negligible) and the backward. One shape, lengths uniform in
+projection is negligible) and the backward (persistent, and the per-step
+path). One shape, lengths uniform in
 [T/4, T]; calls interleaved, medians of repeats.
 
     python benchmarks/cpu_kernel_breakdown.py --json benchmarks/results/cpu-kernel-breakdown.json
@@ -52,7 +53,8 @@ def main():
     w_ih_t, bias = a["w_ih"].t(), a["b_ih"] + a["b_hh"]
     projected = torch.empty(N, 4 * H)  # reused, as the forward reuses its chunk buffer
 
-    def backward():
+    def backward(path):
+        os.environ["SEQCLS_FAST_CPU_RECURRENCE"] = path
         out, h_n, c_n, gates, cell, h_prev = saved
         ops.lstm_layer_backward(grad_out, zeros, zeros, a["x"], lengths, None, a["w_ih"],
                                 a["w_hh"], gates, cell, h_prev, False, True, None)
@@ -70,8 +72,10 @@ def main():
                                                          2 * N * 4 * H * H),
         "forward keeping activations (training)": (lambda: forward(a, True, "fused"),
                                                    2 * N * 4 * H * (I + H)),
-        "backward (per-step dG W_hh + cell, then weight GEMMs)": (backward,
-                                                                  2 * 2 * N * 4 * H * (I + H)),
+        "backward, persistent (dG W_hh + cell fused; weight GEMMs)": (lambda: backward("fused"),
+                                                                      2 * 2 * N * 4 * H * (I + H)),
+        "backward, per-step path (MKL dG W_hh, cell; weight GEMMs)": (lambda: backward("steps"),
+                                                                      2 * 2 * N * 4 * H * (I + H)),
     }
     times = {name: [] for name in calls}
     with torch.no_grad():

@@ -21,6 +21,11 @@ void LstmBackend::forward_recurrence(const LstmForwardRecurrence& /*r*/,
   TORCH_CHECK(false, "seqcls_fast: forward_recurrence called on a backend without one");
 }
 
+void LstmBackend::backward_recurrence(const LstmBackwardRecurrence& /*r*/,
+                                      at::ScalarType /*dtype*/) const {
+  TORCH_CHECK(false, "seqcls_fast: backward_recurrence called on a backend without one");
+}
+
 namespace {
 
 using at::Tensor;
@@ -524,6 +529,19 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
   p.grad_output_stride_b = grad_out.stride(1);
   p.grad_h_state = grad_h_state.const_data_ptr();
   p.grad_c_state = grad_c_state.data_ptr();
+  // The persistent backward, where the backend has one: every step of a
+  // chunk in one call.
+  const Tensor w_hh_packed_backward = backend.pack_recurrent_weights_backward(w_hh);
+  LstmBackwardRecurrence fused{};
+  static_cast<LstmStepRows&>(fused) = static_cast<const LstmStepRows&>(p);
+  fused.active = plan.active.data();
+  fused.offset = plan.offset.data();
+  fused.w_hh_packed = w_hh_packed_backward.defined() ? w_hh_packed_backward.const_data_ptr() : nullptr;
+  fused.grad_output = p.grad_output;
+  fused.grad_output_stride_t = p.grad_output_stride_t;
+  fused.grad_output_stride_b = p.grad_output_stride_b;
+  fused.grad_h_state = grad_h_state.data_ptr();
+  fused.grad_c_state = p.grad_c_state;
   LstmGemmGrads grads;
   for (size_t c = chunk_starts.size() - 1; c-- > 0;) {
     const int64_t first = chunk_starts[c], last = chunk_starts[c + 1];
@@ -573,22 +591,34 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
       cell_before = first == 0 ? c0_sorted.const_data_ptr() : nullptr;
     }
     Tensor chunk_grad_gates = grad_gates.narrow(0, 0, rows);
-    // The recurrence backward, steps in reverse, on the active prefix.
-    for (int64_t s = last - 1; s >= first; --s) {
-      const int64_t active = plan.active[s], row = plan.offset[s];
-      Tensor grad_gates_step = chunk_grad_gates.narrow(0, row - begin, active);
-      p.step = s;
-      p.rows = active;
-      p.gates = row_ptr(gates, row - begin);
-      p.cell = row_ptr(cell, row - cell_begin);
-      p.cell_prev = s == first && cell_before != nullptr ? cell_before
-                                                         : row_ptr(cell, plan.offset[s - 1] - cell_begin);
-      p.grad_gates = grad_gates_step.data_ptr();
-      backend.backward_step(p, dtype);
-      // dL/dh_{s-1} = dG_s W_hh for the rows active at s; the others keep the
-      // gradient they were given until their own last step comes up.
-      Tensor grad_h_rows = grad_h_state.narrow(0, 0, active);
-      at::mm_out(grad_h_rows, grad_gates_step, w_hh);
+    if (w_hh_packed_backward.defined()) {  // the chunk's steps in one persistent call
+      fused.step = first;
+      fused.end_step = last;
+      fused.row0 = begin;
+      fused.cell_row0 = cell_begin;
+      fused.gates = gates.const_data_ptr();
+      fused.cell = cell.const_data_ptr();
+      fused.cell_before = cell_before;
+      fused.grad_gates = chunk_grad_gates.data_ptr();
+      backend.backward_recurrence(fused, dtype);
+    } else {  // the recurrence backward, steps in reverse, on the active prefix
+      for (int64_t s = last - 1; s >= first; --s) {
+        const int64_t active = plan.active[s], row = plan.offset[s];
+        Tensor grad_gates_step = chunk_grad_gates.narrow(0, row - begin, active);
+        p.step = s;
+        p.rows = active;
+        p.gates = row_ptr(gates, row - begin);
+        p.cell = row_ptr(cell, row - cell_begin);
+        p.cell_prev = s == first && cell_before != nullptr
+                          ? cell_before
+                          : row_ptr(cell, plan.offset[s - 1] - cell_begin);
+        p.grad_gates = grad_gates_step.data_ptr();
+        backend.backward_step(p, dtype);
+        // dL/dh_{s-1} = dG_s W_hh for the rows active at s; the others keep
+        // the gradient they were given until their own last step comes up.
+        Tensor grad_h_rows = grad_h_state.narrow(0, 0, active);
+        at::mm_out(grad_h_rows, grad_gates_step, w_hh);
+      }
     }
     // Weight and input gradients: GEMMs over the chunk's valid steps.
     accumulate_lstm_gemm_grads(grads, chunk_grad_gates, begin, x, h_prev, w_ih, dev,

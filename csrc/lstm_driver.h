@@ -50,6 +50,16 @@ struct LstmBackend {
   // GEMMs fused with the cell, one barrier per step. Only called when
   // pack_recurrent_weights gave weights.
   virtual void forward_recurrence(const LstmForwardRecurrence& r, at::ScalarType dtype) const;
+  // The same for the backward: W_hh in the layout backward_recurrence reads
+  // (packed per call: training changes it every step), or undefined; the
+  // driver then runs backward_step and a GEMM per step.
+  virtual at::Tensor pack_recurrent_weights_backward(const at::Tensor& /*w_hh*/) const {
+    return {};
+  }
+  // Runs the backward steps of r, dh_s = dG_{s+1} W_hh fused with the cell
+  // backward, one barrier per step. Only called when
+  // pack_recurrent_weights_backward gave weights.
+  virtual void backward_recurrence(const LstmBackwardRecurrence& r, at::ScalarType dtype) const;
   // One online-pooling step after a forward step (lstm_layer_pooled_forward).
   virtual void pool_step(const LstmPoolStep& step, at::ScalarType dtype) const = 0;
 

@@ -79,6 +79,35 @@ struct LstmForwardRecurrence : LstmStepRows {  // step: the first step; rows: un
   void* h_packed;                 // [.., H] packed; out: h_s; or nullptr
 };
 
+// Steps [step, end_step) of the backward (run end_step - 1 down to step) by
+// one persistent kernel: dL/dh_s = dG_{s+1} W_hh fused with the cell
+// backward that consumes it (LstmBackend::backward_recurrence). Workers own
+// hidden units: the columns of W_hh whose dh they sum and the same units'
+// four gates whose gradients they write, so dh never leaves its worker; they
+// meet once per step, when every gate gradient of step s is written. Every
+// step writes what LstmBackwardStep writes; after the last one (s = step),
+// grad_h_state holds dG_step W_hh for the rows active at `step` (what the
+// steps before this segment read).
+struct LstmBackwardRecurrence : LstmStepRows {  // step: the lowest step; rows: unused
+  int64_t end_step;               // one past the highest step run
+  const int64_t* active;          // [steps] host; active rows per step
+  const int64_t* offset;          // [steps + 1] host; packed row of each step's first row
+  int64_t row0;                   // packed row at which gates and grad_gates start
+  int64_t cell_row0;              // packed row at which cell starts
+  const void* gates;              // [.., 4H] packed; activated gates
+  const void* cell;               // [.., H] packed, state dtype; c_s
+  const void* cell_before;        // [B, H] sorted, state dtype: c_{step-1}; nullptr: it is
+                                  //   cell's rows of step - 1
+  const void* w_hh_packed;        // W_hh in the backend's layout (pack_recurrent_weights_backward)
+  const void* grad_output;        // as LstmBackwardStep
+  int64_t grad_output_stride_t;
+  int64_t grad_output_stride_b;
+  void* grad_h_state;             // [B, H] sorted; in: dL/dh_{end_step-1} of every row (and
+                                  //   h_n's for rows that end inside); out: see above
+  void* grad_c_state;             // [B, H] sorted, state dtype; in/out as LstmBackwardStep
+  void* grad_gates;               // [.., 4H] packed; out: dL/d pre-activations
+};
+
 // What lstm_layer_pooled_forward accumulates over the last layer's outputs.
 enum class OnlinePooling : int32_t { kLast = 0, kMean = 1, kAttention = 2 };
 

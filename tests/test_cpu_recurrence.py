@@ -183,3 +183,66 @@ def test_buffers_past_the_huge_page_size_match_float64_reference(path):
         ours = (got[name].double() - ref).abs().max().item()
         theirs = (torch32[name].double() - ref).abs().max().item()
         assert ours <= 2 * theirs + 1e-6, (name, ours, theirs)
+
+
+def test_backward_across_chunks_matches_float64_reference(path):
+    """The backward runs chunks of 1024 packed rows, each in one persistent
+    call that ends with dG W_hh for the steps before it: ~1500 rows with rows
+    retiring inside chunks, both directions, h0/c0, and H = 40 (blocks of 16
+    units split 2 + 1 across workers, the last one partial)."""
+    T, B, I, H = 300, 9, 5, 40
+    native = make_native(I, H, num_layers=1, bidirectional=True)
+    model = _sf_from_native(native)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    lengths = torch.randint(1, T + 1, (B,))
+    lengths[0] = T
+    hx = tuple(torch.randn(2, B, H, dtype=torch.float64) for _ in range(2))
+    want = forward_backward(native, x, lengths, hx, packed=True)
+    got = forward_backward(model, x.float(), lengths, tuple(s.float() for s in hx), packed=False)
+    assert_close_named([got[n].double() for n in want], list(want.values()),
+                       LSTM_TOL[("cpu", torch.float32)], list(want))
+
+
+def test_expanded_output_gradient_matches_float64_reference(path):
+    """out.sum() hands the backward an expanded gradient (strides 0 along T
+    and B), which the kernels read in place."""
+    T, B, I, H = 21, 7, 3, 24
+    native = make_native(I, H, num_layers=1, bidirectional=True)
+    model = _sf_from_native(native)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    lengths = torch.tensor([21, 20, 13, 13, 5, 2, 1])
+    grads = []
+    for module, inputs in ((native, x), (model, x.float())):
+        inputs = inputs.detach().clone().requires_grad_(True)
+        if module is native:
+            out, _ = packed_lstm(native, inputs, lengths, None)
+        else:
+            out, _ = model(inputs, lengths=lengths)
+        out.sum().backward()
+        grads.append([inputs.grad] + [p.grad for p in module.parameters()])
+    names = ["grad_x"] + ["grad_" + n for n, _ in model.named_parameters()]
+    assert_close_named([g.double() for g in grads[1]], grads[0],
+                       LSTM_TOL[("cpu", torch.float32)], names)
+
+
+@NEEDS_FUSED
+def test_state_gradients_do_not_depend_on_the_thread_count(monkeypatch):
+    """Every unit's sums run in one order whoever owns it: the gradients of
+    h0 and c0, which only the persistent backward computes (no MKL GEMM), are
+    bitwise the same on 1 and on 2 workers."""
+    monkeypatch.setenv("SEQCLS_FAST_CPU_RECURRENCE", "fused")
+    native = make_native(6, 64, num_layers=1, dtype=torch.float32)
+    model = _sf_from_native(native)
+    x = torch.randn(50, 13, 6)
+    lengths = torch.randint(1, 51, (13,))
+    hx = tuple(torch.randn(1, 13, 64) for _ in range(2))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = forward_backward(model, x, lengths, hx, packed=False)
+        torch.set_num_threads(2)
+        two = forward_backward(model, x, lengths, hx, packed=False)
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("out", "h_n", "c_n", "grad_h0", "grad_c0"):
+        assert torch.equal(one[name], two[name]), name

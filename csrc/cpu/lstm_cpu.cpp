@@ -126,6 +126,17 @@ PackedWeightCache& packed_weight_cache() {
   return cache;
 }
 
+#if defined(SEQCLS_WITH_AVX2)
+// Workers of the persistent recurrence: one per thread, each with at least
+// one block of units; one inside another parallel region, where parallel_for
+// runs serially.
+int64_t recurrence_workers(int64_t hidden) {
+  return at::in_parallel_region()
+             ? 1
+             : std::min<int64_t>(at::get_num_threads(), avx512::unit_blocks(hidden));
+}
+#endif
+
 struct CpuLstmBackend final : LstmBackend {
   CpuLstmBackend() : LstmBackend(kProjectionChunkRows, kProjectionChunkRows) {}
 
@@ -164,14 +175,25 @@ struct CpuLstmBackend final : LstmBackend {
 
   void forward_recurrence(const LstmForwardRecurrence& r, at::ScalarType /*dtype*/) const override {
 #if defined(SEQCLS_WITH_AVX2)
-    // One worker per thread, each with at least one block of units; one
-    // inside another parallel region, where parallel_for runs serially.
-    const int64_t workers =
-        at::in_parallel_region()
-            ? 1
-            : std::min<int64_t>(at::get_num_threads(), avx512::unit_blocks(r.hidden));
     at::Tensor h_swap = at::empty({r.batch, r.hidden}, at::TensorOptions().dtype(at::kFloat));
-    avx512::lstm_forward_recurrence(r, h_swap.data_ptr<float>(), workers);
+    avx512::lstm_forward_recurrence(r, h_swap.data_ptr<float>(), recurrence_workers(r.hidden));
+#endif
+  }
+
+  at::Tensor pack_recurrent_weights_backward(const at::Tensor& w_hh) const override {
+    if (!persistent_recurrence_available(w_hh.scalar_type())) return {};
+    const at::Tensor w = w_hh.contiguous();
+    const int64_t H = w.size(1);
+    at::Tensor packed = at::empty({avx512::packed_w_hh_backward_floats(H)}, w.options());
+#if defined(SEQCLS_WITH_AVX2)
+    avx512::pack_w_hh_backward(w.const_data_ptr<float>(), H, packed.data_ptr<float>());
+#endif
+    return packed;
+  }
+
+  void backward_recurrence(const LstmBackwardRecurrence& r, at::ScalarType /*dtype*/) const override {
+#if defined(SEQCLS_WITH_AVX2)
+    avx512::lstm_backward_recurrence(r, recurrence_workers(r.hidden));
 #endif
   }
 

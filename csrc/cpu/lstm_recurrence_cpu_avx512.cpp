@@ -1,13 +1,18 @@
-// AVX-512 build of the persistent forward recurrence (float32). Worker w owns
-// a contiguous range of 16-unit blocks and all four gates of them, and reads
-// W_hh as pack_w_hh laid it out; per step it computes, for every active
-// row, its blocks' gate pre-activations (the projection already in `gates`
-// plus h_{s-1} W_hh^T, broadcast-FMAs over k with 4 x MR accumulators in
-// registers), applies the shared cell math (../cell.h) in registers, writes
-// h_s into the other h buffer, and meets the other workers at one barrier.
-// Each unit's sums run in the same order whoever owns it, so results do not
-// depend on the thread count. Compiled for AVX-512 by the target pragma only;
-// the caller checks the CPU supports it.
+// AVX-512 build of the persistent recurrence (float32), forward and backward.
+// Worker w owns a contiguous range of 16-unit blocks and all four gates of
+// them. Forward: it reads W_hh as pack_w_hh laid it out; per step it
+// computes, for every active row, its blocks' gate pre-activations (the
+// projection already in `gates` plus h_{s-1} W_hh^T, broadcast-FMAs over k
+// with 4 x MR accumulators in registers), applies the shared cell math
+// (../cell.h) in registers, writes h_s into the other h buffer, and meets the
+// other workers at one barrier. Backward: it reads W_hh as pack_w_hh_backward
+// laid it out; per step it sums dh_s = dG_{s+1} W_hh for its units (4 blocks
+// x MR rows of accumulators, broadcast-FMAs over the 4H gate columns), adds
+// the output's gradient, applies the shared cell backward in registers,
+// writes dG_s of its units, and meets the others once: the next step's sums
+// need every unit's dG_s. Each unit's sums run in the same order whoever owns
+// it, so results do not depend on the thread count. Compiled for AVX-512 by
+// the target pragma only; the caller checks the CPU supports it.
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <ATen/Parallel.h>
@@ -261,7 +266,193 @@ void run_slots(const LstmForwardRecurrence& r, float* h_swap, int64_t workers, i
   }
 }
 
+// What one backward step's tiles share.
+struct BackwardStepView {
+  const LstmBackwardRecurrence& r;
+  const float* packed;           // [blocks, 4H, 16]
+  const float* grad_gates_next;  // [rows_next, 4H] packed: dG_{s+1}, the product's left side
+  float* grad_gates_s;           // [rows, 4H] packed: out: dG_s
+  const float* gates_s;          // [rows, 4H] packed: activated gates of step s
+  const float* cell_s;           // [rows, H] packed: c_s
+  const float* cell_prev;        // [rows, H]: c_{s-1} (packed rows of s - 1, or sorted)
+  int64_t step;
+};
+
+// Rows [j0, j0 + MR) of one backward step, units of blocks [b0, b0 + 4) that
+// are below end_block. product: dh = dG_{s+1} W_hh (else grad_h_state's, for
+// rows that have no step s+1 here). cell: then the cell backward, writing dG_s
+// and dc_{s-1}; else dh is stored to grad_h_state (after the segment's last
+// step, for the steps before it).
+template <int MR>
+SEQCLS_AVX512 void backward_tile(const BackwardStepView& v, int64_t j0, int64_t b0,
+                                 int64_t end_block, bool product, bool cell) {
+  const LstmBackwardRecurrence& r = v.r;
+  const int64_t H = r.hidden, G = 4 * H;
+  const int64_t nb = std::min<int64_t>(4, end_block - b0);
+  __mmask16 mask[4];
+  const float* w[4];
+  for (int q = 0; q < 4; ++q) {
+    const int64_t lanes = q < nb ? std::min<int64_t>(kLanes, H - (b0 + q) * kLanes) : 0;
+    mask[q] = static_cast<__mmask16>((1u << lanes) - 1u);
+    // Blocks past the range stream block b0's weights again and store nothing.
+    w[q] = v.packed + (q < nb ? b0 + q : b0) * G * kLanes;
+  }
+  float* grad_h = static_cast<float*>(r.grad_h_state);
+  const float* grad_output = static_cast<const float*>(r.grad_output);
+  float* grad_c = static_cast<float*>(r.grad_c_state);
+  auto grad_output_row = [&](int64_t j) {
+    const int64_t caller_row = r.order ? r.order[j] : j;
+    return grad_output + step_time(r.reverse, r.sorted_lengths, j, v.step) * r.grad_output_stride_t +
+           caller_row * r.grad_output_stride_b;
+  };
+  __m512 acc[MR][4];
+  if (product) {
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      for (int q = 0; q < 4; ++q) acc[m][q] = _mm512_setzero_ps();
+    }
+    const float* dg = v.grad_gates_next + j0 * G;
+#pragma GCC unroll 2
+    for (int64_t n = 0; n < G; ++n) {
+      const __m512 w0 = _mm512_loadu_ps(w[0] + n * kLanes), w1 = _mm512_loadu_ps(w[1] + n * kLanes),
+                   w2 = _mm512_loadu_ps(w[2] + n * kLanes), w3 = _mm512_loadu_ps(w[3] + n * kLanes);
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) {
+        const __m512 dgn = _mm512_set1_ps(dg[m * G + n]);
+        acc[m][0] = _mm512_fmadd_ps(dgn, w0, acc[m][0]);
+        acc[m][1] = _mm512_fmadd_ps(dgn, w1, acc[m][1]);
+        acc[m][2] = _mm512_fmadd_ps(dgn, w2, acc[m][2]);
+        acc[m][3] = _mm512_fmadd_ps(dgn, w3, acc[m][3]);
+      }
+    }
+  } else {
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      for (int q = 0; q < 4; ++q) {
+        acc[m][q] = _mm512_maskz_loadu_ps(mask[q], grad_h + (j0 + m) * H + (b0 + q) * kLanes);
+      }
+    }
+  }
+  if (!cell) {
+    for (int m = 0; m < MR; ++m) {
+      for (int q = 0; q < nb; ++q) {
+        _mm512_mask_storeu_ps(grad_h + (j0 + m) * H + (b0 + q) * kLanes, mask[q], acc[m][q]);
+      }
+    }
+    return;
+  }
+  for (int m = 0; m < MR; ++m) {
+    const int64_t j = j0 + m;
+    const float* dout = grad_output_row(j);
+    const float* gates = v.gates_s + j * G;
+    float* dgates = v.grad_gates_s + j * G;
+    for (int q = 0; q < nb; ++q) {
+      const int64_t u0 = (b0 + q) * kLanes;
+      const __mmask16 mk = mask[q];
+      Float16 di, df, dgg, d_o, dc_prev;
+      lstm_cell_backward(
+          Float16(_mm512_maskz_loadu_ps(mk, gates + u0)),
+          Float16(_mm512_maskz_loadu_ps(mk, gates + H + u0)),
+          Float16(_mm512_maskz_loadu_ps(mk, gates + 2 * H + u0)),
+          Float16(_mm512_maskz_loadu_ps(mk, gates + 3 * H + u0)),
+          Float16(_mm512_maskz_loadu_ps(mk, v.cell_s + j * H + u0)),
+          Float16(_mm512_maskz_loadu_ps(mk, v.cell_prev + j * H + u0)),
+          Float16(_mm512_add_ps(acc[m][q], _mm512_maskz_loadu_ps(mk, dout + u0))),
+          Float16(_mm512_maskz_loadu_ps(mk, grad_c + j * H + u0)), di, df, dgg, d_o, dc_prev);
+      _mm512_mask_storeu_ps(dgates + u0, mk, di.v);
+      _mm512_mask_storeu_ps(dgates + H + u0, mk, df.v);
+      _mm512_mask_storeu_ps(dgates + 2 * H + u0, mk, dgg.v);
+      _mm512_mask_storeu_ps(dgates + 3 * H + u0, mk, d_o.v);
+      _mm512_mask_storeu_ps(grad_c + j * H + u0, mk, dc_prev.v);
+    }
+  }
+}
+
+// Rows [begin, end) of a backward step (or of the final product), tiles of
+// kTileRows rows and then the remainder.
+SEQCLS_AVX512 void backward_rows(const BackwardStepView& v, int64_t begin, int64_t end, int64_t b0,
+                                 int64_t end_block, bool product, bool cell) {
+  int64_t j = begin;
+  for (; j + kTileRows <= end; j += kTileRows) {
+    backward_tile<kTileRows>(v, j, b0, end_block, product, cell);
+  }
+  switch (end - j) {
+    case 5: backward_tile<5>(v, j, b0, end_block, product, cell); break;
+    case 4: backward_tile<4>(v, j, b0, end_block, product, cell); break;
+    case 3: backward_tile<3>(v, j, b0, end_block, product, cell); break;
+    case 2: backward_tile<2>(v, j, b0, end_block, product, cell); break;
+    case 1: backward_tile<1>(v, j, b0, end_block, product, cell); break;
+    default: break;
+  }
+}
+
+// Backward worker slots [slot_begin, slot_end) of `workers`: their blocks,
+// all steps, then the product for the steps before the segment.
+void run_backward_slots(const LstmBackwardRecurrence& r, int64_t workers, int64_t slot_begin,
+                        int64_t slot_end, SpinBarrier& barrier) {
+  const int64_t H = r.hidden, G = 4 * H, blocks = unit_blocks(H);
+  const int64_t first_block = slot_begin * blocks / workers, end_block = slot_end * blocks / workers;
+  const int64_t weight = slot_end - slot_begin;
+  const float* gates = static_cast<const float*>(r.gates);
+  const float* cell = static_cast<const float*>(r.cell);
+  float* grad_gates = static_cast<float*>(r.grad_gates);
+  auto view = [&](int64_t s) {
+    const int64_t row = r.offset[s] - r.row0;
+    const float* prev = s == r.step && r.cell_before != nullptr
+                            ? static_cast<const float*>(r.cell_before)
+                            : cell + (r.offset[s - 1] - r.cell_row0) * H;
+    return BackwardStepView{r,
+                            static_cast<const float*>(r.w_hh_packed),
+                            grad_gates + (r.offset[s + 1] - r.row0) * G,
+                            grad_gates + row * G,
+                            gates + row * G,
+                            cell + (r.offset[s] - r.cell_row0) * H,
+                            prev,
+                            s};
+  };
+  for (int64_t s = r.end_step - 1; s >= r.step; --s) {
+    const int64_t rows = r.active[s];
+    // Rows that run step s + 1 in this segment get dh_s from its gate
+    // gradients; the others from grad_h_state (h_n's, or a later segment's).
+    const int64_t rows_next = s + 1 < r.end_step ? r.active[s + 1] : 0;
+    const BackwardStepView v = view(s);
+    for (int64_t b0 = first_block; b0 < end_block; b0 += 4) {
+      backward_rows(v, 0, rows_next, b0, end_block, true, true);
+      backward_rows(v, rows_next, rows, b0, end_block, false, true);
+    }
+    barrier.arrive_and_wait(weight);
+  }
+  // dh_{step-1} = dG_step W_hh for the rows active at `step`.
+  BackwardStepView v = view(r.step);
+  v.grad_gates_next = v.grad_gates_s;
+  for (int64_t b0 = first_block; b0 < end_block; b0 += 4) {
+    backward_rows(v, 0, r.active[r.step], b0, end_block, true, false);
+  }
+}
+
 }  // namespace
+
+void pack_w_hh_backward(const float* w_hh, int64_t H, float* packed) {
+  // packed[b][n][l] = W_hh[n][16 b + l], 0 past H.
+  at::parallel_for(0, unit_blocks(H), 1, [&](int64_t first, int64_t end) {
+    for (int64_t b = first; b < end; ++b) {
+      float* block = packed + b * 4 * H * kLanes;
+      const int64_t lanes = std::min<int64_t>(kLanes, H - b * kLanes);
+      for (int64_t n = 0; n < 4 * H; ++n) {
+        const float* w_row = w_hh + n * H + b * kLanes;
+        float* out = block + n * kLanes;
+        for (int64_t l = 0; l < kLanes; ++l) out[l] = l < lanes ? w_row[l] : 0.0f;
+      }
+    }
+  });
+}
+
+void lstm_backward_recurrence(const LstmBackwardRecurrence& r, int64_t workers) {
+  SpinBarrier barrier(workers);
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    run_backward_slots(r, workers, begin, end, barrier);
+  });
+}
 
 void pack_w_hh(const float* w_hh, int64_t H, float* packed) {
   // packed[b][k][g][l] = W_hh[g H + 16 b + l][k], 0 past H.
