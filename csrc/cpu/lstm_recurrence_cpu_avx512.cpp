@@ -157,33 +157,53 @@ SEQCLS_AVX512 void forward_tile(const StepView& v, int64_t j0, int64_t b) {
   const int64_t H = r.hidden, G = 4 * H, u0 = b * kLanes;
   const int64_t lanes = std::min<int64_t>(kLanes, H - u0);
   const __mmask16 mask = static_cast<__mmask16>((1u << lanes) - 1u);
+  const float* gates_in = v.gates_s + j0 * G + u0;  // the tile's projection rows
+  float* c_state = static_cast<float*>(r.c_state);
   __m512 acc[MR][4];
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) {
-    for (int g = 0; g < 4; ++g) {
-      acc[m][g] = _mm512_maskz_loadu_ps(mask, v.gates_s + (j0 + m) * G + g * H + u0);
-    }
+    for (int g = 0; g < 4; ++g) acc[m][g] = _mm512_setzero_ps();
   }
   if (v.product) {
     const float* w = v.packed + b * H * 4 * kLanes;
     const float* h = v.h_in + j0 * H;
+    // The product first, the projection added after it: its rows come from
+    // L3 or memory (a projection chunk is larger than L2), and are asked for
+    // halfway through the product, late enough that the W_hh stream does not
+    // evict them from L1 before they are used.
+    const int64_t half = H / 2;
+    auto product = [&](int64_t k_begin, int64_t k_end) SEQCLS_AVX512 {
 #pragma GCC unroll 2
-    for (int64_t k = 0; k < H; ++k) {
-      const float* wk = w + k * 4 * kLanes;
-      const __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + kLanes),
-                   w2 = _mm512_loadu_ps(wk + 2 * kLanes), w3 = _mm512_loadu_ps(wk + 3 * kLanes);
+      for (int64_t k = k_begin; k < k_end; ++k) {
+        const float* wk = w + k * 4 * kLanes;
+        const __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + kLanes),
+                     w2 = _mm512_loadu_ps(wk + 2 * kLanes), w3 = _mm512_loadu_ps(wk + 3 * kLanes);
 #pragma GCC unroll 8
-      for (int m = 0; m < MR; ++m) {
-        const __m512 hk = _mm512_set1_ps(h[m * H + k]);
-        acc[m][0] = _mm512_fmadd_ps(hk, w0, acc[m][0]);
-        acc[m][1] = _mm512_fmadd_ps(hk, w1, acc[m][1]);
-        acc[m][2] = _mm512_fmadd_ps(hk, w2, acc[m][2]);
-        acc[m][3] = _mm512_fmadd_ps(hk, w3, acc[m][3]);
+        for (int m = 0; m < MR; ++m) {
+          const __m512 hk = _mm512_set1_ps(h[m * H + k]);
+          acc[m][0] = _mm512_fmadd_ps(hk, w0, acc[m][0]);
+          acc[m][1] = _mm512_fmadd_ps(hk, w1, acc[m][1]);
+          acc[m][2] = _mm512_fmadd_ps(hk, w2, acc[m][2]);
+          acc[m][3] = _mm512_fmadd_ps(hk, w3, acc[m][3]);
+        }
       }
+    };
+    product(0, half);
+    for (int m = 0; m < MR; ++m) {
+      for (int g = 0; g < 4; ++g) {
+        _mm_prefetch(reinterpret_cast<const char*>(gates_in + m * G + g * H), _MM_HINT_T0);
+      }
+      _mm_prefetch(reinterpret_cast<const char*>(c_state + (j0 + m) * H + u0), _MM_HINT_T0);
+    }
+    product(half, H);
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m) {
+    for (int g = 0; g < 4; ++g) {
+      acc[m][g] = _mm512_add_ps(acc[m][g], _mm512_maskz_loadu_ps(mask, gates_in + m * G + g * H));
     }
   }
   const int64_t packed_row = r.offset[v.step] - r.row0;  // of the step's row 0
-  float* c_state = static_cast<float*>(r.c_state);
   for (int m = 0; m < MR; ++m) {
     const int64_t j = j0 + m;
     Float16 i, f, g, o, c, h;
