@@ -66,6 +66,20 @@ bool persistent_recurrence_available(at::ScalarType dtype) {
 #endif
 }
 
+// W_hh [4H, H] (contiguous float32) in a new tensor, in the layout of the
+// persistent forward (pack_w_hh) or backward (pack_w_hh_backward).
+at::Tensor packed_weights(const at::Tensor& w, bool backward) {
+  const int64_t H = w.size(1);
+  at::Tensor packed = at::empty(
+      {backward ? avx512::packed_w_hh_backward_floats(H) : avx512::packed_w_hh_floats(H)},
+      w.options());
+#if defined(SEQCLS_WITH_AVX2)
+  (backward ? avx512::pack_w_hh_backward : avx512::pack_w_hh)(w.const_data_ptr<float>(), H,
+                                                              packed.data_ptr<float>());
+#endif
+  return packed;
+}
+
 // W_hh packed for the persistent recurrence, kept for the last few weight
 // tensors while they are alive and unmodified (same storage, same version), so
 // inference and streaming calls do not repack; a training step's update bumps
@@ -109,12 +123,7 @@ class PackedWeightCache {
   };
 
   static at::Tensor pack(const at::Tensor& w) {
-    const int64_t H = w.size(1);
-    at::Tensor packed = at::empty({avx512::packed_w_hh_floats(H)}, w.options());
-#if defined(SEQCLS_WITH_AVX2)
-    avx512::pack_w_hh(w.const_data_ptr<float>(), H, packed.data_ptr<float>());
-#endif
-    return packed;
+    return packed_weights(w, /*backward=*/false);
   }
 
   std::mutex mutex_;
@@ -182,13 +191,7 @@ struct CpuLstmBackend final : LstmBackend {
 
   at::Tensor pack_recurrent_weights_backward(const at::Tensor& w_hh) const override {
     if (!persistent_recurrence_available(w_hh.scalar_type())) return {};
-    const at::Tensor w = w_hh.contiguous();
-    const int64_t H = w.size(1);
-    at::Tensor packed = at::empty({avx512::packed_w_hh_backward_floats(H)}, w.options());
-#if defined(SEQCLS_WITH_AVX2)
-    avx512::pack_w_hh_backward(w.const_data_ptr<float>(), H, packed.data_ptr<float>());
-#endif
-    return packed;
+    return packed_weights(w_hh.contiguous(), /*backward=*/true);
   }
 
   void backward_recurrence(const LstmBackwardRecurrence& r, at::ScalarType /*dtype*/) const override {

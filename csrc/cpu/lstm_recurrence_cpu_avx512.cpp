@@ -138,6 +138,29 @@ constexpr int64_t kLanes = kUnitsPerBlock;
 // weight vectors and a broadcast, within the 32 registers.
 constexpr int64_t kTileRows = 6;
 
+// The register tile both directions run: acc[m][q] += a[m * lda + k] *
+// w[q][k * w_stride .. + 16] for k in [k_begin, k_end) in order (one
+// broadcast per row and k, four weight vectors per k).
+template <int MR>
+SEQCLS_AVX512 inline void tile_product(__m512 (&acc)[MR][4], const float* a, int64_t lda,
+                                       const float* const (&w)[4], int64_t w_stride,
+                                       int64_t k_begin, int64_t k_end) {
+#pragma GCC unroll 2
+  for (int64_t k = k_begin; k < k_end; ++k) {
+    const int64_t wk = k * w_stride;
+    const __m512 w0 = _mm512_loadu_ps(w[0] + wk), w1 = _mm512_loadu_ps(w[1] + wk),
+                 w2 = _mm512_loadu_ps(w[2] + wk), w3 = _mm512_loadu_ps(w[3] + wk);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const __m512 ak = _mm512_set1_ps(a[m * lda + k]);
+      acc[m][0] = _mm512_fmadd_ps(ak, w0, acc[m][0]);
+      acc[m][1] = _mm512_fmadd_ps(ak, w1, acc[m][1]);
+      acc[m][2] = _mm512_fmadd_ps(ak, w2, acc[m][2]);
+      acc[m][3] = _mm512_fmadd_ps(ak, w3, acc[m][3]);
+    }
+  }
+}
+
 // What one step's tiles share.
 struct StepView {
   const LstmForwardRecurrence& r;
@@ -165,37 +188,23 @@ SEQCLS_AVX512 void forward_tile(const StepView& v, int64_t j0, int64_t b) {
     for (int g = 0; g < 4; ++g) acc[m][g] = _mm512_setzero_ps();
   }
   if (v.product) {
-    const float* w = v.packed + b * H * 4 * kLanes;
+    // W_hh's rows of the block's four gates, 4 x 16 floats per k.
+    const float* block = v.packed + b * H * 4 * kLanes;
+    const float* const w[4] = {block, block + kLanes, block + 2 * kLanes, block + 3 * kLanes};
     const float* h = v.h_in + j0 * H;
     // The product first, the projection added after it: its rows come from
     // L3 or memory (a projection chunk is larger than L2), and are asked for
     // halfway through the product, late enough that the W_hh stream does not
     // evict them from L1 before they are used.
     const int64_t half = H / 2;
-    auto product = [&](int64_t k_begin, int64_t k_end) SEQCLS_AVX512 {
-#pragma GCC unroll 2
-      for (int64_t k = k_begin; k < k_end; ++k) {
-        const float* wk = w + k * 4 * kLanes;
-        const __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + kLanes),
-                     w2 = _mm512_loadu_ps(wk + 2 * kLanes), w3 = _mm512_loadu_ps(wk + 3 * kLanes);
-#pragma GCC unroll 8
-        for (int m = 0; m < MR; ++m) {
-          const __m512 hk = _mm512_set1_ps(h[m * H + k]);
-          acc[m][0] = _mm512_fmadd_ps(hk, w0, acc[m][0]);
-          acc[m][1] = _mm512_fmadd_ps(hk, w1, acc[m][1]);
-          acc[m][2] = _mm512_fmadd_ps(hk, w2, acc[m][2]);
-          acc[m][3] = _mm512_fmadd_ps(hk, w3, acc[m][3]);
-        }
-      }
-    };
-    product(0, half);
+    tile_product<MR>(acc, h, H, w, 4 * kLanes, 0, half);
     for (int m = 0; m < MR; ++m) {
       for (int g = 0; g < 4; ++g) {
         _mm_prefetch(reinterpret_cast<const char*>(gates_in + m * G + g * H), _MM_HINT_T0);
       }
       _mm_prefetch(reinterpret_cast<const char*>(c_state + (j0 + m) * H + u0), _MM_HINT_T0);
     }
-    product(half, H);
+    tile_product<MR>(acc, h, H, w, 4 * kLanes, half, H);
   }
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) {
@@ -331,20 +340,7 @@ SEQCLS_AVX512 void backward_tile(const BackwardStepView& v, int64_t j0, int64_t 
     for (int m = 0; m < MR; ++m) {
       for (int q = 0; q < 4; ++q) acc[m][q] = _mm512_setzero_ps();
     }
-    const float* dg = v.grad_gates_next + j0 * G;
-#pragma GCC unroll 2
-    for (int64_t n = 0; n < G; ++n) {
-      const __m512 w0 = _mm512_loadu_ps(w[0] + n * kLanes), w1 = _mm512_loadu_ps(w[1] + n * kLanes),
-                   w2 = _mm512_loadu_ps(w[2] + n * kLanes), w3 = _mm512_loadu_ps(w[3] + n * kLanes);
-#pragma GCC unroll 8
-      for (int m = 0; m < MR; ++m) {
-        const __m512 dgn = _mm512_set1_ps(dg[m * G + n]);
-        acc[m][0] = _mm512_fmadd_ps(dgn, w0, acc[m][0]);
-        acc[m][1] = _mm512_fmadd_ps(dgn, w1, acc[m][1]);
-        acc[m][2] = _mm512_fmadd_ps(dgn, w2, acc[m][2]);
-        acc[m][3] = _mm512_fmadd_ps(dgn, w3, acc[m][3]);
-      }
-    }
+    tile_product<MR>(acc, v.grad_gates_next + j0 * G, G, w, kLanes, 0, G);
   } else {
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) {
