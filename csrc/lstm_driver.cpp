@@ -82,6 +82,24 @@ LstmForwardRecurrence recurrence_rows(const LstmForwardStep& step, const LengthP
   return r;
 }
 
+// The same for the backward, from its step parameters; grad_h_state is
+// written too (after each chunk: dG W_hh for the chunk before).
+LstmBackwardRecurrence backward_recurrence_rows(const LstmBackwardStep& step,
+                                                const LengthPlan& plan,
+                                                const Tensor& w_hh_packed, Tensor& grad_h_state) {
+  LstmBackwardRecurrence r{};
+  static_cast<LstmStepRows&>(r) = step;
+  r.active = plan.active.data();
+  r.offset = plan.offset.data();
+  r.w_hh_packed = w_hh_packed.defined() ? w_hh_packed.const_data_ptr() : nullptr;
+  r.grad_output = step.grad_output;
+  r.grad_output_stride_t = step.grad_output_stride_t;
+  r.grad_output_stride_b = step.grad_output_stride_b;
+  r.grad_h_state = grad_h_state.data_ptr();
+  r.grad_c_state = step.grad_c_state;
+  return r;
+}
+
 // Address of row `row` of a contiguous 2-D tensor: a step's slice, without a
 // Tensor per step.
 void* row_ptr(const Tensor& t, int64_t row) {
@@ -532,16 +550,8 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
   // The persistent backward, where the backend has one: every step of a
   // chunk in one call.
   const Tensor w_hh_packed_backward = backend.pack_recurrent_weights_backward(w_hh);
-  LstmBackwardRecurrence fused{};
-  static_cast<LstmStepRows&>(fused) = static_cast<const LstmStepRows&>(p);
-  fused.active = plan.active.data();
-  fused.offset = plan.offset.data();
-  fused.w_hh_packed = w_hh_packed_backward.defined() ? w_hh_packed_backward.const_data_ptr() : nullptr;
-  fused.grad_output = p.grad_output;
-  fused.grad_output_stride_t = p.grad_output_stride_t;
-  fused.grad_output_stride_b = p.grad_output_stride_b;
-  fused.grad_h_state = grad_h_state.data_ptr();
-  fused.grad_c_state = p.grad_c_state;
+  LstmBackwardRecurrence fused =
+      backward_recurrence_rows(p, plan, w_hh_packed_backward, grad_h_state);
   LstmGemmGrads grads;
   for (size_t c = chunk_starts.size() - 1; c-- > 0;) {
     const int64_t first = chunk_starts[c], last = chunk_starts[c + 1];
