@@ -145,7 +145,18 @@ def test_auto_memory_picks_low_above_the_threshold(monkeypatch):
     assert _saved_numel(auto, x, lengths) == saved["fast"]
     monkeypatch.setattr(lstm_module, "AUTO_LOW_MEMORY_BYTES", kept_fast - 1)  # above: low
     assert _saved_numel(auto, x, lengths) == saved["low"]
-    assert lstm_module.AUTO_LOW_MEMORY_BYTES < kept_fast
+
+
+def test_auto_memory_threshold_is_the_documented_one():
+    # The README: "low" once 6 x H x T x B float32 values pass 128 MiB, i.e.
+    # T x B above about 21800 at H=256 (21845 x 24 x 256 bytes < 128 MiB < 21846 x ...).
+    from seqcls_fast.lstm import low_memory_for
+    at = lambda steps, dtype: torch.empty((steps, 1, 0), dtype=dtype)  # only the sizes count
+    assert not low_memory_for("auto", at(21845, torch.float32), 256)
+    assert low_memory_for("auto", at(21846, torch.float32), 256)
+    assert not low_memory_for("auto", at(2 * 21845, torch.bfloat16), 256)  # 2 bytes a value
+    assert low_memory_for("fast", at(10**6, torch.float32), 256) is False
+    assert low_memory_for("low", at(1, torch.float32), 256) is True
 
 
 def test_low_memory_checkpoints_are_a_small_fraction_of_the_cells():
