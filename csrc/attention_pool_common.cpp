@@ -1,3 +1,5 @@
+// Masked attention pooling: argument checks and the per-row lengths, shared by
+// the CPU and CUDA kernels.
 #include "attention_pool_common.h"
 
 #include <ATen/ATen.h>
@@ -31,6 +33,17 @@ PoolSizes check_attention_pool_inputs(const at::Tensor& values,
                      values.sizes());
   check_lengths_form(lengths, B, values.device());
   return {B, T, D, A};
+}
+
+void check_attention_pool_backward_inputs(const PoolSizes& sizes, const at::Tensor& grad_pooled,
+                                          const at::Tensor& grad_weights,
+                                          const at::Tensor& weights, const at::Tensor& values) {
+  check_shape(grad_pooled, {sizes.batch, sizes.features}, "grad_pooled");
+  check_shape(grad_weights, {sizes.batch, sizes.steps}, "grad_weights");
+  check_shape(weights, {sizes.batch, sizes.steps}, "weights");
+  check_same_kind(grad_pooled, "grad_pooled", values, "values");
+  check_same_kind(grad_weights, "grad_weights", values, "values");
+  check_same_kind(weights, "weights", values, "values");
 }
 
 at::Tensor pool_lengths(const c10::optional<at::Tensor>& lengths,

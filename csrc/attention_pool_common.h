@@ -22,6 +22,13 @@ PoolSizes check_attention_pool_inputs(const at::Tensor& values,
                                       const at::Tensor& query,
                                       const c10::optional<at::Tensor>& lengths);
 
+// The backward's incoming gradients and saved weights: exact shapes, and
+// the dtype and device of values (both kernels read them through typed
+// pointers).
+void check_attention_pool_backward_inputs(const PoolSizes& sizes, const at::Tensor& grad_pooled,
+                                          const at::Tensor& grad_weights,
+                                          const at::Tensor& weights, const at::Tensor& values);
+
 // Each row's length as contiguous int64 [B] on `device`, from the plan when
 // given, else from lengths (validated on the host); undefined when neither is
 // given (every row has T steps).

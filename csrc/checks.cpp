@@ -1,3 +1,4 @@
+// Argument checks shared by every operator and backend (checks.h).
 #include "checks.h"
 
 #include <ATen/ATen.h>
@@ -10,6 +11,12 @@ void check_same_kind(const at::Tensor& t, const char* name, const at::Tensor& li
                     like_name, " (", like.scalar_type(), "), got ", t.scalar_type());
   SEQCLS_CHECK_VALUE(t.device() == like.device(), name, " must be on the device of ", like_name,
                      " (", like.device(), "), got ", t.device());
+}
+
+void check_cpu_dtype(const at::Tensor& t, const char* name) {
+  SEQCLS_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
+                    " must be float32 or float64 on the CPU (float16 and bfloat16 run on CUDA "
+                    "only), got ", t.scalar_type());
 }
 
 void check_shape(const at::Tensor& t, at::IntArrayRef expected, const char* name) {

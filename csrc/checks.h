@@ -17,6 +17,10 @@ namespace seqcls_fast {
 void check_same_kind(const at::Tensor& t, const char* name, const at::Tensor& like,
                      const char* like_name);
 
+// The CPU kernels' dtypes: float32 or float64 (float16 and bfloat16 run on
+// CUDA only).
+void check_cpu_dtype(const at::Tensor& t, const char* name);
+
 // Exact shape.
 void check_shape(const at::Tensor& t, at::IntArrayRef expected, const char* name);
 

@@ -1,3 +1,5 @@
+// The length plan on the device, packed-row gathers, and the weight GEMMs of
+// the backward: what every backend of the LSTM driver shares.
 #include "lstm_common.h"
 
 #include "buffers.h"

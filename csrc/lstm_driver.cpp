@@ -100,6 +100,12 @@ LstmBackwardRecurrence backward_recurrence_rows(const LstmBackwardStep& step,
   return r;
 }
 
+// b_ih + b_hh, added to every step's projection: one function, so the
+// low-memory rebuild adds bitwise the forward's bias.
+optional<Tensor> combined_bias(const optional<Tensor>& b_ih, const optional<Tensor>& b_hh) {
+  return b_ih.has_value() ? optional<Tensor>(*b_ih + *b_hh) : c10::nullopt;
+}
+
 // Address of row `row` of a contiguous 2-D tensor: a step's slice, without a
 // Tensor per step.
 void* row_ptr(const Tensor& t, int64_t row) {
@@ -177,7 +183,7 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
   // one chunk of scratch replaces the [N, 4H] buffer.
   const Tensor x_packed = pack_rows(f.x, N, f.dev);
   const Tensor w_ih_t = w_ih.t(), w_hh_t = w_hh.t();
-  const optional<Tensor> bias = b_ih.has_value() ? optional<Tensor>(*b_ih + *b_hh) : c10::nullopt;
+  const optional<Tensor> bias = combined_bias(b_ih, b_hh);
   const std::vector<int64_t> chunk_starts = chunk_steps(plan, backend.projection_chunk_rows);
   const int64_t most_rows = largest_chunk(plan, chunk_starts);
   Tensor scratch = every_step ? Tensor() : empty_buffer({most_rows, 4 * H}, f.x.options());
@@ -507,6 +513,9 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
     return {at::zeros(x.sizes(), opts), grad_h_state,        grad_c_state.to(dtype),
             at::zeros({4 * H, I}, opts), at::zeros({4 * H, H}, opts), at::zeros({4 * H}, opts)};
   }
+  // Full time-major rows are viewed, not gathered, by pack_rows: a transposed
+  // (batch_first) x would be copied whole by every chunk's view, so once here.
+  const Tensor x_rows_of = plan.packed_is_time_major(reverse) ? x.contiguous() : x;
   // Read through its T and B strides (an expanded or sliced gradient needs no
   // copy) as long as H is unit-stride.
   const Tensor grad_out = grad_output.stride(2) == 1 || H == 1 ? grad_output
@@ -562,7 +571,7 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
     if (rebuild) {
       h_prev = rebuild_h_prev(src, dev, begin, rows, B, reverse);
       gates = gates_scratch.narrow(0, 0, rows);
-      const Tensor x_rows = pack_rows(x, begin, rows, dev);
+      const Tensor x_rows = pack_rows(x_rows_of, begin, rows, dev);
       if (src.bias.has_value()) {
         at::addmm_out(gates, *src.bias, x_rows, w_ih_t);
       } else {
@@ -631,7 +640,7 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
       }
     }
     // Weight and input gradients: GEMMs over the chunk's valid steps.
-    accumulate_lstm_gemm_grads(grads, chunk_grad_gates, begin, x, h_prev, w_ih, dev,
+    accumulate_lstm_gemm_grads(grads, chunk_grad_gates, begin, x_rows_of, h_prev, w_ih, dev,
                                compute_grad_x);
   }
   return {grads.grad_x,    from_sorted(grad_h_state, dev), from_sorted(grad_c_state.to(dtype), dev),
@@ -688,7 +697,7 @@ LstmBackwardResult lstm_layer_backward_recompute(
                  output.contiguous(),
                  h0.has_value() ? to_sorted(*h0, dev, x.scalar_type()) : Tensor(),
                  cell.contiguous(),
-                 b_ih.has_value() ? optional<Tensor>(*b_ih + *b_hh) : c10::nullopt};
+                 combined_bias(b_ih, b_hh)};
   return run_backward(backend, grad_output, grad_h_n, grad_c_n, x, plan, dev, c0, w_ih, w_hh,
                       src, reverse, compute_grad_x);
 }

@@ -119,9 +119,11 @@ def test_low_memory_replays_the_forward_bitwise(monkeypatch):
         assert torch.equal(got[name], want[name]), name
 
 
-def test_packed_weights_follow_in_place_updates(path):
+@pytest.mark.parametrize("update", ["in place", "load_state_dict", "new parameter"])
+def test_packed_weights_follow_weight_updates(path, update):
     """Inference reuses W_hh packed by an earlier call only while the weight
-    is unchanged: after an in-place update the result is the new weights'."""
+    is unchanged: after each documented way of changing it (README, "How it
+    works") the result is the new weights'."""
     native = make_native(4, 20)
     model = _sf_from_native(native)
     x = torch.randn(12, 3, 4)
@@ -129,7 +131,12 @@ def test_packed_weights_follow_in_place_updates(path):
     with torch.no_grad():
         model(x, lengths=lengths)  # packs (and caches) W_hh
         native.weight_hh_l0.mul_(-0.5)
-        model.weight_hh_l0.mul_(-0.5)
+        if update == "in place":
+            model.weight_hh_l0.mul_(-0.5)
+        elif update == "load_state_dict":
+            model.load_state_dict(native.state_dict())
+        else:
+            model.weight_hh_l0 = torch.nn.Parameter(native.weight_hh_l0.to(torch.float32))
         out, _ = model(x, lengths=lengths)
     want, _ = packed_lstm(native, x.double(), lengths, None)
     torch.testing.assert_close(out.double(), want, **LSTM_TOL[("cpu", torch.float32)])

@@ -110,6 +110,35 @@ def test_operator_level_checks():
                                           torch.randn(3), None)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpu_kernels_name_the_dtypes_they_run(dtype):
+    """Half precision runs on CUDA only: the CPU kernels say so, naming the
+    argument, before any work (not ATen's dispatch error from inside)."""
+    ops = torch.ops.seqcls_fast
+    x = torch.randn(5, 2, 3, dtype=dtype)
+    w_ih, w_hh = torch.randn(16, 3, dtype=dtype), torch.randn(16, 4, dtype=dtype)
+    with pytest.raises(TypeError, match=r"x must be float32 or float64 on the CPU"):
+        ops.lstm_layer_forward(x, None, None, None, w_ih, w_hh, None, None, False, False)
+    with pytest.raises(TypeError, match=r"values must be float32 or float64 on the CPU"):
+        ops.masked_attention_pool_forward(torch.randn(2, 4, 3, dtype=dtype), None,
+                                          torch.randn(3, dtype=dtype), None)
+
+
+@pytest.mark.parametrize("name", ["grad_pooled", "grad_weights", "weights"])
+def test_attention_pool_backward_checks_its_gradients(name):
+    """The backward reads these through typed pointers: a dtype other than
+    values' is refused by name on every backend (it was checked on CUDA only)."""
+    values, query = torch.randn(2, 4, 3), torch.randn(3)
+    pooled, weights = torch.ops.seqcls_fast.masked_attention_pool_forward(values, None, query, None)
+    args = {"grad_pooled": torch.ones_like(pooled), "grad_weights": torch.zeros_like(weights),
+            "weights": weights}
+    args[name] = args[name].double()
+    with pytest.raises(TypeError, match=f"{name} must have the dtype of values"):
+        torch.ops.seqcls_fast.masked_attention_pool_backward(
+            args["grad_pooled"], args["grad_weights"], values, None, query, None, args["weights"],
+            None)
+
+
 def test_nan_input_propagates_not_hidden():
     """NaN policy: NaN/inf in inputs propagate to the outputs they touch, as
     in nn.LSTM; nothing is masked or replaced."""

@@ -44,6 +44,7 @@ Acc dot(const T* a, int64_t stride_a, const T* b, int64_t stride_b, int64_t n) {
 void check_cpu(const Tensor& values) {
   SEQCLS_CHECK_VALUE(values.device().is_cpu(),
                      "values must be on the CPU for the CPU kernel, got ", values.device());
+  check_cpu_dtype(values, "values");
 }
 
 std::tuple<Tensor, Tensor> masked_attention_pool_forward_cpu(const Tensor& values,
@@ -103,9 +104,7 @@ std::tuple<Tensor, Tensor, Tensor> masked_attention_pool_backward_cpu(
   const PoolSizes sz = check_attention_pool_inputs(values, keys, query, lengths);
   check_cpu(values);
   const int64_t B = sz.batch, T = sz.steps, D = sz.features, A = sz.key_size;
-  check_shape(grad_pooled, {B, D}, "grad_pooled");
-  check_shape(grad_weights, {B, T}, "grad_weights");
-  check_shape(weights, {B, T}, "weights");
+  check_attention_pool_backward_inputs(sz, grad_pooled, grad_weights, weights, values);
   Tensor grad_values = zeros_buffer({B, T, D}, values.options());
   Tensor grad_keys = keys.has_value() ? zeros_buffer({B, T, A}, values.options())
                                       : at::empty({0}, values.options());

@@ -152,6 +152,7 @@ struct CpuLstmBackend final : LstmBackend {
   void check_input(const at::Tensor& x, int64_t /*hidden*/) const override {
     SEQCLS_CHECK_VALUE(x.device().is_cpu(), "x must be on the CPU for the CPU kernel, got ",
                        x.device());
+    check_cpu_dtype(x, "x");
   }
 
   void zero_output_padding(at::Tensor& output, const DevicePlan& plan) const override {

@@ -337,13 +337,7 @@ std::tuple<Tensor, Tensor, Tensor> masked_attention_pool_backward_cuda(
   const PoolSizes sz = check_attention_pool_inputs(values, keys, query, lengths);
   check_cuda(values);
   const int64_t B = sz.batch, T = sz.steps, D = sz.features, A = sz.key_size;
-  check_shape(grad_pooled, {B, D}, "grad_pooled");
-  check_shape(grad_weights, {B, T}, "grad_weights");
-  check_shape(weights, {B, T}, "weights");
-  // The kernel reads these through typed pointers: dtypes must be exact.
-  check_same_kind(grad_pooled, "grad_pooled", values, "values");
-  check_same_kind(grad_weights, "grad_weights", values, "values");
-  check_same_kind(weights, "weights", values, "values");
+  check_attention_pool_backward_inputs(sz, grad_pooled, grad_weights, weights, values);
   const c10::cuda::CUDAGuard device_guard(values.device());
   Tensor grad_values = at::empty({B, T, D}, values.options());
   Tensor grad_keys = at::empty({keys.has_value() ? B * T * A : 0}, values.options());
