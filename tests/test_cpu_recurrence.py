@@ -5,6 +5,7 @@ the low-memory backward replaying the same kernel, and its cache of packed
 weights following in-place updates. SEQCLS_FAST_CPU_RECURRENCE=steps selects
 the per-step path."""
 import copy
+import sys
 
 import pytest
 import torch
@@ -44,6 +45,30 @@ SHAPES = [  # (T, B, I, H)
 def path(request, monkeypatch):
     monkeypatch.setenv("SEQCLS_FAST_CPU_RECURRENCE", request.param)
     return request.param
+
+
+@NEEDS_FUSED
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="the build uses OpenMP, which the persistent recurrence needs, on Linux")
+def test_fused_path_is_the_one_that_runs(monkeypatch):
+    """On an AVX-512F Linux machine "fused" must really select the persistent
+    kernels (every "fused" case in this file would otherwise test the per-step
+    path twice): their sums run in another order, so some output bits and
+    gradient bits differ from the per-step path's."""
+    native = make_native(8, 64)
+    x = torch.randn(30, 7, 8)
+    lengths = torch.tensor([30, 29, 17, 17, 9, 3, 1])
+    results = {}
+    for choice in PATHS:
+        monkeypatch.setenv("SEQCLS_FAST_CPU_RECURRENCE", choice)
+        model = _sf_from_native(native)
+        xr = x.clone().requires_grad_()
+        out, _ = model(xr, lengths=lengths)
+        out.square().sum().backward()
+        results[choice] = (out.detach(), xr.grad, model.weight_hh_l0.grad)
+    for fused, steps in zip(results["fused"], results["steps"]):
+        torch.testing.assert_close(fused, steps, rtol=1e-4, atol=1e-5)  # both right ...
+        assert not torch.equal(fused, steps)  # ... by different kernels
 
 
 def _sf_from_native(native, **kwargs):

@@ -142,8 +142,11 @@ constexpr int64_t kTileRows = 6;
 // w[q][k * w_stride .. + 16] for k in [k_begin, k_end) in order (one
 // broadcast per row and k, four weight vectors per k).
 template <int MR>
-SEQCLS_AVX512 inline void tile_product(__m512 (&acc)[MR][4], const float* a, int64_t lda,
-                                       const float* const (&w)[4], int64_t w_stride,
+SEQCLS_AVX512 inline void tile_product(__m512 (&acc)[MR][4],       // [MR][4] x 16 lanes
+                                       const float* a,              // [MR, lda]: rows' left side
+                                       int64_t lda,                 // a's row stride (>= k_end)
+                                       const float* const (&w)[4],  // 4 x [k_end, w_stride]
+                                       int64_t w_stride,            // floats from k to k + 1
                                        int64_t k_begin, int64_t k_end) {
 #pragma GCC unroll 2
   for (int64_t k = k_begin; k < k_end; ++k) {
@@ -175,7 +178,9 @@ struct StepView {
 // Rows [j0, j0 + MR) of one step, units of block b: gate pre-activations in
 // registers, then the cell, then every output of the step for those units.
 template <int MR>
-SEQCLS_AVX512 void forward_tile(const StepView& v, int64_t j0, int64_t b) {
+SEQCLS_AVX512 void forward_tile(const StepView& v,
+                                int64_t j0,  // first sorted row of the tile, in [0, rows)
+                                int64_t b) {  // 16-unit block, in [0, ceil(H / 16))
   const LstmForwardRecurrence& r = v.r;
   const int64_t H = r.hidden, G = 4 * H, u0 = b * kLanes;
   const int64_t lanes = std::min<int64_t>(kLanes, H - u0);
@@ -259,8 +264,9 @@ SEQCLS_AVX512 void forward_block(const StepView& v, int64_t rows, int64_t b) {
 }
 
 // Worker slots [slot_begin, slot_end) of `workers`: their blocks, all steps.
-void run_slots(const LstmForwardRecurrence& r, float* h_swap, int64_t workers, int64_t slot_begin,
-               int64_t slot_end, SpinBarrier& barrier) {
+void run_slots(const LstmForwardRecurrence& r,
+               float* h_swap,  // [B, H] sorted: the other h buffer
+               int64_t workers, int64_t slot_begin, int64_t slot_end, SpinBarrier& barrier) {
   const int64_t H = r.hidden, blocks = unit_blocks(H);
   const int64_t first_block = slot_begin * blocks / workers, end_block = slot_end * blocks / workers;
   const int64_t weight = slot_end - slot_begin;
@@ -313,8 +319,11 @@ struct BackwardStepView {
 // and dc_{s-1}; else dh is stored to grad_h_state (after the segment's last
 // step, for the steps before it).
 template <int MR>
-SEQCLS_AVX512 void backward_tile(const BackwardStepView& v, int64_t j0, int64_t b0,
-                                 int64_t end_block, bool product, bool cell) {
+SEQCLS_AVX512 void backward_tile(const BackwardStepView& v,
+                                 int64_t j0,         // first sorted row of the tile
+                                 int64_t b0,         // first of up to 4 16-unit blocks
+                                 int64_t end_block,  // the worker's block range ends here
+                                 bool product, bool cell) {
   const LstmBackwardRecurrence& r = v.r;
   const int64_t H = r.hidden, G = 4 * H;
   const int64_t nb = std::min<int64_t>(4, end_block - b0);

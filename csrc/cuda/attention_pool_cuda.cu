@@ -285,9 +285,14 @@ __global__ void __launch_bounds__(kReduceThreads)
   out[a] = static_cast<scalar_t>(sum);
 }
 
-void check_cuda(const Tensor& values) {
+// The kernels index T, D and A as int32 (the params structs above).
+void check_cuda(const Tensor& values, const PoolSizes& sz) {
   SEQCLS_CHECK_VALUE(values.device().is_cuda(),
                      "values must be on a CUDA device for the CUDA kernel, got ", values.device());
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  SEQCLS_CHECK_VALUE(sz.steps <= kMax && sz.features <= kMax && sz.key_size <= kMax,
+                     "values and keys must have T, D and A below 2^31 for the CUDA kernel, got T = ",
+                     sz.steps, ", D = ", sz.features, ", A = ", sz.key_size);
 }
 
 std::tuple<Tensor, Tensor> masked_attention_pool_forward_cuda(const Tensor& values,
@@ -296,7 +301,7 @@ std::tuple<Tensor, Tensor> masked_attention_pool_forward_cuda(const Tensor& valu
                                                                const optional<Tensor>& lengths,
                                                                const optional<Tensor>& plan) {
   const PoolSizes sz = check_attention_pool_inputs(values, keys, query, lengths);
-  check_cuda(values);
+  check_cuda(values, sz);
   const c10::cuda::CUDAGuard device_guard(values.device());
   const int64_t B = sz.batch, T = sz.steps, D = sz.features, A = sz.key_size;
   Tensor pooled = at::empty({B, D}, values.options());
@@ -335,7 +340,7 @@ std::tuple<Tensor, Tensor, Tensor> masked_attention_pool_backward_cuda(
     const optional<Tensor>& keys, const Tensor& query, const optional<Tensor>& lengths,
     const Tensor& weights, const optional<Tensor>& plan) {
   const PoolSizes sz = check_attention_pool_inputs(values, keys, query, lengths);
-  check_cuda(values);
+  check_cuda(values, sz);
   const int64_t B = sz.batch, T = sz.steps, D = sz.features, A = sz.key_size;
   check_attention_pool_backward_inputs(sz, grad_pooled, grad_weights, weights, values);
   const c10::cuda::CUDAGuard device_guard(values.device());
