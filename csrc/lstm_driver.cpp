@@ -79,6 +79,7 @@ LstmForwardRecurrence recurrence_rows(const LstmForwardStep& step, const LengthP
   r.w_hh_packed = w_hh_packed.defined() ? w_hh_packed.const_data_ptr() : nullptr;
   r.h_state = step.h_state;
   r.c_state = step.c_state;
+  r.output = step.output;
   return r;
 }
 
@@ -104,6 +105,16 @@ LstmBackwardRecurrence backward_recurrence_rows(const LstmBackwardStep& step,
 // low-memory rebuild adds bitwise the forward's bias.
 optional<Tensor> combined_bias(const optional<Tensor>& b_ih, const optional<Tensor>& b_hh) {
   return b_ih.has_value() ? optional<Tensor>(*b_ih + *b_hh) : c10::nullopt;
+}
+
+// out = rows weight_t (+ bias when defined), into a buffer the driver owns:
+// the input projection (forward and low-memory rebuild) and attention keys.
+void linear_out(Tensor& out, const Tensor& rows, const Tensor& weight_t, const Tensor& bias) {
+  if (bias.defined()) {
+    at::addmm_out(out, bias, rows, weight_t);
+  } else {
+    at::mm_out(out, rows, weight_t);
+  }
 }
 
 // Address of row `row` of a contiguous 2-D tensor: a step's slice, without a
@@ -195,11 +206,7 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
                     : Tensor();
   const auto compute_keys = [&](const Tensor& h_rows) {
     Tensor keys_rows = keys.narrow(0, 0, h_rows.size(0));
-    if (pool->key_bias.defined()) {
-      at::addmm_out(keys_rows, pool->key_bias, h_rows, pool->key_weight_t);
-    } else {
-      at::mm_out(keys_rows, h_rows, pool->key_weight_t);
-    }
+    linear_out(keys_rows, h_rows, pool->key_weight_t, pool->key_bias);
     keys_rows.tanh_();
   };
 
@@ -210,9 +217,9 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
   p.output = f.output.defined() ? f.output.data_ptr() : nullptr;
   const Tensor w_hh_packed = backend.pack_recurrent_weights(w_hh);
   LstmForwardRecurrence r = recurrence_rows(p, plan, w_hh_packed);
-  r.output = p.output;
   Tensor h_chunk = pooling && w_hh_packed.defined() ? at::empty({most_rows, H}, f.x.options())
                                                      : Tensor();
+  r.h_packed = h_chunk.defined() ? h_chunk.data_ptr() : nullptr;  // each segment's h_s, to pool
   LstmPoolStep q{};
   if (pooling) {
     q.hidden = H;
@@ -239,11 +246,7 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
     Tensor chunk_gates = every_step ? f.gates.narrow(0, chunk_begin, chunk_rows)
                                     : scratch.narrow(0, 0, chunk_rows);
     const Tensor chunk_x = x_packed.narrow(0, chunk_begin, chunk_rows);
-    if (bias.has_value()) {
-      at::addmm_out(chunk_gates, *bias, chunk_x, w_ih_t);
-    } else {
-      at::mm_out(chunk_gates, chunk_x, w_ih_t);
-    }
+    linear_out(chunk_gates, chunk_x, w_ih_t, bias.value_or(Tensor()));
     // The recurrence on the length-sorted active prefix, in segments that
     // start at the chunk and at each checkpoint inside it: one persistent
     // kernel per segment where the backend has one, else per step one GEMM
@@ -261,7 +264,6 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
       r.row0 = plan.offset[seg];
       r.gates = row_ptr(chunk_gates, plan.offset[seg] - chunk_begin);
       r.product_at_first = seg > 0 || f.has_h0;
-      r.h_packed = h_chunk.defined() ? h_chunk.data_ptr() : nullptr;
       r.cell = every_step ? row_ptr(f.cell, plan.offset[seg]) : nullptr;
       r.h_prev = every_step ? row_ptr(f.h_prev, plan.offset[seg]) : nullptr;
       if (w_hh_packed.defined()) {
@@ -515,7 +517,7 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
   }
   // Full time-major rows are viewed, not gathered, by pack_rows: a transposed
   // (batch_first) x would be copied whole by every chunk's view, so once here.
-  const Tensor x_rows_of = plan.packed_is_time_major(reverse) ? x.contiguous() : x;
+  const Tensor x_source = plan.packed_is_time_major(reverse) ? x.contiguous() : x;
   // Read through its T and B strides (an expanded or sliced gradient needs no
   // copy) as long as H is unit-stride.
   const Tensor grad_out = grad_output.stride(2) == 1 || H == 1 ? grad_output
@@ -571,12 +573,8 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
     if (rebuild) {
       h_prev = rebuild_h_prev(src, dev, begin, rows, B, reverse);
       gates = gates_scratch.narrow(0, 0, rows);
-      const Tensor x_rows = pack_rows(x_rows_of, begin, rows, dev);
-      if (src.bias.has_value()) {
-        at::addmm_out(gates, *src.bias, x_rows, w_ih_t);
-      } else {
-        at::mm_out(gates, x_rows, w_ih_t);
-      }
+      const Tensor x_rows = pack_rows(x_source, begin, rows, dev);
+      linear_out(gates, x_rows, w_ih_t, src.bias.value_or(Tensor()));
       cell = cell_scratch;
       cell_begin = begin;
       const Tensor checkpoint = src.checkpoints.narrow(0, static_cast<int64_t>(c) * B, B);
@@ -640,7 +638,7 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
       }
     }
     // Weight and input gradients: GEMMs over the chunk's valid steps.
-    accumulate_lstm_gemm_grads(grads, chunk_grad_gates, begin, x_rows_of, h_prev, w_ih, dev,
+    accumulate_lstm_gemm_grads(grads, chunk_grad_gates, begin, x_source, h_prev, w_ih, dev,
                                compute_grad_x);
   }
   return {grads.grad_x,    from_sorted(grad_h_state, dev), from_sorted(grad_c_state.to(dtype), dev),

@@ -89,7 +89,7 @@ class PackedWeightCache {
   at::Tensor get(const at::Tensor& w_hh) {
     const at::Tensor w = w_hh.contiguous();
     const bool cacheable = !w_hh.is_inference() && w.is_same(w_hh);
-    if (!cacheable) return pack(w);
+    if (!cacheable) return packed_weights(w, /*backward=*/false);
     const uint32_t version = w_hh._version();
     std::lock_guard<std::mutex> lock(mutex_);
     // Weights that are gone free their packed copies here.
@@ -103,7 +103,7 @@ class PackedWeightCache {
         return entries_.front().packed;
       }
     }
-    at::Tensor packed = pack(w);
+    at::Tensor packed = packed_weights(w, /*backward=*/false);
     entries_.insert(entries_.begin(),
                     Entry{WeakImpl(w_hh.getIntrusivePtr()), version, w_hh.const_data_ptr(),
                           w_hh.numel(), packed});
@@ -121,10 +121,6 @@ class PackedWeightCache {
     int64_t numel;
     at::Tensor packed;
   };
-
-  static at::Tensor pack(const at::Tensor& w) {
-    return packed_weights(w, /*backward=*/false);
-  }
 
   std::mutex mutex_;
   std::vector<Entry> entries_;
