@@ -17,6 +17,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/lstm_recurrence_cpu.h"
 #include "length_plan.h"
 
 TORCH_LIBRARY(seqcls_fast, m) {
@@ -105,7 +106,26 @@ PyObject* length_plan_stats(PyObject* /*self*/, PyObject* /*args*/) {
                        "host_copies", static_cast<long long>(stats.host_copies));
 }
 
+// {"isa": ..., "recurrence": ...}: the instruction set the CPU kernels use
+// now, and the recurrence a float32 call runs ("avx512", "avx2", or "steps"
+// for a GEMM per step); the benchmark records them beside its timings.
+PyObject* cpu_kernel_paths(PyObject* /*self*/, PyObject* /*args*/) {
+  using seqcls_fast::cpu::CpuIsa;
+  try {
+    const CpuIsa recurrence = seqcls_fast::cpu::recurrence_isa(/*float32=*/true);
+    return Py_BuildValue("{s:s,s:s}", "isa", seqcls_fast::cpu::cpu_isa_name(seqcls_fast::cpu::cpu_isa()),
+                         "recurrence", recurrence == CpuIsa::kBaseline
+                                           ? "steps"
+                                           : seqcls_fast::cpu::cpu_isa_name(recurrence));
+  } catch (const c10::Error& error) {
+    PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
+    return nullptr;
+  }
+}
+
 PyMethodDef methods[] = {
+    {"cpu_kernel_paths", cpu_kernel_paths, METH_NOARGS,
+     "The instruction set of the CPU kernels and the float32 recurrence that runs now."},
     {"length_plan_stats", length_plan_stats, METH_NOARGS,
      "How many length plans were made from raw lengths, and how many device-to-host copies "
      "of lengths that took, since the library was loaded."},

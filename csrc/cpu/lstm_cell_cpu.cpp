@@ -1,6 +1,7 @@
 // Portable build of the pointwise step kernels (ATen's Vectorized at the
 // baseline ISA), and the runtime choice between it and the AVX2 build in
-// lstm_cell_cpu_avx2.cpp (x86-64 only).
+// lstm_cell_cpu_avx2.cpp (x86-64 only; cpu_isa(), so SEQCLS_FAST_CPU_ISA=
+// baseline selects the portable build on any CPU).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -9,6 +10,7 @@
 
 #include "../cell.h"
 #include "lstm_cell_cpu.h"
+#include "lstm_recurrence_cpu.h"
 
 namespace seqcls_fast {
 
@@ -38,16 +40,14 @@ namespace cpu {
 
 void lstm_forward_step_cpu(const LstmForwardStep& params, c10::ScalarType dtype) {
 #if defined(SEQCLS_WITH_AVX2)
-  static const bool avx2_ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx2_ok) return avx2::lstm_forward_step(params, dtype);
+  if (cpu_isa() >= CpuIsa::kAvx2) return avx2::lstm_forward_step(params, dtype);
 #endif
   generic::lstm_forward_step(params, dtype);
 }
 
 void lstm_backward_step_cpu(const LstmBackwardStep& params, c10::ScalarType dtype) {
 #if defined(SEQCLS_WITH_AVX2)
-  static const bool avx2_ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx2_ok) return avx2::lstm_backward_step(params, dtype);
+  if (cpu_isa() >= CpuIsa::kAvx2) return avx2::lstm_backward_step(params, dtype);
 #endif
   generic::lstm_backward_step(params, dtype);
 }

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -51,45 +52,30 @@ void pool_rows(const LstmPoolStep& p, int64_t begin, int64_t end) {
   }
 }
 
-// Whether the persistent recurrence can run here: float32 on a CPU with
-// AVX-512F, ATen's OpenMP backend (its parallel_for runs the worker slots
-// concurrently, which the per-step barrier needs), and not switched off by
-// SEQCLS_FAST_CPU_RECURRENCE=steps (the per-step GEMM path, for comparison).
-bool persistent_recurrence_available(at::ScalarType dtype) {
-#if defined(SEQCLS_WITH_AVX2) && AT_PARALLEL_OPENMP
-  static const bool cpu_ok = __builtin_cpu_supports("avx512f");
-  const char* choice = std::getenv("SEQCLS_FAST_CPU_RECURRENCE");
-  return cpu_ok && dtype == at::kFloat && (choice == nullptr || std::string(choice) != "steps");
-#else
-  (void)dtype;
-  return false;
-#endif
-}
-
 // W_hh [4H, H] (contiguous float32) in a new tensor, in the layout of the
-// persistent forward (pack_w_hh) or backward (pack_w_hh_backward).
-at::Tensor packed_weights(const at::Tensor& w, bool backward) {
+// persistent forward (pack_w_hh) or backward (pack_w_hh_backward) of a build
+// with `lanes` units per block.
+at::Tensor packed_weights(const at::Tensor& w, bool backward, int64_t lanes) {
   const int64_t H = w.size(1);
   at::Tensor packed = at::empty(
-      {backward ? avx512::packed_w_hh_backward_floats(H) : avx512::packed_w_hh_floats(H)},
+      {backward ? packed_w_hh_backward_floats(H, lanes) : packed_w_hh_floats(H, lanes)},
       w.options());
-#if defined(SEQCLS_WITH_AVX2)
-  (backward ? avx512::pack_w_hh_backward : avx512::pack_w_hh)(w.const_data_ptr<float>(), H,
-                                                              packed.data_ptr<float>());
-#endif
+  (backward ? pack_w_hh_backward : pack_w_hh)(w.const_data_ptr<float>(), H, lanes,
+                                              packed.data_ptr<float>());
   return packed;
 }
 
 // W_hh packed for the persistent recurrence, kept for the last few weight
-// tensors while they are alive and unmodified (same storage, same version), so
+// tensors while they are alive and unmodified (same storage, same version, and
+// packed for the same build's block width), so
 // inference and streaming calls do not repack; a training step's update bumps
 // the version and the next forward packs anew.
 class PackedWeightCache {
  public:
-  at::Tensor get(const at::Tensor& w_hh) {
+  at::Tensor get(const at::Tensor& w_hh, int64_t lanes) {
     const at::Tensor w = w_hh.contiguous();
     const bool cacheable = !w_hh.is_inference() && w.is_same(w_hh);
-    if (!cacheable) return packed_weights(w, /*backward=*/false);
+    if (!cacheable) return packed_weights(w, /*backward=*/false, lanes);
     const uint32_t version = w_hh._version();
     std::lock_guard<std::mutex> lock(mutex_);
     // Weights that are gone free their packed copies here.
@@ -98,15 +84,15 @@ class PackedWeightCache {
                    entries_.end());
     for (auto it = entries_.begin(); it != entries_.end(); ++it) {
       if (it->weight.lock().get() == w_hh.unsafeGetTensorImpl() && it->version == version &&
-          it->data == w_hh.const_data_ptr() && it->numel == w_hh.numel()) {
+          it->data == w_hh.const_data_ptr() && it->numel == w_hh.numel() && it->lanes == lanes) {
         std::rotate(entries_.begin(), it, it + 1);  // most recent first
         return entries_.front().packed;
       }
     }
-    at::Tensor packed = packed_weights(w, /*backward=*/false);
+    at::Tensor packed = packed_weights(w, /*backward=*/false, lanes);
     entries_.insert(entries_.begin(),
                     Entry{WeakImpl(w_hh.getIntrusivePtr()), version, w_hh.const_data_ptr(),
-                          w_hh.numel(), packed});
+                          w_hh.numel(), lanes, packed});
     if (entries_.size() > kEntries) entries_.pop_back();
     return packed;
   }
@@ -119,6 +105,7 @@ class PackedWeightCache {
     uint32_t version;
     const void* data;
     int64_t numel;
+    int64_t lanes;
     at::Tensor packed;
   };
 
@@ -131,16 +118,21 @@ PackedWeightCache& packed_weight_cache() {
   return cache;
 }
 
-#if defined(SEQCLS_WITH_AVX2)
 // Workers of the persistent recurrence: one per thread, each with at least
 // one block of units; one inside another parallel region, where parallel_for
 // runs serially.
-int64_t recurrence_workers(int64_t hidden) {
-  return at::in_parallel_region()
-             ? 1
-             : std::min<int64_t>(at::get_num_threads(), avx512::unit_blocks(hidden));
+int64_t recurrence_workers(int64_t hidden, CpuIsa isa) {
+  return at::in_parallel_region() ? 1
+                                  : std::min<int64_t>(at::get_num_threads(),
+                                                      unit_blocks(hidden, recurrence_lanes(isa)));
 }
-#endif
+
+// The build a float32 call of this dtype runs, or nullopt for the per-step path.
+std::optional<CpuIsa> persistent_build(at::ScalarType dtype) {
+  const CpuIsa isa = recurrence_isa(dtype == at::kFloat);
+  if (isa == CpuIsa::kBaseline) return std::nullopt;
+  return isa;
+}
 
 struct CpuLstmBackend final : LstmBackend {
   CpuLstmBackend() : LstmBackend(kProjectionChunkRows, kProjectionChunkRows) {}
@@ -174,27 +166,31 @@ struct CpuLstmBackend final : LstmBackend {
     lstm_backward_step_cpu(step, dtype);
   }
 
+  // The driver packs, then runs, within one op call: both ask persistent_build,
+  // and the packed layout follows the build's block width.
   at::Tensor pack_recurrent_weights(const at::Tensor& w_hh) const override {
-    if (!persistent_recurrence_available(w_hh.scalar_type())) return {};
-    return packed_weight_cache().get(w_hh);
+    const auto isa = persistent_build(w_hh.scalar_type());
+    if (!isa) return {};
+    return packed_weight_cache().get(w_hh, recurrence_lanes(*isa));
   }
 
-  void forward_recurrence(const LstmForwardRecurrence& r, at::ScalarType /*dtype*/) const override {
-#if defined(SEQCLS_WITH_AVX2)
+  void forward_recurrence(const LstmForwardRecurrence& r, at::ScalarType dtype) const override {
+    const auto isa = persistent_build(dtype);
+    TORCH_CHECK(isa, "seqcls_fast: forward_recurrence without a persistent build");
     at::Tensor h_swap = at::empty({r.batch, r.hidden}, at::TensorOptions().dtype(at::kFloat));
-    avx512::lstm_forward_recurrence(r, h_swap.data_ptr<float>(), recurrence_workers(r.hidden));
-#endif
+    lstm_forward_recurrence(*isa, r, h_swap.data_ptr<float>(), recurrence_workers(r.hidden, *isa));
   }
 
   at::Tensor pack_recurrent_weights_backward(const at::Tensor& w_hh) const override {
-    if (!persistent_recurrence_available(w_hh.scalar_type())) return {};
-    return packed_weights(w_hh.contiguous(), /*backward=*/true);
+    const auto isa = persistent_build(w_hh.scalar_type());
+    if (!isa) return {};
+    return packed_weights(w_hh.contiguous(), /*backward=*/true, recurrence_lanes(*isa));
   }
 
-  void backward_recurrence(const LstmBackwardRecurrence& r, at::ScalarType /*dtype*/) const override {
-#if defined(SEQCLS_WITH_AVX2)
-    avx512::lstm_backward_recurrence(r, recurrence_workers(r.hidden));
-#endif
+  void backward_recurrence(const LstmBackwardRecurrence& r, at::ScalarType dtype) const override {
+    const auto isa = persistent_build(dtype);
+    TORCH_CHECK(isa, "seqcls_fast: backward_recurrence without a persistent build");
+    lstm_backward_recurrence(*isa, r, recurrence_workers(r.hidden, *isa));
   }
 
   void pool_step(const LstmPoolStep& step, at::ScalarType dtype) const override {

@@ -1,6 +1,7 @@
 // The persistent recurrence on the CPU (LstmBackend::forward_recurrence and
-// backward_recurrence): the entry points of its AVX-512 build and the layouts
-// of its packed W_hh.
+// backward_recurrence): which build runs (the CPU's features, capped by
+// SEQCLS_FAST_CPU_ISA), the layouts of its packed W_hh, and the entry points
+// of its AVX-512 and AVX2 builds (lstm_recurrence_cpu_tile.h, written once).
 #pragma once
 
 #include <cstdint>
@@ -9,44 +10,61 @@
 
 namespace seqcls_fast::cpu {
 
-namespace avx512 {
+// The instruction sets this library has kernels for, in order.
+enum class CpuIsa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 
-// Units per block: one 512-bit vector of float.
-constexpr int64_t kUnitsPerBlock = 16;
+// The best the CPU supports, capped by SEQCLS_FAST_CPU_ISA (avx512, avx2 or
+// baseline; read on every call, so tests can switch it). A value that is not
+// one of those raises, naming the variable.
+CpuIsa cpu_isa();
+const char* cpu_isa_name(CpuIsa isa);
 
-inline int64_t unit_blocks(int64_t hidden) {
-  return (hidden + kUnitsPerBlock - 1) / kUnitsPerBlock;
+// Which recurrence a call with this dtype runs: the persistent one of
+// cpu_isa()'s build (float32, AVX2 or AVX-512, ATen's OpenMP backend: its
+// parallel_for runs the worker slots concurrently, which the per-step barrier
+// needs), or kBaseline for a GEMM per step (other dtypes and CPUs, or
+// SEQCLS_FAST_CPU_RECURRENCE=steps).
+CpuIsa recurrence_isa(bool float32);
+
+// Units per block of the build: one vector of float.
+int64_t recurrence_lanes(CpuIsa isa);
+
+inline int64_t unit_blocks(int64_t hidden, int64_t lanes) { return (hidden + lanes - 1) / lanes; }
+
+// Floats of W_hh packed for the forward: per block of `lanes` units, for each
+// k, the four gates' weights ([blocks, H, 4, lanes], units past H zero).
+inline int64_t packed_w_hh_floats(int64_t hidden, int64_t lanes) {
+  return unit_blocks(hidden, lanes) * hidden * 4 * lanes;
 }
+// Fills `packed` (packed_w_hh_floats(H, lanes)) from W_hh [4H, H] contiguous.
+void pack_w_hh(const float* w_hh, int64_t H, int64_t lanes, float* packed);
 
-// Floats of W_hh packed for the kernel: per block of 16 units, for each k,
-// the four gates' 16 weights ([blocks, H, 4, 16], units past H zero).
-inline int64_t packed_w_hh_floats(int64_t hidden) {
-  return unit_blocks(hidden) * hidden * 4 * kUnitsPerBlock;
-}
-
-// Fills `packed` (packed_w_hh_floats(H)) from W_hh [4H, H] contiguous.
-void pack_w_hh(const float* w_hh, int64_t H, float* packed);
-
-// Runs r (r.w_hh_packed from pack_w_hh) on `workers` worker slots
-// (1 <= workers <= unit_blocks(H)), each owning a contiguous range of unit
-// blocks. `h_swap` [B, H] is the second buffer of h_s. float32 only; the
-// caller checks the CPU has AVX-512F.
-void lstm_forward_recurrence(const LstmForwardRecurrence& r, float* h_swap, int64_t workers);
-
-// Floats of W_hh packed for the backward: per block of 16 units (columns of
-// W_hh), for each of the 4H rows, the block's 16 weights ([blocks, 4H, 16],
+// Floats of W_hh packed for the backward: per block of `lanes` units (columns
+// of W_hh), for each of the 4H rows, the block's weights ([blocks, 4H, lanes],
 // units past H zero).
-inline int64_t packed_w_hh_backward_floats(int64_t hidden) {
-  return unit_blocks(hidden) * 4 * hidden * kUnitsPerBlock;
+inline int64_t packed_w_hh_backward_floats(int64_t hidden, int64_t lanes) {
+  return unit_blocks(hidden, lanes) * 4 * hidden * lanes;
 }
+// Fills `packed` (packed_w_hh_backward_floats(H, lanes)) from W_hh [4H, H].
+void pack_w_hh_backward(const float* w_hh, int64_t H, int64_t lanes, float* packed);
 
-// Fills `packed` (packed_w_hh_backward_floats(H)) from W_hh [4H, H] contiguous.
-void pack_w_hh_backward(const float* w_hh, int64_t H, float* packed);
+// Runs r (r.w_hh_packed from pack_w_hh with the build's lanes) on `workers`
+// worker slots (1 <= workers <= the build's unit_blocks(H)), each owning a
+// contiguous range of unit blocks. `h_swap` [B, H] is the second buffer of
+// h_s. isa is kAvx2 or kAvx512 and supported by the CPU (cpu_isa()).
+void lstm_forward_recurrence(CpuIsa isa, const LstmForwardRecurrence& r, float* h_swap,
+                             int64_t workers);
+// The backward likewise (r.w_hh_packed from pack_w_hh_backward).
+void lstm_backward_recurrence(CpuIsa isa, const LstmBackwardRecurrence& r, int64_t workers);
 
-// Runs r (r.w_hh_packed from pack_w_hh_backward) on `workers` worker slots
-// (1 <= workers <= unit_blocks(H)) as lstm_forward_recurrence does. float32
-// only; the caller checks the CPU has AVX-512F.
+// The builds themselves (x86-64 only).
+namespace persistent_avx512 {
+void lstm_forward_recurrence(const LstmForwardRecurrence& r, float* h_swap, int64_t workers);
 void lstm_backward_recurrence(const LstmBackwardRecurrence& r, int64_t workers);
+}  // namespace persistent_avx512
+namespace persistent_avx2 {
+void lstm_forward_recurrence(const LstmForwardRecurrence& r, float* h_swap, int64_t workers);
+void lstm_backward_recurrence(const LstmBackwardRecurrence& r, int64_t workers);
+}  // namespace persistent_avx2
 
-}  // namespace avx512
 }  // namespace seqcls_fast::cpu
