@@ -53,6 +53,7 @@ struct Float8 {
   static constexpr int64_t kLanes = 8;
   // 3 rows x 4 gates = 12 accumulators, 3 broadcasts and a weight vector:
   // all 16 registers.
+  static constexpr int kUnrollK = 1;  // of tile_product's k loop
   static constexpr int kTileRows = 3;
 
   Raw v;

@@ -50,6 +50,7 @@ struct Float16 {
   static constexpr int64_t kLanes = 16;
   // 6 rows x 4 gates = 24 accumulators, 6 broadcasts and a weight vector:
   // 31 of the 32 registers.
+  static constexpr int kUnrollK = 2;  // of tile_product's k loop
   static constexpr int kTileRows = 6;
 
   Raw v;

@@ -103,10 +103,32 @@ class SpinBarrier {
   std::atomic<int64_t> generation_{0};
 };
 
-// The register tile both directions run: acc[m][q] += a[m * lda + k] *
-// w[q][k * w_stride .. + kLanes] for k in [k_begin, k_end) in order (MR
-// broadcasts per k, then one weight vector at a time: 4 MR accumulators + MR
-// + 1 registers, 31 of AVX-512's 32 at MR = 6, 16 of AVX2's 16 at MR = 3).
+// One k of the register tile: acc[m][q] += a[m * lda + k] * w[q][k *
+// w_stride .. + kLanes] (MR broadcasts, then one weight vector at a time:
+// 4 MR accumulators + MR + 1 registers, 31 of AVX-512's 32 at MR = 6, 16 of
+// AVX2's 16 at MR = 3).
+template <typename V, int MR>
+SEQCLS_TILE_TARGET inline void tile_k(typename V::Raw (&acc)[MR][4],  // [MR][4] x kLanes
+                                      const float* a,  // [MR, lda]: rows' left side
+                                      int64_t lda,     // a's row stride
+                                      const float* const (&w)[4],  // 4 x [.., w_stride]
+                                      int64_t w_stride, int64_t k) {
+  using Raw = typename V::Raw;
+  const int64_t wk = k * w_stride;
+  Raw ak[MR];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m) ak[m] = V::broadcast(a[m * lda + k]);
+#pragma GCC unroll 4
+  for (int q = 0; q < 4; ++q) {
+    const Raw wq = V::load(w[q] + wk);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) acc[m][q] = V::fmadd(ak[m], wq, acc[m][q]);
+  }
+}
+
+// The register tile both directions run: tile_k for k in [k_begin, k_end) in
+// order, the loop unrolled V::kUnrollK times (2 where the registers leave
+// room for the next k's loads, else 1: AVX2's 16 are all taken).
 template <typename V, int MR>
 SEQCLS_TILE_TARGET inline void tile_product(typename V::Raw (&acc)[MR][4],  // [MR][4] x kLanes
                                             const float* a,  // [MR, lda]: rows' left side
@@ -114,19 +136,12 @@ SEQCLS_TILE_TARGET inline void tile_product(typename V::Raw (&acc)[MR][4],  // [
                                             const float* const (&w)[4],  // 4 x [k_end, w_stride]
                                             int64_t w_stride,  // floats from k to k + 1
                                             int64_t k_begin, int64_t k_end) {
-  using Raw = typename V::Raw;
+  if constexpr (V::kUnrollK == 2) {
 #pragma GCC unroll 2
-  for (int64_t k = k_begin; k < k_end; ++k) {
-    const int64_t wk = k * w_stride;
-    Raw ak[MR];
-#pragma GCC unroll 8
-    for (int m = 0; m < MR; ++m) ak[m] = V::broadcast(a[m * lda + k]);
-#pragma GCC unroll 4
-    for (int q = 0; q < 4; ++q) {
-      const Raw wq = V::load(w[q] + wk);
-#pragma GCC unroll 8
-      for (int m = 0; m < MR; ++m) acc[m][q] = V::fmadd(ak[m], wq, acc[m][q]);
-    }
+    for (int64_t k = k_begin; k < k_end; ++k) tile_k<V, MR>(acc, a, lda, w, w_stride, k);
+  } else {
+#pragma GCC unroll 1
+    for (int64_t k = k_begin; k < k_end; ++k) tile_k<V, MR>(acc, a, lda, w, w_stride, k);
   }
 }
 

@@ -12,8 +12,9 @@ import torch
 
 from .cases import (CUDA_EXTRA_CASES, DTYPES, LENGTH_DISTRIBUTIONS, LONG_SWEEP_MAX_SECONDS, MODES,
                     SWEEPS, Case)
-from .measure import AUTO_REPEATS, AUTO_SECONDS_PER_CASE, run_case
-from .report import Progress, environment, format_table, write_memory_plot, write_plot
+from .measure import AUTO_REPEATS, AUTO_SECONDS_PER_CASE, IDLE_RULE, run_case
+from .report import (Progress, environment, format_table, kernels_line, write_memory_plot,
+                     write_plot)
 
 
 def positive_int(text):
@@ -126,6 +127,8 @@ def main(argv=None):
     print(f"seqcls-fast bench: {env['device_name']} ({env['device']}), torch "
           f"{env['torch_version']}, {env['threads']} threads, commit {env['git_commit']}",
           flush=True)
+    if kernels_line(env):
+        print(kernels_line(env), flush=True)
     progress = Progress(len(cases) * len(modes))
     results = []
     started = time.perf_counter()
@@ -147,6 +150,7 @@ def main(argv=None):
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
               "argv": list(argv) if argv is not None else sys.argv[1:],
               "environment": env, "elapsed_s": time.perf_counter() - started,
+              "timing": IDLE_RULE,
               "memory_meaning": ("bytes above the level just before one call, at its peak: "
                                  "CUDA allocator allocated bytes on GPU, resident set (VmHWM) "
                                  "on CPU; null where not measurable"),

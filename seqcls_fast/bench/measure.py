@@ -22,6 +22,18 @@ ROTATED_BATCHES = 3          # distinct pre-generated batches, used in turn
 AUTO_REPEATS = (3, 30)       # least and most repeats when --repeats is not given
 AUTO_SECONDS_PER_CASE = 4.0  # timed seconds per case and mode that auto repeats aim at
 CUDA_WARMUP_ROUNDS = 1       # untimed rounds after the check (CPU: the check is the warm-up)
+# On the CPU, after every timed call: wait until the process is idle, i.e. its
+# CPU time (all threads) grows by less than IDLE_FRACTION of one core over an
+# IDLE_WINDOW_S window, for at most IDLE_LIMIT_S. A library whose threads spin
+# after returning (ONNX Runtime's pool; OpenMP's workers, briefly) then cannot
+# share the cores with the next method's timed call.
+IDLE_WINDOW_S = 0.005
+IDLE_FRACTION = 0.1
+IDLE_LIMIT_S = 2.0
+IDLE_RULE = (f"on the CPU, after every timed call the next one waits until the process's CPU "
+             f"time (all threads, time.process_time) grows by < {IDLE_FRACTION:g} core over "
+             f"{IDLE_WINDOW_S * 1e3:g} ms (at most {IDLE_LIMIT_S:g} s): spinning pool threads "
+             f"(ONNX Runtime's, OpenMP's) never share the cores with another method's call")
 
 
 # ------------------------------------------------------------------- one step
@@ -159,10 +171,23 @@ def check_and_measure(runnable, records, batch, mode, device, tolerance):
     return seconds
 
 
+def wait_until_idle():
+    """Blocks until no thread of this process keeps a core busy (IDLE_RULE).
+    Returns the seconds waited."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < IDLE_LIMIT_S:
+        used = time.process_time()
+        time.sleep(IDLE_WINDOW_S)
+        if time.process_time() - used < IDLE_FRACTION * IDLE_WINDOW_S:
+            break
+    return time.perf_counter() - started
+
+
 def time_interleaved(runnable, records, batches, mode, device, warmup, repeats, progress):
     """Rounds of one call per method on the same batch, the batches taken in
     turn and a different method first each round; the first ``warmup`` rounds
-    are not kept. After a method with ``settle_seconds``, an untimed pause."""
+    are not kept. On the CPU, each timed call starts on an idle process
+    (wait_until_idle; the waits are recorded per method as idle_wait_ms)."""
     names = list(runnable)
     for round_index in range(warmup + repeats if names else 0):
         batch = batches[round_index % len(batches)]
@@ -171,11 +196,13 @@ def time_interleaved(runnable, records, batches, mode, device, warmup, repeats, 
             model = runnable[name]
             if mode == "inference":  # untimed: thread pools and caches warm, as when serving
                 run_step(model, batch, mode)
+            if device.type == "cpu":
+                waited = wait_until_idle()
+                if round_index >= warmup:
+                    records[name].setdefault("idle_wait_ms", []).append(waited * 1e3)
             elapsed = time_call(lambda: run_step(model, batch, mode), device)
             if round_index >= warmup:
                 records[name]["times_ms"].append(elapsed)
-            if model.settle_seconds:
-                time.sleep(model.settle_seconds)
         if progress is not None:
             progress(round_index + 1, warmup + repeats)
 

@@ -62,11 +62,8 @@ class Classifier(nn.Module):
     """Base of every method: ``forward(batch) -> logits``, and
     ``lstm_gradients()``: the LSTM weight gradients under nn.LSTM's names and
     layouts, for the agreement check. ``known_wrong`` is None, or why this
-    method is expected to disagree on this case (it is then still timed).
-    ``settle_seconds``: an untimed pause after each of its timed calls, for a
-    library whose threads keep a core busy after returning."""
+    method is expected to disagree on this case (it is then still timed)."""
     known_wrong = None
-    settle_seconds = 0.0
 
     def lstm_gradients(self):
         return {name: p.grad for name, p in self.lstm.named_parameters()}
@@ -255,9 +252,9 @@ class OnnxRuntime(Classifier):
     LSTM's ``sequence_lens``, run by an onnxruntime CPU session (built once,
     not timed; intra-op threads as torch's, default settings). Each call
     converts the batch to numpy and back. Inference only. Its pool's threads
-    spin for a while after each run (what keeps them hot inside a run), so the
-    interleaved rounds let them settle before timing the next method."""
-    settle_seconds = 0.02
+    spin for a while after each run (what keeps them hot inside a run); the
+    interleaved rounds wait until they stop (measure.wait_until_idle) before
+    timing the next method."""
 
     def __init__(self, reference, case):
         super().__init__()

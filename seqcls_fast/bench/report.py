@@ -57,10 +57,50 @@ def cpu_name():
     return match.group(1).strip() if match else (platform.processor() or platform.machine())
 
 
+# What selects the code paths of the CPU kernels: ours (SEQCLS_FAST_CPU_ISA,
+# SEQCLS_FAST_CPU_RECURRENCE), ATen's, MKL's and oneDNN's (the AVX2
+# configuration of the README sets the last three; ONNX Runtime has none).
+ISA_VARIABLES = ("SEQCLS_FAST_CPU_ISA", "SEQCLS_FAST_CPU_RECURRENCE", "ATEN_CPU_CAPABILITY",
+                 "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
+def cpu_features():
+    """{flag: bool} for the vector extensions the CPU kernels choose between."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = set(re.search(r"^flags\s*:(.*)$", cpuinfo.read(), re.M).group(1).split())
+    except (OSError, AttributeError):
+        return None
+    return {flag: flag in flags for flag in ("avx512f", "avx2", "fma")}
+
+
+def cpu_kernels():
+    """The instruction set our CPU kernels use and the float32 recurrence that
+    runs ("avx512", "avx2" or "steps"), ATen's CPU capability, the CPU's own
+    features and the variables that chose them."""
+    from seqcls_fast import _C
+    return {**_C.cpu_kernel_paths(), "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_features": cpu_features(),
+            "variables": {name: os.environ.get(name) for name in ISA_VARIABLES}}
+
+
+def kernels_line(env):
+    """One line naming the kernel paths of a CPU run (empty on CUDA)."""
+    kernels = env.get("cpu_kernels")
+    if not kernels:
+        return ""
+    forced = {k: v for k, v in kernels["variables"].items() if v}
+    return (f"CPU kernels: recurrence {kernels['recurrence']}, ISA {kernels['isa']} (CPU has "
+            f"{', '.join(f for f, on in (kernels['cpu_features'] or {}).items() if on) or '?'}), "
+            f"ATen {kernels['aten_cpu_capability']}"
+            + (f"; set: {' '.join(f'{k}={v}' for k, v in forced.items())}" if forced else ""))
+
+
 def environment(device):
     commit, dirty = git_commit()
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {"device": str(device), "device_name": device_name,
+            "cpu_kernels": cpu_kernels() if device.type == "cpu" else None,
             "torch_version": torch.__version__, "cuda_version": torch.version.cuda,
             "seqcls_fast_version": sf.__version__, "git_commit": commit, "git_dirty": dirty,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
