@@ -12,6 +12,11 @@ PY="${1:-.venv/bin/python}"
 shift || true
 export SEQCLS_FAST_CPU_ISA=avx2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
   ONEDNN_MAX_CPU_ISA=AVX2
+# Inductor's on-disk cache does not key on ATEN_CPU_CAPABILITY: kernels it
+# compiled in a default-ISA run would be reused here (and give garbage).
+TORCHINDUCTOR_CACHE_DIR="$(mktemp -d)"
+export TORCHINDUCTOR_CACHE_DIR
+trap 'rm -rf "$TORCHINDUCTOR_CACHE_DIR"' EXIT
 # Fails unless the run really takes the AVX2 paths (a typo above, or a CPU
 # without AVX2, would otherwise test the default paths a second time).
 "$PY" - <<'PYCHECK'
@@ -23,6 +28,6 @@ print(f"scripts/test_avx2.sh: our kernels {paths}, ATen {aten}")
 assert paths == {"isa": "avx2", "recurrence": "avx2"}, paths
 assert aten == "AVX2", aten
 PYCHECK
-exec "$PY" -m pytest -q -p no:cacheprovider "$@" \
+"$PY" -m pytest -q -p no:cacheprovider "$@" \
   tests/test_cpu_recurrence.py tests/test_lstm.py tests/test_ops.py tests/test_pooling.py \
   tests/test_classifier.py tests/test_streaming.py tests/test_double_backward.py

@@ -1,9 +1,11 @@
-"""The CPU's persistent forward recurrence (float32 on AVX-512 CPUs; other
-CPUs and float64 run a GEMM per step): both paths against the float64
-reference at the shapes where its blocking has edges, bitwise repeatability,
-the low-memory backward replaying the same kernel, and its cache of packed
-weights following in-place updates. SEQCLS_FAST_CPU_RECURRENCE=steps selects
-the per-step path."""
+"""The CPU's persistent recurrence (float32; an AVX-512 build and an AVX2
+build of one kernel) and the GEMM-per-step path (float64, other CPUs, or
+SEQCLS_FAST_CPU_RECURRENCE=steps): every path against the float64 reference
+at the shapes where its blocking has edges, bitwise repeatability, the
+low-memory backward replaying the same kernel, and its cache of packed
+weights following in-place updates. Each path is selected explicitly
+(SEQCLS_FAST_CPU_ISA caps the build), so one run on an AVX-512 machine tests
+both builds; a build the CPU lacks is skipped, said so."""
 import copy
 import sys
 
@@ -11,26 +13,55 @@ import pytest
 import torch
 
 import seqcls_fast as sf
-from helpers import LSTM_TOL, assert_close_named, forward_backward, make_native
+from helpers import assert_float32_within_pytorchs_own, forward_backward, make_native
+from seqcls_fast import _C
 from seqcls_fast.reference import NativeLSTMClassifier, packed_lstm
 
-PATHS = ["fused", "steps"]
+PERSISTENT = ["avx512", "avx2"]
+PATHS = PERSISTENT + ["steps"]
 
 
-def _cpu_has_avx512f():
+def _cpu_flags():
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            return " avx512f " in cpuinfo.read().replace("\n", " ")
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
     except OSError:
-        return False
+        pass
+    return set()
 
 
-# Where the persistent recurrence runs ("fused" falls back to steps elsewhere).
-NEEDS_FUSED = pytest.mark.skipif(not _cpu_has_avx512f(),
-                                 reason="the persistent recurrence needs an AVX-512F CPU")
+# What each persistent build needs, read from the CPU, not from the library
+# (test_each_path_is_the_one_that_runs checks the library's choice against it).
+_NEEDS = {"avx512": {"avx512f"}, "avx2": {"avx2", "fma"}}
 
-# Hidden sizes around the 16-unit blocks and the 6-row tiles of the kernel;
-# batches with full and partial tiles; lengths that retire rows mid-tile.
+
+def _why_not(path):
+    """None where `path` runs on this machine, else why not."""
+    if path == "steps":
+        return None
+    if not sys.platform.startswith("linux"):
+        return "the persistent recurrence needs the OpenMP build (Linux)"
+    missing = _NEEDS[path] - _cpu_flags()
+    return f"this CPU lacks {', '.join(sorted(missing))}" if missing else None
+
+
+def _select(monkeypatch, path):
+    """Makes float32 calls run `path` (skipping where it cannot run)."""
+    why = _why_not(path)
+    if why:
+        pytest.skip(f"{path} recurrence: {why}")
+    if path == "steps":
+        monkeypatch.setenv("SEQCLS_FAST_CPU_RECURRENCE", "steps")
+    else:
+        monkeypatch.setenv("SEQCLS_FAST_CPU_RECURRENCE", "fused")
+        monkeypatch.setenv("SEQCLS_FAST_CPU_ISA", path)
+
+
+# Hidden sizes around the blocks (16 units AVX-512, 8 AVX2) and the tiles (6
+# rows, 3 rows) of the kernel; batches with full and partial tiles; lengths
+# that retire rows mid-tile.
 SHAPES = [  # (T, B, I, H)
     (9, 1, 3, 1),
     (13, 7, 5, 15),
@@ -43,32 +74,46 @@ SHAPES = [  # (T, B, I, H)
 
 @pytest.fixture(params=PATHS)
 def path(request, monkeypatch):
-    monkeypatch.setenv("SEQCLS_FAST_CPU_RECURRENCE", request.param)
+    _select(monkeypatch, request.param)
     return request.param
 
 
-@NEEDS_FUSED
-@pytest.mark.skipif(not sys.platform.startswith("linux"),
-                    reason="the build uses OpenMP, which the persistent recurrence needs, on Linux")
-def test_fused_path_is_the_one_that_runs(monkeypatch):
-    """On an AVX-512F Linux machine "fused" must really select the persistent
-    kernels (every "fused" case in this file would otherwise test the per-step
-    path twice): their sums run in another order, so some output bits and
-    gradient bits differ from the per-step path's."""
+@pytest.fixture(params=PERSISTENT)
+def persistent(request, monkeypatch):
+    _select(monkeypatch, request.param)
+    return request.param
+
+
+def test_each_path_is_the_one_that_runs(monkeypatch):
+    """Each path the CPU supports is the one the library reports and runs
+    (every case of this file would otherwise test one path twice): the three
+    sum in different orders, so some output and gradient bits differ between
+    any two, while each is as close to the float64 truth as PyTorch's own
+    float32."""
     native = make_native(8, 64)
-    x = torch.randn(30, 7, 8)
+    x = torch.randn(30, 7, 8, dtype=torch.float64)
     lengths = torch.tensor([30, 29, 17, 17, 9, 3, 1])
+    truth = forward_backward(native, x, lengths, None, packed=True)
+    torch32 = forward_backward(copy.deepcopy(native).float(), x.float(), lengths, None,
+                               packed=True)
     results = {}
-    for choice in PATHS:
-        monkeypatch.setenv("SEQCLS_FAST_CPU_RECURRENCE", choice)
-        model = _sf_from_native(native)
-        xr = x.clone().requires_grad_()
-        out, _ = model(xr, lengths=lengths)
-        out.square().sum().backward()
-        results[choice] = (out.detach(), xr.grad, model.weight_hh_l0.grad)
-    for fused, steps in zip(results["fused"], results["steps"]):
-        torch.testing.assert_close(fused, steps, rtol=1e-4, atol=1e-5)  # both right ...
-        assert not torch.equal(fused, steps)  # ... by different kernels
+    for path in PATHS:
+        if _why_not(path):
+            continue
+        with monkeypatch.context() as patch:
+            _select(patch, path)
+            assert _C.cpu_kernel_paths()["recurrence"] == path
+            got = forward_backward(_sf_from_native(native), x.float(), lengths, None,
+                                   packed=False)
+        assert_float32_within_pytorchs_own([got[n] for n in truth], [torch32[n] for n in truth],
+                                           list(truth.values()), list(truth))
+        results[path] = got
+    names = list(results)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            for name in ("out", "grad_x", "grad_weight_hh_l0"):
+                assert not torch.equal(results[first][name], results[second][name]), \
+                    (first, second, name)
 
 
 def _sf_from_native(native, **kwargs):
@@ -76,6 +121,22 @@ def _sf_from_native(native, **kwargs):
                     bidirectional=native.bidirectional, dtype=torch.float32, **kwargs)
     model.load_state_dict(native.state_dict())
     return model
+
+
+def _assert_within_pytorchs_own(native, model, x, lengths, hx=None):
+    """Every output and gradient of `model` (float32) within the float32
+    rule (helpers.assert_float32_within_pytorchs_own) of the float64
+    `native` on the packed batch, against float32 nn.LSTM's own error on it.
+    Returns ours."""
+    hx32 = tuple(s.float() for s in hx) if hx else None
+    want = forward_backward(native, x, lengths, hx, packed=True)
+    torch32 = forward_backward(copy.deepcopy(native).float(), x.float(), lengths, hx32,
+                               packed=True)
+    got = forward_backward(model, x.float(), lengths, hx32, packed=False)
+    assert got.keys() == want.keys()
+    assert_float32_within_pytorchs_own([got[n] for n in want], [torch32[n] for n in want],
+                                       list(want.values()), list(want))
+    return got
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-I{}-H{}".format(*s))
@@ -89,10 +150,7 @@ def test_forward_and_backward_match_float64_reference(path, shape, bidirectional
     lengths[0] = T
     hx = tuple(torch.randn(2 * (2 if bidirectional else 1), B, H, dtype=torch.float64)
                for _ in range(2))
-    want = forward_backward(native, x, lengths, hx, packed=True)
-    got = forward_backward(model, x.float(), lengths, tuple(s.float() for s in hx), packed=False)
-    assert_close_named([got[n].double() for n in want], list(want.values()),
-                       LSTM_TOL[("cpu", torch.float32)], list(want))
+    _assert_within_pytorchs_own(native, model, x, lengths, hx)
 
 
 def test_inference_pooling_matches_float64_reference(path):
@@ -108,7 +166,8 @@ def test_inference_pooling_matches_float64_reference(path):
         assert model._pools_online(x)
         logits = model(x, lengths)
         want = native(x.double(), lengths)
-    torch.testing.assert_close(logits.double(), want, **LSTM_TOL[("cpu", torch.float32)])
+        torch32 = copy.deepcopy(native).float()(x, lengths)
+    assert_float32_within_pytorchs_own([logits], [torch32], [want], ["logits"])
 
 
 def test_bitwise_repeatable_at_a_fixed_thread_count(path):
@@ -125,13 +184,11 @@ def test_bitwise_repeatable_at_a_fixed_thread_count(path):
         assert torch.equal(first[name], second[name]), name
 
 
-@NEEDS_FUSED
-def test_low_memory_replays_the_forward_bitwise(monkeypatch):
+def test_low_memory_replays_the_forward_bitwise(persistent):
     """memory="low" rebuilds each chunk's gates with the forward's own kernel
     (h_{s-1} read from the output), so its gradients are bitwise the default
     mode's, over several backward chunks. (The per-step path rebuilds with one
     GEMM per chunk instead of one per step: close, not bitwise.)"""
-    monkeypatch.setenv("SEQCLS_FAST_CPU_RECURRENCE", "fused")
     native = make_native(5, 33, num_layers=1, dtype=torch.float32)
     fast = _sf_from_native(native)
     low = _sf_from_native(native, memory="low")
@@ -163,8 +220,9 @@ def test_packed_weights_follow_weight_updates(path, update):
         else:
             model.weight_hh_l0 = torch.nn.Parameter(native.weight_hh_l0.to(torch.float32))
         out, _ = model(x, lengths=lengths)
+        torch32, _ = packed_lstm(copy.deepcopy(native).float(), x, lengths, None)
     want, _ = packed_lstm(native, x.double(), lengths, None)
-    torch.testing.assert_close(out.double(), want, **LSTM_TOL[("cpu", torch.float32)])
+    assert_float32_within_pytorchs_own([out], [torch32], [want], ["out"])
 
 
 def test_nan_input_stays_in_its_row(path):
@@ -190,31 +248,22 @@ def test_saturating_gates_match_float64_reference(path):
     model = _sf_from_native(native)
     x = torch.randn(T, B, I, dtype=torch.float64) * 10.0
     lengths = torch.tensor([7, 6, 4, 2, 1])
-    want = forward_backward(native, x, lengths, None, packed=True)
-    got = forward_backward(model, x.float(), lengths, None, packed=False)
-    assert all(torch.isfinite(got[n]).all() for n in want)
-    assert_close_named([got[n].double() for n in want], list(want.values()),
-                       LSTM_TOL[("cpu", torch.float32)], list(want))
+    got = _assert_within_pytorchs_own(native, model, x, lengths)
+    assert all(torch.isfinite(t).all() for t in got.values())
 
 
 def test_buffers_past_the_huge_page_size_match_float64_reference(path):
     """Saved gates [N, 4H] of ~6 MB (N ~ 3100 rows), past the 4 MiB from
     which a per-call buffer is advised as huge pages (csrc/buffers.cpp). Weight
-    gradients here sum ~3000 rows in float32, so the error allowed is
-    float32 nn.LSTM's own on the same packed batch, against float64."""
+    gradients here sum ~3000 rows in float32: the float32 rule, as everywhere
+    in this file."""
     T, B, I, H = 64, 64, 16, 128
     native = make_native(I, H, num_layers=1, bidirectional=False)
     model = _sf_from_native(native)
     x = torch.randn(T, B, I, dtype=torch.float64)
     lengths = torch.full((B,), T)
     lengths[1::2] = torch.randint(1, T + 1, (B // 2,))
-    want = forward_backward(native, x, lengths, None, packed=True)
-    torch32 = forward_backward(copy.deepcopy(native).float(), x.float(), lengths, None, packed=True)
-    got = forward_backward(model, x.float(), lengths, None, packed=False)
-    for name, ref in want.items():
-        ours = (got[name].double() - ref).abs().max().item()
-        theirs = (torch32[name].double() - ref).abs().max().item()
-        assert ours <= 2 * theirs + 1e-6, (name, ours, theirs)
+    _assert_within_pytorchs_own(native, model, x, lengths)
 
 
 def test_backward_across_chunks_matches_float64_reference(path):
@@ -229,10 +278,7 @@ def test_backward_across_chunks_matches_float64_reference(path):
     lengths = torch.randint(1, T + 1, (B,))
     lengths[0] = T
     hx = tuple(torch.randn(2, B, H, dtype=torch.float64) for _ in range(2))
-    want = forward_backward(native, x, lengths, hx, packed=True)
-    got = forward_backward(model, x.float(), lengths, tuple(s.float() for s in hx), packed=False)
-    assert_close_named([got[n].double() for n in want], list(want.values()),
-                       LSTM_TOL[("cpu", torch.float32)], list(want))
+    _assert_within_pytorchs_own(native, model, x, lengths, hx)
 
 
 def test_expanded_output_gradient_matches_float64_reference(path):
@@ -244,25 +290,23 @@ def test_expanded_output_gradient_matches_float64_reference(path):
     x = torch.randn(T, B, I, dtype=torch.float64)
     lengths = torch.tensor([21, 20, 13, 13, 5, 2, 1])
     grads = []
-    for module, inputs in ((native, x), (model, x.float())):
+    for module, inputs in ((native, x), (copy.deepcopy(native).float(), x.float()),
+                           (model, x.float())):
         inputs = inputs.detach().clone().requires_grad_(True)
-        if module is native:
-            out, _ = packed_lstm(native, inputs, lengths, None)
-        else:
+        if module is model:
             out, _ = model(inputs, lengths=lengths)
+        else:
+            out, _ = packed_lstm(module, inputs, lengths, None)
         out.sum().backward()
         grads.append([inputs.grad] + [p.grad for p in module.parameters()])
     names = ["grad_x"] + ["grad_" + n for n, _ in model.named_parameters()]
-    assert_close_named([g.double() for g in grads[1]], grads[0],
-                       LSTM_TOL[("cpu", torch.float32)], names)
+    assert_float32_within_pytorchs_own(grads[2], grads[1], grads[0], names)
 
 
-@NEEDS_FUSED
-def test_state_gradients_do_not_depend_on_the_thread_count(monkeypatch):
+def test_state_gradients_do_not_depend_on_the_thread_count(persistent):
     """Every unit's sums run in one order whoever owns it: the gradients of
     h0 and c0, which only the persistent backward computes (no MKL GEMM), are
     bitwise the same on 1 and on 2 workers."""
-    monkeypatch.setenv("SEQCLS_FAST_CPU_RECURRENCE", "fused")
     native = make_native(6, 64, num_layers=1, dtype=torch.float32)
     model = _sf_from_native(native)
     x = torch.randn(50, 13, 6)

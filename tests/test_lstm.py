@@ -2,14 +2,17 @@
 packed_lstm) on every device: outputs, final states and every gradient over
 random, awkward and multi-block shapes and every input form; and what sf.LSTM
 shares with nn.LSTM (state_dict, repr, dropout, train/eval, inference)."""
+import copy
+
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import seqcls_fast as sf
-from helpers import (LSTM_TOL, assert_close_named, dtype_id, forward_backward, make_native,
-                     place_lengths, random_lengths, tolerance)
+from helpers import (LSTM_TOL, assert_close_named, assert_float32_within_pytorchs_own,
+                     assert_matches_reference, dtype_id, forward_backward, make_native,
+                     native_twin, place_lengths, random_lengths, tolerance)
 from seqcls_fast.lstm import MEMORY_MODES
 from seqcls_fast.reference import packed_lstm
 
@@ -18,7 +21,9 @@ def check_matches_packed(device, dtype, T, B, I, H, lengths, layers=1, bidirecti
                          batch_first=False, bias=True, with_hx=True, memory="fast"):
     """sf.LSTM with `lengths` (None: none) against nn.LSTM on the packed batch
     (on the padded tensor without lengths): every output and gradient, in
-    dtype on device, in training memory mode `memory`."""
+    dtype on device, in training memory mode `memory`. Float32 on the CPU:
+    the float32 rule, against nn.LSTM run in float64 on the same weights and
+    inputs (helpers.assert_matches_reference)."""
     native = make_native(I, H, layers, bidirectional, batch_first, bias, dtype, device=device)
     ours = sf.LSTM.from_native(native, memory=memory)
     x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=dtype, device=device)
@@ -26,13 +31,17 @@ def check_matches_packed(device, dtype, T, B, I, H, lengths, layers=1, bidirecti
     if with_hx:
         shape = (layers * (2 if bidirectional else 1), B, H)
         hx = tuple(torch.randn(shape, dtype=dtype, device=device) for _ in range(2))
-    ref = forward_backward(native, x, lengths, hx, packed=True)
     got = forward_backward(ours, x, lengths, hx, packed=False)
-    assert got.keys() == ref.keys()
-    tol = tolerance(LSTM_TOL, device, dtype)
-    for name in ref:
+
+    def reference(d):
+        result = forward_backward(copy.deepcopy(native).to(d), x.to(d), lengths,
+                                  tuple(s.to(d) for s in hx) if hx else None, packed=True)
+        assert result.keys() == got.keys()
+        return list(result.values())
+
+    for name in got:
         assert got[name].dtype == dtype and got[name].device.type == device.type, name
-    assert_close_named([got[n] for n in ref], [ref[n] for n in ref], tol, list(ref))
+    assert_matches_reference(list(got.values()), reference, device, dtype, LSTM_TOL, list(got))
 
 
 def _grads(outputs, inputs):
@@ -79,7 +88,14 @@ def test_random_shapes(device, dtype, bidirectional, layers, memory):
 
 # Low memory against the default mode over many rebuild chunks (the CPU
 # rebuilds 1024 packed rows at a time): the same numbers, float64 to 1e-12,
-# float32 to 1e-6.
+# float32 on CUDA to 1e-6. Float32 on the CPU: bitwise where the persistent
+# recurrence rebuilds the gates, other roundings where the per-step path
+# rebuilds them with one GEMM per chunk; there the two modes agree within
+# float32 nn.LSTM's own error against float64 (the float32 rule, compare_to).
+# (Not each against the float64 truth: both modes sum the weight gradients
+# of these 3500 rows with the same at::mm per 1024-row chunk, whose float32
+# error on [24, 3] outputs reached 11x float32 nn.LSTM's in 40 random draws,
+# past the rule's allowance; the two modes differed by at most 0.11 of it.)
 LOW_MEMORY_TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12),
                   torch.float32: dict(rtol=1e-6, atol=1e-6)}
 
@@ -99,8 +115,16 @@ def test_low_memory_equals_fast_over_many_chunks(device, dtype, bidirectional, w
                for _ in range(2))
     want = forward_backward(fast, x, lengths, hx, packed=False)
     got = forward_backward(low, x, lengths, hx, packed=False)
-    assert_close_named([got[n] for n in want], list(want.values()), LOW_MEMORY_TOL[dtype],
-                       list(want))
+    if (torch.device(device).type, dtype) == ("cpu", torch.float32):
+        torch32, truth = (
+            forward_backward(native_twin(fast, d), x.to(d), lengths, tuple(s.to(d) for s in hx),
+                             packed=True) for d in (torch.float32, torch.float64))
+        assert_float32_within_pytorchs_own([got[n] for n in truth], [torch32[n] for n in truth],
+                                           list(truth.values()), list(truth),
+                                           compare_to=[want[n] for n in truth])
+    else:
+        assert_close_named([got[n] for n in want], list(want.values()), LOW_MEMORY_TOL[dtype],
+                           list(want))
 
 
 def _saved_numel(lstm, x, lengths):
