@@ -230,12 +230,13 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
     q.denom = pool->denom.data_ptr();
     q.sum = pool->sum.data_ptr();
   }
-  // Pools step s's h_s, rows [0, rows) of h_rows (and of key_rows, when the
-  // keys are not h).
-  const auto pool_rows = [&](const Tensor& h_rows, const Tensor& key_rows) {
-    q.rows = h_rows.size(0);
-    q.h = h_rows.const_data_ptr();
-    q.keys = keys.defined() ? key_rows.const_data_ptr() : q.h;
+  // Pools one step's h_s: `rows` rows from row `row` of h_rows (and of keys,
+  // when the keys are not h). Pointers, not a Tensor per step: at B = 1 two
+  // narrows a step cost as much as the step's recurrence.
+  const auto pool_rows = [&](const Tensor& h_rows, int64_t row, int64_t rows) {
+    q.rows = rows;
+    q.h = row_ptr(h_rows, row);
+    q.keys = keys.defined() ? row_ptr(keys, row) : q.h;
     backend.pool_step(q, dtype);
   };
   size_t checkpoint = 0;
@@ -272,9 +273,7 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
           const Tensor h_rows = h_chunk.narrow(0, 0, seg_rows);
           if (keys.defined()) compute_keys(h_rows);  // one GEMM for the segment
           for (int64_t s = seg; s < seg_end; ++s) {
-            const int64_t row = plan.offset[s] - plan.offset[seg];
-            pool_rows(h_rows.narrow(0, row, plan.active[s]),
-                      keys.defined() ? keys.narrow(0, row, plan.active[s]) : Tensor());
+            pool_rows(h_rows, plan.offset[s] - plan.offset[seg], plan.active[s]);
           }
         }
         seg = seg_end;
@@ -296,7 +295,7 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
         if (!pooling) continue;
         const Tensor h_rows = h_state.narrow(0, 0, rows);
         if (keys.defined()) compute_keys(h_rows);
-        pool_rows(h_rows, keys.defined() ? keys.narrow(0, 0, rows) : Tensor());
+        pool_rows(h_rows, 0, rows);
       }
       seg = seg_end;
     }

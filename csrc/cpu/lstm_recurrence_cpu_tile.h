@@ -136,7 +136,18 @@ SEQCLS_TILE_TARGET inline void tile_product(typename V::Raw (&acc)[MR][4],  // [
                                             const float* const (&w)[4],  // 4 x [k_end, w_stride]
                                             int64_t w_stride,  // floats from k to k + 1
                                             int64_t k_begin, int64_t k_end) {
-  if constexpr (V::kUnrollK == 2) {
+  if constexpr (MR == 1) {
+    // One row has only four FMA chains, each waiting on its last FMA (4
+    // cycles): even and odd k into two sets of accumulators, added at the end.
+    typename V::Raw odd[1][4] = {{V::zero(), V::zero(), V::zero(), V::zero()}};
+    int64_t k = k_begin;
+    for (; k + 1 < k_end; k += 2) {
+      tile_k<V, 1>(acc, a, lda, w, w_stride, k);
+      tile_k<V, 1>(odd, a, lda, w, w_stride, k + 1);
+    }
+    if (k < k_end) tile_k<V, 1>(acc, a, lda, w, w_stride, k);
+    for (int q = 0; q < 4; ++q) acc[0][q] = V::add(acc[0][q], odd[0][q]);
+  } else if constexpr (V::kUnrollK == 2) {
 #pragma GCC unroll 2
     for (int64_t k = k_begin; k < k_end; ++k) tile_k<V, MR>(acc, a, lda, w, w_stride, k);
   } else {
