@@ -22,6 +22,7 @@ import time
 import torch
 
 import seqcls_fast as sf
+from seqcls_fast.bench.report import cpu_kernels, cpu_name
 from seqcls_fast.reference import NativeLSTMClassifier
 
 PREFIXES = (8, 64, 128, 256, 512, 1024)
@@ -101,7 +102,8 @@ def main():
         for chunk in CHUNKS:
             rows += run(batch, chunk, args)
     record = {"what": __doc__.strip().splitlines()[0], "torch": torch.__version__,
-              "machine": platform.processor() or platform.machine(), "threads": args.threads,
+              "machine": platform.processor() or platform.machine(), "cpu_name": cpu_name(),
+              "cpu_kernels": cpu_kernels(), "threads": args.threads,
               "input_size": args.input_size, "hidden_size": args.hidden_size, "rows": rows}
     with open(args.json, "w") as f:
         json.dump(record, f, indent=1)
