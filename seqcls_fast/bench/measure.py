@@ -30,10 +30,16 @@ CUDA_WARMUP_ROUNDS = 1       # untimed rounds after the check (CPU: the check is
 IDLE_WINDOW_S = 0.005
 IDLE_FRACTION = 0.1
 IDLE_LIMIT_S = 2.0
-IDLE_RULE = (f"on the CPU, after every timed call the next one waits until the process's CPU "
-             f"time (all threads, time.process_time) grows by < {IDLE_FRACTION:g} core over "
-             f"{IDLE_WINDOW_S * 1e3:g} ms (at most {IDLE_LIMIT_S:g} s): spinning pool threads "
-             f"(ONNX Runtime's, OpenMP's) never share the cores with another method's call")
+# A method timed apart (ONNX Runtime) runs its rounds after the others', then
+# the process rests this long before anything else is timed.
+APART_REST_S = 1.0
+IDLE_RULE = (f"on the CPU, each timed call starts once the process's CPU time (all threads, "
+             f"time.process_time) grows by < {IDLE_FRACTION:g} core over {IDLE_WINDOW_S * 1e3:g} "
+             f"ms (at most {IDLE_LIMIT_S:g} s): spinning pool threads never share the cores with "
+             f"another method's call. Methods marked timed_apart (ort) are not interleaved: "
+             f"their rounds (same batches, same order) follow the other methods' interleaved "
+             f"rounds, then the process rests {APART_REST_S:g} s, since right after an ORT run "
+             f"two-thread torch work in the process ran 2-4x slower at B=1 in about half the calls")
 
 
 # ------------------------------------------------------------------- one step
@@ -186,25 +192,40 @@ def wait_until_idle():
 def time_interleaved(runnable, records, batches, mode, device, warmup, repeats, progress):
     """Rounds of one call per method on the same batch, the batches taken in
     turn and a different method first each round; the first ``warmup`` rounds
-    are not kept. On the CPU, each timed call starts on an idle process
-    (wait_until_idle; the waits are recorded per method as idle_wait_ms)."""
-    names = list(runnable)
-    for round_index in range(warmup + repeats if names else 0):
-        batch = batches[round_index % len(batches)]
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            model = runnable[name]
-            if mode == "inference":  # untimed: thread pools and caches warm, as when serving
-                run_step(model, batch, mode)
-            if device.type == "cpu":
-                waited = wait_until_idle()
-                if round_index >= warmup:
-                    records[name].setdefault("idle_wait_ms", []).append(waited * 1e3)
-            elapsed = time_call(lambda: run_step(model, batch, mode), device)
-            if round_index >= warmup:
-                records[name]["times_ms"].append(elapsed)
-        if progress is not None:
-            progress(round_index + 1, warmup + repeats)
+    are not kept. Methods marked ``timed_apart`` then run the same rounds
+    alone, one after another, each followed by APART_REST_S of rest. On the
+    CPU, each timed call starts on an idle process (wait_until_idle; the
+    waits are recorded per method as idle_wait_ms)."""
+    together = [name for name, model in runnable.items() if not model.timed_apart]
+    apart = [name for name, model in runnable.items() if model.timed_apart]
+    rounds = warmup + repeats
+    if apart:  # their check (the warm-up) ran last, just before these rounds
+        time.sleep(APART_REST_S)
+    for names in [together] + [[name] for name in apart]:
+        for round_index in range(rounds if names else 0):
+            batch = batches[round_index % len(batches)]
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                time_one(runnable[name], records[name], batch, mode, device,
+                         keep=round_index >= warmup)
+            if progress is not None and names is together:
+                progress(round_index + 1, rounds)
+        if names is not together:
+            time.sleep(APART_REST_S)
+
+
+def time_one(model, record, batch, mode, device, keep):
+    """One timed call of `model` (after an untimed one in inference), its
+    time (and the idle wait before it) appended to `record` when `keep`."""
+    if mode == "inference":  # untimed: thread pools and caches warm, as when serving
+        run_step(model, batch, mode)
+    if device.type == "cpu":
+        waited = wait_until_idle()
+        if keep:
+            record.setdefault("idle_wait_ms", []).append(waited * 1e3)
+    elapsed = time_call(lambda: run_step(model, batch, mode), device)
+    if keep:
+        record["times_ms"].append(elapsed)
 
 
 def summarize(records):

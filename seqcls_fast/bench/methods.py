@@ -62,8 +62,12 @@ class Classifier(nn.Module):
     """Base of every method: ``forward(batch) -> logits``, and
     ``lstm_gradients()``: the LSTM weight gradients under nn.LSTM's names and
     layouts, for the agreement check. ``known_wrong`` is None, or why this
-    method is expected to disagree on this case (it is then still timed)."""
+    method is expected to disagree on this case (it is then still timed).
+    ``timed_apart``: its rounds run after the other methods' interleaved
+    rounds, not among them (measure.time_interleaved), for a library whose
+    runs slow down whatever runs next in the process."""
     known_wrong = None
+    timed_apart = False
 
     def lstm_gradients(self):
         return {name: p.grad for name, p in self.lstm.named_parameters()}
@@ -251,10 +255,12 @@ class OnnxRuntime(Classifier):
     by the TorchScript ONNX exporter, where the pack/pad pair becomes the ONNX
     LSTM's ``sequence_lens``, run by an onnxruntime CPU session (built once,
     not timed; intra-op threads as torch's, default settings). Each call
-    converts the batch to numpy and back. Inference only. Its pool's threads
-    spin for a while after each run (what keeps them hot inside a run); the
-    interleaved rounds wait until they stop (measure.wait_until_idle) before
-    timing the next method."""
+    converts the batch to numpy and back. Inference only. Timed apart: for a
+    few hundred ms after one of its runs, two-thread torch work in the same
+    process (ours, and oneDNN's padded nn.LSTM alike) ran 2-4x slower in about
+    half the calls at B=1 on a 2-core AMD EPYC, even after its pool's threads
+    had stopped using the CPU (benchmarks/NOTES.md)."""
+    timed_apart = True
 
     def __init__(self, reference, case):
         super().__init__()
