@@ -30,15 +30,17 @@ CUDA_WARMUP_ROUNDS = 1       # untimed rounds after the check (CPU: the check is
 IDLE_WINDOW_S = 0.005
 IDLE_FRACTION = 0.1
 IDLE_LIMIT_S = 2.0
-# A method timed apart (ONNX Runtime) runs its rounds after the others', then
-# the process rests this long before anything else is timed.
+# A method timed apart (ONNX Runtime) runs blocks of its rounds between the
+# others' blocks, each followed by this much rest before anything else is timed.
 APART_REST_S = 1.0
+APART_BLOCK = 3  # rounds per block: theirs alternate with the others' blocks
 IDLE_RULE = (f"on the CPU, each timed call starts once the process's CPU time (all threads, "
              f"time.process_time) grows by < {IDLE_FRACTION:g} core over {IDLE_WINDOW_S * 1e3:g} "
              f"ms (at most {IDLE_LIMIT_S:g} s): spinning pool threads never share the cores with "
-             f"another method's call. Methods marked timed_apart (ort) are not interleaved: "
-             f"their rounds (same batches, same order) follow the other methods' interleaved "
-             f"rounds, then the process rests {APART_REST_S:g} s, since right after an ORT run "
+             f"another method's call. Methods marked timed_apart (ort) are not interleaved call "
+             f"by call: blocks of {APART_BLOCK} of their rounds (same batches) alternate with "
+             f"blocks of the other methods' interleaved rounds, each of theirs followed by "
+             f"{APART_REST_S:g} s of rest, since right after an ORT run "
              f"two-thread torch work in the process ran 2-4x slower at B=1 in about half the calls")
 
 
@@ -192,26 +194,31 @@ def wait_until_idle():
 def time_interleaved(runnable, records, batches, mode, device, warmup, repeats, progress):
     """Rounds of one call per method on the same batch, the batches taken in
     turn and a different method first each round; the first ``warmup`` rounds
-    are not kept. Methods marked ``timed_apart`` then run the same rounds
-    alone, one after another, each followed by APART_REST_S of rest. On the
-    CPU, each timed call starts on an idle process (wait_until_idle; the
-    waits are recorded per method as idle_wait_ms)."""
+    are not kept. Methods marked ``timed_apart`` run the same rounds alone,
+    in blocks of APART_BLOCK rounds that alternate with the others' (so slow
+    drift of the machine still falls on both), each block followed by
+    APART_REST_S of rest. On the CPU, each timed call starts on an idle
+    process (wait_until_idle; the waits are recorded per method as
+    idle_wait_ms)."""
     together = [name for name, model in runnable.items() if not model.timed_apart]
     apart = [name for name, model in runnable.items() if model.timed_apart]
     rounds = warmup + repeats
+    block = APART_BLOCK if apart else max(rounds, 1)
     if apart:  # their check (the warm-up) ran last, just before these rounds
         time.sleep(APART_REST_S)
-    for names in [together] + [[name] for name in apart]:
-        for round_index in range(rounds if names else 0):
-            batch = batches[round_index % len(batches)]
-            shift = round_index % len(names)
-            for name in names[shift:] + names[:shift]:
-                time_one(runnable[name], records[name], batch, mode, device,
-                         keep=round_index >= warmup)
-            if progress is not None and names is together:
-                progress(round_index + 1, rounds)
-        if names is not together:
-            time.sleep(APART_REST_S)
+    for first in range(0, rounds, block):
+        span = range(first, min(first + block, rounds))
+        for names in [together] + [[name] for name in apart]:
+            for round_index in span if names else ():
+                batch = batches[round_index % len(batches)]
+                shift = round_index % len(names)
+                for name in names[shift:] + names[:shift]:
+                    time_one(runnable[name], records[name], batch, mode, device,
+                             keep=round_index >= warmup)
+            if names is not together:
+                time.sleep(APART_REST_S)
+        if progress is not None:
+            progress(span[-1] + 1, rounds)
 
 
 def time_one(model, record, batch, mode, device, keep):
