@@ -90,8 +90,9 @@ void pack_w_hh_backward(const float* w_hh, int64_t H, int64_t lanes, float* pack
   });
 }
 
-void lstm_forward_recurrence(CpuIsa isa, const LstmForwardRecurrence& r, float* h_swap,
-                             int64_t workers) {
+// (Without an x86 build the arguments are unused: it only raises.)
+void lstm_forward_recurrence(CpuIsa isa, [[maybe_unused]] const LstmForwardRecurrence& r,
+                             [[maybe_unused]] float* h_swap, [[maybe_unused]] int64_t workers) {
 #if defined(SEQCLS_WITH_AVX2)
   if (isa == CpuIsa::kAvx512) return persistent_avx512::lstm_forward_recurrence(r, h_swap, workers);
   if (isa == CpuIsa::kAvx2) return persistent_avx2::lstm_forward_recurrence(r, h_swap, workers);
@@ -99,7 +100,8 @@ void lstm_forward_recurrence(CpuIsa isa, const LstmForwardRecurrence& r, float* 
   TORCH_CHECK(false, "seqcls_fast: no persistent recurrence for ", cpu_isa_name(isa));
 }
 
-void lstm_backward_recurrence(CpuIsa isa, const LstmBackwardRecurrence& r, int64_t workers) {
+void lstm_backward_recurrence(CpuIsa isa, [[maybe_unused]] const LstmBackwardRecurrence& r,
+                              [[maybe_unused]] int64_t workers) {
 #if defined(SEQCLS_WITH_AVX2)
   if (isa == CpuIsa::kAvx512) return persistent_avx512::lstm_backward_recurrence(r, workers);
   if (isa == CpuIsa::kAvx2) return persistent_avx2::lstm_backward_recurrence(r, workers);
