@@ -51,6 +51,9 @@ struct Float16 {
   // 6 rows x 4 gates = 24 accumulators, 6 broadcasts and a weight vector:
   // 31 of the 32 registers.
   static constexpr int kUnrollK = 2;  // of tile_product's k loop
+  // forward_block's two passes: measured slower here (its block's half of
+  // W_hh, 32 KiB at H = 256, does not stay in a 32-48 KiB L1 either).
+  static constexpr bool kSplitK = false;
   static constexpr int kTileRows = 6;
 
   Raw v;

@@ -24,12 +24,13 @@
 // every unit's dG_s. Each unit's sums run in the same order whoever owns it,
 // so results do not depend on the thread count.
 //
-// V supplies (all SEQCLS_TILE_TARGET): Raw (the register type), Mask,
-// kLanes, kTileRows, kExpMin, first_lanes(n), zero(), load(p), load(mask, p)
-// (0 in masked-off lanes), store(mask, p, x), broadcast(f), fmadd(a, b, c),
-// add(a, b), min(a, b) and max(a, b) (b when either is NaN), round(x) (to
-// nearest) and scale(p, n) (p 2^n); V itself wraps a Raw with + - * / for the
-// cell. Its build declares CellMath<V> as TileCellMath<V>.
+// V supplies (functions SEQCLS_TILE_TARGET): Raw (the register type), Mask,
+// kLanes, kTileRows, kUnrollK (tile_product), kSplitK (forward_block),
+// kExpMin, first_lanes(n), zero(), load(p), load(mask, p) (0 in masked-off
+// lanes), store(mask, p, x), broadcast(f), fmadd(a, b, c), add(a, b), min(a,
+// b) and max(a, b) (b when either is NaN), round(x) (to nearest) and scale(p,
+// n) (p 2^n); V itself wraps a Raw with + - * / for the cell. Its build
+// declares CellMath<V> as TileCellMath<V>.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -37,6 +38,7 @@
 #include <algorithm>
 #include <atomic>
 #include <thread>
+#include <vector>
 
 #include "../cell.h"
 #include "../lstm_step.h"
@@ -201,12 +203,21 @@ SEQCLS_TILE_TARGET inline void store_forward_row(const StepView& v, int64_t j, i
   }
 }
 
+// How a forward tile covers its product: whole (k = 0..H-1, then the cell),
+// or in two passes over all of a block's rows (V::kSplitK): k < H/2 into
+// `partial`, then the rest from it and the cell. The sums run in the same
+// order either way (bitwise the same results); split, the block's half of
+// W_hh stays in L1 while every row tile of the step reads it.
+enum class TilePass { kWhole, kFirstHalf, kSecondHalf };
+
 // Rows [j0, j0 + MR) of one step, units of block b: gate pre-activations in
 // registers, then the cell, then every output of the step for those units.
 template <typename V, int MR>
 SEQCLS_TILE_TARGET void forward_tile(const StepView& v,
-                                     int64_t j0,  // first sorted row of the tile, in [0, rows)
-                                     int64_t b) {  // unit block, in [0, ceil(H / kLanes))
+                                     int64_t j0,     // first sorted row of the tile, in [0, rows)
+                                     int64_t b,      // unit block, in [0, ceil(H / kLanes))
+                                     TilePass pass,  // kWhole unless v.product
+                                     float* partial) {  // [rows, 4, kLanes]: the split's sums
   using Raw = typename V::Raw;
   constexpr int64_t kLanes = V::kLanes;
   const LstmForwardRecurrence& r = v.r;
@@ -214,10 +225,14 @@ SEQCLS_TILE_TARGET void forward_tile(const StepView& v,
   const typename V::Mask mask = V::first_lanes(std::min<int64_t>(kLanes, H - u0));
   const float* gates_in = v.gates_s + j0 * G + u0;  // the tile's projection rows
   const float* c_state = static_cast<const float*>(r.c_state);
+  float* tile_partial = partial + j0 * 4 * kLanes;
   Raw acc[MR][4];
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) {
-    for (int g = 0; g < 4; ++g) acc[m][g] = V::zero();
+    for (int g = 0; g < 4; ++g) {
+      acc[m][g] = pass == TilePass::kSecondHalf ? V::load(tile_partial + (m * 4 + g) * kLanes)
+                                                : V::zero();
+    }
   }
   if (v.product) {
     // W_hh's rows of the block's four gates, 4 x kLanes floats per k.
@@ -229,7 +244,14 @@ SEQCLS_TILE_TARGET void forward_tile(const StepView& v,
     // halfway through the product, late enough that the W_hh stream does not
     // evict them from L1 before they are used.
     const int64_t half = H / 2;
-    tile_product<V, MR>(acc, h, H, w, 4 * kLanes, 0, half);
+    if (pass != TilePass::kSecondHalf) tile_product<V, MR>(acc, h, H, w, 4 * kLanes, 0, half);
+    if (pass == TilePass::kFirstHalf) {
+      const typename V::Mask all = V::first_lanes(kLanes);
+      for (int m = 0; m < MR; ++m) {
+        for (int g = 0; g < 4; ++g) V::store(all, tile_partial + (m * 4 + g) * kLanes, acc[m][g]);
+      }
+      return;
+    }
     for (int m = 0; m < MR; ++m) {
       for (int g = 0; g < 4; ++g) {
         _mm_prefetch(reinterpret_cast<const char*>(gates_in + m * G + g * H), _MM_HINT_T0);
@@ -253,20 +275,35 @@ SEQCLS_TILE_TARGET void forward_tile(const StepView& v,
   }
 }
 
-// Rows [0, rows) of a step for block b: full tiles, then one partial tile.
+// Rows [0, rows) of a step for block b in one pass: full tiles, then one
+// partial tile.
 template <typename V>
-SEQCLS_TILE_TARGET void forward_block(const StepView& v, int64_t rows, int64_t b) {
+SEQCLS_TILE_TARGET void forward_rows(const StepView& v, int64_t rows, int64_t b, TilePass pass,
+                                     float* partial) {
   constexpr int MR = V::kTileRows;
-  static_assert(MR >= 1 && MR <= 6, "forward_block dispatches remainders of up to 5 rows");
+  static_assert(MR >= 1 && MR <= 6, "forward_rows dispatches remainders of up to 5 rows");
   int64_t j = 0;
-  for (; j + MR <= rows; j += MR) forward_tile<V, MR>(v, j, b);
+  for (; j + MR <= rows; j += MR) forward_tile<V, MR>(v, j, b, pass, partial);
   switch (rows - j) {  // cases >= MR never occur
-    case 5: if constexpr (MR > 5) forward_tile<V, 5>(v, j, b); break;
-    case 4: if constexpr (MR > 4) forward_tile<V, 4>(v, j, b); break;
-    case 3: if constexpr (MR > 3) forward_tile<V, 3>(v, j, b); break;
-    case 2: if constexpr (MR > 2) forward_tile<V, 2>(v, j, b); break;
-    case 1: if constexpr (MR > 1) forward_tile<V, 1>(v, j, b); break;
+    case 5: if constexpr (MR > 5) forward_tile<V, 5>(v, j, b, pass, partial); break;
+    case 4: if constexpr (MR > 4) forward_tile<V, 4>(v, j, b, pass, partial); break;
+    case 3: if constexpr (MR > 3) forward_tile<V, 3>(v, j, b, pass, partial); break;
+    case 2: if constexpr (MR > 2) forward_tile<V, 2>(v, j, b, pass, partial); break;
+    case 1: if constexpr (MR > 1) forward_tile<V, 1>(v, j, b, pass, partial); break;
     default: break;
+  }
+}
+
+// Rows [0, rows) of a step for block b: split in two passes where the build
+// asks for it and more than one tile reads the block, else whole.
+template <typename V>
+SEQCLS_TILE_TARGET void forward_block(const StepView& v, int64_t rows, int64_t b,
+                                      float* partial) {  // [B, 4, kLanes] scratch
+  if (V::kSplitK && v.product && rows > V::kTileRows) {
+    forward_rows<V>(v, rows, b, TilePass::kFirstHalf, partial);
+    forward_rows<V>(v, rows, b, TilePass::kSecondHalf, partial);
+  } else {
+    forward_rows<V>(v, rows, b, TilePass::kWhole, partial);
   }
 }
 
@@ -282,6 +319,7 @@ SEQCLS_TILE_TARGET void run_slots(const LstmForwardRecurrence& r,
   const int64_t weight = slot_end - slot_begin;
   const float* packed = static_cast<const float*>(r.w_hh_packed);
   float* h_state = static_cast<float*>(r.h_state);
+  std::vector<float> partial(V::kSplitK ? r.batch * 4 * kLanes : 0);  // this worker's
   for (int64_t s = r.step; s < r.end_step; ++s) {
     // Even steps of the segment read h_state and write h_swap, odd ones the
     // reverse: nobody overwrites an h_{s-1} another worker may still read.
@@ -297,7 +335,7 @@ SEQCLS_TILE_TARGET void run_slots(const LstmForwardRecurrence& r,
                      s,
                      s + 1 < r.steps ? r.active[s + 1] : 0,
                      s > r.step || r.product_at_first};
-    for (int64_t b = first_block; b < end_block; ++b) forward_block<V>(v, rows, b);
+    for (int64_t b = first_block; b < end_block; ++b) forward_block<V>(v, rows, b, partial.data());
     barrier.arrive_and_wait(weight);
   }
   // Rows whose last step here was an even one left h in h_swap: bring their
