@@ -194,6 +194,20 @@ def forward_backward(module, x, lengths, hx, packed, seed=7):
     return result
 
 
+
+def assert_matches_packed_lstm(got, native, x, lengths, hx, device, dtype):
+    """got (forward_backward of our LSTM in dtype) against nn.LSTM `native`
+    on the packed batch (the padded tensor without lengths), weights, inputs
+    and states cast as assert_matches_reference asks: every output and
+    gradient, by name."""
+    def reference(d):
+        result = forward_backward(copy.deepcopy(native).to(d), x.to(d), lengths,
+                                  tuple(s.to(d) for s in hx) if hx else None, packed=True)
+        assert result.keys() == got.keys()
+        return list(result.values())
+
+    assert_matches_reference(list(got.values()), reference, device, dtype, LSTM_TOL, list(got))
+
 @contextlib.contextmanager
 def sample_named(name):
     """Adds the sample's name to any failure inside (tests that loop over samples)."""

@@ -13,23 +13,14 @@ import pytest
 import torch
 
 import seqcls_fast as sf
-from helpers import assert_float32_within_pytorchs_own, forward_backward, make_native
+from helpers import (assert_float32_within_pytorchs_own, assert_matches_packed_lstm,
+                     forward_backward, make_native)
 from seqcls_fast import _C
+from seqcls_fast.bench.report import cpu_features
 from seqcls_fast.reference import NativeLSTMClassifier, packed_lstm
 
 PERSISTENT = ["avx512", "avx2"]
 PATHS = PERSISTENT + ["steps"]
-
-
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 # What each persistent build needs, read from the CPU, not from the library
@@ -43,7 +34,8 @@ def _why_not(path):
         return None
     if not sys.platform.startswith("linux"):
         return "the persistent recurrence needs the OpenMP build (Linux)"
-    missing = _NEEDS[path] - _cpu_flags()
+    flags = cpu_features() or {}
+    missing = {flag for flag in _NEEDS[path] if not flags.get(flag)}
     return f"this CPU lacks {', '.join(sorted(missing))}" if missing else None
 
 
@@ -125,17 +117,12 @@ def _sf_from_native(native, **kwargs):
 
 def _assert_within_pytorchs_own(native, model, x, lengths, hx=None):
     """Every output and gradient of `model` (float32) within the float32
-    rule (helpers.assert_float32_within_pytorchs_own) of the float64
-    `native` on the packed batch, against float32 nn.LSTM's own error on it.
-    Returns ours."""
-    hx32 = tuple(s.float() for s in hx) if hx else None
-    want = forward_backward(native, x, lengths, hx, packed=True)
-    torch32 = forward_backward(copy.deepcopy(native).float(), x.float(), lengths, hx32,
-                               packed=True)
-    got = forward_backward(model, x.float(), lengths, hx32, packed=False)
-    assert got.keys() == want.keys()
-    assert_float32_within_pytorchs_own([got[n] for n in want], [torch32[n] for n in want],
-                                       list(want.values()), list(want))
+    rule of the float64 `native` on the packed batch, against float32
+    nn.LSTM's own error on it (helpers.assert_matches_packed_lstm). Returns
+    ours."""
+    got = forward_backward(model, x.float(), lengths,
+                           tuple(s.float() for s in hx) if hx else None, packed=False)
+    assert_matches_packed_lstm(got, native, x, lengths, hx, "cpu", torch.float32)
     return got
 
 

@@ -2,7 +2,6 @@
 packed_lstm) on every device: outputs, final states and every gradient over
 random, awkward and multi-block shapes and every input form; and what sf.LSTM
 shares with nn.LSTM (state_dict, repr, dropout, train/eval, inference)."""
-import copy
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import seqcls_fast as sf
 from helpers import (LSTM_TOL, assert_close_named, assert_float32_within_pytorchs_own,
-                     assert_matches_reference, dtype_id, forward_backward, make_native,
+                     assert_matches_packed_lstm, dtype_id, forward_backward, make_native,
                      native_twin, place_lengths, random_lengths, tolerance)
 from seqcls_fast.lstm import MEMORY_MODES
 from seqcls_fast.reference import packed_lstm
@@ -23,7 +22,7 @@ def check_matches_packed(device, dtype, T, B, I, H, lengths, layers=1, bidirecti
     (on the padded tensor without lengths): every output and gradient, in
     dtype on device, in training memory mode `memory`. Float32 on the CPU:
     the float32 rule, against nn.LSTM run in float64 on the same weights and
-    inputs (helpers.assert_matches_reference)."""
+    inputs (helpers.assert_matches_packed_lstm)."""
     native = make_native(I, H, layers, bidirectional, batch_first, bias, dtype, device=device)
     ours = sf.LSTM.from_native(native, memory=memory)
     x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=dtype, device=device)
@@ -32,16 +31,9 @@ def check_matches_packed(device, dtype, T, B, I, H, lengths, layers=1, bidirecti
         shape = (layers * (2 if bidirectional else 1), B, H)
         hx = tuple(torch.randn(shape, dtype=dtype, device=device) for _ in range(2))
     got = forward_backward(ours, x, lengths, hx, packed=False)
-
-    def reference(d):
-        result = forward_backward(copy.deepcopy(native).to(d), x.to(d), lengths,
-                                  tuple(s.to(d) for s in hx) if hx else None, packed=True)
-        assert result.keys() == got.keys()
-        return list(result.values())
-
     for name in got:
         assert got[name].dtype == dtype and got[name].device.type == device.type, name
-    assert_matches_reference(list(got.values()), reference, device, dtype, LSTM_TOL, list(got))
+    assert_matches_packed_lstm(got, native, x, lengths, hx, device, dtype)
 
 
 def _grads(outputs, inputs):

@@ -7,11 +7,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <mutex>
-#include <optional>
-#include <string>
 #include <vector>
 
 #include "../lstm_driver.h"
@@ -127,12 +124,8 @@ int64_t recurrence_workers(int64_t hidden, CpuIsa isa) {
                                                       unit_blocks(hidden, recurrence_lanes(isa)));
 }
 
-// The build a float32 call of this dtype runs, or nullopt for the per-step path.
-std::optional<CpuIsa> persistent_build(at::ScalarType dtype) {
-  const CpuIsa isa = recurrence_isa(dtype == at::kFloat);
-  if (isa == CpuIsa::kBaseline) return std::nullopt;
-  return isa;
-}
+// The build a call of this dtype runs (kBaseline: the per-step path).
+CpuIsa persistent_build(at::ScalarType dtype) { return recurrence_isa(dtype == at::kFloat); }
 
 struct CpuLstmBackend final : LstmBackend {
   CpuLstmBackend() : LstmBackend(kProjectionChunkRows, kProjectionChunkRows) {}
@@ -169,28 +162,26 @@ struct CpuLstmBackend final : LstmBackend {
   // The driver packs, then runs, within one op call: both ask persistent_build,
   // and the packed layout follows the build's block width.
   at::Tensor pack_recurrent_weights(const at::Tensor& w_hh) const override {
-    const auto isa = persistent_build(w_hh.scalar_type());
-    if (!isa) return {};
-    return packed_weight_cache().get(w_hh, recurrence_lanes(*isa));
+    const CpuIsa isa = persistent_build(w_hh.scalar_type());
+    if (isa == CpuIsa::kBaseline) return {};
+    return packed_weight_cache().get(w_hh, recurrence_lanes(isa));
   }
 
   void forward_recurrence(const LstmForwardRecurrence& r, at::ScalarType dtype) const override {
-    const auto isa = persistent_build(dtype);
-    TORCH_CHECK(isa, "seqcls_fast: forward_recurrence without a persistent build");
+    const CpuIsa isa = persistent_build(dtype);
     at::Tensor h_swap = at::empty({r.batch, r.hidden}, at::TensorOptions().dtype(at::kFloat));
-    lstm_forward_recurrence(*isa, r, h_swap.data_ptr<float>(), recurrence_workers(r.hidden, *isa));
+    lstm_forward_recurrence(isa, r, h_swap.data_ptr<float>(), recurrence_workers(r.hidden, isa));
   }
 
   at::Tensor pack_recurrent_weights_backward(const at::Tensor& w_hh) const override {
-    const auto isa = persistent_build(w_hh.scalar_type());
-    if (!isa) return {};
-    return packed_weights(w_hh.contiguous(), /*backward=*/true, recurrence_lanes(*isa));
+    const CpuIsa isa = persistent_build(w_hh.scalar_type());
+    if (isa == CpuIsa::kBaseline) return {};
+    return packed_weights(w_hh.contiguous(), /*backward=*/true, recurrence_lanes(isa));
   }
 
   void backward_recurrence(const LstmBackwardRecurrence& r, at::ScalarType dtype) const override {
-    const auto isa = persistent_build(dtype);
-    TORCH_CHECK(isa, "seqcls_fast: backward_recurrence without a persistent build");
-    lstm_backward_recurrence(*isa, r, recurrence_workers(r.hidden, *isa));
+    const CpuIsa isa = persistent_build(dtype);
+    lstm_backward_recurrence(isa, r, recurrence_workers(r.hidden, isa));
   }
 
   void pool_step(const LstmPoolStep& step, at::ScalarType dtype) const override {

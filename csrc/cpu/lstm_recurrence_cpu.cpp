@@ -57,7 +57,9 @@ CpuIsa recurrence_isa(bool float32) {
 #endif
 }
 
-int64_t recurrence_lanes(CpuIsa isa) { return isa == CpuIsa::kAvx512 ? 16 : 8; }
+int64_t recurrence_lanes(CpuIsa isa) {
+  return isa == CpuIsa::kAvx512 ? persistent_avx512::kLanes : persistent_avx2::kLanes;
+}
 
 void pack_w_hh(const float* w_hh, int64_t H, int64_t lanes, float* packed) {
   // packed[b][k][g][l] = W_hh[g H + lanes b + l][k], 0 past H.

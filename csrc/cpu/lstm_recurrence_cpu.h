@@ -57,12 +57,14 @@ void lstm_forward_recurrence(CpuIsa isa, const LstmForwardRecurrence& r, float* 
 // The backward likewise (r.w_hh_packed from pack_w_hh_backward).
 void lstm_backward_recurrence(CpuIsa isa, const LstmBackwardRecurrence& r, int64_t workers);
 
-// The builds themselves (x86-64 only).
+// The builds themselves (x86-64 only), and their units per block.
 namespace persistent_avx512 {
+constexpr int64_t kLanes = 16;  // one zmm register of float
 void lstm_forward_recurrence(const LstmForwardRecurrence& r, float* h_swap, int64_t workers);
 void lstm_backward_recurrence(const LstmBackwardRecurrence& r, int64_t workers);
 }  // namespace persistent_avx512
 namespace persistent_avx2 {
+constexpr int64_t kLanes = 8;  // one ymm register of float
 void lstm_forward_recurrence(const LstmForwardRecurrence& r, float* h_swap, int64_t workers);
 void lstm_backward_recurrence(const LstmBackwardRecurrence& r, int64_t workers);
 }  // namespace persistent_avx2

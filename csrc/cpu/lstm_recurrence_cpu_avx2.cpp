@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <thread>
+#include <vector>
 
 #include "../lstm_step.h"
 #include "lstm_recurrence_cpu.h"
@@ -50,7 +51,7 @@ struct Lanes {
 struct Float8 {
   using Raw = __m256;
   using Mask = Lanes;
-  static constexpr int64_t kLanes = 8;
+  static constexpr int64_t kLanes = cpu::persistent_avx2::kLanes;
   // 3 rows x 4 gates = 12 accumulators, 3 broadcasts and a weight vector:
   // all 16 registers.
   static constexpr int kUnrollK = 1;  // of tile_product's k loop

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <thread>
+#include <vector>
 
 #include "../lstm_step.h"
 #include "lstm_recurrence_cpu.h"
@@ -47,7 +48,7 @@ SEQCLS_TILE_TARGET inline __m512 divide(__m512 a, __m512 b) {
 struct Float16 {
   using Raw = __m512;
   using Mask = __mmask16;
-  static constexpr int64_t kLanes = 16;
+  static constexpr int64_t kLanes = cpu::persistent_avx512::kLanes;
   // 6 rows x 4 gates = 24 accumulators, 6 broadcasts and a weight vector:
   // 31 of the 32 registers.
   static constexpr int kUnrollK = 2;  // of tile_product's k loop

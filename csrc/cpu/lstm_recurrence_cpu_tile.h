@@ -6,9 +6,9 @@
 // inline function compiled under it could be the copy the linker keeps for
 // every file) and ../cell.h after it (its templates must be compiled for the
 // ISA they are instantiated with, or they are neither inlined nor called with
-// the vector ABI the caller uses). Everything here has internal linkage, so each build keeps its
-// own copy. A NEON build would add one more V (and its 32 registers allow
-// AVX-512's 6-row tile).
+// the vector ABI the caller uses). Everything here has internal linkage, so
+// each build keeps its own copy. A NEON build would add one more V (and its
+// 32 registers allow AVX-512's 6-row tile).
 //
 // Worker w owns a contiguous range of V::kLanes-unit blocks and all four
 // gates of them. Forward: it reads W_hh as pack_w_hh laid it out; per step it
@@ -42,6 +42,7 @@
 
 #include "../cell.h"
 #include "../lstm_step.h"
+#include "lstm_recurrence_cpu.h"
 
 namespace seqcls_fast::cpu {
 namespace {
@@ -217,7 +218,7 @@ SEQCLS_TILE_TARGET void forward_tile(const StepView& v,
                                      int64_t j0,     // first sorted row of the tile, in [0, rows)
                                      int64_t b,      // unit block, in [0, ceil(H / kLanes))
                                      TilePass pass,  // kWhole unless v.product
-                                     float* partial) {  // [rows, 4, kLanes]: the split's sums
+                                     float* partial) {  // [B, 4, kLanes]: the split's sums
   using Raw = typename V::Raw;
   constexpr int64_t kLanes = V::kLanes;
   const LstmForwardRecurrence& r = v.r;
@@ -225,13 +226,13 @@ SEQCLS_TILE_TARGET void forward_tile(const StepView& v,
   const typename V::Mask mask = V::first_lanes(std::min<int64_t>(kLanes, H - u0));
   const float* gates_in = v.gates_s + j0 * G + u0;  // the tile's projection rows
   const float* c_state = static_cast<const float*>(r.c_state);
-  float* tile_partial = partial + j0 * 4 * kLanes;
+  // Row j0 + m's sums of gate g in the split's scratch (only split passes).
+  const auto partial_of = [&](int m, int g) { return partial + ((j0 + m) * 4 + g) * kLanes; };
   Raw acc[MR][4];
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) {
     for (int g = 0; g < 4; ++g) {
-      acc[m][g] = pass == TilePass::kSecondHalf ? V::load(tile_partial + (m * 4 + g) * kLanes)
-                                                : V::zero();
+      acc[m][g] = pass == TilePass::kSecondHalf ? V::load(partial_of(m, g)) : V::zero();
     }
   }
   if (v.product) {
@@ -248,7 +249,7 @@ SEQCLS_TILE_TARGET void forward_tile(const StepView& v,
     if (pass == TilePass::kFirstHalf) {
       const typename V::Mask all = V::first_lanes(kLanes);
       for (int m = 0; m < MR; ++m) {
-        for (int g = 0; g < 4; ++g) V::store(all, tile_partial + (m * 4 + g) * kLanes, acc[m][g]);
+        for (int g = 0; g < 4; ++g) V::store(all, partial_of(m, g), acc[m][g]);
       }
       return;
     }
@@ -270,7 +271,7 @@ SEQCLS_TILE_TARGET void forward_tile(const StepView& v,
     const int64_t j = j0 + m;
     V i, f, g, o, c, h;
     lstm_cell_forward(V(acc[m][0]), V(acc[m][1]), V(acc[m][2]), V(acc[m][3]),
-                                   V(V::load(mask, c_state + j * H + u0)), i, f, g, o, c, h);
+                      V(V::load(mask, c_state + j * H + u0)), i, f, g, o, c, h);
     store_forward_row<V>(v, j, u0, mask, i, f, g, o, c, h);
   }
 }
@@ -314,7 +315,7 @@ SEQCLS_TILE_TARGET void run_slots(const LstmForwardRecurrence& r,
                                   int64_t workers, int64_t slot_begin, int64_t slot_end,
                                   SpinBarrier& barrier) {
   constexpr int64_t kLanes = V::kLanes;
-  const int64_t H = r.hidden, blocks = (H + kLanes - 1) / kLanes;
+  const int64_t H = r.hidden, blocks = unit_blocks(H, kLanes);
   const int64_t first_block = slot_begin * blocks / workers, end_block = slot_end * blocks / workers;
   const int64_t weight = slot_end - slot_begin;
   const float* packed = static_cast<const float*>(r.w_hh_packed);
@@ -464,7 +465,7 @@ SEQCLS_TILE_TARGET void run_backward_slots(const LstmBackwardRecurrence& r,
                                            int64_t workers, int64_t slot_begin, int64_t slot_end,
                                            SpinBarrier& barrier) {
   constexpr int64_t kLanes = V::kLanes;
-  const int64_t H = r.hidden, G = 4 * H, blocks = (H + kLanes - 1) / kLanes;
+  const int64_t H = r.hidden, G = 4 * H, blocks = unit_blocks(H, kLanes);
   const int64_t first_block = slot_begin * blocks / workers, end_block = slot_end * blocks / workers;
   const int64_t weight = slot_end - slot_begin;
   const float* gates = static_cast<const float*>(r.gates);

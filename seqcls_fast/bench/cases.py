@@ -31,8 +31,8 @@ class Case:
 
 # The default sweep: sequence length varies at B=64, I=128, H=256, plus a
 # bidirectional case, single-request latency (B=1), a small batch (B=8), a
-# smaller model (H=64) and a longer, narrower batch. Sized for a few minutes on a 2-core CPU, where
-# packed nn.LSTM training dominates.
+# smaller model (H=64) and a longer, narrower batch. Sized for a few minutes on
+# a 2-core CPU, where packed nn.LSTM training dominates.
 DEFAULT_SWEEP = (
     Case(seq_len=64),
     Case(seq_len=128),

@@ -63,8 +63,8 @@ class Classifier(nn.Module):
     ``lstm_gradients()``: the LSTM weight gradients under nn.LSTM's names and
     layouts, for the agreement check. ``known_wrong`` is None, or why this
     method is expected to disagree on this case (it is then still timed).
-    ``timed_apart``: its rounds run after the other methods' interleaved
-    rounds, not among them (measure.time_interleaved), for a library whose
+    ``timed_apart``: its rounds run alone, in blocks between the other
+    methods' interleaved ones (measure.time_interleaved), for a library whose
     runs slow down whatever runs next in the process."""
     known_wrong = None
     timed_apart = False
