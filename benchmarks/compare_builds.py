@@ -17,6 +17,8 @@ import statistics
 import subprocess
 import sys
 
+from seqcls_fast.bench.report import ISA_VARIABLES
+
 # argv: threads, layers, bidirectional (0/1), repeats, B, T, I, H
 CHILD = r"""
 import json, sys, time, torch
@@ -92,7 +94,10 @@ def main():
               "builds": {k: subprocess.run(["git", "-C", v, "rev-parse", "HEAD"],
                                           capture_output=True, text=True).stdout.strip()
                          for k, v in builds.items()},
-              "torch": __import__("torch").__version__, "rounds": rounds, "summary": summary}
+              "torch": __import__("torch").__version__,
+              # what chose the CPU code paths the children ran (they inherit these)
+              "isa_variables": {name: os.environ.get(name) for name in ISA_VARIABLES},
+              "rounds": rounds, "summary": summary}
     with open(args.json, "w") as f:
         json.dump(record, f, indent=1)
     print(json.dumps(summary, indent=1))
