@@ -4,6 +4,10 @@ found (no GPU is needed to build).
 
 Environment:
   SEQCLS_FAST_CUDA=0          build the CPU kernels only, even where CUDA could build
+  SEQCLS_FAST_CUDA_EMU=0      leave out the CUDA emulator (csrc/cuda_emu/: the CUDA
+                              backend compiled for CPU threads, registered as
+                              seqcls_fast_cuda_emu::*; the tests run it; built by
+                              default, with or without a CUDA toolkit)
   SEQCLS_FAST_REQUIRE_CUDA=1  fail unless the CUDA kernels are built (CI sets it
                               where a toolkit is present, so a CPU-only build
                               cannot pass unnoticed)
@@ -168,6 +172,10 @@ def _extension(plan):
         define_macros.append(("SEQCLS_WITH_AVX2", None))
     else:
         sources = [s for s in sources if not s.endswith(("_avx2.cpp", "_avx512.cpp"))]
+    plan["cuda_emu"] = _flag("SEQCLS_FAST_CUDA_EMU") != "0"
+    if plan["cuda_emu"]:
+        sources += sorted(glob.glob("csrc/cuda_emu/*.cpp"))
+        define_macros.append(("SEQCLS_WITH_CUDA_EMU", None))
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not plan["cuda"]:
         return cpp_extension.CppExtension(
@@ -243,8 +251,8 @@ def _build_ext(plan):
                 self._write_build_info(ext)
 
         def _write_build_info(self, ext):
-            record = {k: plan[k] for k in ("cuda", "reason", "torch", "torch_cuda", "nvcc",
-                                           "cuda_arch_list") if k in plan}
+            record = {k: plan[k] for k in ("cuda", "cuda_emu", "reason", "torch", "torch_cuda",
+                                           "nvcc", "cuda_arch_list") if k in plan}
             path = os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)),
                                 "_build_info.json")
             with open(path, "w") as f:

@@ -91,5 +91,10 @@ LengthPlanStats length_plan_stats() { return {g_plans_made.load(), g_host_copies
 TORCH_LIBRARY_IMPL(seqcls_fast, CompositeExplicitAutograd, m) {
   m.impl("length_plan", &length_plan_op);
 }
+#ifdef SEQCLS_WITH_CUDA_EMU
+TORCH_LIBRARY_IMPL(seqcls_fast_cuda_emu, CompositeExplicitAutograd, m) {
+  m.impl("length_plan", &length_plan_op);
+}
+#endif
 
 }  // namespace seqcls_fast

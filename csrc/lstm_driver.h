@@ -126,10 +126,10 @@ struct BoundToBackend<backend, entry> {
 
 }  // namespace seqcls_fast
 
-// Registers the LSTM operators for dispatch key `key`
-// (CPU, CUDA) on one default-constructed `Backend`; used once per backend file,
-// at namespace scope.
-#define SEQCLS_REGISTER_LSTM_BACKEND(key, Backend)                                            \
+// Registers the LSTM operators of namespace `ns` (seqcls_fast; the CUDA
+// emulator's seqcls_fast_cuda_emu) for dispatch key `key` (CPU, CUDA) on one
+// default-constructed `Backend`; used once per backend file, at namespace scope.
+#define SEQCLS_REGISTER_LSTM_BACKEND(ns, key, Backend)                                            \
   namespace {                                                                                 \
   const ::seqcls_fast::LstmBackend& lstm_backend_##key() {                                    \
     static const Backend backend;                                                             \
@@ -138,7 +138,7 @@ struct BoundToBackend<backend, entry> {
   template <auto entry>                                                                       \
   constexpr auto lstm_op_##key = &::seqcls_fast::BoundToBackend<lstm_backend_##key, entry>::call; \
   }                                                                                           \
-  TORCH_LIBRARY_IMPL(seqcls_fast, key, m) {                                                   \
+  TORCH_LIBRARY_IMPL(ns, key, m) {                                                            \
     m.impl("lstm_layer_forward", lstm_op_##key<&::seqcls_fast::lstm_layer_forward>);          \
     m.impl("lstm_layer_backward", lstm_op_##key<&::seqcls_fast::lstm_layer_backward>);        \
     m.impl("lstm_layer_backward_recompute",                                                   \

@@ -19,8 +19,12 @@
 
 #include "cpu/lstm_recurrence_cpu.h"
 #include "length_plan.h"
+#include "ops.h"
+#ifdef SEQCLS_WITH_CUDA_EMU
+#include "cuda_emu/emulator_runtime.h"
+#endif
 
-TORCH_LIBRARY(seqcls_fast, m) {
+void seqcls_fast::define_operators(torch::Library& m) {
   // lengths [B] (any integer dtype, on the CPU or on `device`, the input's)
   // validated against `steps` and `batch` and sorted: the plan [3, B] int64 on
   // the CPU (csrc/length_plan.h). The only device-to-host copy of a batch's lengths.
@@ -97,6 +101,13 @@ TORCH_LIBRARY(seqcls_fast, m) {
       "Tensor? plan=None) -> (Tensor, Tensor, Tensor)");
 }
 
+TORCH_LIBRARY(seqcls_fast, m) { seqcls_fast::define_operators(m); }
+#ifdef SEQCLS_WITH_CUDA_EMU
+// The same operators for the CUDA backend compiled for the CPU emulator
+// (csrc/cuda_emu/, tests only): CPU tensors, CUDA kernels on CPU threads.
+TORCH_LIBRARY(seqcls_fast_cuda_emu, m) { seqcls_fast::define_operators(m); }
+#endif
+
 namespace {
 
 // Test hook: {"plans_made": n, "host_copies": n} since the library loaded.
@@ -123,12 +134,27 @@ PyObject* cpu_kernel_paths(PyObject* /*self*/, PyObject* /*args*/) {
   }
 }
 
+#ifdef SEQCLS_WITH_CUDA_EMU
+// {"launches": n, "blocks": n, "max_threads": n}: the CUDA emulator's work
+// since the library loaded (tests check that emulated kernels really ran).
+PyObject* cuda_emu_stats(PyObject* /*self*/, PyObject* /*args*/) {
+  const seqcls_emu::Stats stats = seqcls_emu::stats();
+  return Py_BuildValue("{s:L,s:L,s:L}", "launches", static_cast<long long>(stats.launches),
+                       "blocks", static_cast<long long>(stats.blocks), "max_threads",
+                       static_cast<long long>(stats.max_threads));
+}
+#endif
+
 PyMethodDef methods[] = {
     {"cpu_kernel_paths", cpu_kernel_paths, METH_NOARGS,
      "The instruction set of the CPU kernels and the float32 recurrence that runs now."},
     {"length_plan_stats", length_plan_stats, METH_NOARGS,
      "How many length plans were made from raw lengths, and how many device-to-host copies "
      "of lengths that took, since the library was loaded."},
+#ifdef SEQCLS_WITH_CUDA_EMU
+    {"cuda_emu_stats", cuda_emu_stats, METH_NOARGS,
+     "Grids, blocks and the largest block the CUDA emulator has run since the library loaded."},
+#endif
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -195,6 +195,6 @@ struct CpuLstmBackend final : LstmBackend {
 
 }  // namespace
 
-SEQCLS_REGISTER_LSTM_BACKEND(CPU, CpuLstmBackend)
+SEQCLS_REGISTER_LSTM_BACKEND(seqcls_fast, CPU, CpuLstmBackend)
 
 }  // namespace seqcls_fast::cpu

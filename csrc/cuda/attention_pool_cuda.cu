@@ -1,294 +1,37 @@
-// masked_attention_pool_forward / _backward on CUDA. Same semantics as the
-// CPU kernels in csrc/cpu/attention_pool_cpu.cpp (see csrc/ops.cpp).
-//
-// One block of kPoolThreads threads (kPoolWarps warps) per batch row b:
-//   * a dot product over features (scores, dL/dw) is done by one warp per
-//     step, its lanes over the features, reduced with shuffles;
-//   * a sum over steps for each feature (pooled, grad_query) is tiled
-//     [kPoolWarps steps x 32 features]: each warp sums its steps, the warps'
-//     partials are combined in shared memory in warp order;
-//   * block-wide max / sum go through shared memory, again in warp order.
-// Every reduction has a fixed order and there are no atomics: results are
-// bitwise reproducible. grad_query is first reduced per row ([B, A] partials)
-// and then over rows by a second kernel, in row order. All arithmetic is in
-// acc_t (float for half/bfloat16, else the storage type); per-row scores,
-// exponentials and weights live in a [B, T] acc_t workspace in global memory,
-// so T is unbounded.
-//
-// lengths: read from the batch's length plan (csrc/length_plan.h), whose
-// values were checked on the host when it was made, so a bad length is a
-// Python error rather than an out-of-bounds read. Given a plan, the op copies
-// nothing to the host; given raw GPU lengths, it makes a plan (one small
-// device-to-host copy). The persistent kernel of design.md (no host copy at
-// all) will need a device-side error flag instead.
+// masked_attention_pool_forward / _backward on CUDA: the host code (checks,
+// buffers, launches) of the kernels in attention_pool_cuda_kernels.cuh, which
+// documents the schedule. Same semantics as the CPU kernels in
+// csrc/cpu/attention_pool_cpu.cpp (see csrc/ops.cpp). Compiled by nvcc, and
+// by the host compiler for the CPU emulator (csrc/cuda_emu/), through
+// device_compat.h.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <limits>
 
 #include "../attention_pool_common.h"
-#include "../cell.h"
+#include "attention_pool_cuda_kernels.cuh"
+#include "device_compat.h"
 
-namespace seqcls_fast::cuda {
+namespace seqcls_fast::SEQCLS_CUDA_NS {
 namespace {
 
 using at::Tensor;
 using c10::optional;
-
-constexpr int kWarpSize = 32;
-constexpr int kPoolWarps = 8;
-constexpr int kPoolThreads = kPoolWarps * kWarpSize;
-constexpr int kReduceThreads = 256;
-
-// A [B, T, F] tensor read through its strides (in elements).
-template <typename scalar_t>
-struct Strided3 {
-  const scalar_t* data;
-  int64_t stride_b, stride_t, stride_f;
-  __device__ __forceinline__ const scalar_t& operator()(int64_t b, int64_t t, int64_t f) const {
-    return data[b * stride_b + t * stride_t + f * stride_f];
-  }
-};
 
 template <typename scalar_t>
 Strided3<scalar_t> strided3(const Tensor& t) {
   return {t.const_data_ptr<scalar_t>(), t.stride(0), t.stride(1), t.stride(2)};
 }
 
-template <typename scalar_t, typename acc_t>
-struct PoolForwardParams {
-  int32_t steps;              // T
-  int32_t features;           // D
-  int32_t key_size;           // A
-  const int64_t* lengths;     // [B] in [1, T]; nullptr: all T
-  Strided3<scalar_t> values;  // [B, T, D]
-  Strided3<scalar_t> keys;    // [B, T, A] (the values when keys is None)
-  const scalar_t* query;      // [A]
-  int64_t query_stride;       //   in elements
-  acc_t* workspace;           // [B, T] scores, then exponentials, then weights
-  scalar_t* pooled;           // [B, D] out
-  scalar_t* weights;          // [B, T] out, 0 at padding
-};
-
-template <typename scalar_t, typename acc_t>
-struct PoolBackwardParams {
-  int32_t steps;                // T
-  int32_t features;             // D
-  int32_t key_size;             // A
-  const int64_t* lengths;       // [B] in [1, T]; nullptr: all T
-  Strided3<scalar_t> values;    // [B, T, D]
-  Strided3<scalar_t> keys;      // [B, T, A] (the values when keys is None)
-  bool keys_are_values;         // fold the key gradient into grad_values
-  const scalar_t* query;        // [A]
-  int64_t query_stride;         //   in elements
-  const scalar_t* grad_pooled;  // [B, D] contiguous
-  const scalar_t* grad_weights; // [B, T] contiguous
-  const scalar_t* weights;      // [B, T] contiguous, the forward's weights
-  acc_t* workspace;             // [B, T] dL/dw_t (with grad_weights), then dL/ds_t
-  scalar_t* grad_values;        // [B, T, D] out, contiguous
-  scalar_t* grad_keys;          // [B, T, A] out, contiguous; nullptr when keys_are_values
-  acc_t* grad_query_rows;       // [B, A] out: each row's share of grad_query
-};
-
-struct Sum {
-  template <typename T>
-  __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
-};
-struct Max {
-  template <typename T>
-  __device__ __forceinline__ T operator()(T a, T b) const { return a > b ? a : b; }
-};
-
-// Butterfly: every lane ends with the same, bitwise identical value.
-template <typename T, typename Op>
-__device__ __forceinline__ T warp_allreduce(T v, Op op) {
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  }
-  return v;
-}
-
-// Every thread of the block gets op over all threads' v, combined in a fixed
-// order (warp butterflies, then warps 0, 1, ...). `shared` holds kPoolWarps.
-template <typename T, typename Op>
-__device__ __forceinline__ T block_allreduce(T v, Op op, T* shared) {
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  v = warp_allreduce(v, op);
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  T result = shared[0];
-#pragma unroll
-  for (int w = 1; w < kPoolWarps; ++w) result = op(result, shared[w]);
-  __syncthreads();  // `shared` may be reused
-  return result;
-}
-
-// For each of `count` features f (32 at a time), out(f) = sum over t < L of
-// coeff[t] * src(t, f), warps over steps, lanes over features; the per-warp
-// partials are combined in warp order. `tile` holds kPoolWarps x 32.
-template <typename acc_t, typename Src, typename Out>
-__device__ __forceinline__ void weighted_step_sum(int64_t L, int64_t count, const acc_t* coeff,
-                                                  Src src, Out out,
-                                                  acc_t (*tile)[kWarpSize]) {
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  for (int64_t f0 = 0; f0 < count; f0 += kWarpSize) {
-    const int64_t f = f0 + lane;
-    acc_t acc = 0;
-    if (f < count) {
-      for (int64_t t = warp; t < L; t += kPoolWarps) acc += coeff[t] * src(t, f);
-    }
-    tile[warp][lane] = acc;
-    __syncthreads();
-    if (warp == 0 && f < count) {
-      acc_t sum = tile[0][lane];
-#pragma unroll
-      for (int w = 1; w < kPoolWarps; ++w) sum += tile[w][lane];
-      out(f, sum);
-    }
-    __syncthreads();
-  }
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kPoolThreads)
-    attention_pool_forward_kernel(const PoolForwardParams<scalar_t, acc_t> p) {
-  __shared__ acc_t reduce_buf[kPoolWarps];
-  __shared__ acc_t tile[kPoolWarps][kWarpSize];
-  const int64_t b = blockIdx.x;
-  const int64_t T = p.steps, D = p.features, A = p.key_size;
-  const int64_t L = p.lengths != nullptr ? p.lengths[b] : T;
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  acc_t* score = p.workspace + b * T;
-
-  // 1. Scores s_t = k_t . q, one warp per step; their maximum.
-  acc_t local_max = -std::numeric_limits<acc_t>::infinity();
-  for (int64_t t = warp; t < L; t += kPoolWarps) {
-    acc_t s = 0;
-    for (int64_t a = lane; a < A; a += kWarpSize) {
-      s += static_cast<acc_t>(p.keys(b, t, a)) * static_cast<acc_t>(p.query[a * p.query_stride]);
-    }
-    s = warp_allreduce(s, Sum{});
-    if (lane == 0) score[t] = s;
-    local_max = Max{}(local_max, s);
-  }
-  const acc_t max_score = block_allreduce(local_max, Max{}, reduce_buf);
-
-  // 2. Exponentials of the max-subtracted scores, and their sum.
-  acc_t local_sum = 0;
-  for (int64_t t = threadIdx.x; t < L; t += kPoolThreads) {
-    const acc_t e = CellMath<acc_t>::exp(score[t] - max_score);
-    score[t] = e;
-    local_sum += e;
-  }
-  const acc_t total = block_allreduce(local_sum, Sum{}, reduce_buf);
-
-  // 3. Weights, 0 at padding; the workspace keeps them in acc_t.
-  for (int64_t t = threadIdx.x; t < T; t += kPoolThreads) {
-    acc_t w = 0;
-    if (t < L) {
-      w = score[t] / total;
-      score[t] = w;
-    }
-    p.weights[b * T + t] = static_cast<scalar_t>(w);
-  }
-  __syncthreads();
-
-  // 4. pooled = sum_t w_t v_t.
-  weighted_step_sum<acc_t>(
-      L, D, score,
-      [&](int64_t t, int64_t d) { return static_cast<acc_t>(p.values(b, t, d)); },
-      [&](int64_t d, acc_t sum) { p.pooled[b * D + d] = static_cast<scalar_t>(sum); }, tile);
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kPoolThreads)
-    attention_pool_backward_kernel(const PoolBackwardParams<scalar_t, acc_t> p) {
-  __shared__ acc_t reduce_buf[kPoolWarps];
-  __shared__ acc_t tile[kPoolWarps][kWarpSize];
-  const int64_t b = blockIdx.x;
-  const int64_t T = p.steps, D = p.features, A = p.key_size;
-  const int64_t L = p.lengths != nullptr ? p.lengths[b] : T;
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  acc_t* grad_score = p.workspace + b * T;
-  const scalar_t* grad_pooled = p.grad_pooled + b * D;
-  const scalar_t* weights = p.weights + b * T;
-
-  // 1. dL/dw_t = grad_pooled . v_t + grad_weights_t (one warp per step), and
-  // sum_t w_t dL/dw_t.
-  acc_t local_weighted = 0;
-  for (int64_t t = warp; t < L; t += kPoolWarps) {
-    acc_t g = 0;
-    for (int64_t d = lane; d < D; d += kWarpSize) {
-      g += static_cast<acc_t>(grad_pooled[d]) * static_cast<acc_t>(p.values(b, t, d));
-    }
-    g = warp_allreduce(g, Sum{}) + static_cast<acc_t>(p.grad_weights[b * T + t]);
-    if (lane == 0) {
-      grad_score[t] = g;
-      local_weighted += static_cast<acc_t>(weights[t]) * g;
-    }
-  }
-  const acc_t weighted = block_allreduce(local_weighted, Sum{}, reduce_buf);
-
-  // 2. Softmax backward: dL/ds_t = w_t (dL/dw_t - sum_u w_u dL/dw_u).
-  for (int64_t t = threadIdx.x; t < L; t += kPoolThreads) {
-    grad_score[t] = static_cast<acc_t>(weights[t]) * (grad_score[t] - weighted);
-  }
-  __syncthreads();
-
-  // 3. grad_values[t] = w_t grad_pooled (+ dL/ds_t q when the keys are the
-  // values), grad_keys[t] = dL/ds_t q; 0 at padding. Warps over steps, lanes
-  // over features: coalesced writes of the contiguous outputs.
-  for (int64_t t = warp; t < T; t += kPoolWarps) {
-    const bool valid = t < L;
-    const acc_t w = valid ? static_cast<acc_t>(weights[t]) : acc_t(0);
-    const acc_t ds = valid ? grad_score[t] : acc_t(0);
-    scalar_t* gv = p.grad_values + (b * T + t) * D;
-    for (int64_t d = lane; d < D; d += kWarpSize) {
-      acc_t g = w * static_cast<acc_t>(grad_pooled[d]);
-      if (p.keys_are_values) g += ds * static_cast<acc_t>(p.query[d * p.query_stride]);
-      gv[d] = static_cast<scalar_t>(g);
-    }
-    if (p.grad_keys != nullptr) {
-      scalar_t* gk = p.grad_keys + (b * T + t) * A;
-      for (int64_t a = lane; a < A; a += kWarpSize) {
-        gk[a] = static_cast<scalar_t>(ds * static_cast<acc_t>(p.query[a * p.query_stride]));
-      }
-    }
-  }
-
-  // 4. This row's share of grad_query: sum_t dL/ds_t k_t.
-  weighted_step_sum<acc_t>(
-      L, A, grad_score,
-      [&](int64_t t, int64_t a) { return static_cast<acc_t>(p.keys(b, t, a)); },
-      [&](int64_t a, acc_t sum) { p.grad_query_rows[b * A + a] = sum; }, tile);
-}
-
-// grad_query[a] = sum_b rows[b, a], in row order: one thread per feature.
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kReduceThreads)
-    sum_rows_kernel(const acc_t* rows,   // [B, A]
-                    scalar_t* out,       // [A]
-                    int64_t batch,       // B
-                    int64_t features) {  // A
-  const int64_t a = static_cast<int64_t>(blockIdx.x) * kReduceThreads + threadIdx.x;
-  if (a >= features) return;
-  acc_t sum = 0;
-  for (int64_t b = 0; b < batch; ++b) sum += rows[b * features + a];
-  out[a] = static_cast<scalar_t>(sum);
-}
-
 // The kernels index T, D and A as int32 (the params structs above).
 void check_cuda(const Tensor& values, const PoolSizes& sz) {
-  SEQCLS_CHECK_VALUE(values.device().is_cuda(),
-                     "values must be on a CUDA device for the CUDA kernel, got ", values.device());
+  SEQCLS_CHECK_VALUE(on_kernel_device(values.device()), "values must be on ", kKernelDevice,
+                     " for the CUDA kernel, got ", values.device());
   constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
   SEQCLS_CHECK_VALUE(sz.steps <= kMax && sz.features <= kMax && sz.key_size <= kMax,
                      "values and keys must have T, D and A below 2^31 for the CUDA kernel, got T = ",
@@ -302,7 +45,7 @@ std::tuple<Tensor, Tensor> masked_attention_pool_forward_cuda(const Tensor& valu
                                                                const optional<Tensor>& plan) {
   const PoolSizes sz = check_attention_pool_inputs(values, keys, query, lengths);
   check_cuda(values, sz);
-  const c10::cuda::CUDAGuard device_guard(values.device());
+  const DeviceGuard device_guard(values.device());
   const int64_t B = sz.batch, T = sz.steps, D = sz.features, A = sz.key_size;
   Tensor pooled = at::empty({B, D}, values.options());
   Tensor weights = at::empty({B, T}, values.options());
@@ -327,10 +70,8 @@ std::tuple<Tensor, Tensor> masked_attention_pool_forward_cuda(const Tensor& valu
         p.workspace = workspace.data_ptr<acc_t>();
         p.pooled = pooled.data_ptr<scalar_t>();
         p.weights = weights.data_ptr<scalar_t>();
-        attention_pool_forward_kernel<scalar_t, acc_t>
-            <<<static_cast<unsigned int>(B), kPoolThreads, 0,
-               c10::cuda::getCurrentCUDAStream()>>>(p);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch(attention_pool_forward_kernel<scalar_t, acc_t>, static_cast<unsigned int>(B),
+               kPoolThreads, current_stream(), p);
       });
   return {pooled, weights};
 }
@@ -343,7 +84,7 @@ std::tuple<Tensor, Tensor, Tensor> masked_attention_pool_backward_cuda(
   check_cuda(values, sz);
   const int64_t B = sz.batch, T = sz.steps, D = sz.features, A = sz.key_size;
   check_attention_pool_backward_inputs(sz, grad_pooled, grad_weights, weights, values);
-  const c10::cuda::CUDAGuard device_guard(values.device());
+  const DeviceGuard device_guard(values.device());
   Tensor grad_values = at::empty({B, T, D}, values.options());
   Tensor grad_keys = at::empty({keys.has_value() ? B * T * A : 0}, values.options());
   if (keys.has_value()) grad_keys = grad_keys.view({B, T, A});
@@ -356,7 +97,7 @@ std::tuple<Tensor, Tensor, Tensor> masked_attention_pool_backward_cuda(
   Tensor workspace = at::empty({B, T}, values.options().dtype(acc_dtype));
   Tensor grad_query_rows = at::empty({B, A}, values.options().dtype(acc_dtype));
   Tensor grad_query = at::empty({A}, values.options());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const Stream stream = current_stream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, values.scalar_type(), "masked_attention_pool_backward_cuda", [&] {
@@ -378,15 +119,13 @@ std::tuple<Tensor, Tensor, Tensor> masked_attention_pool_backward_cuda(
         p.grad_values = grad_values.data_ptr<scalar_t>();
         p.grad_keys = keys.has_value() ? grad_keys.data_ptr<scalar_t>() : nullptr;
         p.grad_query_rows = grad_query_rows.data_ptr<acc_t>();
-        attention_pool_backward_kernel<scalar_t, acc_t>
-            <<<static_cast<unsigned int>(B), kPoolThreads, 0, stream>>>(p);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch(attention_pool_backward_kernel<scalar_t, acc_t>, static_cast<unsigned int>(B),
+               kPoolThreads, stream, p);
         if (A > 0) {
-          sum_rows_kernel<scalar_t, acc_t>
-              <<<static_cast<unsigned int>((A + kReduceThreads - 1) / kReduceThreads),
-                 kReduceThreads, 0, stream>>>(grad_query_rows.const_data_ptr<acc_t>(),
-                                              grad_query.data_ptr<scalar_t>(), B, A);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          launch(sum_rows_kernel<scalar_t, acc_t>,
+                 static_cast<unsigned int>((A + kReduceThreads - 1) / kReduceThreads),
+                 kReduceThreads, stream, grad_query_rows.const_data_ptr<acc_t>(),
+                 grad_query.data_ptr<scalar_t>(), B, A);
         }
       });
   return {grad_values, grad_keys, grad_query};
@@ -394,9 +133,9 @@ std::tuple<Tensor, Tensor, Tensor> masked_attention_pool_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(seqcls_fast, CUDA, m) {
+TORCH_LIBRARY_IMPL(SEQCLS_CUDA_OPS, SEQCLS_CUDA_KEY, m) {
   m.impl("masked_attention_pool_forward", &masked_attention_pool_forward_cuda);
   m.impl("masked_attention_pool_backward", &masked_attention_pool_backward_cuda);
 }
 
-}  // namespace seqcls_fast::cuda
+}  // namespace seqcls_fast::SEQCLS_CUDA_NS

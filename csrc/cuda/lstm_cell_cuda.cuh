@@ -1,6 +1,7 @@
 // The pointwise half of one LSTM recurrence step on the GPU: the kernels. The
 // parameters are the driver's (../lstm_step.h); the GEMMs are the driver's
-// too (cuBLAS through ATen).
+// too (cuBLAS through ATen). No ATen here: the emulator's sanitizer drivers
+// (tests/cuda_emu/) compile these kernels alone.
 //
 // One thread per (row, hidden unit) of the step's active prefix. The math is
 // seqcls_fast::lstm_cell_forward / lstm_cell_backward from cell.h, evaluated
@@ -18,8 +19,9 @@
 #include "../cell.h"
 #include "../lstm_step.h"
 #include "../online_pool.h"
+#include "kernel_compat.cuh"
 
-namespace seqcls_fast::cuda {
+namespace seqcls_fast::SEQCLS_CUDA_NS {
 
 constexpr int kStepThreads = 256;
 
@@ -94,41 +96,41 @@ __global__ void __launch_bounds__(kStepThreads)
   grad_c_state[idx] = dc_prev;
 }
 
-constexpr int kPoolThreads = 128;
+constexpr int kPoolStepThreads = 128;
 
 // One online-pooling step (LstmPoolStep), one block per active row: the block
 // reduces score = keys_j . query in acc_t, one thread merges it into the row's
 // (max, denom) with online_pool.h's rule, then every thread rescales its units
 // of the row's weighted sum. Mean pooling only adds h_s.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kPoolThreads) lstm_pool_step_kernel(const LstmPoolStep p) {
+__global__ void __launch_bounds__(kPoolStepThreads) lstm_pool_step_kernel(const LstmPoolStep p) {
   const int64_t j = blockIdx.x, H = p.hidden, A = p.key_size;
   const scalar_t* h_row = static_cast<const scalar_t*>(p.h) + j * H;
   acc_t* acc = static_cast<acc_t*>(p.sum) + j * H;
   if (p.pooling == OnlinePooling::kMean) {
-    for (int64_t k = threadIdx.x; k < H; k += kPoolThreads) acc[k] += static_cast<acc_t>(h_row[k]);
+    for (int64_t k = threadIdx.x; k < H; k += kPoolStepThreads) acc[k] += static_cast<acc_t>(h_row[k]);
     return;
   }
   const scalar_t* key = static_cast<const scalar_t*>(p.keys) + j * A;
   const scalar_t* query = static_cast<const scalar_t*>(p.query);
   acc_t dot = 0;
-  for (int64_t a = threadIdx.x; a < A; a += kPoolThreads) {
+  for (int64_t a = threadIdx.x; a < A; a += kPoolStepThreads) {
     dot += static_cast<acc_t>(key[a]) * static_cast<acc_t>(query[a]);
   }
   for (int offset = 16; offset > 0; offset /= 2) dot += __shfl_down_sync(0xffffffffu, dot, offset);
-  __shared__ acc_t warp_dots[kPoolThreads / 32];
+  __shared__ acc_t warp_dots[kPoolStepThreads / 32];
   __shared__ acc_t keep_weight[2];
   if (threadIdx.x % 32 == 0) warp_dots[threadIdx.x / 32] = dot;
   __syncthreads();
   if (threadIdx.x == 0) {
     acc_t score = 0;
-    for (int w = 0; w < kPoolThreads / 32; ++w) score += warp_dots[w];
+    for (int w = 0; w < kPoolStepThreads / 32; ++w) score += warp_dots[w];
     online_softmax_merge(score, static_cast<acc_t*>(p.max)[j], static_cast<acc_t*>(p.denom)[j],
                          keep_weight[0], keep_weight[1]);
   }
   __syncthreads();
   const acc_t keep = keep_weight[0], weight = keep_weight[1];
-  for (int64_t k = threadIdx.x; k < H; k += kPoolThreads) {
+  for (int64_t k = threadIdx.x; k < H; k += kPoolStepThreads) {
     acc[k] = acc[k] * keep + weight * static_cast<acc_t>(h_row[k]);
   }
 }
@@ -152,4 +154,4 @@ __global__ void zero_output_padding_kernel(word_t* output,                 // [T
   }
 }
 
-}  // namespace seqcls_fast::cuda
+}  // namespace seqcls_fast::SEQCLS_CUDA_NS

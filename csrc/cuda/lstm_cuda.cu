@@ -1,7 +1,8 @@
 // The CUDA backend of the LSTM layer driver (../lstm_driver.h): device and
 // index-range checks, padding zeroing and the pointwise step kernels
 // (lstm_cell_cuda.cuh) and the online-pooling step, all on the current
-// stream; registers the LSTM operators for CUDA. The driver copies
+// stream; registers the LSTM operators for CUDA (under the CPU emulator, for
+// seqcls_fast_cuda_emu on the CPU: device_compat.h). The driver copies
 // device-side lengths to the host once per call and uploads the plan with one
 // asynchronous copy; the step loop only enqueues work.
 //
@@ -11,17 +12,16 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <limits>
 
 #include "../lstm_driver.h"
+#include "device_compat.h"
 #include "lstm_cell_cuda.cuh"
 
-namespace seqcls_fast::cuda {
+namespace seqcls_fast::SEQCLS_CUDA_NS {
 namespace {
 
 unsigned int step_blocks(int64_t rows, int64_t hidden) {
@@ -33,10 +33,9 @@ unsigned int step_blocks(int64_t rows, int64_t hidden) {
 template <typename Step, typename KernelFor>
 void launch_step(at::ScalarType dtype, unsigned int blocks, int threads, const Step& step,
                  const KernelFor& kernel_for) {
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const Stream stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "seqcls_fast_cuda_step", [&] {
-    kernel_for(scalar_t{})<<<blocks, threads, 0, stream>>>(step);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(kernel_for(scalar_t{}), blocks, threads, stream, step);
   });
 }
 
@@ -47,8 +46,8 @@ struct CudaLstmBackend final : LstmBackend {
   CudaLstmBackend() : LstmBackend(std::numeric_limits<int64_t>::max(), int64_t{1} << 16) {}
 
   void check_input(const at::Tensor& x, int64_t hidden) const override {
-    SEQCLS_CHECK_VALUE(x.device().is_cuda(), "x must be on a CUDA device for the CUDA kernel, got ",
-                       x.device());
+    SEQCLS_CHECK_VALUE(on_kernel_device(x.device()), "x must be on ", kKernelDevice,
+                       " for the CUDA kernel, got ", x.device());
     // The step kernels index a step's [rows, 4H] slice with 32-bit integers.
     const int64_t batch = x.size(1);
     SEQCLS_CHECK_VALUE(batch * 4 * hidden < std::numeric_limits<int32_t>::max(),
@@ -59,19 +58,18 @@ struct CudaLstmBackend final : LstmBackend {
   void zero_output_padding(at::Tensor& output, const DevicePlan& plan) const override {
     const int64_t T = output.size(0), B = output.size(1), H = output.size(2);
     const int threads = static_cast<int>(std::min<int64_t>(256, (H + 31) / 32 * 32));
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const Stream stream = current_stream();
     const int64_t* order = plan.order.defined() ? plan.order.const_data_ptr<int64_t>() : nullptr;
     const int64_t* sorted = plan.sorted_lengths.const_data_ptr<int64_t>();
-    const auto launch = [&](auto word) {
+    const auto zero_words = [&](auto word) {
       using word_t = decltype(word);
-      zero_output_padding_kernel<word_t><<<static_cast<unsigned int>(B), threads, 0, stream>>>(
-          static_cast<word_t*>(output.data_ptr()), order, sorted, T, B, H);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch(zero_output_padding_kernel<word_t>, static_cast<unsigned int>(B), threads, stream,
+             static_cast<word_t*>(output.data_ptr()), order, sorted, T, B, H);
     };
     switch (output.element_size()) {
-      case 2: launch(uint16_t{}); break;
-      case 4: launch(uint32_t{}); break;
-      case 8: launch(uint64_t{}); break;
+      case 2: zero_words(uint16_t{}); break;
+      case 4: zero_words(uint32_t{}); break;
+      case 8: zero_words(uint64_t{}); break;
       default: TORCH_INTERNAL_ASSERT(false, "unexpected element size ", output.element_size());
     }
   }
@@ -92,7 +90,7 @@ struct CudaLstmBackend final : LstmBackend {
 
   // One block per active row.
   void pool_step(const LstmPoolStep& step, at::ScalarType dtype) const override {
-    launch_step(dtype, static_cast<unsigned int>(step.rows), kPoolThreads, step, [](auto tag) {
+    launch_step(dtype, static_cast<unsigned int>(step.rows), kPoolStepThreads, step, [](auto tag) {
       using T = decltype(tag);
       return lstm_pool_step_kernel<T, at::opmath_type<T>>;
     });
@@ -101,6 +99,6 @@ struct CudaLstmBackend final : LstmBackend {
 
 }  // namespace
 
-SEQCLS_REGISTER_LSTM_BACKEND(CUDA, CudaLstmBackend)
+SEQCLS_REGISTER_LSTM_BACKEND(SEQCLS_CUDA_OPS, SEQCLS_CUDA_KEY, CudaLstmBackend)
 
-}  // namespace seqcls_fast::cuda
+}  // namespace seqcls_fast::SEQCLS_CUDA_NS
