@@ -188,13 +188,6 @@ def _lstm_layer_pooled_forward_fake(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, 
     )
 
 
-def pools_online_on(device):
-    """Whether lstm_layer_pooled runs on ``device``: the CPU. Its CUDA kernel
-    compiles but has not yet run on a GPU, so on CUDA the classifier keeps the
-    separate pooling and streaming merges per chunk in PyTorch."""
-    return torch.device(device).type == "cpu"
-
-
 def lstm_layer_pooled(x, h0, c0, w_ih, w_hh, b_ih, b_hh, pooling, query=None, key_weight=None,
                       key_bias=None, pool_state=None, plan=None):
     """The last forward layer of a classifier in inference, pooling its

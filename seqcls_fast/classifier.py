@@ -2,7 +2,6 @@
 import torch
 from torch import nn
 
-from ._ops import pools_online_on
 from .lstm import LSTM, check_memory_mode
 from .plan import LengthPlan
 from .pooling import MaskedAttentionPooling
@@ -87,10 +86,10 @@ class LSTMClassifier(nn.Module):
         """Whether the top LSTM layer pools as it runs, never writing its
         [T, B, H] output (seqcls_fast::lstm_layer_pooled_forward): when nothing
         needs a gradient, the LSTM is ours and unidirectional (a reverse
-        direction's scores need both directions' outputs), and the operator
-        runs on x's device (_ops.pools_online_on)."""
+        direction's scores need both directions' outputs). On the CPU and on
+        CUDA alike."""
         lstm = self.lstm
-        if not isinstance(lstm, LSTM) or lstm.bidirectional or not pools_online_on(x.device):
+        if not isinstance(lstm, LSTM) or lstm.bidirectional:
             return False
         return not torch.is_grad_enabled() or not (
             x.requires_grad or any(p.requires_grad for p in self.parameters()))

@@ -7,36 +7,16 @@ has seen. The state per row is O(layers x H) whatever the length so far: the
 (h, c) of every layer and the pooling's online state (running max of the
 scores, softmax denominator, and the weighted sum of outputs for attention, as
 flash attention merges softmax blocks; the running sum for mean; nothing more
-for last). On the CPU each chunk runs as the classifier's fused inference path
-does: the top layer pools as it runs (seqcls_fast::lstm_layer_pooled_forward,
-whose merge rule lives in csrc/online_pool.h). On CUDA, until that kernel has
-run on a GPU, the top layer writes its chunk of outputs and
-``merge_attention_chunk`` applies the same rule in PyTorch. Unidirectional
-models only: a reverse direction needs the future.
+for last). Each chunk runs as the classifier's fused inference path does, on
+the CPU and on CUDA: the top layer pools as it runs
+(seqcls_fast::lstm_layer_pooled_forward, whose merge rule lives in
+csrc/online_pool.h). Unidirectional models only: a reverse direction needs
+the future.
 """
 import torch
 
-from ._ops import _state_dtype, pools_online_on
+from ._ops import _state_dtype
 from .plan import LengthPlan
-
-
-def merge_attention_chunk(state, scores, values, valid):
-    """csrc/online_pool.h's merge for a chunk of steps at once, in PyTorch:
-    state (max [b], denom [b], sum [b, D]) in the state dtype, scores [b, t],
-    values [b, t, D], valid [b, t] bool (None: every step); every row has at
-    least one valid step. Returns the merged state."""
-    m_old, l_old, acc_old = state
-    scores = scores.to(m_old.dtype)
-    if valid is not None:
-        scores = scores.masked_fill(~valid, float("-inf"))
-    m_new = torch.maximum(m_old, scores.amax(dim=1))
-    # One exp for both: the old state's rescale factor (0 where nothing was
-    # seen yet, m_old = -inf) and the new steps' weights (0 at padding).
-    scaled = torch.exp(torch.cat([m_old[:, None], scores], dim=1) - m_new[:, None])
-    keep, weights = scaled[:, :1], scaled[:, 1:]
-    l_new = torch.addcmul(weights.sum(dim=1), l_old, keep.squeeze(1))
-    weighted = torch.bmm(weights.unsqueeze(1), values.to(acc_old.dtype)).squeeze(1)
-    return m_new, l_new, torch.addcmul(weighted, acc_old, keep)
 
 
 class ClassifierStream:
@@ -59,7 +39,6 @@ class ClassifierStream:
         self.batch_size = batch_size
         like = lstm.weight_ih_l0.detach()
         self.dtype, self.device = like.dtype, like.device
-        self.fused = pools_online_on(self.device)  # see the module docstring
         # (h, c) of every layer, [layers, B, H]: sf.LSTM's h_0 / c_0 and h_n / c_n.
         self.h = like.new_zeros(lstm.num_layers, batch_size, lstm.hidden_size)
         self.c = like.new_zeros(lstm.num_layers, batch_size, lstm.hidden_size)
@@ -132,12 +111,8 @@ class ClassifierStream:
         pool_state = self.pool_state if every_row else tuple(t[rows] for t in self.pool_state)
         # sf.LSTM's own layer loop, started from the rows' states (inference:
         # nothing is kept for a backward).
-        if self.fused:
-            pool_state, (h, c) = model.lstm._run(x.transpose(0, 1), plan, state,
-                                                 pool=model.online_pooling(pool_state))
-        else:
-            out, (h, c) = model.lstm._run(x.transpose(0, 1), plan, state)
-            pool_state = self._pool_chunk(pool_state, out.transpose(0, 1), lengths)
+        pool_state, (h, c) = model.lstm._run(x.transpose(0, 1), plan, state,
+                                             pool=model.online_pooling(pool_state))
         if every_row:  # rebind, no scatter
             self.h, self.c, self.pool_state = h, c, pool_state
         else:
@@ -145,20 +120,6 @@ class ClassifierStream:
             for kept, new in zip(self.pool_state, pool_state):
                 kept[rows] = new
         self.seen[rows] += steps if lengths is None else lengths
-
-    def _pool_chunk(self, pool_state, outputs, lengths):
-        """The pooling state after a chunk of top-layer outputs [b, t, H] (0
-        past each length), in PyTorch (the CUDA path)."""
-        pooling = self.model.pooling
-        if pooling == "mean":
-            return (*pool_state[:2], pool_state[2] + outputs.sum(dim=1))
-        if pooling == "last":
-            return pool_state
-        pool = self.model.pool
-        keys = torch.tanh(pool.proj(outputs)) if pool.proj is not None else outputs
-        valid = (None if lengths is None else
-                 torch.arange(outputs.size(1), device=self.device)[None, :] < lengths[:, None])
-        return merge_attention_chunk(pool_state, keys @ pool.query, outputs, valid)
 
     def _rows(self, rows):
         if isinstance(rows, torch.Tensor) and rows.dtype == torch.bool:

@@ -154,3 +154,24 @@ def test_lstm_and_pooling_on_a_non_default_stream():
     assert len(got) == len(expected)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, **tolerance(LSTM_TOL, CUDA, torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_pooling_under_autocast_matches_the_unfused_path(dtype):
+    """Classifier inference on CUDA pools as it runs (lstm_layer_pooled_forward,
+    cast by its autocast kernel); under autocast its logits match the same
+    model's training-mode path (LSTM output, then the pooling op) to the
+    autocast dtype's precision."""
+    model = sf.LSTMClassifier(6, 16, 3, num_layers=2, device=CUDA).eval()
+    x = torch.randn(9, 11, 6, device=CUDA)
+    lengths = random_lengths(9, 11).to(CUDA)
+    with torch.autocast("cuda", dtype=dtype):
+        with torch.no_grad():
+            assert model._pools_online(x)
+            fused = model(x, lengths)
+        x_grad = x.clone().requires_grad_(True)  # a gradient: the unfused path
+        assert not model._pools_online(x_grad)
+        unfused = model(x_grad, lengths).detach()
+    assert fused.dtype == unfused.dtype
+    tol = 2e-2 if dtype == torch.float16 else 1e-1
+    torch.testing.assert_close(fused.float(), unfused.float(), rtol=tol, atol=tol)

@@ -33,6 +33,12 @@ using LstmForwardFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
     const Tensor&, const optional<Tensor>&, const optional<Tensor>&, const optional<Tensor>&,
     const Tensor&, const Tensor&, const optional<Tensor>&, const optional<Tensor>&, bool, bool,
     const optional<Tensor>&, bool);
+using LstmPooledForwardFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const optional<Tensor>&, const optional<Tensor>&, const optional<Tensor>&,
+    const Tensor&, const Tensor&, const optional<Tensor>&, const optional<Tensor>&,
+    c10::string_view, const optional<Tensor>&, const optional<Tensor>&, const optional<Tensor>&,
+    const optional<Tensor>&, const optional<Tensor>&, const optional<Tensor>&,
+    const optional<Tensor>&);
 using PoolForwardFn = std::tuple<Tensor, Tensor>(const Tensor&, const optional<Tensor>&,
                                                  const Tensor&, const optional<Tensor>&,
                                                  const optional<Tensor>&);
@@ -57,6 +63,27 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward_au
                  save_activations, plan, low_memory);
 }
 
+// The pooling state (pool_max, pool_denom, pool_sum) is in the state dtype,
+// float32 for a half or bfloat16 x, so it passes uncast like the lengths.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_pooled_forward_autocast(
+    const Tensor& x, const optional<Tensor>& lengths, const optional<Tensor>& h0,
+    const optional<Tensor>& c0, const Tensor& w_ih, const Tensor& w_hh,
+    const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, c10::string_view pooling,
+    const optional<Tensor>& query, const optional<Tensor>& key_weight,
+    const optional<Tensor>& key_bias, const optional<Tensor>& pool_max,
+    const optional<Tensor>& pool_denom, const optional<Tensor>& pool_sum,
+    const optional<Tensor>& plan) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("seqcls_fast::lstm_layer_pooled_forward", "")
+                             .typed<LstmPooledForwardFn>();
+  const at::ScalarType dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
+  return op.call(cast(dtype, x), lengths, cast(dtype, h0), cast(dtype, c0), cast(dtype, w_ih),
+                 cast(dtype, w_hh), cast(dtype, b_ih), cast(dtype, b_hh), pooling,
+                 cast(dtype, query), cast(dtype, key_weight), cast(dtype, key_bias), pool_max,
+                 pool_denom, pool_sum, plan);
+}
+
 std::tuple<Tensor, Tensor> masked_attention_pool_forward_autocast(
     const Tensor& values, const optional<Tensor>& keys, const Tensor& query,
     const optional<Tensor>& lengths, const optional<Tensor>& plan) {
@@ -72,6 +99,7 @@ std::tuple<Tensor, Tensor> masked_attention_pool_forward_autocast(
 
 TORCH_LIBRARY_IMPL(seqcls_fast, AutocastCUDA, m) {
   m.impl("lstm_layer_forward", &lstm_layer_forward_autocast);
+  m.impl("lstm_layer_pooled_forward", &lstm_layer_pooled_forward_autocast);
   m.impl("masked_attention_pool_forward", &masked_attention_pool_forward_autocast);
 }
 
