@@ -4,7 +4,9 @@
 Covers: all four dtypes, both directions, unsorted lengths on the CPU and on
 the GPU, no lengths, h0/c0 given and not, inference (save_activations=False),
 odd H, T = 1, an empty batch, pooling with and without keys, strided inputs,
-and T > the pooling block size. Exits non-zero on any error.
+and T > the pooling block size; the classifier in training (both memory
+modes), inference (the fused pooled forward, every pooling) and streaming.
+Exits non-zero on any error.
 """
 import torch
 
@@ -50,10 +52,22 @@ def main():
             pool_case(dtype, 2, 300, 40, 33, torch.tensor([300, 130]), with_keys)
             pool_case(dtype, 2, 5, 3, 2, None, with_keys)
             pool_case(dtype, 0, 5, 3, 2, None, with_keys)
-    # The modules end to end, once.
-    model = sf.LSTMClassifier(4, 6, 3, num_layers=2, bidirectional=True, device=dev)
-    logits = model(torch.randn(5, 7, 4, device=dev), torch.tensor([7, 3, 1, 7, 2], device=dev))
-    logits.sum().backward()
+    # The modules end to end: training (both memory modes), then inference
+    # pooling as the top layer runs (lstm_layer_pooled_forward) and streaming.
+    x, lengths = torch.randn(5, 7, 4, device=dev), torch.tensor([7, 3, 1, 7, 2], device=dev)
+    for memory in ("fast", "low"):
+        model = sf.LSTMClassifier(4, 6, 3, num_layers=2, bidirectional=True, device=dev,
+                                  memory=memory)
+        model(x, lengths).sum().backward()
+    for pooling, attn_dim in (("attention", None), ("attention", 5), ("mean", None),
+                              ("last", None)):
+        model = sf.LSTMClassifier(4, 6, 3, num_layers=2, pooling=pooling, attn_dim=attn_dim,
+                                  device=dev).eval()
+        with torch.no_grad():
+            model(x, lengths)
+            stream = model.stream(5)
+            stream.feed(x[:, :3], torch.tensor([3, 3, 1, 3, 2]))
+            stream.feed(x[:, 3:], torch.tensor([4, 0, 0, 4, 0]))
     torch.cuda.synchronize()
     print("cuda_sanitize_case: ok")
 
