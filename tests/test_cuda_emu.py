@@ -1,0 +1,487 @@
+"""The CUDA backend (csrc/cuda/: host code and kernels, unchanged) on the CPU
+emulator (csrc/cuda_emu/), as torch.ops.seqcls_fast_cuda_emu on CPU tensors:
+
+- every sample of every operator (tests/samples.py) in each dtype the CUDA
+  backend supports, against the plain-PyTorch references: float64 within the
+  CUDA tolerances (and against the CPU backend), float32 by the float32 rule,
+  float16 / bfloat16 within twice PyTorch's own error in that dtype;
+- larger shapes: launches of several blocks with a partial last one, H = 257,
+  D = 45 (not a multiple of 32), T = 100, and pooled inference streamed in chunks;
+- bitwise the same results whatever order the blocks run in
+  (SEQCLS_CUDA_EMU_BLOCK_ORDER), as a GPU may run them in any order;
+- every emulated call launches emulated kernels (cuda_emu_stats), so a silent
+  fallback to the CPU backend fails.
+
+The emulator's own checks (barriers, shuffles, deadlocks) are tested elsewhere.
+"""
+import functools
+
+import pytest
+import torch
+
+import samples
+import seqcls_fast
+from helpers import (LSTM_TOL, POOL_TOL, assert_close_named, assert_matches_reference,
+                     cast_floats, dtype_id, sample_named, tolerance)
+from samples import (Sample, lstm_layer_backward_recompute_samples, lstm_layer_backward_samples,
+                     lstm_layer_forward_samples, lstm_layer_pooled_forward_samples,
+                     masked_attention_pool_backward_samples,
+                     masked_attention_pool_forward_samples)
+from seqcls_fast._build import read_build_record
+from seqcls_fast.reference import masked_attention_pool
+from test_cuda import _rel_err
+from test_ops import (LSTM_BACKWARD_NAMES, native_layer, native_layer_backward,
+                      native_layer_forward, pooled_state_reference, run_native_layer)
+
+_record = read_build_record()
+if _record is not None and _record.get("cuda_emu", True) is False:  # no key: an older build
+    pytest.skip("seqcls_fast was built without the CUDA emulator (SEQCLS_FAST_CUDA_EMU=0)",
+                allow_module_level=True)
+
+pytestmark = pytest.mark.cuda_emu
+
+EMU = torch.ops.seqcls_fast_cuda_emu
+CPU_OPS = torch.ops.seqcls_fast
+LOW_PRECISION = [torch.float16, torch.bfloat16]
+DTYPES = [torch.float64, torch.float32, *LOW_PRECISION]
+EXACT = [torch.float64, torch.float32]  # the larger shapes: not every dtype, for time
+STATE_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}  # else x's dtype
+F64 = torch.float64
+LOW_PRECISION_FLOOR = 1e-4  # test_cuda's floor on the relative error
+
+FORWARD_NAMES = ("output", "h_n", "c_n", "gates", "cell", "h_prev")
+POOLED_NAMES = ("h_n", "c_n", "pool_max", "pool_denom", "pool_sum")
+POOL_FORWARD_NAMES = ("pooled", "weights")
+POOL_BACKWARD_NAMES = ("grad_values", "grad_keys", "grad_query")
+
+
+# ------------------------------------------------------------------ helpers
+def emu_stats():
+    return seqcls_fast._C.cuda_emu_stats()
+
+
+def run_emulated(op, *args):
+    """EMU.<op>(*args), failing unless it launched emulated kernels: a call
+    that fell back to the CPU backend launches none."""
+    before = emu_stats()["launches"]
+    result = getattr(EMU, op)(*args)
+    assert emu_stats()["launches"] > before, f"{op}: no emulated kernel launched"
+    return result
+
+
+class Judge:
+    """Judges emulated results in `dtype` against reference(d), PyTorch's own
+    computation in dtype d, the inputs cast to d.
+
+    float64: within the CUDA tolerance; float32: by the float32 rule (the
+    emulated op runs ATen's CPU GEMMs, so CPU float32 is the yardstick); both
+    at each call. float16/bfloat16: test_cuda's rule, relative error (norm)
+    against the float64 truth at most twice PyTorch's own in that dtype plus
+    a small floor, judged in finish() over all calls' tensors of one name
+    together: test_cuda applies it to thousands of elements, and one sample's
+    few dozen hold too few roundings for a 2x comparison (a wrong value still
+    errs far more: one element off by 0.05 among the bfloat16 outputs fails)."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.low_precision = {}  # name -> [(ours, PyTorch's, truth)], finite truth only
+
+    def __call__(self, got, reference, table, names):
+        if self.dtype not in LOW_PRECISION:  # ("cpu", float32): the float32 rule
+            device = "cuda" if self.dtype == F64 else "cpu"
+            assert_matches_reference(got, reference, device, self.dtype, table, names)
+            return
+        for name, g, n, t in zip(names, got, reference(self.dtype), reference(F64), strict=True):
+            g, n, t = (a.detach().double() for a in (g, n, t))
+            assert g.shape == t.shape, (name, g.shape, t.shape)
+            finite = torch.isfinite(t)  # an empty pool's -inf max: reproduced exactly
+            assert torch.equal(g[~finite], t[~finite]), f"{name}: non-finite truth not reproduced"
+            self.low_precision.setdefault(name, []).append((g[finite], n[finite], t[finite]))
+
+    def finish(self):
+        for name, triples in self.low_precision.items():
+            ours, theirs, truth = (torch.cat(parts) for parts in zip(*triples))
+            ours_err, theirs_err = _rel_err(ours, truth), _rel_err(theirs, truth)
+            assert ours_err <= 2 * theirs_err + LOW_PRECISION_FLOOR, (name, ours_err, theirs_err)
+
+
+def assert_same_as_cpu_backend(got, expected, table, names):
+    """float64: the emulated CUDA backend agrees with the CPU backend."""
+    assert_close_named(got, expected, tolerance(table, "cuda", F64), names)
+
+
+def cached_reference(fn, *args):
+    """d -> fn(*args, d), each dtype computed once (several calls compare with it)."""
+    return functools.cache(lambda dtype: fn(*args, dtype))
+
+
+def native_pooled_forward(args, dtype):
+    """test_ops' reference for lstm_layer_pooled_forward: packed nn.LSTM, then
+    the pooling's closed form, on args cast to dtype."""
+    x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, pooling, query, key_weight, key_bias, *state = \
+        cast_floats(args, dtype)
+    out, h_n, c_n = run_native_layer(native_layer(w_ih, w_hh, b_ih, b_hh, False), x, lengths,
+                                     h0, c0, False)
+    return (h_n, c_n, *pooled_state_reference(out.detach(), lengths, pooling, query, key_weight,
+                                              key_bias, state))
+
+
+def native_pool_backward(sample, dtype):
+    """test_ops' reference for masked_attention_pool_backward: autograd through
+    masked_attention_pool, in dtype; the gradients of the given inputs."""
+    grad_pooled, grad_weights = cast_floats(sample.args[:2], dtype)
+    values, keys, query, lengths = (
+        t.requires_grad_(True) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+        for t in cast_floats(sample.forward.args, dtype))
+    leaves = [t for t in (values, keys, query) if t is not None]
+    return torch.autograd.grad(masked_attention_pool(values, keys, query, lengths), leaves,
+                               (grad_pooled, grad_weights))
+
+
+def with_state_dtype(args, dtype):
+    """Pooled-forward args with a given pooling state in the state dtype
+    (float32 for half/bfloat16 x), as the op requires."""
+    state_dtype = STATE_DTYPE.get(dtype, dtype)
+    return args[:12] + tuple(s if s is None else s.to(state_dtype) for s in args[12:])
+
+
+@pytest.fixture
+def saved_by_emulated_forward(monkeypatch, dtype):
+    """In float16/bfloat16, which the CPU backend lacks, samples.py builds the
+    backward samples' saved activations (and the pool's weights) with the
+    emulated forward. Float64/float32 keep the CPU forward's, for time: the
+    same layout (ops.cpp), and the emulated forward is held to the references."""
+    if dtype in LOW_PRECISION:
+        monkeypatch.setattr(samples, "ops", EMU)
+
+
+def representative(sample_list, dtype):
+    """Every sample in float64/float32; every third in float16/bfloat16, for
+    time (an emulated block takes milliseconds). The low-precision paths are
+    the same for every sample, and [1::3] of each samples.py list still holds
+    every option: lengths or none, state, bias, reverse, compute_grad_x, each
+    pooling fresh and continued, keys, strides."""
+    return sample_list if dtype not in LOW_PRECISION else sample_list[1::3]
+
+
+# ------------------------------------------------- samples.py, every dtype
+FORWARD_MODES = {"save_activations": (True,), "inference": (False,),
+                 "low_memory": (True, None, True)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_lstm_layer_forward_samples(dtype):
+    judge = Judge(dtype)
+    for sample in representative(lstm_layer_forward_samples("cpu", dtype), dtype):
+        reference = cached_reference(native_layer_forward, sample.args)
+        for mode, extra in FORWARD_MODES.items():
+            with sample_named(f"{sample.name}-{mode}"):
+                got = run_emulated("lstm_layer_forward", *sample.args, *extra)
+                judge(got[:3], reference, LSTM_TOL, FORWARD_NAMES[:3])
+                assert got[4].dtype == STATE_DTYPE.get(dtype, dtype)  # the saved cell states
+                if dtype == F64:  # saved activations too: one layout for both backends
+                    assert_same_as_cpu_backend(
+                        got, CPU_OPS.lstm_layer_forward(*sample.args, *extra), LSTM_TOL,
+                        FORWARD_NAMES)
+    judge.finish()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_lstm_layer_backward_samples(dtype, saved_by_emulated_forward):
+    judge = Judge(dtype)
+    for sample in representative(lstm_layer_backward_samples("cpu", dtype), dtype):
+        with sample_named(sample.name):
+            got = run_emulated("lstm_layer_backward", *sample.args)
+            first = 0 if sample.args[-1] else 1  # compute_grad_x
+            judge(got[first:], lambda d: native_layer_backward(sample, d)[first:], LSTM_TOL,
+                  LSTM_BACKWARD_NAMES[first:])
+            if first:  # no grad_x asked for: documented all zeros
+                assert got[0].shape == sample.forward.args[0].shape and not got[0].any()
+            if dtype == F64:
+                assert_same_as_cpu_backend(got, CPU_OPS.lstm_layer_backward(*sample.args),
+                                           LSTM_TOL, LSTM_BACKWARD_NAMES)
+    judge.finish()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_lstm_layer_backward_recompute_samples(dtype, saved_by_emulated_forward):
+    """From the emulated low-memory forward, against nn.LSTM autograd itself.
+    The CPU backend reads these checkpoints too: below 1024 packed rows both
+    backends keep one chunk."""
+    judge = Judge(dtype)
+    for sample in representative(lstm_layer_backward_recompute_samples("cpu", dtype), dtype):
+        with sample_named(sample.name):
+            got = run_emulated("lstm_layer_backward_recompute", *sample.args)
+            first = 0 if sample.args[-1] else 1  # compute_grad_x
+            judge(got[first:], lambda d: native_layer_backward(sample.forward, d)[first:],
+                  LSTM_TOL, LSTM_BACKWARD_NAMES[first:])
+            if first:  # no grad_x asked for: documented all zeros
+                assert not got[0].any()
+            if dtype == F64:
+                assert_same_as_cpu_backend(
+                    got, CPU_OPS.lstm_layer_backward_recompute(*sample.args), LSTM_TOL,
+                    LSTM_BACKWARD_NAMES)
+    judge.finish()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_lstm_layer_pooled_forward_samples(dtype):
+    """Every pooling, with and without attention keys, fresh or continuing a
+    pooling state (samples.py alternates)."""
+    judge = Judge(dtype)
+    for sample in representative(lstm_layer_pooled_forward_samples("cpu", dtype), dtype):
+        with sample_named(sample.name):
+            args = with_state_dtype(sample.args, dtype)
+            got = run_emulated("lstm_layer_pooled_forward", *args)
+            judge(got, lambda d: native_pooled_forward(args, d), LSTM_TOL, POOLED_NAMES)
+            assert got[2].dtype == STATE_DTYPE.get(dtype, dtype)
+            if dtype == F64:
+                assert_same_as_cpu_backend(got, CPU_OPS.lstm_layer_pooled_forward(*args),
+                                           LSTM_TOL, POOLED_NAMES)
+    judge.finish()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_masked_attention_pool_forward_samples(dtype):
+    judge = Judge(dtype)
+    for sample in representative(masked_attention_pool_forward_samples("cpu", dtype), dtype):
+        with sample_named(sample.name):
+            got = run_emulated("masked_attention_pool_forward", *sample.args)
+            judge(got, lambda d: masked_attention_pool(*cast_floats(sample.args, d)), POOL_TOL,
+                  POOL_FORWARD_NAMES)
+            if dtype == F64:
+                assert_same_as_cpu_backend(
+                    got, CPU_OPS.masked_attention_pool_forward(*sample.args), POOL_TOL,
+                    POOL_FORWARD_NAMES)
+    judge.finish()
+
+
+def judge_pool_backward(judge, sample, got):
+    """The gradients of the given inputs against autograd; without keys
+    grad_keys is empty (folded into grad_values)."""
+    with_keys = sample.forward.args[1] is not None
+    grad_values, grad_keys, grad_query = got
+    names = ["grad_values"] + (["grad_keys"] if with_keys else []) + ["grad_query"]
+    mine = [grad_values] + ([grad_keys] if with_keys else []) + [grad_query]
+    judge(mine, lambda d: native_pool_backward(sample, d), POOL_TOL, names)
+    if not with_keys:
+        assert grad_keys.numel() == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_masked_attention_pool_backward_samples(dtype, saved_by_emulated_forward):
+    judge = Judge(dtype)
+    for sample in representative(masked_attention_pool_backward_samples("cpu", dtype), dtype):
+        with sample_named(sample.name):
+            got = run_emulated("masked_attention_pool_backward", *sample.args)
+            judge_pool_backward(judge, sample, got)
+            if dtype == F64:
+                assert_same_as_cpu_backend(
+                    got, CPU_OPS.masked_attention_pool_backward(*sample.args), POOL_TOL,
+                    POOL_BACKWARD_NAMES)
+    judge.finish()
+
+
+# ------------------------------------------------------------ larger shapes
+# The step kernels run 256 threads over rows * H: at H = 257 a step of 3, 2
+# or 1 rows is 4, 3 or 2 blocks, the last one partial. T = 100 (one partial
+# block a step, at H = 60, for time): a long recurrence, long padding.
+# The pool-step kernel is one block of 128 threads per row: H = 257 and
+# A = 130 leave a partial round of each. Lengths unsorted, a length-1 row.
+def large_lstm_args(steps, batch, inputs, hidden, lengths, reverse, dtype):
+    """lstm_layer_forward's args (no save_activations), weights at nn.LSTM's
+    scale so the gates do not saturate at H = 257."""
+    scale = hidden ** -0.5
+
+    def randn(*shape, s=1.0):
+        return (torch.randn(*shape, dtype=F64) * s).to(dtype)
+
+    return (randn(steps, batch, inputs), torch.tensor(lengths), randn(batch, hidden),
+            randn(batch, hidden), randn(4 * hidden, inputs, s=scale),
+            randn(4 * hidden, hidden, s=scale), randn(4 * hidden, s=scale),
+            randn(4 * hidden, s=scale), reverse)
+
+
+LARGE_LSTM = {
+    "T12_B3_H257": dict(steps=12, batch=3, inputs=5, hidden=257, lengths=[7, 12, 1]),
+    "T100_B3_H60": dict(steps=100, batch=3, inputs=4, hidden=60, lengths=[37, 100, 64]),
+}
+
+
+def run_lstm_forward_backward(args):
+    """The emulated forward (saved activations, then low-memory) and both
+    backwards, each backward from its own forward, with random upstream
+    gradients. Returns (results by name, the lstm_layer_backward Sample)."""
+    x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse = args
+    forward = run_emulated("lstm_layer_forward", *args, True)
+    upstream = tuple(torch.randn(t.shape, dtype=F64).to(t.dtype) for t in forward[:3])
+    backward = Sample("backward", (*upstream, x, lengths, c0, w_ih, w_hh, *forward[3:], reverse,
+                                   True), Sample("forward", args))
+    low_memory = run_emulated("lstm_layer_forward", *args, True, None, True)
+    recompute_args = (*upstream, x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, low_memory[0],
+                      low_memory[4], reverse, True)
+    return dict(forward=forward, low_memory=low_memory,
+                backward=run_emulated("lstm_layer_backward", *backward.args),
+                recompute=run_emulated("lstm_layer_backward_recompute", *recompute_args),
+                recompute_args=recompute_args), backward
+
+
+# reverse at H = 257 only, for time
+@pytest.mark.parametrize("case,reverse", [("T12_B3_H257", False), ("T12_B3_H257", True),
+                                          ("T100_B3_H60", False)],
+                         ids=["T12_B3_H257-forward", "T12_B3_H257-reverse", "T100_B3_H60-forward"])
+@pytest.mark.parametrize("dtype", EXACT, ids=dtype_id)
+def test_large_lstm_layer(dtype, case, reverse):
+    args = large_lstm_args(**LARGE_LSTM[case], reverse=reverse, dtype=dtype)
+    got, backward = run_lstm_forward_backward(args)
+    forward_ref = cached_reference(native_layer_forward, args)
+    backward_ref = cached_reference(native_layer_backward, backward)
+    judge = Judge(dtype)
+    for mode in ("forward", "low_memory"):
+        with sample_named(mode):
+            judge(got[mode][:3], forward_ref, LSTM_TOL, FORWARD_NAMES[:3])
+    for mode in ("backward", "recompute"):
+        with sample_named(mode):
+            judge(got[mode], backward_ref, LSTM_TOL, LSTM_BACKWARD_NAMES)
+    if dtype == F64:  # N < 1024 packed rows: one checkpoint chunk in both backends
+        assert_same_as_cpu_backend(got["forward"], CPU_OPS.lstm_layer_forward(*args, True),
+                                   LSTM_TOL, FORWARD_NAMES)
+        assert_same_as_cpu_backend(got["backward"], CPU_OPS.lstm_layer_backward(*backward.args),
+                                   LSTM_TOL, LSTM_BACKWARD_NAMES)
+        assert_same_as_cpu_backend(
+            got["recompute"], CPU_OPS.lstm_layer_backward_recompute(*got["recompute_args"]),
+            LSTM_TOL, LSTM_BACKWARD_NAMES)
+
+
+POOLINGS = {  # (pooling, key size A or None for keys = h, continue a random state)
+    "attention_keys": ("attention", 130, True),
+    "attention": ("attention", None, False),
+    "mean": ("mean", None, True),
+    "last": ("last", None, False),
+}
+
+
+def large_pooled_args(case, pooling, dtype):
+    """lstm_layer_pooled_forward's args at a LARGE_LSTM shape (forward direction)."""
+    x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, _ = large_lstm_args(**LARGE_LSTM[case],
+                                                                   reverse=False, dtype=dtype)
+    kind, key_size, continued = POOLINGS[pooling]
+    batch, hidden = x.shape[1], w_hh.shape[1]
+    attention = kind == "attention"
+    query = torch.randn(key_size or hidden, dtype=dtype) if attention else None
+    key_weight = torch.randn(key_size, hidden, dtype=dtype) / hidden ** 0.5 if key_size else None
+    key_bias = torch.randn(key_size, dtype=dtype) if key_size else None
+    state = ((torch.randn(batch, dtype=dtype), torch.rand(batch, dtype=dtype) + 0.5,
+              torch.randn(batch, hidden, dtype=dtype)) if continued else (None, None, None))
+    return (x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, kind, query, key_weight, key_bias, *state)
+
+
+# At H = 257 only: the pool-step kernel runs per step (T = 100 adds only
+# time, ~10 ms a block of 128 threads).
+@pytest.mark.parametrize("pooling", list(POOLINGS))
+@pytest.mark.parametrize("dtype", EXACT, ids=dtype_id)
+def test_large_lstm_layer_pooled_forward(dtype, pooling):
+    args = large_pooled_args("T12_B3_H257", pooling, dtype)
+    got = run_emulated("lstm_layer_pooled_forward", *args)
+    Judge(dtype)(got, lambda d: native_pooled_forward(args, d), LSTM_TOL, POOLED_NAMES)
+    if dtype == F64:
+        assert_same_as_cpu_backend(got, CPU_OPS.lstm_layer_pooled_forward(*args), LSTM_TOL,
+                                   POOLED_NAMES)
+
+
+@pytest.mark.parametrize("pooling", ["attention_keys", "mean"])
+@pytest.mark.parametrize("dtype", EXACT, ids=dtype_id)
+def test_pooled_forward_streamed_in_two_chunks(dtype, pooling):
+    """Streaming: the second call continues the first's LSTM and pooling
+    states, and ends where one call over the whole sequence ends (the
+    reference: one pass, fresh state). No lengths: every row runs both chunks."""
+    args = large_pooled_args("T12_B3_H257", pooling, dtype)
+    x, _, h0, c0, w_ih, w_hh, b_ih, b_hh, kind, query, key_weight, key_bias = args[:12]
+    whole = (x, None, h0, c0, w_ih, w_hh, b_ih, b_hh, kind, query, key_weight, key_bias,
+             None, None, None)
+    weights = (w_ih, w_hh, b_ih, b_hh, kind, query, key_weight, key_bias)
+    h_n, c_n, *state = run_emulated("lstm_layer_pooled_forward", x[:5], None, h0, c0, *weights,
+                                    None, None, None)
+    got = run_emulated("lstm_layer_pooled_forward", x[5:], None, h_n, c_n, *weights, *state)
+    Judge(dtype)(got, lambda d: native_pooled_forward(whole, d), LSTM_TOL, POOLED_NAMES)
+
+
+# Attention pooling: one block of 256 threads per row, features in chunks of
+# 32 (D = 45: one full chunk and a partial one), 8 warps over T = 100 steps;
+# grad_query's row sum has 256 threads per block over A = 300: 2 blocks.
+LARGE_POOL = dict(batch=3, steps=100, features=45, key_size=300, lengths=[100, 1, 57])
+
+
+def large_pool_forward_sample(with_keys, dtype):
+    """masked_attention_pool_forward's args, strided as the samples: values a
+    transposed view, keys a slice."""
+    B, T, D, A = (LARGE_POOL[k] for k in ("batch", "steps", "features", "key_size"))
+
+    def randn(*shape):
+        return torch.randn(*shape, dtype=F64).to(dtype)
+
+    values = randn(T, B, D).transpose(0, 1)
+    keys = randn(B, T, A + 5)[..., :A] if with_keys else None
+    query = randn(A if with_keys else D) / (A if with_keys else D) ** 0.5
+    return Sample("large", (values, keys, query, torch.tensor(LARGE_POOL["lengths"])))
+
+
+@pytest.mark.parametrize("with_keys", [False, True], ids=["no_keys", "keys"])
+@pytest.mark.parametrize("dtype", EXACT, ids=dtype_id)
+def test_large_masked_attention_pool(dtype, with_keys):
+    forward = large_pool_forward_sample(with_keys, dtype)
+    judge = Judge(dtype)
+    got = run_emulated("masked_attention_pool_forward", *forward.args)
+    judge(got, lambda d: masked_attention_pool(*cast_floats(forward.args, d)), POOL_TOL,
+          POOL_FORWARD_NAMES)
+    upstream = tuple(torch.randn(t.shape, dtype=F64).to(dtype) for t in got)
+    backward = Sample("large", (*upstream, *forward.args, got[1]), forward)
+    got_backward = run_emulated("masked_attention_pool_backward", *backward.args)
+    judge_pool_backward(judge, backward, got_backward)
+    if dtype == F64:
+        assert_same_as_cpu_backend(got, CPU_OPS.masked_attention_pool_forward(*forward.args),
+                                   POOL_TOL, POOL_FORWARD_NAMES)
+        assert_same_as_cpu_backend(got_backward,
+                                   CPU_OPS.masked_attention_pool_backward(*backward.args),
+                                   POOL_TOL, POOL_BACKWARD_NAMES)
+
+
+# ------------------------------------------------------------- block order
+def run_every_kernel(lstm_args, pooled_args, pool_forward):
+    """Every emulated operator once on the multi-block shapes: the flat list
+    of every tensor they return."""
+    results, _ = run_lstm_forward_backward(lstm_args)
+    pooled = run_emulated("lstm_layer_pooled_forward", *pooled_args)
+    pool = run_emulated("masked_attention_pool_forward", *pool_forward.args)
+    grads = torch.Generator().manual_seed(5)
+    upstream = [torch.randn(t.shape, dtype=t.dtype, generator=grads) for t in pool]
+    pool_backward = run_emulated("masked_attention_pool_backward", *upstream,
+                                 *pool_forward.args, pool[1])
+    return [t for name in ("forward", "low_memory", "backward", "recompute")
+            for t in results[name]] + [*pooled, *pool, *pool_backward]
+
+
+def test_block_order_changes_no_bit(monkeypatch):
+    """Forward, reverse and shuffled block orders give bitwise the same
+    results (no kernel reads what another block writes in the same launch)."""
+    dtype = torch.float32
+    lstm_args = large_lstm_args(**LARGE_LSTM["T12_B3_H257"], reverse=False, dtype=dtype)
+    pooled_args = large_pooled_args("T12_B3_H257", "attention_keys", dtype)
+    pool_forward = large_pool_forward_sample(True, dtype)
+    by_order = {}
+    for order in ("forward", "reverse", "shuffled:1"):
+        monkeypatch.setenv("SEQCLS_CUDA_EMU_BLOCK_ORDER", order)
+        before = emu_stats()
+        torch.manual_seed(0)  # the same upstream gradients each time
+        by_order[order] = run_every_kernel(lstm_args, pooled_args, pool_forward)
+        after = emu_stats()
+        # Several blocks per launch on average: the orders differ.
+        assert after["blocks"] - before["blocks"] > 2 * (after["launches"] - before["launches"])
+    for order, results in by_order.items():
+        assert len(results) == len(by_order["forward"])
+        for i, (a, b) in enumerate(zip(results, by_order["forward"])):
+            assert torch.equal(a, b), f"{order}: result {i} differs from the forward order's"
+    # The order is read at every launch: a bad one reaches the emulator.
+    monkeypatch.setenv("SEQCLS_CUDA_EMU_BLOCK_ORDER", "sideways")
+    with pytest.raises(RuntimeError, match="SEQCLS_CUDA_EMU_BLOCK_ORDER"):
+        EMU.masked_attention_pool_forward(*pool_forward.args)
