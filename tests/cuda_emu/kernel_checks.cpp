@@ -337,9 +337,44 @@ void check_all(const char* dtype) {
   }
 }
 
+// The emulator's own promises that no kernel of csrc/cuda/ exercises yet:
+// dynamic shared memory poisoned before every block, and a loud error for a
+// partial-mask shuffle.
+__global__ void read_then_dirty_dynamic_shared(uint32_t* first_word) {
+  auto* shared = static_cast<uint32_t*>(seqcls_emu::dynamic_shared_memory());
+  __syncthreads();
+  if (threadIdx.x == 0) first_word[blockIdx.x] = shared[0];
+  __syncthreads();
+  shared[threadIdx.x] = 0;  // the next block must not see this
+}
+
+__global__ void partial_mask_shuffle(float* out) {
+  out[threadIdx.x] = __shfl_xor_sync(0x0000ffffu, 1.0f, 1);
+}
+
+void check_emulator() {
+  run_case("emulator: dynamic shared memory poisoned per block", [](const std::string& n) {
+    std::vector<uint32_t> first_word(3, 0);
+    seqcls_emu::launch(read_then_dirty_dynamic_shared, 3, 64, 64 * sizeof(uint32_t),
+                       first_word.data());
+    expect_close(n, first_word, std::vector<double>(3, 4294967295.0));
+  });
+  std::vector<float> out(32);
+  try {
+    seqcls_emu::launch(partial_mask_shuffle, 1, 32, 0, out.data());
+    std::printf("FAIL emulator: a partial-mask shuffle ran\n");
+    ++g_failed;
+  } catch (const seqcls_emu::KernelError& error) {
+    const bool named = std::string(error.what()).find("mask 0x0000ffff") != std::string::npos;
+    if (!named) std::printf("FAIL emulator: partial-mask shuffle: %s\n", error.what());
+    ++(named ? g_passed : g_failed);
+  }
+}
+
 }  // namespace
 
 int main() {
+  check_emulator();
   check_all<float>("float32");
   check_all<double>("float64");
   run_case("zero padding H40", [](const std::string& n) { check_zero_padding(n, 40); });
