@@ -168,8 +168,9 @@ def _extension(plan):
     if _torch_uses_openmp():
         cxx_flags.append("-fopenmp")
         link_flags.append("-fopenmp")
+    # The AVX2 and AVX-512 builds of the CPU kernels (chosen at run time).
     if platform.machine() in ("x86_64", "AMD64"):
-        define_macros.append(("SEQCLS_WITH_AVX2", None))
+        define_macros.append(("SEQCLS_WITH_X86_KERNELS", None))
     else:
         sources = [s for s in sources if not s.endswith(("_avx2.cpp", "_avx512.cpp"))]
     plan["cuda_emu"] = _flag("SEQCLS_FAST_CUDA_EMU") != "0"
@@ -185,7 +186,6 @@ def _extension(plan):
     system_includes = []
     for path in plan["system_includes"]:
         system_includes += ["-isystem", path]
-    define_macros.append(("SEQCLS_WITH_CUDA", None))
     # .cu: kernels (nvcc); .cpp: host-only CUDA registrations, e.g. autocast.
     sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
     return cpp_extension.CUDAExtension(

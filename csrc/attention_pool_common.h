@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "checks.h"
+#include "strided3.h"
 
 namespace seqcls_fast {
 
@@ -35,5 +36,11 @@ void check_attention_pool_backward_inputs(const PoolSizes& sizes, const at::Tens
 at::Tensor pool_lengths(const c10::optional<at::Tensor>& lengths,
                         const c10::optional<at::Tensor>& plan, int64_t steps, int64_t batch,
                         const at::Device& device);
+
+// The strided view of a [B, T, F] tensor of element type T.
+template <typename T>
+Strided3<T> strided3(const at::Tensor& t) {
+  return {t.const_data_ptr<T>(), t.stride(0), t.stride(1), t.stride(2)};
+}
 
 }  // namespace seqcls_fast

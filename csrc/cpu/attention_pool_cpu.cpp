@@ -23,17 +23,6 @@ namespace {
 using at::Tensor;
 using c10::optional;
 
-// A [B, T, F] tensor read through its strides (in elements).
-template <typename T>
-struct Strided3 {
-  const T* data;
-  int64_t stride_b, stride_t, stride_f;
-  explicit Strided3(const Tensor& t)
-      : data(t.const_data_ptr<T>()), stride_b(t.stride(0)), stride_t(t.stride(1)),
-        stride_f(t.stride(2)) {}
-  const T* row(int64_t b, int64_t t) const { return data + b * stride_b + t * stride_t; }
-};
-
 template <typename T, typename Acc>
 Acc dot(const T* a, int64_t stride_a, const T* b, int64_t stride_b, int64_t n) {
   Acc acc = 0;
@@ -63,7 +52,7 @@ std::tuple<Tensor, Tensor> masked_attention_pool_forward_cpu(const Tensor& value
 
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "masked_attention_pool_forward_cpu", [&] {
     using acc_t = double;
-    const Strided3<scalar_t> v(values), k(key_tensor);
+    const Strided3<scalar_t> v = strided3<scalar_t>(values), k = strided3<scalar_t>(key_tensor);
     const scalar_t* q = query.const_data_ptr<scalar_t>();
     const int64_t q_stride = query.stride(0);
     const int64_t* len_ptr = len.defined() ? len.const_data_ptr<int64_t>() : nullptr;
@@ -118,7 +107,7 @@ std::tuple<Tensor, Tensor, Tensor> masked_attention_pool_backward_cpu(
 
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "masked_attention_pool_backward_cpu", [&] {
     using acc_t = double;
-    const Strided3<scalar_t> v(values), k(key_tensor);
+    const Strided3<scalar_t> v = strided3<scalar_t>(values), k = strided3<scalar_t>(key_tensor);
     const scalar_t* q = query.const_data_ptr<scalar_t>();
     const int64_t q_stride = query.stride(0);
     const int64_t* len_ptr = len.defined() ? len.const_data_ptr<int64_t>() : nullptr;

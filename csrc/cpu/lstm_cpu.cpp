@@ -19,10 +19,13 @@
 namespace seqcls_fast::cpu {
 namespace {
 
-// Packed rows per input-projection chunk and per backward chunk: large
-// enough for an efficient GEMM, small enough (2 MB of float gates at H = 128)
-// to stay in cache.
+// Packed rows per input-projection chunk: large enough for an efficient
+// GEMM, small enough (2 MB of float gates at H = 128) to stay in cache.
 constexpr int64_t kProjectionChunkRows = 1024;
+// Packed rows per backward chunk (its gate gradients, its weight-gradient
+// GEMMs, the low-memory rebuild), for the same reasons. A change reorders the
+// weight gradients' sums: results move in the last bits.
+constexpr int64_t kBackwardChunkRows = 1024;
 
 // Rows [begin, end) of one online-pooling step (LstmPoolStep); the state
 // dtype is T itself on the CPU (float or double).
@@ -128,7 +131,7 @@ int64_t recurrence_workers(int64_t hidden, CpuIsa isa) {
 CpuIsa persistent_build(at::ScalarType dtype) { return recurrence_isa(dtype == at::kFloat); }
 
 struct CpuLstmBackend final : LstmBackend {
-  CpuLstmBackend() : LstmBackend(kProjectionChunkRows, kProjectionChunkRows) {}
+  CpuLstmBackend() : LstmBackend(kProjectionChunkRows, kBackwardChunkRows) {}
 
   void check_input(const at::Tensor& x, int64_t /*hidden*/) const override {
     SEQCLS_CHECK_VALUE(x.device().is_cpu(), "x must be on the CPU for the CPU kernel, got ",

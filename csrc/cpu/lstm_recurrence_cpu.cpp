@@ -14,7 +14,7 @@ namespace seqcls_fast::cpu {
 namespace {
 
 CpuIsa detected_isa() {
-#if defined(SEQCLS_WITH_AVX2)
+#if defined(SEQCLS_WITH_X86_KERNELS)
   static const CpuIsa isa = __builtin_cpu_supports("avx512f") ? CpuIsa::kAvx512
                             : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
                                 ? CpuIsa::kAvx2
@@ -95,7 +95,7 @@ void pack_w_hh_backward(const float* w_hh, int64_t H, int64_t lanes, float* pack
 // (Without an x86 build the arguments are unused: it only raises.)
 void lstm_forward_recurrence(CpuIsa isa, [[maybe_unused]] const LstmForwardRecurrence& r,
                              [[maybe_unused]] float* h_swap, [[maybe_unused]] int64_t workers) {
-#if defined(SEQCLS_WITH_AVX2)
+#if defined(SEQCLS_WITH_X86_KERNELS)
   if (isa == CpuIsa::kAvx512) return persistent_avx512::lstm_forward_recurrence(r, h_swap, workers);
   if (isa == CpuIsa::kAvx2) return persistent_avx2::lstm_forward_recurrence(r, h_swap, workers);
 #endif
@@ -104,7 +104,7 @@ void lstm_forward_recurrence(CpuIsa isa, [[maybe_unused]] const LstmForwardRecur
 
 void lstm_backward_recurrence(CpuIsa isa, [[maybe_unused]] const LstmBackwardRecurrence& r,
                               [[maybe_unused]] int64_t workers) {
-#if defined(SEQCLS_WITH_AVX2)
+#if defined(SEQCLS_WITH_X86_KERNELS)
   if (isa == CpuIsa::kAvx512) return persistent_avx512::lstm_backward_recurrence(r, workers);
   if (isa == CpuIsa::kAvx2) return persistent_avx2::lstm_backward_recurrence(r, workers);
 #endif

@@ -1,7 +1,8 @@
 // masked_attention_pool_forward / _backward on CUDA: the host code (checks,
 // buffers, launches) of the kernels in attention_pool_cuda_kernels.cuh, which
 // documents the schedule. Same semantics as the CPU kernels in
-// csrc/cpu/attention_pool_cpu.cpp (see csrc/ops.cpp). Compiled by nvcc, and
+// csrc/cpu/attention_pool_cpu.cpp (see csrc/ops.cpp), not the same rounding:
+// these accumulate in acc_t (float for float32 and below), the CPU in double. Compiled by nvcc, and
 // by the host compiler for the CPU emulator (csrc/cuda_emu/), through
 // device_compat.h.
 #include <ATen/Dispatch.h>
@@ -22,11 +23,6 @@ namespace {
 
 using at::Tensor;
 using c10::optional;
-
-template <typename scalar_t>
-Strided3<scalar_t> strided3(const Tensor& t) {
-  return {t.const_data_ptr<scalar_t>(), t.stride(0), t.stride(1), t.stride(2)};
-}
 
 // The kernels index T, D and A as int32 (the params structs above).
 void check_cuda(const Tensor& values, const PoolSizes& sz) {

@@ -20,14 +20,15 @@
 // values were checked on the host when it was made, so a bad length is a
 // Python error rather than an out-of-bounds read. Given a plan, the op copies
 // nothing to the host; given raw GPU lengths, it makes a plan (one small
-// device-to-host copy). The persistent kernel of design.md (no host copy at
-// all) will need a device-side error flag instead.
+// device-to-host copy). A persistent kernel reading lengths on the device (no
+// host copy at all) will need a device-side error flag instead.
 #pragma once
 
 #include <cstdint>
 #include <limits>
 
 #include "../cell.h"
+#include "../strided3.h"
 #include "kernel_compat.cuh"
 
 namespace seqcls_fast::SEQCLS_CUDA_NS {
@@ -36,16 +37,6 @@ constexpr int kWarpSize = 32;
 constexpr int kPoolWarps = 8;
 constexpr int kPoolThreads = kPoolWarps * kWarpSize;
 constexpr int kReduceThreads = 256;
-
-// A [B, T, F] tensor read through its strides (in elements).
-template <typename scalar_t>
-struct Strided3 {
-  const scalar_t* data;
-  int64_t stride_b, stride_t, stride_f;
-  __device__ __forceinline__ const scalar_t& operator()(int64_t b, int64_t t, int64_t f) const {
-    return data[b * stride_b + t * stride_t + f * stride_f];
-  }
-};
 
 template <typename scalar_t, typename acc_t>
 struct PoolForwardParams {

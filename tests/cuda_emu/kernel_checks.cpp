@@ -240,7 +240,7 @@ struct PoolCase {
       for (int64_t t = 0; t < lengths[b]; ++t) weights[b * S + t] = score[t] / total;
     }
   }
-  sf::Strided3<T> strided(const std::vector<T>& v, int64_t features) const {
+  seqcls_fast::Strided3<T> strided(const std::vector<T>& v, int64_t features) const {
     return {v.data(), S * features, features, 1};
   }
 };
