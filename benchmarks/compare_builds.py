@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 
-from seqcls_fast.bench.report import ISA_VARIABLES
+from seqcls_fast.apps.bench.report import ISA_VARIABLES
 
 # argv: threads, layers, bidirectional (0/1), repeats, B, T, I, H
 CHILD = r"""

@@ -22,7 +22,7 @@ import time
 import torch
 
 import seqcls_fast as sf
-from seqcls_fast.bench.report import cpu_kernels, cpu_name
+from seqcls_fast.apps.bench.report import cpu_kernels, cpu_name
 from seqcls_fast.reference import NativeLSTMClassifier
 
 PREFIXES = (8, 64, 128, 256, 512, 1024)

@@ -3,7 +3,7 @@ the methods sit side by side:
 
     pytest benchmarks/ --benchmark-only
 
-Reuses seqcls_fast.bench: the same cases (DEFAULT_SWEEP, plus the full-length
+Reuses seqcls_fast.apps.bench: the same cases (DEFAULT_SWEEP, plus the full-length
 case on CUDA), methods, weights, inputs and agreement check. A method that
 disagrees with ours fails instead of being timed (padded nn.LSTM on a
 bidirectional case is expected to disagree and is timed anyway).
@@ -13,7 +13,7 @@ import itertools
 import pytest
 import torch
 
-from seqcls_fast import bench
+from seqcls_fast.apps import bench
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPE = torch.float32

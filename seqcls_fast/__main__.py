@@ -1,5 +1,5 @@
 """Command line: ``python -m seqcls_fast {bench,train,stream,predict} ...`` (also the
-``seqcls-fast`` console script)."""
+``seqcls-fast`` console script): a dispatcher to the apps in seqcls_fast/apps/."""
 import sys
 
 COMMANDS = {
@@ -19,14 +19,15 @@ def main(argv=None):
             print(f"  {name:6s} {what}")
         return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
     command, rest = argv[0], argv[1:]
+    # The apps are imported here, for the command run: never by `import seqcls_fast`.
     if command == "bench":
-        from .bench import main as run
+        from .apps.bench import main as run
     elif command == "train":
-        from .train import main as run
+        from .apps.train import main as run
     elif command == "stream":
-        from .stream_cli import main as run
+        from .apps.stream_cli import main as run
     else:
-        from .predict_cli import main as run
+        from .apps.predict_cli import main as run
     return run(rest)
 
 

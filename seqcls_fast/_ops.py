@@ -5,6 +5,7 @@ The kernels themselves are C++/CUDA; this file holds no math.
 """
 import torch
 
+from . import reference  # plain PyTorch, imports nothing of ours: no cycle
 from ._build import load_extension
 
 _C = load_extension()  # the schemas and kernels, checked against this torch
@@ -146,9 +147,8 @@ def _lstm_backward_differentiable(ctx, inputs, grads):
     (seqcls_fast.reference.lstm_layer), so second derivatives (gradient
     penalties, Hessian-vector products) are right; used only when the
     backward itself is recorded (create_graph=True)."""
-    from .reference import lstm_layer as reference_lstm_layer
     x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh = inputs
-    outputs = reference_lstm_layer(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, ctx.reverse)
+    outputs = reference.lstm_layer(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, ctx.reverse)
     # Argument positions of the operator that can carry a gradient.
     slots = {0: x, 2: h0, 3: c0, 4: w_ih, 5: w_hh, 6: b_ih, 7: b_hh}
     return _grads_through(ctx, outputs, grads, slots, num_inputs=12)
@@ -240,9 +240,8 @@ def _pool_backward(ctx, grad_pooled, grad_weights):
 def _pool_backward_differentiable(ctx, inputs, grads):
     """The pooling gradients through seqcls_fast.reference.masked_attention_pool,
     for second derivatives (create_graph=True only)."""
-    from .reference import masked_attention_pool as reference_pool
     values, keys, query, lengths = inputs
-    outputs = reference_pool(values, keys, query, lengths)
+    outputs = reference.masked_attention_pool(values, keys, query, lengths)
     return _grads_through(ctx, outputs, grads, {0: values, 1: keys, 2: query}, num_inputs=5)
 
 

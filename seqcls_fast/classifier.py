@@ -9,6 +9,20 @@ from .pooling import MaskedAttentionPooling
 POOLINGS = ("attention", "mean", "last")
 
 
+def step_counts(plan, x):
+    """Each row's valid step count [B] (int64, on x's device) for x [B, T, *]:
+    the plan's lengths in caller order, or T for every row (no plan)."""
+    if plan is None:
+        return torch.full((x.size(0),), x.size(1), dtype=torch.long, device=x.device)
+    return plan.table[2].to(x.device)
+
+
+def mean_from_sum(total, counts):
+    """Mean pooling, run whole or online: the sum over each row's valid steps
+    ``total`` [B, D] divided by their count ``counts`` [B]."""
+    return total / counts.to(total.dtype).unsqueeze(1)
+
+
 class LSTMClassifier(nn.Module):
     """``logits = model(x, lengths)``.
 
@@ -21,13 +35,9 @@ class LSTMClassifier(nn.Module):
     between LSTM layers and before the head. ``memory``: sf.LSTM's training
     memory mode (``"fast"``, ``"low"`` or ``"auto"``).
 
-    ``lstm_class`` and ``pooling_class`` are the parts it is built from;
-    ``seqcls_fast.reference.NativeLSTMClassifier`` swaps in native ones (and
-    ``plan_lengths = False``: raw lengths go to them as a user would pass them).
+    ``seqcls_fast.reference.NativeLSTMClassifier`` is the same model on
+    nn.LSTM with packing and plain-PyTorch pooling (same state_dict).
     """
-    lstm_class = LSTM
-    pooling_class = MaskedAttentionPooling
-    plan_lengths = True
 
     def __init__(self, input_size, hidden_size, num_classes, num_layers=1, bidirectional=False,
                  dropout=0.0, vocab_size=None, padding_idx=0, pooling="attention",
@@ -37,18 +47,14 @@ class LSTMClassifier(nn.Module):
             raise ValueError(f"LSTMClassifier: pooling must be one of {POOLINGS}, got {pooling!r}")
         factory = {"device": device, "dtype": dtype}
         check_memory_mode(memory, "LSTMClassifier")
-        lstm_options = {"memory": memory} if issubclass(self.lstm_class, LSTM) else {}
-        if memory != "fast" and not lstm_options:
-            raise ValueError(f"LSTMClassifier: memory={memory!r} needs seqcls_fast.LSTM, not "
-                             f"{self.lstm_class.__name__}")
         self.pooling = pooling
         self.embedding = (nn.Embedding(vocab_size, input_size, padding_idx=padding_idx, **factory)
                           if vocab_size is not None else None)
-        self.lstm = self.lstm_class(input_size, hidden_size, num_layers, batch_first=True,
-                                    dropout=dropout if num_layers > 1 else 0.0,
-                                    bidirectional=bidirectional, **factory, **lstm_options)
+        self.lstm = LSTM(input_size, hidden_size, num_layers, batch_first=True,
+                         dropout=dropout if num_layers > 1 else 0.0,
+                         bidirectional=bidirectional, **factory, memory=memory)
         features = hidden_size * (2 if bidirectional else 1)
-        self.pool = (self.pooling_class(features, attn_dim, **factory)
+        self.pool = (MaskedAttentionPooling(features, attn_dim, **factory)
                      if pooling == "attention" else None)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(features, num_classes, **factory)
@@ -61,22 +67,15 @@ class LSTMClassifier(nn.Module):
             x = self.embedding(x)
         elif x.dim() != 3:
             raise ValueError(f"LSTMClassifier: x must be [B, T, input_size], got shape {tuple(x.shape)}")
-        if lengths is not None and not isinstance(lengths, (torch.Tensor, LengthPlan)):
-            lengths = torch.as_tensor(lengths)
-        if self.plan_lengths:  # once for every layer, direction, pass and the pooling
-            lengths = LengthPlan.of(lengths, x.size(1), x.size(0), x.device, "LSTMClassifier")
+        # One plan for every layer, direction, pass and the pooling.
+        plan = LengthPlan.of(lengths, x.size(1), x.size(0), x.device, "LSTMClassifier")
         if self._pools_online(x):
-            return self.head(self.dropout(self._pooled_online(x, lengths)))
-        outputs, (h_n, _c_n) = self.lstm(x, lengths=lengths)  # outputs [B, T, D]
+            return self.head(self.dropout(self._pooled_online(x, plan)))
+        outputs, (h_n, _c_n) = self.lstm(x, lengths=plan)  # outputs [B, T, D]
         if self.pooling == "attention":
-            features, _weights = self.pool(outputs, lengths)
-        elif self.pooling == "mean":
-            if lengths is None:
-                features = outputs.mean(dim=1)
-            else:  # outputs are 0 past each length
-                raw = lengths.lengths if isinstance(lengths, LengthPlan) else lengths
-                counts = raw.to(device=outputs.device, dtype=outputs.dtype)
-                features = outputs.sum(dim=1) / counts.unsqueeze(1)
+            features, _weights = self.pool(outputs, plan)
+        elif self.pooling == "mean":  # outputs are 0 past each length
+            features = mean_from_sum(outputs.sum(dim=1), step_counts(plan, x))
         else:  # last: final states of the top layer, both directions
             top = h_n[-2:] if self.lstm.bidirectional else h_n[-1:]
             features = torch.cat(tuple(top), dim=1)
@@ -111,16 +110,13 @@ class LSTMClassifier(nn.Module):
         if self.pooling == "attention":
             return total / denom.unsqueeze(1)
         if self.pooling == "mean":
-            return total / counts.to(total.dtype).unsqueeze(1)
+            return mean_from_sum(total, counts)
         return h_n
 
     def _pooled_online(self, x, plan):
-        xt = x.transpose(0, 1)
-        self.lstm._check_input_and_hx(None, xt, False)
-        pool_state, (h_n, _c_n) = self.lstm._run(xt, plan, None, pool=self.online_pooling())
-        counts = (plan.table[2] if plan is not None else
-                  torch.full((x.size(0),), x.size(1), dtype=torch.long))
-        return self.pooled_features(pool_state, h_n[-1], counts.to(x.device)).to(x.dtype)
+        pool_state, (h_n, _c_n) = self.lstm._checked_run(x.transpose(0, 1), plan,
+                                                         pool=self.online_pooling())
+        return self.pooled_features(pool_state, h_n[-1], step_counts(plan, x)).to(x.dtype)
 
     def stream(self, batch_size):
         """A ``seqcls_fast.streaming.ClassifierStream`` for ``batch_size``

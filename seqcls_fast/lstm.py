@@ -29,6 +29,13 @@ def check_memory_mode(memory, where):
     return memory
 
 
+def _check_steps(x, shape):
+    """x [T, B, *] needs T >= 1 unless B is 0; ``shape``: the input's as given."""
+    if x.size(0) == 0 and x.size(1) > 0:
+        raise ShapeError("seqcls_fast.LSTM: input must have at least one time step (T >= 1), "
+                         f"got shape {tuple(shape)}")
+
+
 class LSTM(nn.RNNBase):
     """Same constructor, parameters, state_dict and repr as ``nn.LSTM``
     (gate order i, f, g, o), with one more forward argument, ``lengths``.
@@ -100,9 +107,7 @@ class LSTM(nn.RNNBase):
         else:
             x = input.transpose(0, 1) if self.batch_first else input
         hx = self._check_input_and_hx(hx, x, unbatched)
-        if x.size(0) == 0 and x.size(1) > 0:
-            raise ShapeError("seqcls_fast.LSTM: input must have at least one time step (T >= 1), "
-                             f"got shape {tuple(input.shape)}")
+        _check_steps(x, input.shape)
         plan = LengthPlan.of(lengths, x.size(0), x.size(1), x.device, "seqcls_fast.LSTM")
         out, (h_n, c_n) = self._run(x, plan, hx)
         if unbatched:
@@ -157,6 +162,14 @@ class LSTM(nn.RNNBase):
                                  f"{tuple(state.shape)}")
             states.append(state)
         return tuple(states)
+
+    def _checked_run(self, x, plan, hx=None, pool=None):
+        """``_run`` behind forward's checks of x (features, dtype, T >= 1) and
+        hx (batched): the entry for the classifier's online pooling and for
+        streaming, which hold x time-major and a plan already."""
+        hx = self._check_input_and_hx(hx, x, False)
+        _check_steps(x, x.shape)
+        return self._run(x, plan, hx, pool)
 
     def _run(self, x, plan, hx, pool=None):
         """x [T, B, I] time-major, plan a LengthPlan or None (all T) ->

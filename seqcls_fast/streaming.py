@@ -110,9 +110,11 @@ class ClassifierStream:
         state = (self.h, self.c) if every_row else (self.h[:, rows], self.c[:, rows])
         pool_state = self.pool_state if every_row else tuple(t[rows] for t in self.pool_state)
         # sf.LSTM's own layer loop, started from the rows' states (inference:
-        # nothing is kept for a backward).
-        pool_state, (h, c) = model.lstm._run(x.transpose(0, 1), plan, state,
-                                             pool=model.online_pooling(pool_state))
+        # nothing is kept for a backward), behind sf.LSTM's input checks: with
+        # an embedding, or weights cast after the stream was made, x's dtype
+        # is not the one _check_chunk compared.
+        pool_state, (h, c) = model.lstm._checked_run(x.transpose(0, 1), plan, state,
+                                                     pool=model.online_pooling(pool_state))
         if every_row:  # rebind, no scatter
             self.h, self.c, self.pool_state = h, c, pool_state
         else:

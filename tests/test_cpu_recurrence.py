@@ -16,7 +16,7 @@ import seqcls_fast as sf
 from helpers import (assert_float32_within_pytorchs_own, assert_matches_packed_lstm,
                      forward_backward, make_native)
 from seqcls_fast import _C
-from seqcls_fast.bench.report import cpu_features
+from seqcls_fast.apps.bench.report import cpu_features
 from seqcls_fast.reference import NativeLSTMClassifier, packed_lstm
 
 PERSISTENT = ["avx512", "avx2"]

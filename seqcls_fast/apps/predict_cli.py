@@ -4,7 +4,7 @@
         --data new.npz --out predictions.csv
 
 Reads a .ts file or a .npz (labels optional: see
-:func:`seqcls_fast.train.sources.load_prediction_data`), applies the
+:func:`seqcls_fast.apps.train.sources.load_prediction_data`), applies the
 checkpoint's standardization, and writes one row per sequence, in input order:
 ``index``, ``prediction`` (the class name), ``p_<class>`` for every class of
 the checkpoint, and ``label`` when the data has labels; as CSV, or as JSON
@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 
-from .data import SequenceDataset
+from seqcls_fast.data import SequenceDataset
 from .train import (NPZ_LAYOUT, DataError, choose_device, load_checkpoint, model_from_checkpoint,
                     standardize)
 from .train.metrics import predict_proba

@@ -9,7 +9,7 @@ each sequence.
 At step k every row has seen ceil(k / steps * length) steps of its own
 sequence: rows of different lengths advance by their own amounts in one
 ``feed`` (``chunk_lengths``; 0 when a short row has nothing new). Data,
-standardization and the checkpoint come from :mod:`seqcls_fast.train`.
+standardization and the checkpoint come from :mod:`seqcls_fast.apps.train`.
 Prints a table and writes ``stream_metrics.json`` (keys:
 :data:`STREAM_METRICS_KEYS`) and, when matplotlib is installed,
 ``early_classification.png`` (accuracy vs fraction seen) into ``--out``.
@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from .data import pad_batch
+from seqcls_fast.data import pad_batch
 from .train import (NPZ_LAYOUT, DataError, add_data_arguments, choose_device, load_checked_data,
                     load_checkpoint, model_from_checkpoint, prepare_test_split, write_json)
 

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from seqcls_fast import bench
+from seqcls_fast.apps import bench
 
 TINY = ["--batch", "4", "--input-size", "8", "--hidden-size", "16", "--repeats", "2",
         "--device", "cpu"]
@@ -131,7 +131,7 @@ def test_lengths_are_in_range_and_the_longest_is_seq_len(distribution):
 
 
 def test_long_sweep_skips_a_method_predicted_to_take_too_long():
-    from seqcls_fast.bench.cli import too_slow
+    from seqcls_fast.apps.bench.cli import too_slow
     limit_ms = bench.LONG_SWEEP_MAX_SECONDS * 1e3
 
     def result(steps, *methods):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from seqcls_fast import train
+from seqcls_fast.apps import train
 from seqcls_fast.data import SequenceDataset
-from seqcls_fast.train.loop import lr_factor
-from seqcls_fast.train.selection import EpochSelector, stratified_split, validation_scores
+from seqcls_fast.apps.train.loop import lr_factor
+from seqcls_fast.apps.train.selection import EpochSelector, stratified_split, validation_scores
 
 from data_helpers import toy, write_npz  # tests/apps/, on sys.path by its conftest.py
 from helpers import assert_float32_within_pytorchs_own, native_twin  # tests/, by tests/conftest.py

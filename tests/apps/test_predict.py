@@ -1,4 +1,4 @@
-"""seqcls_fast.predict_cli (``python -m seqcls_fast predict``): a checkpoint
+"""seqcls_fast.apps.predict_cli (``python -m seqcls_fast predict``): a checkpoint
 of ``seqcls-fast train`` on new data round-trips (the CSV's accuracy is the
 test accuracy train reported), works without labels, writes JSON lines, and
 refuses data the checkpoint cannot read with a message naming both."""
@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from seqcls_fast import predict_cli, train
+from seqcls_fast.apps import predict_cli, train
 from seqcls_fast.__main__ import main as cli_main
 
 from data_helpers import toy, write_npz  # tests/apps/, on sys.path by its conftest.py

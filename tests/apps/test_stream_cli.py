@@ -1,4 +1,4 @@
-"""seqcls_fast.stream_cli (``python -m seqcls_fast stream``): early
+"""seqcls_fast.apps.stream_cli (``python -m seqcls_fast stream``): early
 classification of a ``seqcls-fast train`` checkpoint on a tiny synthetic
 .npz: the whole-sequence score equals train --checkpoint's, each fraction's
 predictions equal the offline model on the same prefixes, the JSON keys, and
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from seqcls_fast import stream_cli, train
+from seqcls_fast.apps import stream_cli, train
 from seqcls_fast.__main__ import main as cli_main
 from seqcls_fast.data import pad_batch
 

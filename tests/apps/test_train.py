@@ -1,4 +1,4 @@
-"""seqcls_fast.train (``python -m seqcls_fast train``): data loading and its
+"""seqcls_fast.apps.train (``python -m seqcls_fast train``): data loading and its
 errors, metrics, checkpoints, the native baseline
 (seqcls_fast.reference.NativeLSTMClassifier), and DDP with 2 processes."""
 import json
@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import seqcls_fast as sf
-from seqcls_fast import train
+from seqcls_fast.apps import train
 from seqcls_fast.data import LengthBucketSampler, collate, pad_batch
 from seqcls_fast.reference import NativeLSTMClassifier
 
@@ -323,7 +323,7 @@ def test_train_cli_under_torchrun_two_processes(tmp_path):
 
 # --------------------------------------------------------------- augmentation
 def test_augmenting_collate_stretches_and_scales_repeatably():
-    from seqcls_fast.train.augment import AugmentingCollate
+    from seqcls_fast.apps.train.augment import AugmentingCollate
     items = [(torch.randn(n, 3), torch.tensor(i)) for i, n in enumerate((40, 7, 1, 25))]
     batches = [AugmentingCollate(0.3, 0.1, seed=4)(items) for _ in range(2)]
     for a, b in zip(*batches):

@@ -37,7 +37,7 @@ def format_table(result):
 
 
 def git_commit():
-    root = Path(__file__).resolve().parents[2]  # the checkout: seqcls_fast/bench/ is two below
+    root = Path(__file__).resolve().parents[3]  # the checkout: seqcls_fast/apps/bench/
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()

@@ -11,7 +11,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from ..data import collate
+from seqcls_fast.data import collate
 
 
 class AugmentingCollate:

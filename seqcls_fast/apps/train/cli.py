@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from ..data import SequenceDataset
+from seqcls_fast.data import SequenceDataset
 from .checkpoint import (load_checkpoint, model_from_checkpoint, prepare_test_split,
                          save_checkpoint)
 from .loop import setup_processes, train_model

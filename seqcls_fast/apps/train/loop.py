@@ -15,9 +15,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..classifier import LSTMClassifier
-from ..data import LengthBucketSampler, collate
-from ..reference import NativeLSTMClassifier
+from seqcls_fast.classifier import LSTMClassifier
+from seqcls_fast.data import LengthBucketSampler, collate
+from seqcls_fast.reference import NativeLSTMClassifier
+
 from .augment import AugmentingCollate
 from .selection import EpochSelector, validation_scores
 from .sources import DataError
@@ -25,9 +26,10 @@ from .sources import DataError
 
 def build_model(impl, config):
     """The classifier of ``impl`` ("native": the --baseline, else seqcls_fast's)
-    from its options. Both are sf.LSTMClassifier, the native one on nn.LSTM with
-    packing and plain-PyTorch pooling: same parameter names and init order, so
-    the same seed gives the same weights and checkpoints load into either."""
+    from its options. The native one (seqcls_fast.reference) is sf.LSTMClassifier
+    on nn.LSTM with packing and plain-PyTorch pooling: same parameter names and
+    init order, so the same seed gives the same weights and checkpoints load
+    into either."""
     cls = NativeLSTMClassifier if impl == "native" else LSTMClassifier
     return cls(**config)
 

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from ..data import LengthBucketSampler, collate
+from seqcls_fast.data import LengthBucketSampler, collate
 
 
 @torch.no_grad()
