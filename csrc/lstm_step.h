@@ -134,4 +134,22 @@ SEQCLS_HOST_DEVICE int64_t step_time(bool reverse, const int64_t* sorted_lengths
   return reverse ? sorted_lengths[j] - 1 - s : s;
 }
 
+// Step addressing, written once for every backend and the persistent tiles:
+// the caller row of sorted row j, and where row j's step s lives in the
+// [T, B, H] output and in grad_output (offsets in elements, of unit 0).
+SEQCLS_HOST_DEVICE int64_t caller_row(const LstmStepRows& p, int64_t j) {
+  return p.order != nullptr ? p.order[j] : j;
+}
+
+SEQCLS_HOST_DEVICE int64_t output_offset(const LstmStepRows& p, int64_t j, int64_t s) {
+  return (step_time(p.reverse, p.sorted_lengths, j, s) * p.batch + caller_row(p, j)) * p.hidden;
+}
+
+// p: a backward step or recurrence (grad_output's strides are theirs).
+template <typename Backward>
+SEQCLS_HOST_DEVICE int64_t grad_output_offset(const Backward& p, int64_t j, int64_t s) {
+  return step_time(p.reverse, p.sorted_lengths, j, s) * p.grad_output_stride_t +
+         caller_row(p, j) * p.grad_output_stride_b;
+}
+
 }  // namespace seqcls_fast

@@ -34,7 +34,7 @@ inline int64_t row_grain(int64_t hidden) {
 
 template <typename T>
 SEQCLS_CPU_KERNEL void forward_rows(const LstmForwardStep& p, int64_t begin, int64_t end) {
-  const int64_t H = p.hidden, G = 4 * H, B = p.batch;
+  const int64_t H = p.hidden, G = 4 * H;
   T* gates = static_cast<T*>(p.gates);
   T* h_state = static_cast<T*>(p.h_state);
   T* c_state = static_cast<T*>(p.c_state);
@@ -42,12 +42,10 @@ SEQCLS_CPU_KERNEL void forward_rows(const LstmForwardStep& p, int64_t begin, int
   T* cell = static_cast<T*>(p.cell);
   T* h_prev_next = static_cast<T*>(p.h_prev_next);
   for (int64_t j = begin; j < end; ++j) {
-    const int64_t r = p.order ? p.order[j] : j;
-    const int64_t t = step_time(p.reverse, p.sorted_lengths, j, p.step);
     T* g = gates + j * G;
     T* h_row = h_state + j * H;
     T* c_row = c_state + j * H;
-    T* out_row = output ? output + (t * B + r) * H : nullptr;
+    T* out_row = output ? output + output_offset(p, j, p.step) : nullptr;
     T* cell_row = cell ? cell + j * H : nullptr;
     T* h_next_row = h_prev_next && j < p.rows_next ? h_prev_next + j * H : nullptr;
     for (int64_t k = 0; k < H; k += VecOps<T>::size) {
@@ -85,12 +83,10 @@ SEQCLS_CPU_KERNEL void backward_rows(const LstmBackwardStep& p, int64_t begin, i
   T* grad_c = static_cast<T*>(p.grad_c_state);
   T* grad_gates = static_cast<T*>(p.grad_gates);
   for (int64_t j = begin; j < end; ++j) {
-    const int64_t r = p.order ? p.order[j] : j;
-    const int64_t t = step_time(p.reverse, p.sorted_lengths, j, p.step);
     const T* g = gates + j * G;
     const T* c_row = cell + j * H;
     const T* c_prev_row = cell_prev + j * H;
-    const T* dout_row = grad_output + t * p.grad_output_stride_t + r * p.grad_output_stride_b;
+    const T* dout_row = grad_output + grad_output_offset(p, j, p.step);
     const T* dh_row = grad_h + j * H;
     T* dc_row = grad_c + j * H;
     T* dg = grad_gates + j * G;

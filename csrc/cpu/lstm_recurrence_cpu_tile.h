@@ -183,9 +183,7 @@ SEQCLS_TILE_TARGET inline void store_forward_row(const StepView& v, int64_t j, i
   V::store(mask, static_cast<float*>(r.c_state) + j * H + u0, c.v);
   V::store(mask, v.h_out + j * H + u0, h.v);
   if (r.output != nullptr) {
-    const int64_t caller_row = r.order ? r.order[j] : j;
-    const int64_t t = step_time(r.reverse, r.sorted_lengths, j, v.step);
-    V::store(mask, static_cast<float*>(r.output) + (t * r.batch + caller_row) * H + u0, h.v);
+    V::store(mask, static_cast<float*>(r.output) + output_offset(r, j, v.step) + u0, h.v);
   }
   if (r.h_packed != nullptr) {
     V::store(mask, static_cast<float*>(r.h_packed) + packed_row * H + u0, h.v);
@@ -370,11 +368,7 @@ SEQCLS_TILE_TARGET inline void backward_cell_row(const BackwardStepView& v, int6
                                                  typename V::Mask mk, typename V::Raw dh) {
   const LstmBackwardRecurrence& r = v.r;
   const int64_t H = r.hidden, G = 4 * H;
-  const int64_t caller_row = r.order ? r.order[j] : j;
-  const float* dout = static_cast<const float*>(r.grad_output) +
-                      step_time(r.reverse, r.sorted_lengths, j, v.step) *
-                          r.grad_output_stride_t +
-                      caller_row * r.grad_output_stride_b;
+  const float* dout = static_cast<const float*>(r.grad_output) + grad_output_offset(r, j, v.step);
   const float* gates = v.gates_s + j * G;
   float* dgates = v.grad_gates_s + j * G;
   float* grad_c = static_cast<float*>(r.grad_c_state);

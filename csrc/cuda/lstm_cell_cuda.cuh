@@ -26,19 +26,14 @@ namespace seqcls_fast::SEQCLS_CUDA_NS {
 constexpr int kStepThreads = 256;
 
 // The thread with flat index idx < rows * H owns hidden unit k of sorted row
-// j; that row is caller row r and is at time t in the [T, B, ...] tensors.
-struct StepCoords {
+// j (where that row's step lives in [T, B, ...] tensors: lstm_step.h).
+struct StepUnit {
   int32_t j, k;
-  int64_t r, t;
 };
 
-__device__ __forceinline__ StepCoords step_coords(int32_t idx, int32_t hidden,
-                                                  const int64_t* order,
-                                                  const int64_t* sorted_lengths, bool reverse,
-                                                  int64_t step) {
+__device__ __forceinline__ StepUnit step_unit(int32_t idx, int32_t hidden) {
   const int32_t j = idx / hidden;
-  return {j, idx - j * hidden, order != nullptr ? order[j] : j,
-          step_time(reverse, sorted_lengths, j, step)};
+  return {j, idx - j * hidden};
 }
 
 template <typename scalar_t, typename acc_t>
@@ -47,7 +42,7 @@ __global__ void __launch_bounds__(kStepThreads)
   const int32_t H = static_cast<int32_t>(p.hidden);
   const int32_t idx = static_cast<int32_t>(blockIdx.x) * kStepThreads + threadIdx.x;
   if (idx >= static_cast<int32_t>(p.rows) * H) return;
-  const auto [j, k, r, t] = step_coords(idx, H, p.order, p.sorted_lengths, p.reverse, p.step);
+  const auto [j, k] = step_unit(idx, H);
   acc_t* const c_state = static_cast<acc_t*>(p.c_state);
 
   scalar_t* g = static_cast<scalar_t*>(p.gates) + static_cast<int64_t>(j) * 4 * H + k;
@@ -62,7 +57,7 @@ __global__ void __launch_bounds__(kStepThreads)
   const scalar_t h_out = static_cast<scalar_t>(h);
   c_state[idx] = c;  // row j of a [*, H] buffer: element j * H + k == idx
   static_cast<scalar_t*>(p.h_state)[idx] = h_out;
-  if (p.output != nullptr) static_cast<scalar_t*>(p.output)[(t * p.batch + r) * H + k] = h_out;
+  if (p.output != nullptr) static_cast<scalar_t*>(p.output)[output_offset(p, j, p.step) + k] = h_out;
   if (p.cell != nullptr) static_cast<acc_t*>(p.cell)[idx] = c;
   if (p.h_prev_next != nullptr && j < p.rows_next) static_cast<scalar_t*>(p.h_prev_next)[idx] = h_out;
 }
@@ -73,7 +68,7 @@ __global__ void __launch_bounds__(kStepThreads)
   const int32_t H = static_cast<int32_t>(p.hidden);
   const int32_t idx = static_cast<int32_t>(blockIdx.x) * kStepThreads + threadIdx.x;
   if (idx >= static_cast<int32_t>(p.rows) * H) return;
-  const auto [j, k, r, t] = step_coords(idx, H, p.order, p.sorted_lengths, p.reverse, p.step);
+  const auto [j, k] = step_unit(idx, H);
   const auto* grad_output = static_cast<const scalar_t*>(p.grad_output);
   const auto* cell = static_cast<const acc_t*>(p.cell);
   const auto* cell_prev = static_cast<const acc_t*>(p.cell_prev);
@@ -81,8 +76,7 @@ __global__ void __launch_bounds__(kStepThreads)
 
   const scalar_t* g = static_cast<const scalar_t*>(p.gates) + static_cast<int64_t>(j) * 4 * H + k;
   const acc_t dh = static_cast<acc_t>(static_cast<const scalar_t*>(p.grad_h_state)[idx]) +
-                   static_cast<acc_t>(grad_output[t * p.grad_output_stride_t +
-                                                  r * p.grad_output_stride_b + k]);
+                   static_cast<acc_t>(grad_output[grad_output_offset(p, j, p.step) + k]);
   acc_t di, df, dg, d_o, dc_prev;
   lstm_cell_backward<acc_t>(static_cast<acc_t>(g[0]), static_cast<acc_t>(g[H]),
                             static_cast<acc_t>(g[2 * H]), static_cast<acc_t>(g[3 * H]),
