@@ -143,7 +143,7 @@ void check_saved(const Tensor& gates, const Tensor& cell, const Tensor& h_prev, 
                  int64_t hidden) {
   SEQCLS_CHECK_VALUE(gates.dim() == 2, "gates must have shape [N, 4H], got ", gates.sizes());
   const int64_t rows = gates.size(0);
-  check_shape(gates, {rows, 4 * hidden}, "gates");
+  check_shape(gates, {rows, kLstmGates * hidden}, "gates");
   check_shape(cell, {rows, hidden}, "cell");
   check_shape(h_prev, {rows, hidden}, "h_prev");
   check_same_kind(gates, "gates", x, "x");
@@ -180,12 +180,114 @@ struct PoolPass {
   Tensor max, denom, sum;                // sorted state, updated in place
 };
 
+// One forward's step machinery, shared by its segments: the per-step and
+// persistent parameters, and the online pooling's.
+struct ForwardRunner {
+  const LstmBackend& backend;
+  ForwardPass& f;
+  at::ScalarType dtype;
+  Tensor h_state, w_hh_t, w_hh_packed;  // w_hh_packed undefined: a GEMM per step
+  LstmForwardStep step{};
+  LstmForwardRecurrence fused{};
+  const PoolPass* pool = nullptr;  // set when pooling (attention or mean)
+  Tensor keys;     // [max(B, rows), A] tanh(h W^T + b) of a step's or segment's rows; or
+                   //   undefined (the keys are h)
+  Tensor h_chunk;  // [rows, H] a persistent segment's h_s, to pool
+  LstmPoolStep pool_step{};
+};
+
+// The online pooling's parameters and buffers, for segments of up to
+// `most_rows` rows.
+void prepare_pooling(ForwardRunner& run, const PoolPass& pool, int64_t batch, int64_t most_rows) {
+  const auto opts = run.f.x.options();
+  const int64_t H = run.h_state.size(1);
+  run.pool = &pool;
+  if (pool.key_weight_t.defined()) {
+    run.keys = at::empty({std::max(batch, most_rows), pool.key_weight_t.size(1)}, opts);
+  }
+  if (run.w_hh_packed.defined()) run.h_chunk = at::empty({most_rows, H}, opts);
+  run.fused.h_packed = run.h_chunk.defined() ? run.h_chunk.data_ptr() : nullptr;
+  LstmPoolStep& q = run.pool_step;
+  q.hidden = H;
+  q.pooling = pool.pooling;
+  q.key_size = run.keys.defined() ? run.keys.size(1) : H;
+  q.query = pool.query.defined() ? pool.query.const_data_ptr() : nullptr;
+  q.max = pool.max.data_ptr();
+  q.denom = pool.denom.data_ptr();
+  q.sum = pool.sum.data_ptr();
+}
+
+// The attention keys of h_rows, when they are not h: one GEMM.
+void compute_keys(ForwardRunner& run, const Tensor& h_rows) {
+  if (!run.keys.defined()) return;
+  Tensor keys_rows = run.keys.narrow(0, 0, h_rows.size(0));
+  linear_out(keys_rows, h_rows, run.pool->key_weight_t, run.pool->key_bias);
+  keys_rows.tanh_();
+}
+
+// Pools one step's h_s: `rows` rows from row `row` of h_rows (and of the
+// keys). Pointers, not a Tensor per step: at B = 1 two narrows a step cost
+// as much as the step's recurrence.
+void pool_rows(ForwardRunner& run, const Tensor& h_rows, int64_t row, int64_t rows) {
+  LstmPoolStep& q = run.pool_step;
+  q.rows = rows;
+  q.h = row_ptr(h_rows, row);
+  q.keys = run.keys.defined() ? row_ptr(run.keys, row) : q.h;
+  run.backend.pool_step(q, run.dtype);
+}
+
+// Steps [seg, seg_end) of the recurrence on the length-sorted active prefix,
+// their pre-activations in chunk_gates (from packed row chunk_begin): one
+// persistent kernel where the backend has one, else per step one GEMM
+// accumulating h_{s-1} W_hh^T into the step's rows, then the fused cell.
+void run_segment(ForwardRunner& run, const Tensor& chunk_gates, int64_t chunk_begin, int64_t seg,
+                 int64_t seg_end) {
+  ForwardPass& f = run.f;
+  const LengthPlan& plan = f.plan;
+  const bool every_step = f.keep == Keep::kEveryStep;
+  if (run.w_hh_packed.defined()) {
+    LstmForwardRecurrence& r = run.fused;
+    r.step = seg;
+    r.end_step = seg_end;
+    r.row0 = plan.offset[seg];
+    r.gates = row_ptr(chunk_gates, plan.offset[seg] - chunk_begin);
+    r.product_at_first = seg > 0 || f.has_h0;
+    r.cell = every_step ? row_ptr(f.cell, plan.offset[seg]) : nullptr;
+    r.h_prev = every_step ? row_ptr(f.h_prev, plan.offset[seg]) : nullptr;
+    run.backend.forward_recurrence(r, run.dtype);
+    if (run.pool == nullptr) return;
+    const Tensor h_rows = run.h_chunk.narrow(0, 0, plan.offset[seg_end] - plan.offset[seg]);
+    compute_keys(run, h_rows);  // one GEMM for the segment
+    for (int64_t s = seg; s < seg_end; ++s) {
+      pool_rows(run, h_rows, plan.offset[s] - plan.offset[seg], plan.active[s]);
+    }
+    return;
+  }
+  LstmForwardStep& p = run.step;
+  for (int64_t s = seg; s < seg_end; ++s) {
+    const int64_t rows = plan.active[s], begin = plan.offset[s];
+    Tensor gates_step = chunk_gates.narrow(0, begin - chunk_begin, rows);
+    if (s > 0 || f.has_h0) gates_step.addmm_(run.h_state.narrow(0, 0, rows), run.w_hh_t);
+    p.step = s;
+    p.rows = rows;
+    p.rows_next = s + 1 < plan.steps ? plan.active[s + 1] : 0;
+    p.gates = gates_step.data_ptr();
+    p.cell = every_step ? row_ptr(f.cell, begin) : nullptr;
+    p.h_prev_next = every_step && p.rows_next > 0 ? row_ptr(f.h_prev, plan.offset[s + 1])
+                                                  : nullptr;
+    run.backend.forward_step(p, run.dtype);
+    if (run.pool == nullptr) continue;
+    const Tensor h_rows = run.h_state.narrow(0, 0, rows);
+    compute_keys(run, h_rows);
+    pool_rows(run, h_rows, 0, rows);
+  }
+}
+
 void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Tensor& c_state,
                  const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_ih,
                  const optional<Tensor>& b_hh, PoolPass* pool) {
   const LengthPlan& plan = f.plan;
   const int64_t B = h_state.size(0), H = h_state.size(1), N = plan.packed_rows;
-  const at::ScalarType dtype = f.x.scalar_type();
   const bool every_step = f.keep == Keep::kEveryStep;
   if (every_step) f.h_prev.narrow(0, 0, B).copy_(h_state);
 
@@ -193,110 +295,43 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
   // GEMM, done just before the chunk's recurrence. Without saved activations
   // one chunk of scratch replaces the [N, 4H] buffer.
   const Tensor x_packed = pack_rows(f.x, N, f.dev);
-  const Tensor w_ih_t = w_ih.t(), w_hh_t = w_hh.t();
+  const Tensor w_ih_t = w_ih.t();
   const optional<Tensor> bias = combined_bias(b_ih, b_hh);
   const std::vector<int64_t> chunk_starts = chunk_steps(plan, backend.projection_chunk_rows);
   const int64_t most_rows = largest_chunk(plan, chunk_starts);
-  Tensor scratch = every_step ? Tensor() : empty_buffer({most_rows, 4 * H}, f.x.options());
-  // Attention keys tanh(h W^T + b) of a step's (or a chunk's) rows, when the
-  // keys are not h; and the chunk's h_s when a fused recurrence feeds pooling.
-  const bool pooling = pool != nullptr && pool->pooling != OnlinePooling::kLast;
-  Tensor keys = pooling && pool->key_weight_t.defined()
-                    ? at::empty({std::max(B, most_rows), pool->key_weight_t.size(1)}, f.x.options())
-                    : Tensor();
-  const auto compute_keys = [&](const Tensor& h_rows) {
-    Tensor keys_rows = keys.narrow(0, 0, h_rows.size(0));
-    linear_out(keys_rows, h_rows, pool->key_weight_t, pool->key_bias);
-    keys_rows.tanh_();
-  };
+  Tensor scratch =
+      every_step ? Tensor() : empty_buffer({most_rows, kLstmGates * H}, f.x.options());
 
-  LstmForwardStep p{};
+  ForwardRunner run{backend, f, f.x.scalar_type(), h_state, w_hh.t()};
+  LstmForwardStep& p = run.step;
   static_cast<LstmStepRows&>(p) = step_rows(f.dev, B, H, f.reverse);
   p.h_state = h_state.data_ptr();
   p.c_state = c_state.data_ptr();
   p.output = f.output.defined() ? f.output.data_ptr() : nullptr;
-  const Tensor w_hh_packed = backend.pack_recurrent_weights(w_hh);
-  LstmForwardRecurrence r = recurrence_rows(p, plan, w_hh_packed);
-  Tensor h_chunk = pooling && w_hh_packed.defined() ? at::empty({most_rows, H}, f.x.options())
-                                                     : Tensor();
-  r.h_packed = h_chunk.defined() ? h_chunk.data_ptr() : nullptr;  // each segment's h_s, to pool
-  LstmPoolStep q{};
-  if (pooling) {
-    q.hidden = H;
-    q.pooling = pool->pooling;
-    q.key_size = keys.defined() ? keys.size(1) : H;
-    q.query = pool->query.defined() ? pool->query.const_data_ptr() : nullptr;
-    q.max = pool->max.data_ptr();
-    q.denom = pool->denom.data_ptr();
-    q.sum = pool->sum.data_ptr();
+  run.w_hh_packed = backend.pack_recurrent_weights(w_hh);
+  run.fused = recurrence_rows(p, plan, run.w_hh_packed);
+  if (pool != nullptr && pool->pooling != OnlinePooling::kLast) {
+    prepare_pooling(run, *pool, B, most_rows);
   }
-  // Pools one step's h_s: `rows` rows from row `row` of h_rows (and of keys,
-  // when the keys are not h). Pointers, not a Tensor per step: at B = 1 two
-  // narrows a step cost as much as the step's recurrence.
-  const auto pool_rows = [&](const Tensor& h_rows, int64_t row, int64_t rows) {
-    q.rows = rows;
-    q.h = row_ptr(h_rows, row);
-    q.keys = keys.defined() ? row_ptr(keys, row) : q.h;
-    backend.pool_step(q, dtype);
-  };
+  // Per chunk, its projection, then its steps in segments that start at the
+  // chunk and at each checkpoint inside it (where c_{s-1} is kept first).
   size_t checkpoint = 0;
+  const std::vector<int64_t>& kept = f.checkpoint_steps;
   for (size_t c = 0; c + 1 < chunk_starts.size(); ++c) {
     const int64_t first = chunk_starts[c], last = chunk_starts[c + 1];
     const int64_t chunk_begin = plan.offset[first];
     const int64_t chunk_rows = plan.offset[last] - chunk_begin;
     Tensor chunk_gates = every_step ? f.gates.narrow(0, chunk_begin, chunk_rows)
                                     : scratch.narrow(0, 0, chunk_rows);
-    const Tensor chunk_x = x_packed.narrow(0, chunk_begin, chunk_rows);
-    linear_out(chunk_gates, chunk_x, w_ih_t, bias.value_or(Tensor()));
-    // The recurrence on the length-sorted active prefix, in segments that
-    // start at the chunk and at each checkpoint inside it: one persistent
-    // kernel per segment where the backend has one, else per step one GEMM
-    // accumulating h_{s-1} W_hh^T into the step's rows, then the fused cell.
+    linear_out(chunk_gates, x_packed.narrow(0, chunk_begin, chunk_rows), w_ih_t,
+               bias.value_or(Tensor()));
     for (int64_t seg = first; seg < last;) {
-      if (checkpoint + 1 < f.checkpoint_steps.size() && seg == f.checkpoint_steps[checkpoint]) {
-        f.cell.narrow(0, static_cast<int64_t>(checkpoint++) * B, B).copy_(c_state);  // c_{s-1}, every row
+      if (checkpoint + 1 < kept.size() && seg == kept[checkpoint]) {
+        f.cell.narrow(0, static_cast<int64_t>(checkpoint++) * B, B).copy_(c_state);  // every row
       }
-      const int64_t seg_end = checkpoint + 1 < f.checkpoint_steps.size()
-                                  ? std::min(last, f.checkpoint_steps[checkpoint])
-                                  : last;
-      const int64_t seg_rows = plan.offset[seg_end] - plan.offset[seg];
-      r.step = seg;
-      r.end_step = seg_end;
-      r.row0 = plan.offset[seg];
-      r.gates = row_ptr(chunk_gates, plan.offset[seg] - chunk_begin);
-      r.product_at_first = seg > 0 || f.has_h0;
-      r.cell = every_step ? row_ptr(f.cell, plan.offset[seg]) : nullptr;
-      r.h_prev = every_step ? row_ptr(f.h_prev, plan.offset[seg]) : nullptr;
-      if (w_hh_packed.defined()) {
-        backend.forward_recurrence(r, dtype);
-        if (pooling) {
-          const Tensor h_rows = h_chunk.narrow(0, 0, seg_rows);
-          if (keys.defined()) compute_keys(h_rows);  // one GEMM for the segment
-          for (int64_t s = seg; s < seg_end; ++s) {
-            pool_rows(h_rows, plan.offset[s] - plan.offset[seg], plan.active[s]);
-          }
-        }
-        seg = seg_end;
-        continue;
-      }
-      for (int64_t s = seg; s < seg_end; ++s) {
-        const int64_t rows = plan.active[s], begin = plan.offset[s];
-        Tensor gates_step = chunk_gates.narrow(0, begin - chunk_begin, rows);
-        if (s > 0 || f.has_h0) gates_step.addmm_(h_state.narrow(0, 0, rows), w_hh_t);
-        p.step = s;
-        p.rows = rows;
-        p.rows_next = s + 1 < plan.steps ? plan.active[s + 1] : 0;
-        p.gates = gates_step.data_ptr();
-        p.cell = every_step ? row_ptr(f.cell, begin) : nullptr;
-        p.h_prev_next = every_step && p.rows_next > 0
-                            ? row_ptr(f.h_prev, plan.offset[s + 1])
-                            : nullptr;
-        backend.forward_step(p, dtype);
-        if (!pooling) continue;
-        const Tensor h_rows = h_state.narrow(0, 0, rows);
-        if (keys.defined()) compute_keys(h_rows);
-        pool_rows(h_rows, 0, rows);
-      }
+      const int64_t seg_end =
+          checkpoint + 1 < kept.size() ? std::min(last, kept[checkpoint]) : last;
+      run_segment(run, chunk_gates, chunk_begin, seg, seg_end);
       seg = seg_end;
     }
   }
@@ -394,7 +429,7 @@ LstmForwardResult lstm_layer_forward(const LstmBackend& backend, const Tensor& x
                 keep,
                 std::move(checkpoints),
                 empty_buffer({T, B, H}, opts),
-                empty_buffer({gate_rows, 4 * H}, opts),
+                empty_buffer({gate_rows, kLstmGates * H}, opts),
                 empty_buffer({cell_rows, H}, state_opts),
                 empty_buffer({gate_rows, H}, opts)};
   if (!plan.all_full) backend.zero_output_padding(f.output, dev);
@@ -499,149 +534,211 @@ Tensor rebuild_h_prev(const GateSource& src, const DevicePlan& dev, int64_t begi
   return parts.size() == 1 ? parts[0].contiguous() : at::cat(parts);
 }
 
+// What every chunk of one backward shares: its inputs, the step parameters
+// (per step and persistent) and, in low memory, the rebuild's scratch.
+struct BackwardPass {
+  const LstmBackend& backend;
+  const LengthPlan& plan;
+  const DevicePlan& dev;
+  const GateSource& src;
+  at::ScalarType dtype;
+  int64_t batch;
+  bool reverse;
+  Tensor x_source, w_ih_t, w_hh, w_hh_t, w_hh_packed_backward;
+  Tensor c0_sorted, saved_gates, saved_cell;  // saved activations (fast)
+  Tensor gates_scratch, cell_scratch, c_replay, h_replay, w_hh_packed;  // rebuild (low memory)
+  LstmForwardStep replay{};                  // the rebuild's forward, per step
+  LstmForwardRecurrence fused_replay{};      //   or persistent
+  LstmBackwardStep step{};                   // the recurrence backward, per step
+  LstmBackwardRecurrence fused{};            //   or persistent
+  Tensor grad_h_state, grad_c_state;         // sorted, updated chunk by chunk
+};
+
+// One chunk's activated gates, cell states and h_prev (packed rows [begin,
+// begin + rows)).
+struct ChunkActivations {
+  Tensor gates, cell, h_prev;
+  int64_t cell_begin = 0;             // packed row of cell's first row
+  const void* cell_before = nullptr;  // c_{first-1}, sorted [B, H]; nullptr: cell's rows
+};
+
+// The low-memory rebuild's buffers and replay parameters, for chunks of up
+// to `most` rows.
+void prepare_rebuild(BackwardPass& b, int64_t most) {
+  const auto opts = b.x_source.options();
+  const at::ScalarType state_dtype = at::toOpMathType(b.dtype);
+  const int64_t B = b.batch, H = b.w_hh.size(1);
+  b.gates_scratch = empty_buffer({most, kLstmGates * H}, opts);
+  b.cell_scratch = at::empty({most, H}, opts.dtype(state_dtype));
+  b.c_replay = at::empty({B, H}, opts.dtype(state_dtype));
+  b.h_replay = at::empty({B, H}, opts);  // the replay's h: unused (the output holds it)
+  static_cast<LstmStepRows&>(b.replay) = step_rows(b.dev, B, H, b.reverse);
+  b.replay.h_state = b.h_replay.data_ptr();
+  b.replay.c_state = b.c_replay.data_ptr();
+  b.w_hh_packed = b.backend.pack_recurrent_weights(b.w_hh);
+  b.fused_replay = recurrence_rows(b.replay, b.plan, b.w_hh_packed);
+}
+
+// Chunk c (steps [first, last)) rebuilt from x, the output and the chunk's
+// checkpoint: the input projection, then the forward's recurrence replayed
+// with h_{s-1} read from the output.
+ChunkActivations rebuilt_chunk(BackwardPass& b, size_t c, int64_t first, int64_t last) {
+  const LengthPlan& plan = b.plan;
+  const int64_t begin = plan.offset[first], rows = plan.offset[last] - begin, B = b.batch;
+  ChunkActivations a;
+  a.h_prev = rebuild_h_prev(b.src, b.dev, begin, rows, B, b.reverse);
+  a.gates = b.gates_scratch.narrow(0, 0, rows);
+  linear_out(a.gates, pack_rows(b.x_source, begin, rows, b.dev), b.w_ih_t,
+             b.src.bias.value_or(Tensor()));
+  a.cell = b.cell_scratch;
+  a.cell_begin = begin;
+  const Tensor checkpoint = b.src.checkpoints.narrow(0, static_cast<int64_t>(c) * B, B);
+  a.cell_before = checkpoint.const_data_ptr();
+  b.c_replay.copy_(checkpoint);
+  if (b.w_hh_packed.defined()) {
+    // The forward's own kernel: the rebuilt gates and cells are bitwise the forward's.
+    LstmForwardRecurrence& r = b.fused_replay;
+    r.step = first;
+    r.end_step = last;
+    r.row0 = begin;
+    r.product_at_first = first > 0 || b.src.h0.defined();
+    r.gates = a.gates.data_ptr();
+    r.h_in = a.h_prev.const_data_ptr();
+    r.cell = a.cell.data_ptr();
+    b.backend.forward_recurrence(r, b.dtype);
+    return a;
+  }
+  a.gates.addmm_(a.h_prev, b.w_hh_t);
+  for (int64_t s = first; s < last; ++s) {  // pre-activations -> gates, and c_s
+    b.replay.step = s;
+    b.replay.rows = plan.active[s];
+    b.replay.gates = row_ptr(a.gates, plan.offset[s] - begin);
+    b.replay.cell = row_ptr(a.cell, plan.offset[s] - begin);
+    b.backend.forward_step(b.replay, b.dtype);
+  }
+  return a;
+}
+
+// Chunk steps [first, last) from the forward's saved activations.
+ChunkActivations saved_chunk(const BackwardPass& b, int64_t first, int64_t last) {
+  const int64_t begin = b.plan.offset[first], rows = b.plan.offset[last] - begin;
+  ChunkActivations a;
+  a.gates = b.saved_gates.narrow(0, begin, rows);
+  a.cell = b.saved_cell;
+  a.h_prev = b.src.h_prev.narrow(0, begin, rows);
+  a.cell_before = first == 0 ? b.c0_sorted.const_data_ptr() : nullptr;
+  return a;
+}
+
+// The recurrence backward of steps [first, last): grad_gates [rows, G] of the
+// chunk, and grad_h_state / grad_c_state carried to step first - 1.
+void recurrence_backward(BackwardPass& b, const ChunkActivations& a, Tensor& grad_gates,
+                         int64_t first, int64_t last) {
+  const LengthPlan& plan = b.plan;
+  const int64_t begin = plan.offset[first];
+  if (b.w_hh_packed_backward.defined()) {  // the chunk's steps in one persistent call
+    LstmBackwardRecurrence& r = b.fused;
+    r.step = first;
+    r.end_step = last;
+    r.row0 = begin;
+    r.cell_row0 = a.cell_begin;
+    r.gates = a.gates.const_data_ptr();
+    r.cell = a.cell.const_data_ptr();
+    r.cell_before = a.cell_before;
+    r.grad_gates = grad_gates.data_ptr();
+    b.backend.backward_recurrence(r, b.dtype);
+    return;
+  }
+  LstmBackwardStep& p = b.step;
+  for (int64_t s = last - 1; s >= first; --s) {  // steps in reverse, on the active prefix
+    const int64_t active = plan.active[s], row = plan.offset[s];
+    Tensor grad_gates_step = grad_gates.narrow(0, row - begin, active);
+    p.step = s;
+    p.rows = active;
+    p.gates = row_ptr(a.gates, row - begin);
+    p.cell = row_ptr(a.cell, row - a.cell_begin);
+    p.cell_prev = s == first && a.cell_before != nullptr
+                      ? a.cell_before
+                      : row_ptr(a.cell, plan.offset[s - 1] - a.cell_begin);
+    p.grad_gates = grad_gates_step.data_ptr();
+    b.backend.backward_step(p, b.dtype);
+    // dL/dh_{s-1} = dG_s W_hh for the rows active at s; the others keep the
+    // gradient they were given until their own last step comes up.
+    Tensor grad_h_rows = b.grad_h_state.narrow(0, 0, active);
+    at::mm_out(grad_h_rows, grad_gates_step, b.w_hh);
+  }
+}
+
+// The per-step and persistent backward parameters every chunk shares.
+void prepare_recurrence_backward(BackwardPass& b, const Tensor& grad_out) {
+  LstmBackwardStep& p = b.step;
+  static_cast<LstmStepRows&>(p) = step_rows(b.dev, b.batch, b.w_hh.size(1), b.reverse);
+  p.grad_output = grad_out.const_data_ptr();
+  p.grad_output_stride_t = grad_out.stride(0);
+  p.grad_output_stride_b = grad_out.stride(1);
+  p.grad_h_state = b.grad_h_state.const_data_ptr();
+  p.grad_c_state = b.grad_c_state.data_ptr();
+  // The persistent backward, where the backend has one: every step of a
+  // chunk in one call.
+  b.w_hh_packed_backward = b.backend.pack_recurrent_weights_backward(b.w_hh);
+  b.fused = backward_recurrence_rows(p, b.plan, b.w_hh_packed_backward, b.grad_h_state);
+}
+
 LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_output,
                                 const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& x,
                                 const LengthPlan& plan, const DevicePlan& dev,
                                 const optional<Tensor>& c0, const Tensor& w_ih,
                                 const Tensor& w_hh, const GateSource& src, bool reverse,
                                 bool compute_grad_x) {
-  const int64_t B = x.size(1), I = x.size(2), H = w_hh.size(1), N = plan.packed_rows;
+  const int64_t B = x.size(1), I = x.size(2), H = w_hh.size(1), G = kLstmGates * H;
   const at::ScalarType dtype = x.scalar_type(), state_dtype = at::toOpMathType(dtype);
   const auto opts = x.options();
-  Tensor grad_h_state = to_sorted(grad_h_n, dev, dtype);
-  Tensor grad_c_state = to_sorted(grad_c_n, dev, state_dtype);
-  if (N == 0) {
-    return {at::zeros(x.sizes(), opts), grad_h_state,        grad_c_state.to(dtype),
-            at::zeros({4 * H, I}, opts), at::zeros({4 * H, H}, opts), at::zeros({4 * H}, opts)};
+  BackwardPass b{backend, plan, dev, src, dtype, B, reverse};
+  b.grad_h_state = to_sorted(grad_h_n, dev, dtype);
+  b.grad_c_state = to_sorted(grad_c_n, dev, state_dtype);
+  if (plan.packed_rows == 0) {
+    return {at::zeros(x.sizes(), opts), b.grad_h_state, b.grad_c_state.to(dtype),
+            at::zeros({G, I}, opts),    at::zeros({G, H}, opts), at::zeros({G}, opts)};
   }
   // Full time-major rows are viewed, not gathered, by pack_rows: a transposed
   // (batch_first) x would be copied whole by every chunk's view, so once here.
-  const Tensor x_source = plan.packed_is_time_major(reverse) ? x.contiguous() : x;
-  // Read through its T and B strides (an expanded or sliced gradient needs no
-  // copy) as long as H is unit-stride.
-  const Tensor grad_out = grad_output.stride(2) == 1 || H == 1 ? grad_output
-                                                               : grad_output.contiguous();
-  const bool rebuild = src.rebuilds();
-  const Tensor c0_sorted = rebuild       ? Tensor()  // the first checkpoint
-                           : c0.has_value() ? to_sorted(*c0, dev, state_dtype)
-                                            : at::zeros({B, H}, opts.dtype(state_dtype));
+  b.x_source = plan.packed_is_time_major(reverse) ? x.contiguous() : x;
+  b.w_ih_t = w_ih.t();
+  b.w_hh = w_hh;
+  b.w_hh_t = w_hh.t();
   // Chunks of steps, last first: only a chunk of gate gradients (and of
   // rebuilt gates) exists at a time.
   const std::vector<int64_t> chunk_starts = chunk_steps(plan, backend.backward_chunk_rows);
   const int64_t most = largest_chunk(plan, chunk_starts);
-  Tensor grad_gates = empty_buffer({most, 4 * H}, opts);  // every row written below
-  const Tensor saved_gates = rebuild ? Tensor() : src.gates.contiguous();
-  const Tensor saved_cell = rebuild ? Tensor() : src.cell.contiguous();
-  const Tensor w_ih_t = w_ih.t(), w_hh_t = w_hh.t();
-  // Low memory: a chunk of rebuilt gates and cells, and the replayed forward's
-  // states (its h is not needed: the output holds it).
-  Tensor gates_scratch, cell_scratch, c_replay, h_replay, w_hh_packed;
-  LstmForwardStep replay{};
-  LstmForwardRecurrence fused_replay{};
-  if (rebuild) {
-    gates_scratch = empty_buffer({most, 4 * H}, opts);
-    cell_scratch = at::empty({most, H}, opts.dtype(state_dtype));
-    c_replay = at::empty({B, H}, opts.dtype(state_dtype));
-    h_replay = at::empty({B, H}, opts);
-    static_cast<LstmStepRows&>(replay) = step_rows(dev, B, H, reverse);
-    replay.h_state = h_replay.data_ptr();
-    replay.c_state = c_replay.data_ptr();
-    w_hh_packed = backend.pack_recurrent_weights(w_hh);
-    fused_replay = recurrence_rows(replay, plan, w_hh_packed);
+  if (src.rebuilds()) {
+    prepare_rebuild(b, most);
+  } else {
+    b.c0_sorted = c0.has_value() ? to_sorted(*c0, dev, state_dtype)
+                                 : at::zeros({B, H}, opts.dtype(state_dtype));
+    b.saved_gates = src.gates.contiguous();
+    b.saved_cell = src.cell.contiguous();
   }
-
-  LstmBackwardStep p{};
-  static_cast<LstmStepRows&>(p) = step_rows(dev, B, H, reverse);
-  p.grad_output = grad_out.const_data_ptr();
-  p.grad_output_stride_t = grad_out.stride(0);
-  p.grad_output_stride_b = grad_out.stride(1);
-  p.grad_h_state = grad_h_state.const_data_ptr();
-  p.grad_c_state = grad_c_state.data_ptr();
-  // The persistent backward, where the backend has one: every step of a
-  // chunk in one call.
-  const Tensor w_hh_packed_backward = backend.pack_recurrent_weights_backward(w_hh);
-  LstmBackwardRecurrence fused =
-      backward_recurrence_rows(p, plan, w_hh_packed_backward, grad_h_state);
+  // grad_output is read through its T and B strides (an expanded or sliced
+  // gradient needs no copy) as long as H is unit-stride.
+  const Tensor grad_out = grad_output.stride(2) == 1 || H == 1 ? grad_output
+                                                               : grad_output.contiguous();
+  prepare_recurrence_backward(b, grad_out);
+  Tensor grad_gates = empty_buffer({most, G}, opts);  // every row written below
   LstmGemmGrads grads;
   for (size_t c = chunk_starts.size() - 1; c-- > 0;) {
     const int64_t first = chunk_starts[c], last = chunk_starts[c + 1];
     const int64_t begin = plan.offset[first], rows = plan.offset[last] - begin;
-    Tensor gates, cell, h_prev;
-    int64_t cell_begin = 0;  // packed row of cell's first row
-    const void* cell_before = nullptr;  // c_{first-1}: sorted [B, H]
-    if (rebuild) {
-      h_prev = rebuild_h_prev(src, dev, begin, rows, B, reverse);
-      gates = gates_scratch.narrow(0, 0, rows);
-      const Tensor x_rows = pack_rows(x_source, begin, rows, dev);
-      linear_out(gates, x_rows, w_ih_t, src.bias.value_or(Tensor()));
-      cell = cell_scratch;
-      cell_begin = begin;
-      const Tensor checkpoint = src.checkpoints.narrow(0, static_cast<int64_t>(c) * B, B);
-      cell_before = checkpoint.const_data_ptr();
-      c_replay.copy_(checkpoint);
-      if (w_hh_packed.defined()) {
-        // The forward's own kernel with h_{s-1} read from the output: the
-        // rebuilt gates and cells are bitwise the forward's.
-        fused_replay.step = first;
-        fused_replay.end_step = last;
-        fused_replay.row0 = begin;
-        fused_replay.product_at_first = first > 0 || src.h0.defined();
-        fused_replay.gates = gates.data_ptr();
-        fused_replay.h_in = h_prev.const_data_ptr();
-        fused_replay.cell = cell.data_ptr();
-        backend.forward_recurrence(fused_replay, dtype);
-      } else {
-        gates.addmm_(h_prev, w_hh_t);
-        for (int64_t s = first; s < last; ++s) {  // pre-activations -> gates, and c_s
-          replay.step = s;
-          replay.rows = plan.active[s];
-          replay.gates = row_ptr(gates, plan.offset[s] - begin);
-          replay.cell = row_ptr(cell, plan.offset[s] - begin);
-          backend.forward_step(replay, dtype);
-        }
-      }
-    } else {
-      gates = saved_gates.narrow(0, begin, rows);
-      cell = saved_cell;
-      h_prev = src.h_prev.narrow(0, begin, rows);
-      cell_before = first == 0 ? c0_sorted.const_data_ptr() : nullptr;
-    }
+    const ChunkActivations a =
+        src.rebuilds() ? rebuilt_chunk(b, c, first, last) : saved_chunk(b, first, last);
     Tensor chunk_grad_gates = grad_gates.narrow(0, 0, rows);
-    if (w_hh_packed_backward.defined()) {  // the chunk's steps in one persistent call
-      fused.step = first;
-      fused.end_step = last;
-      fused.row0 = begin;
-      fused.cell_row0 = cell_begin;
-      fused.gates = gates.const_data_ptr();
-      fused.cell = cell.const_data_ptr();
-      fused.cell_before = cell_before;
-      fused.grad_gates = chunk_grad_gates.data_ptr();
-      backend.backward_recurrence(fused, dtype);
-    } else {  // the recurrence backward, steps in reverse, on the active prefix
-      for (int64_t s = last - 1; s >= first; --s) {
-        const int64_t active = plan.active[s], row = plan.offset[s];
-        Tensor grad_gates_step = chunk_grad_gates.narrow(0, row - begin, active);
-        p.step = s;
-        p.rows = active;
-        p.gates = row_ptr(gates, row - begin);
-        p.cell = row_ptr(cell, row - cell_begin);
-        p.cell_prev = s == first && cell_before != nullptr
-                          ? cell_before
-                          : row_ptr(cell, plan.offset[s - 1] - cell_begin);
-        p.grad_gates = grad_gates_step.data_ptr();
-        backend.backward_step(p, dtype);
-        // dL/dh_{s-1} = dG_s W_hh for the rows active at s; the others keep
-        // the gradient they were given until their own last step comes up.
-        Tensor grad_h_rows = grad_h_state.narrow(0, 0, active);
-        at::mm_out(grad_h_rows, grad_gates_step, w_hh);
-      }
-    }
+    recurrence_backward(b, a, chunk_grad_gates, first, last);
     // Weight and input gradients: GEMMs over the chunk's valid steps.
-    accumulate_lstm_gemm_grads(grads, chunk_grad_gates, begin, x_source, h_prev, w_ih, dev,
+    accumulate_lstm_gemm_grads(grads, chunk_grad_gates, begin, b.x_source, a.h_prev, w_ih, dev,
                                compute_grad_x);
   }
-  return {grads.grad_x,    from_sorted(grad_h_state, dev), from_sorted(grad_c_state.to(dtype), dev),
-          grads.grad_w_ih, grads.grad_w_hh,                 grads.grad_bias};
+  return {grads.grad_x,    from_sorted(b.grad_h_state, dev),
+          from_sorted(b.grad_c_state.to(dtype), dev),
+          grads.grad_w_ih, grads.grad_w_hh, grads.grad_bias};
 }
 
 }  // namespace
@@ -662,7 +759,7 @@ LstmBackwardResult lstm_layer_backward(const LstmBackend& backend, const Tensor&
   const at::OptionalDeviceGuard device_guard(at::device_of(x));
   const LengthPlan plan = make_length_plan(plan_table_for(lengths, plan_table, T, B), T, B, reverse);
   const DevicePlan dev = make_device_plan(plan, reverse, x.device());
-  check_shape(gates, {plan.packed_rows, 4 * H}, "gates");
+  check_shape(gates, {plan.packed_rows, kLstmGates * H}, "gates");
   GateSource src{gates, cell, h_prev, Tensor(), Tensor(), Tensor(), c10::nullopt};
   return run_backward(backend, grad_output, grad_h_n, grad_c_n, x, plan, dev, c0, w_ih, w_hh,
                       src, reverse, compute_grad_x);

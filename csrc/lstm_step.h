@@ -17,6 +17,9 @@
 
 namespace seqcls_fast {
 
+// Gates per hidden unit (i, f, g, o): the LSTM's rows are [., kLstmGates * H].
+constexpr int64_t kLstmGates = 4;
+
 // What every step of a pass shares, and which rows it runs.
 struct LstmStepRows {
   int64_t step;                   // s (the backward runs s = steps-1 down to 0)
