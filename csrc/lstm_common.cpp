@@ -83,15 +83,17 @@ LengthPlan make_length_plan(const at::Tensor& plan_table, int64_t steps_total, i
     plan.offset[s + 1] = plan.offset[s] + rows;
   }
   plan.packed_rows = plan.offset[plan.steps];
-  plan.packed_time = at::empty({plan.packed_rows}, at::kLong);
-  plan.packed_batch = at::empty({plan.packed_rows}, at::kLong);
-  int64_t* time = plan.packed_time.data_ptr<int64_t>();
-  int64_t* row = plan.packed_batch.data_ptr<int64_t>();
-  for (int64_t s = 0; s < plan.steps; ++s) {
-    for (int64_t j = 0; j < plan.active[s]; ++j) {
-      const int64_t q = plan.offset[s] + j;
-      time[q] = step_time(reverse, sorted, j, s);
-      row[q] = order[j];
+  if (!plan.packed_is_time_major(reverse)) {  // else x's own rows: nothing to gather
+    plan.packed_time = at::empty({plan.packed_rows}, at::kLong);
+    plan.packed_batch = at::empty({plan.packed_rows}, at::kLong);
+    int64_t* time = plan.packed_time.data_ptr<int64_t>();
+    int64_t* row = plan.packed_batch.data_ptr<int64_t>();
+    for (int64_t s = 0; s < plan.steps; ++s) {
+      for (int64_t j = 0; j < plan.active[s]; ++j) {
+        const int64_t q = plan.offset[s] + j;
+        time[q] = step_time(reverse, sorted, j, s);
+        row[q] = order[j];
+      }
     }
   }
   if (plan.all_full) {

@@ -39,8 +39,9 @@ struct LengthPlan {
   at::Tensor sorted_lengths;       // [B] int64, CPU; lengths in `order`
   std::vector<int64_t> active;     // [steps] rows with length > s
   std::vector<int64_t> offset;     // [steps + 1] first packed row of each step; offset[steps] = N
-  at::Tensor packed_time;          // [N] int64, CPU: time index of each packed row
-  at::Tensor packed_batch;         // [N] int64, CPU: caller row of each packed row
+  at::Tensor packed_time;          // [N] int64, CPU: time index of each packed row;
+                                   //   undefined when packed_is_time_major (x's own rows)
+  at::Tensor packed_batch;         // [N] int64, CPU: caller row of each packed row; likewise
   int64_t steps = 0;               // longest length
   int64_t packed_rows = 0;         // N = sum of lengths
   bool all_full = true;            // every row has length T (order is the identity)
