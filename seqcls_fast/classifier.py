@@ -1,12 +1,12 @@
 """sf.LSTMClassifier: [embedding ->] LSTM -> pooling -> linear head."""
-import torch
-from torch import nn
+import functools
 
+import torch
+
+from .layout import ClassifierLayout
 from .lstm import LSTM, check_memory_mode
 from .plan import LengthPlan
 from .pooling import MaskedAttentionPooling
-
-POOLINGS = ("attention", "mean", "last")
 
 
 def step_counts(plan, x):
@@ -23,7 +23,7 @@ def mean_from_sum(total, counts):
     return total / counts.to(total.dtype).unsqueeze(1)
 
 
-class LSTMClassifier(nn.Module):
+class LSTMClassifier(ClassifierLayout):
     """``logits = model(x, lengths)``.
 
     x is ``[B, T, input_size]`` features, or ``[B, T]`` token ids when
@@ -42,31 +42,13 @@ class LSTMClassifier(nn.Module):
     def __init__(self, input_size, hidden_size, num_classes, num_layers=1, bidirectional=False,
                  dropout=0.0, vocab_size=None, padding_idx=0, pooling="attention",
                  attn_dim=None, device=None, dtype=None, memory="fast"):
-        super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"LSTMClassifier: pooling must be one of {POOLINGS}, got {pooling!r}")
-        factory = {"device": device, "dtype": dtype}
         check_memory_mode(memory, "LSTMClassifier")
-        self.pooling = pooling
-        self.embedding = (nn.Embedding(vocab_size, input_size, padding_idx=padding_idx, **factory)
-                          if vocab_size is not None else None)
-        self.lstm = LSTM(input_size, hidden_size, num_layers, batch_first=True,
-                         dropout=dropout if num_layers > 1 else 0.0,
-                         bidirectional=bidirectional, **factory, memory=memory)
-        features = hidden_size * (2 if bidirectional else 1)
-        self.pool = (MaskedAttentionPooling(features, attn_dim, **factory)
-                     if pooling == "attention" else None)
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(features, num_classes, **factory)
+        super().__init__(input_size, hidden_size, num_classes, num_layers, bidirectional, dropout,
+                         vocab_size, padding_idx, pooling, attn_dim, device, dtype,
+                         functools.partial(LSTM, memory=memory), MaskedAttentionPooling)
 
     def forward(self, x, lengths=None):
-        if self.embedding is not None:
-            if x.dim() != 2 or x.is_floating_point():
-                raise ValueError("LSTMClassifier: with vocab_size, x must be [B, T] token ids, got "
-                                 f"{x.dtype} of shape {tuple(x.shape)}")
-            x = self.embedding(x)
-        elif x.dim() != 3:
-            raise ValueError(f"LSTMClassifier: x must be [B, T, input_size], got shape {tuple(x.shape)}")
+        x = self.embed(x)
         # One plan for every layer, direction, pass and the pooling.
         plan = LengthPlan.of(lengths, x.size(1), x.size(0), x.device, "LSTMClassifier")
         if self._pools_online(x):

@@ -5,10 +5,9 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from ._ops import lstm_layer, lstm_layer_pooled
 from .errors import DtypeMismatchError, ShapeError, StateTypeError
+from .layout import MEMORY_MODES
 from .plan import LengthPlan
 
-
-MEMORY_MODES = ("fast", "low", "auto")
 # memory="auto" picks "low" for a batch where "fast" would keep more than this
 # per layer-direction (6H values per padded step and row; see the README's
 # "Long sequences": there "low" cost 3-4% above ~200 MB and up to 26% at 50 MB).

@@ -11,20 +11,17 @@ baselines and `seqcls-fast train --baseline native` trains them.
   modules above (same parameter names, same initialisation order, so the same
   seed gives the same weights and state_dicts are interchangeable).
 
-It imports nothing from seqcls_fast: a reference that reused the modules it
-checks would share their mistakes, and the core (``_ops``, for the double
-backward) imports it, so anything more would be a cycle.
+Of seqcls_fast it imports only ``layout`` (the constructors and option lists
+the modules share with these references, no computation): a reference that
+reused the modules it checks would share their mistakes, and the core
+(``_ops``, for the double backward) imports it, so anything more would be a
+cycle.
 """
-import math
-
 import torch
-from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch import nn
 
-# sf.LSTMClassifier's poolings and sf.LSTM's memory modes (tests/test_package.py
-# checks that these copies agree with the core's).
-POOLINGS = ("attention", "mean", "last")
-MEMORY_MODES = ("fast", "low", "auto")
+from .layout import MEMORY_MODES, AttentionPoolingParameters, ClassifierLayout
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -115,34 +112,17 @@ class PackedLSTM(nn.LSTM):
         return packed_lstm(self, x, lengths, hx)
 
 
-class MaskedAttentionPooling(nn.Module):
+class MaskedAttentionPooling(AttentionPoolingParameters):
     """``sf.MaskedAttentionPooling``'s parameters (``query``, ``proj``),
     initialisation and interface (``pooled, weights = pool(outputs,
     lengths=None)``, lengths ``[B]`` or None), computed in plain PyTorch."""
-
-    def __init__(self, hidden_size, attn_dim=None, device=None, dtype=None):
-        super().__init__()
-        factory = {"device": device, "dtype": dtype}
-        self.hidden_size = hidden_size
-        self.attn_dim = attn_dim
-        self.proj = nn.Linear(hidden_size, attn_dim, **factory) if attn_dim else None
-        self.query = nn.Parameter(torch.empty(attn_dim or hidden_size, **factory))
-        self.reset_parameters()
-
-    def reset_parameters(self):
-        nn.init.normal_(self.query, std=1.0 / math.sqrt(self.query.numel()))
-        if self.proj is not None:
-            self.proj.reset_parameters()
-
-    def extra_repr(self):
-        return f"hidden_size={self.hidden_size}, attn_dim={self.attn_dim}"
 
     def forward(self, outputs, lengths=None):
         keys = torch.tanh(self.proj(outputs)) if self.proj is not None else None
         return masked_attention_pool(outputs, keys, self.query, lengths)
 
 
-class NativeLSTMClassifier(nn.Module):
+class NativeLSTMClassifier(ClassifierLayout):
     """``sf.LSTMClassifier`` on native parts, the baseline a user would write:
     ``logits = model(x, lengths)`` with the same constructor, submodules
     (``embedding``, ``lstm``: a :class:`PackedLSTM`, ``pool``, ``dropout``,
@@ -153,37 +133,18 @@ class NativeLSTMClassifier(nn.Module):
     def __init__(self, input_size, hidden_size, num_classes, num_layers=1, bidirectional=False,
                  dropout=0.0, vocab_size=None, padding_idx=0, pooling="attention",
                  attn_dim=None, device=None, dtype=None, memory="fast"):
-        super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"LSTMClassifier: pooling must be one of {POOLINGS}, got {pooling!r}")
         if memory not in MEMORY_MODES:
             raise ValueError(f"LSTMClassifier: memory must be one of {MEMORY_MODES}, got "
                              f"{memory!r}")
         if memory != "fast":
             raise ValueError(f"LSTMClassifier: memory={memory!r} needs seqcls_fast.LSTM, not "
                              "PackedLSTM")
-        factory = {"device": device, "dtype": dtype}
-        self.pooling = pooling
-        self.embedding = (nn.Embedding(vocab_size, input_size, padding_idx=padding_idx, **factory)
-                          if vocab_size is not None else None)
-        self.lstm = PackedLSTM(input_size, hidden_size, num_layers, batch_first=True,
-                               dropout=dropout if num_layers > 1 else 0.0,
-                               bidirectional=bidirectional, **factory)
-        features = hidden_size * (2 if bidirectional else 1)
-        self.pool = (MaskedAttentionPooling(features, attn_dim, **factory)
-                     if pooling == "attention" else None)
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(features, num_classes, **factory)
+        super().__init__(input_size, hidden_size, num_classes, num_layers, bidirectional, dropout,
+                         vocab_size, padding_idx, pooling, attn_dim, device, dtype, PackedLSTM,
+                         MaskedAttentionPooling)
 
     def forward(self, x, lengths=None):
-        if self.embedding is not None:
-            if x.dim() != 2 or x.is_floating_point():
-                raise ValueError("LSTMClassifier: with vocab_size, x must be [B, T] token ids, got "
-                                 f"{x.dtype} of shape {tuple(x.shape)}")
-            x = self.embedding(x)
-        elif x.dim() != 3:
-            raise ValueError(f"LSTMClassifier: x must be [B, T, input_size], got shape "
-                             f"{tuple(x.shape)}")
+        x = self.embed(x)
         if lengths is not None:
             lengths = torch.as_tensor(lengths)
         outputs, (h_n, _c_n) = self.lstm(x, lengths=lengths)  # outputs [B, T, D]

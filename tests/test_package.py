@@ -1,6 +1,6 @@
 """The package's shape: ``import seqcls_fast`` needs torch alone and loads no
 app (seqcls_fast/apps/), the core never imports the apps, and
-seqcls_fast.reference imports nothing of ours (a reference that reused the
+seqcls_fast.reference imports only the shared layout (a reference that reused the
 modules it checks would share their mistakes)."""
 import ast
 import json
@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import seqcls_fast
-from seqcls_fast import classifier, lstm, reference
 
 PACKAGE = Path(seqcls_fast.__file__).resolve().parent
 APPS = PACKAGE / "apps"
@@ -122,13 +121,12 @@ def test_the_apps_live_in_one_package():
     assert not (PACKAGE / "bench").exists() and not (PACKAGE / "train").exists()
 
 
-def test_reference_imports_nothing_of_ours():
+def test_reference_imports_only_the_shared_layout():
+    """Of ours, reference.py imports layout.py alone, and layout.py imports
+    nothing of ours: the references compute everything themselves."""
     path = PACKAGE / "reference.py"
-    ours = [m for m in _imported_modules(path) if m.split(".")[0] == "seqcls_fast"]
-    assert ours == []
-
-
-def test_reference_option_lists_agree_with_the_core():
-    """reference.py keeps its own copies of the option lists it checks."""
-    assert reference.POOLINGS == classifier.POOLINGS
-    assert reference.MEMORY_MODES == lstm.MEMORY_MODES
+    ours = {m.split(".")[1] for m in _imported_modules(path)
+            if m.split(".")[0] == "seqcls_fast" and "." in m}
+    assert ours == {"layout"}
+    assert not [m for m in _imported_modules(PACKAGE / "layout.py")
+                if m.split(".")[0] == "seqcls_fast"]
