@@ -98,8 +98,8 @@ MUTATIONS = [
      "if (threadIdx.x % 32 < 16) for (int offset = 16; offset > 0; offset /= 2) dot +=",
      "plain", "emulator: deadlock: threads 0-15: a warp shuffle at lstm_cell_cuda.cuh"),
     ("lengths_from_the_wrong_row", "attention_pool_cuda_kernels.cuh",
-     "const int64_t L = p.lengths != nullptr ? p.lengths[b] : T;",
-     "const int64_t L = p.lengths != nullptr ? p.lengths[(b + 1) % gridDim.x] : T;",
+     "return lengths != nullptr ? lengths[b] : steps;",
+     "return lengths != nullptr ? lengths[(b + 1) % gridDim.x] : steps;",
      "plain", "FAIL attention forward"),
 ]
 

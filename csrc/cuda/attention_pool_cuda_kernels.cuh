@@ -73,6 +73,11 @@ struct PoolBackwardParams {
   acc_t* grad_query_rows;       // [B, A] out: each row's share of grad_query
 };
 
+// Valid steps of batch row b: lengths[b], or all T without lengths.
+__device__ __forceinline__ int64_t row_length(const int64_t* lengths, int64_t b, int64_t steps) {
+  return lengths != nullptr ? lengths[b] : steps;
+}
+
 struct Sum {
   template <typename T>
   __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
@@ -140,7 +145,7 @@ __global__ void __launch_bounds__(kPoolThreads)
   __shared__ acc_t tile[kPoolWarps][kWarpSize];
   const int64_t b = blockIdx.x;
   const int64_t T = p.steps, D = p.features, A = p.key_size;
-  const int64_t L = p.lengths != nullptr ? p.lengths[b] : T;
+  const int64_t L = row_length(p.lengths, b, T);
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   acc_t* score = p.workspace + b * T;
 
@@ -191,7 +196,7 @@ __global__ void __launch_bounds__(kPoolThreads)
   __shared__ acc_t tile[kPoolWarps][kWarpSize];
   const int64_t b = blockIdx.x;
   const int64_t T = p.steps, D = p.features, A = p.key_size;
-  const int64_t L = p.lengths != nullptr ? p.lengths[b] : T;
+  const int64_t L = row_length(p.lengths, b, T);
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   acc_t* grad_score = p.workspace + b * T;
   const scalar_t* grad_pooled = p.grad_pooled + b * D;

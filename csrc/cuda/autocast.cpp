@@ -48,16 +48,26 @@ T cast(at::ScalarType dtype, const T& t) {
   return at::autocast::cached_cast(dtype, t, c10::DeviceType::CUDA);
 }
 
+// The operator `name` with signature Fn (looked up once per kernel below).
+template <typename Fn>
+c10::TypedOperatorHandle<Fn> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
+}
+
+// While alive, calls skip autocast (the casts are done); dtype is the one to cast to.
+struct BelowAutocast {
+  const at::ScalarType dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+  const c10::impl::ExcludeDispatchKeyGuard guard{c10::DispatchKey::AutocastCUDA};
+};
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward_autocast(
     const Tensor& x, const optional<Tensor>& lengths, const optional<Tensor>& h0,
     const optional<Tensor>& c0, const Tensor& w_ih, const Tensor& w_hh,
     const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, bool reverse,
     bool save_activations, const optional<Tensor>& plan, bool low_memory) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("seqcls_fast::lstm_layer_forward", "")
-                             .typed<LstmForwardFn>();
-  const at::ScalarType dtype = at::autocast::get_autocast_dtype(at::kCUDA);
-  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
+  static const auto op = find_op<LstmForwardFn>("seqcls_fast::lstm_layer_forward");
+  const BelowAutocast below;
+  const at::ScalarType dtype = below.dtype;
   return op.call(cast(dtype, x), lengths, cast(dtype, h0), cast(dtype, c0), cast(dtype, w_ih),
                  cast(dtype, w_hh), cast(dtype, b_ih), cast(dtype, b_hh), reverse,
                  save_activations, plan, low_memory);
@@ -73,11 +83,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_pooled_forward_aut
     const optional<Tensor>& key_bias, const optional<Tensor>& pool_max,
     const optional<Tensor>& pool_denom, const optional<Tensor>& pool_sum,
     const optional<Tensor>& plan) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("seqcls_fast::lstm_layer_pooled_forward", "")
-                             .typed<LstmPooledForwardFn>();
-  const at::ScalarType dtype = at::autocast::get_autocast_dtype(at::kCUDA);
-  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
+  static const auto op = find_op<LstmPooledForwardFn>("seqcls_fast::lstm_layer_pooled_forward");
+  const BelowAutocast below;
+  const at::ScalarType dtype = below.dtype;
   return op.call(cast(dtype, x), lengths, cast(dtype, h0), cast(dtype, c0), cast(dtype, w_ih),
                  cast(dtype, w_hh), cast(dtype, b_ih), cast(dtype, b_hh), pooling,
                  cast(dtype, query), cast(dtype, key_weight), cast(dtype, key_bias), pool_max,
@@ -87,11 +95,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_pooled_forward_aut
 std::tuple<Tensor, Tensor> masked_attention_pool_forward_autocast(
     const Tensor& values, const optional<Tensor>& keys, const Tensor& query,
     const optional<Tensor>& lengths, const optional<Tensor>& plan) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("seqcls_fast::masked_attention_pool_forward", "")
-                             .typed<PoolForwardFn>();
-  const at::ScalarType dtype = at::autocast::get_autocast_dtype(at::kCUDA);
-  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
+  static const auto op = find_op<PoolForwardFn>("seqcls_fast::masked_attention_pool_forward");
+  const BelowAutocast below;
+  const at::ScalarType dtype = below.dtype;
   return op.call(cast(dtype, values), cast(dtype, keys), cast(dtype, query), lengths, plan);
 }
 
