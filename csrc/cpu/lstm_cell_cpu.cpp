@@ -38,14 +38,14 @@ struct VecOps {
 
 namespace cpu {
 
-void lstm_forward_step_cpu(const LstmForwardStep& params, c10::ScalarType dtype) {
+void lstm_forward_step_cpu(const ForwardStep& params, c10::ScalarType dtype) {
 #if defined(SEQCLS_WITH_X86_KERNELS)
   if (cpu_isa() >= CpuIsa::kAvx2) return avx2::lstm_forward_step(params, dtype);
 #endif
   generic::lstm_forward_step(params, dtype);
 }
 
-void lstm_backward_step_cpu(const LstmBackwardStep& params, c10::ScalarType dtype) {
+void lstm_backward_step_cpu(const BackwardStep& params, c10::ScalarType dtype) {
 #if defined(SEQCLS_WITH_X86_KERNELS)
   if (cpu_isa() >= CpuIsa::kAvx2) return avx2::lstm_backward_step(params, dtype);
 #endif

@@ -33,7 +33,7 @@ inline int64_t row_grain(int64_t hidden) {
 }
 
 template <typename T>
-SEQCLS_CPU_KERNEL void forward_rows(const LstmForwardStep& p, int64_t begin, int64_t end) {
+SEQCLS_CPU_KERNEL void forward_rows(const ForwardStep& p, int64_t begin, int64_t end) {
   const int64_t H = p.hidden, G = 4 * H;
   T* gates = static_cast<T*>(p.gates);
   T* h_state = static_cast<T*>(p.h_state);
@@ -67,13 +67,13 @@ SEQCLS_CPU_KERNEL void forward_rows(const LstmForwardStep& p, int64_t begin, int
 }
 
 template <typename T>
-void forward_step(const LstmForwardStep& p) {
+void forward_step(const ForwardStep& p) {
   at::parallel_for(0, p.rows, row_grain(p.hidden),
                    [&](int64_t begin, int64_t end) { forward_rows<T>(p, begin, end); });
 }
 
 template <typename T>
-SEQCLS_CPU_KERNEL void backward_rows(const LstmBackwardStep& p, int64_t begin, int64_t end) {
+SEQCLS_CPU_KERNEL void backward_rows(const BackwardStep& p, int64_t begin, int64_t end) {
   const int64_t H = p.hidden, G = 4 * H;
   const T* gates = static_cast<const T*>(p.gates);
   const T* cell = static_cast<const T*>(p.cell);
@@ -107,18 +107,18 @@ SEQCLS_CPU_KERNEL void backward_rows(const LstmBackwardStep& p, int64_t begin, i
 }
 
 template <typename T>
-void backward_step(const LstmBackwardStep& p) {
+void backward_step(const BackwardStep& p) {
   at::parallel_for(0, p.rows, row_grain(p.hidden),
                    [&](int64_t begin, int64_t end) { backward_rows<T>(p, begin, end); });
 }
 
 }  // namespace
 
-void lstm_forward_step(const LstmForwardStep& params, c10::ScalarType dtype) {
+void lstm_forward_step(const ForwardStep& params, c10::ScalarType dtype) {
   AT_DISPATCH_FLOATING_TYPES(dtype, "lstm_forward_step_cpu", [&] { forward_step<scalar_t>(params); });
 }
 
-void lstm_backward_step(const LstmBackwardStep& params, c10::ScalarType dtype) {
+void lstm_backward_step(const BackwardStep& params, c10::ScalarType dtype) {
   AT_DISPATCH_FLOATING_TYPES(dtype, "lstm_backward_step_cpu",
                              [&] { backward_step<scalar_t>(params); });
 }

@@ -1,7 +1,7 @@
-// The CPU backend of the LSTM layer driver (../lstm_driver.h): padding
-// zeroing, the vectorized pointwise step kernels (lstm_cell_cpu.h), the
-// persistent forward recurrence (lstm_recurrence_cpu.h) and the
-// online-pooling step; registers the LSTM operators for CPU.
+// The CPU backend of the recurrent layer driver (../recurrent_driver.h):
+// padding zeroing, the LSTM cell's vectorized pointwise step kernels
+// (lstm_cell_cpu.h) and persistent recurrence (lstm_recurrence_cpu.h), and
+// the online-pooling step; registers the LSTM operators for CPU.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -11,7 +11,7 @@
 #include <mutex>
 #include <vector>
 
-#include "../lstm_driver.h"
+#include "../recurrent_driver.h"
 #include "../online_pool.h"
 #include "lstm_cell_cpu.h"
 #include "lstm_recurrence_cpu.h"
@@ -27,10 +27,10 @@ constexpr int64_t kProjectionChunkRows = 1024;
 // weight gradients' sums: results move in the last bits.
 constexpr int64_t kBackwardChunkRows = 1024;
 
-// Rows [begin, end) of one online-pooling step (LstmPoolStep); the state
+// Rows [begin, end) of one online-pooling step (PoolStep); the state
 // dtype is T itself on the CPU (float or double).
 template <typename T>
-void pool_rows(const LstmPoolStep& p, int64_t begin, int64_t end) {
+void pool_rows(const PoolStep& p, int64_t begin, int64_t end) {
   const int64_t H = p.hidden, A = p.key_size;
   const T* h = static_cast<const T*>(p.h);
   T* sum = static_cast<T*>(p.sum);
@@ -130,8 +130,15 @@ int64_t recurrence_workers(int64_t hidden, CpuIsa isa) {
 // The build a call of this dtype runs (kBaseline: the per-step path).
 CpuIsa persistent_build(at::ScalarType dtype) { return recurrence_isa(dtype == at::kFloat); }
 
-struct CpuLstmBackend final : LstmBackend {
-  CpuLstmBackend() : LstmBackend(kProjectionChunkRows, kBackwardChunkRows) {}
+// The cells this backend has step kernels for: the LSTM. The driver only
+// hands it steps of the cells whose operators it registers.
+void check_cell(CellKind cell) {
+  TORCH_INTERNAL_ASSERT(cell == CellKind::kLstm, "seqcls_fast: no CPU kernel for cell ",
+                        static_cast<int>(cell));
+}
+
+struct CpuBackend final : RecurrentBackend {
+  CpuBackend() : RecurrentBackend(kProjectionChunkRows, kBackwardChunkRows) {}
 
   void check_input(const at::Tensor& x, int64_t /*hidden*/) const override {
     SEQCLS_CHECK_VALUE(x.device().is_cpu(), "x must be on the CPU for the CPU kernel, got ",
@@ -154,40 +161,46 @@ struct CpuLstmBackend final : LstmBackend {
     });
   }
 
-  void forward_step(const LstmForwardStep& step, at::ScalarType dtype) const override {
+  void forward_step(const ForwardStep& step, at::ScalarType dtype) const override {
+    check_cell(step.cell_kind);
     lstm_forward_step_cpu(step, dtype);
   }
 
-  void backward_step(const LstmBackwardStep& step, at::ScalarType dtype) const override {
+  void backward_step(const BackwardStep& step, at::ScalarType dtype) const override {
+    check_cell(step.cell_kind);
     lstm_backward_step_cpu(step, dtype);
   }
 
   // The driver packs, then runs, within one op call: both ask persistent_build,
   // and the packed layout follows the build's block width.
-  at::Tensor pack_recurrent_weights(const at::Tensor& w_hh) const override {
+  // The persistent tile is the LSTM's.
+  at::Tensor pack_recurrent_weights(const CellDef& cell, const at::Tensor& w_hh) const override {
     const CpuIsa isa = persistent_build(w_hh.scalar_type());
-    if (isa == CpuIsa::kBaseline) return {};
+    if (isa == CpuIsa::kBaseline || cell.kind != CellKind::kLstm) return {};
     return packed_weight_cache().get(w_hh, recurrence_lanes(isa));
   }
 
-  void forward_recurrence(const LstmForwardRecurrence& r, at::ScalarType dtype) const override {
+  void forward_recurrence(const ForwardRecurrence& r, at::ScalarType dtype) const override {
+    check_cell(r.cell_kind);
     const CpuIsa isa = persistent_build(dtype);
     at::Tensor h_swap = at::empty({r.batch, r.hidden}, at::TensorOptions().dtype(at::kFloat));
     lstm_forward_recurrence(isa, r, h_swap.data_ptr<float>(), recurrence_workers(r.hidden, isa));
   }
 
-  at::Tensor pack_recurrent_weights_backward(const at::Tensor& w_hh) const override {
+  at::Tensor pack_recurrent_weights_backward(const CellDef& cell,
+                                             const at::Tensor& w_hh) const override {
     const CpuIsa isa = persistent_build(w_hh.scalar_type());
-    if (isa == CpuIsa::kBaseline) return {};
+    if (isa == CpuIsa::kBaseline || cell.kind != CellKind::kLstm) return {};
     return packed_weights(w_hh.contiguous(), /*backward=*/true, recurrence_lanes(isa));
   }
 
-  void backward_recurrence(const LstmBackwardRecurrence& r, at::ScalarType dtype) const override {
+  void backward_recurrence(const BackwardRecurrence& r, at::ScalarType dtype) const override {
+    check_cell(r.cell_kind);
     const CpuIsa isa = persistent_build(dtype);
     lstm_backward_recurrence(isa, r, recurrence_workers(r.hidden, isa));
   }
 
-  void pool_step(const LstmPoolStep& step, at::ScalarType dtype) const override {
+  void pool_step(const PoolStep& step, at::ScalarType dtype) const override {
     const int64_t grain = std::max<int64_t>(1, 16384 / (2 * step.hidden + step.key_size));
     AT_DISPATCH_FLOATING_TYPES(dtype, "lstm_pool_step_cpu", [&] {
       at::parallel_for(0, step.rows, grain,
@@ -198,6 +211,6 @@ struct CpuLstmBackend final : LstmBackend {
 
 }  // namespace
 
-SEQCLS_REGISTER_LSTM_BACKEND(seqcls_fast, CPU, CpuLstmBackend)
+SEQCLS_REGISTER_LSTM_BACKEND(seqcls_fast, CPU, CpuBackend)
 
 }  // namespace seqcls_fast::cpu

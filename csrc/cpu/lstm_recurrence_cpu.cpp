@@ -93,7 +93,7 @@ void pack_w_hh_backward(const float* w_hh, int64_t H, int64_t lanes, float* pack
 }
 
 // (Without an x86 build the arguments are unused: it only raises.)
-void lstm_forward_recurrence(CpuIsa isa, [[maybe_unused]] const LstmForwardRecurrence& r,
+void lstm_forward_recurrence(CpuIsa isa, [[maybe_unused]] const ForwardRecurrence& r,
                              [[maybe_unused]] float* h_swap, [[maybe_unused]] int64_t workers) {
 #if defined(SEQCLS_WITH_X86_KERNELS)
   if (isa == CpuIsa::kAvx512) return persistent_avx512::lstm_forward_recurrence(r, h_swap, workers);
@@ -102,7 +102,7 @@ void lstm_forward_recurrence(CpuIsa isa, [[maybe_unused]] const LstmForwardRecur
   TORCH_CHECK(false, "seqcls_fast: no persistent recurrence for ", cpu_isa_name(isa));
 }
 
-void lstm_backward_recurrence(CpuIsa isa, [[maybe_unused]] const LstmBackwardRecurrence& r,
+void lstm_backward_recurrence(CpuIsa isa, [[maybe_unused]] const BackwardRecurrence& r,
                               [[maybe_unused]] int64_t workers) {
 #if defined(SEQCLS_WITH_X86_KERNELS)
   if (isa == CpuIsa::kAvx512) return persistent_avx512::lstm_backward_recurrence(r, workers);

@@ -1,4 +1,4 @@
-// The persistent recurrence on the CPU (LstmBackend::forward_recurrence and
+// The persistent recurrence on the CPU (RecurrentBackend::forward_recurrence and
 // backward_recurrence): which build runs (the CPU's features, capped by
 // SEQCLS_FAST_CPU_ISA), the layouts of its packed W_hh, and the entry points
 // of its AVX-512 and AVX2 builds (lstm_recurrence_cpu_tile.h, written once).
@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "../lstm_step.h"
+#include "../recurrent_step.h"
 
 namespace seqcls_fast::cpu {
 
@@ -52,21 +52,21 @@ void pack_w_hh_backward(const float* w_hh, int64_t H, int64_t lanes, float* pack
 // worker slots (1 <= workers <= the build's unit_blocks(H)), each owning a
 // contiguous range of unit blocks. `h_swap` [B, H] is the second buffer of
 // h_s. isa is kAvx2 or kAvx512 and supported by the CPU (cpu_isa()).
-void lstm_forward_recurrence(CpuIsa isa, const LstmForwardRecurrence& r, float* h_swap,
+void lstm_forward_recurrence(CpuIsa isa, const ForwardRecurrence& r, float* h_swap,
                              int64_t workers);
 // The backward likewise (r.w_hh_packed from pack_w_hh_backward).
-void lstm_backward_recurrence(CpuIsa isa, const LstmBackwardRecurrence& r, int64_t workers);
+void lstm_backward_recurrence(CpuIsa isa, const BackwardRecurrence& r, int64_t workers);
 
 // The builds themselves (x86-64 only), and their units per block.
 namespace persistent_avx512 {
 constexpr int64_t kLanes = 16;  // one zmm register of float
-void lstm_forward_recurrence(const LstmForwardRecurrence& r, float* h_swap, int64_t workers);
-void lstm_backward_recurrence(const LstmBackwardRecurrence& r, int64_t workers);
+void lstm_forward_recurrence(const ForwardRecurrence& r, float* h_swap, int64_t workers);
+void lstm_backward_recurrence(const BackwardRecurrence& r, int64_t workers);
 }  // namespace persistent_avx512
 namespace persistent_avx2 {
 constexpr int64_t kLanes = 8;  // one ymm register of float
-void lstm_forward_recurrence(const LstmForwardRecurrence& r, float* h_swap, int64_t workers);
-void lstm_backward_recurrence(const LstmBackwardRecurrence& r, int64_t workers);
+void lstm_forward_recurrence(const ForwardRecurrence& r, float* h_swap, int64_t workers);
+void lstm_backward_recurrence(const BackwardRecurrence& r, int64_t workers);
 }  // namespace persistent_avx2
 
 }  // namespace seqcls_fast::cpu

@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "../lstm_step.h"
+#include "../recurrent_step.h"
 #include "lstm_recurrence_cpu.h"
 
 #pragma GCC push_options
@@ -116,11 +116,11 @@ struct CellMath<cpu::persistent_avx2::Float8> : cpu::TileCellMath<cpu::persisten
 
 namespace seqcls_fast::cpu::persistent_avx2 {
 
-void lstm_forward_recurrence(const LstmForwardRecurrence& r, float* h_swap, int64_t workers) {
+void lstm_forward_recurrence(const ForwardRecurrence& r, float* h_swap, int64_t workers) {
   run_forward_recurrence<Float8>(r, h_swap, workers);
 }
 
-void lstm_backward_recurrence(const LstmBackwardRecurrence& r, int64_t workers) {
+void lstm_backward_recurrence(const BackwardRecurrence& r, int64_t workers) {
   run_backward_recurrence<Float8>(r, workers);
 }
 

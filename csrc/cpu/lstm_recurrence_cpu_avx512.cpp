@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "../lstm_step.h"
+#include "../recurrent_step.h"
 #include "lstm_recurrence_cpu.h"
 
 #pragma GCC push_options
@@ -97,11 +97,11 @@ struct CellMath<cpu::persistent_avx512::Float16> : cpu::TileCellMath<cpu::persis
 
 namespace seqcls_fast::cpu::persistent_avx512 {
 
-void lstm_forward_recurrence(const LstmForwardRecurrence& r, float* h_swap, int64_t workers) {
+void lstm_forward_recurrence(const ForwardRecurrence& r, float* h_swap, int64_t workers) {
   run_forward_recurrence<Float16>(r, h_swap, workers);
 }
 
-void lstm_backward_recurrence(const LstmBackwardRecurrence& r, int64_t workers) {
+void lstm_backward_recurrence(const BackwardRecurrence& r, int64_t workers) {
   run_backward_recurrence<Float16>(r, workers);
 }
 

@@ -41,7 +41,7 @@
 #include <vector>
 
 #include "../cell.h"
-#include "../lstm_step.h"
+#include "../recurrent_step.h"
 #include "lstm_recurrence_cpu.h"
 
 namespace seqcls_fast::cpu {
@@ -161,7 +161,7 @@ SEQCLS_TILE_TARGET inline void tile_product(typename V::Raw (&acc)[MR][4],  // [
 
 // What one step's tiles share.
 struct StepView {
-  const LstmForwardRecurrence& r;
+  const ForwardRecurrence& r;
   const float* packed;   // [blocks, H, 4, kLanes]
   const float* h_in;     // [B, H] sorted: h_{s-1}
   float* h_out;          // [B, H] sorted: h_s
@@ -177,7 +177,7 @@ template <typename V>
 SEQCLS_TILE_TARGET inline void store_forward_row(const StepView& v, int64_t j, int64_t u0,
                                                  typename V::Mask mask, const V& i, const V& f,
                                                  const V& g, const V& o, const V& c, const V& h) {
-  const LstmForwardRecurrence& r = v.r;
+  const ForwardRecurrence& r = v.r;
   const int64_t H = r.hidden, G = 4 * H;
   const int64_t packed_row = r.offset[v.step] - r.row0 + j;
   V::store(mask, static_cast<float*>(r.c_state) + j * H + u0, c.v);
@@ -219,7 +219,7 @@ SEQCLS_TILE_TARGET void forward_tile(const StepView& v,
                                      float* partial) {  // [B, 4, kLanes]: the split's sums
   using Raw = typename V::Raw;
   constexpr int64_t kLanes = V::kLanes;
-  const LstmForwardRecurrence& r = v.r;
+  const ForwardRecurrence& r = v.r;
   const int64_t H = r.hidden, G = 4 * H, u0 = b * kLanes;
   const typename V::Mask mask = V::first_lanes(std::min<int64_t>(kLanes, H - u0));
   const float* gates_in = v.gates_s + j0 * G + u0;  // the tile's projection rows
@@ -308,7 +308,7 @@ SEQCLS_TILE_TARGET void forward_block(const StepView& v, int64_t rows, int64_t b
 
 // Worker slots [slot_begin, slot_end) of `workers`: their blocks, all steps.
 template <typename V>
-SEQCLS_TILE_TARGET void run_slots(const LstmForwardRecurrence& r,
+SEQCLS_TILE_TARGET void run_slots(const ForwardRecurrence& r,
                                   float* h_swap,  // [B, H] sorted: the other h buffer
                                   int64_t workers, int64_t slot_begin, int64_t slot_end,
                                   SpinBarrier& barrier) {
@@ -350,7 +350,7 @@ SEQCLS_TILE_TARGET void run_slots(const LstmForwardRecurrence& r,
 
 // What one backward step's tiles share.
 struct BackwardStepView {
-  const LstmBackwardRecurrence& r;
+  const BackwardRecurrence& r;
   const float* packed;           // [blocks, 4H, kLanes]
   const float* grad_gates_next;  // [rows_next, 4H] packed: dG_{s+1}, the product's left side
   float* grad_gates_s;           // [rows, 4H] packed: out: dG_s
@@ -366,7 +366,7 @@ struct BackwardStepView {
 template <typename V>
 SEQCLS_TILE_TARGET inline void backward_cell_row(const BackwardStepView& v, int64_t j, int64_t u0,
                                                  typename V::Mask mk, typename V::Raw dh) {
-  const LstmBackwardRecurrence& r = v.r;
+  const BackwardRecurrence& r = v.r;
   const int64_t H = r.hidden, G = 4 * H;
   const float* dout = static_cast<const float*>(r.grad_output) + grad_output_offset(r, j, v.step);
   const float* gates = v.gates_s + j * G;
@@ -398,7 +398,7 @@ SEQCLS_TILE_TARGET void backward_tile(const BackwardStepView& v,
                                       bool product, bool cell) {
   using Raw = typename V::Raw;
   constexpr int64_t kLanes = V::kLanes;
-  const LstmBackwardRecurrence& r = v.r;
+  const BackwardRecurrence& r = v.r;
   const int64_t H = r.hidden, G = 4 * H;
   const int64_t nb = std::min<int64_t>(4, end_block - b0);
   typename V::Mask mask[4];
@@ -455,7 +455,7 @@ SEQCLS_TILE_TARGET void backward_rows(const BackwardStepView& v, int64_t begin, 
 // Backward worker slots [slot_begin, slot_end) of `workers`: their blocks,
 // all steps, then the product for the steps before the segment.
 template <typename V>
-SEQCLS_TILE_TARGET void run_backward_slots(const LstmBackwardRecurrence& r,
+SEQCLS_TILE_TARGET void run_backward_slots(const BackwardRecurrence& r,
                                            int64_t workers, int64_t slot_begin, int64_t slot_end,
                                            SpinBarrier& barrier) {
   constexpr int64_t kLanes = V::kLanes;
@@ -502,7 +502,7 @@ SEQCLS_TILE_TARGET void run_backward_slots(const LstmBackwardRecurrence& r,
 // The entry points of an ISA build: `workers` worker slots (1 <= workers <=
 // its unit blocks), each owning a contiguous range of unit blocks.
 template <typename V>
-void run_forward_recurrence(const LstmForwardRecurrence& r, float* h_swap,
+void run_forward_recurrence(const ForwardRecurrence& r, float* h_swap,
                             int64_t workers) {
   SpinBarrier barrier(workers);
   at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
@@ -511,7 +511,7 @@ void run_forward_recurrence(const LstmForwardRecurrence& r, float* h_swap,
 }
 
 template <typename V>
-void run_backward_recurrence(const LstmBackwardRecurrence& r, int64_t workers) {
+void run_backward_recurrence(const BackwardRecurrence& r, int64_t workers) {
   SpinBarrier barrier(workers);
   at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
     run_backward_slots<V>(r, workers, begin, end, barrier);

@@ -1,5 +1,5 @@
 // The pointwise half of one LSTM recurrence step on the GPU: the kernels. The
-// parameters are the driver's (../lstm_step.h); the GEMMs are the driver's
+// parameters are the driver's (../recurrent_step.h); the GEMMs are the driver's
 // too (cuBLAS through ATen). No ATen here: the emulator's sanitizer drivers
 // (tests/cuda_emu/) compile these kernels alone.
 //
@@ -17,7 +17,7 @@
 #include <cstdint>
 
 #include "../cell.h"
-#include "../lstm_step.h"
+#include "../recurrent_step.h"
 #include "../online_pool.h"
 #include "kernel_compat.cuh"
 
@@ -26,7 +26,7 @@ namespace seqcls_fast::SEQCLS_CUDA_NS {
 constexpr int kStepThreads = 256;
 
 // The thread with flat index idx < rows * H owns hidden unit k of sorted row
-// j (where that row's step lives in [T, B, ...] tensors: lstm_step.h).
+// j (where that row's step lives in [T, B, ...] tensors: recurrent_step.h).
 struct StepUnit {
   int32_t j, k;
 };
@@ -38,7 +38,7 @@ __device__ __forceinline__ StepUnit step_unit(int32_t idx, int32_t hidden) {
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kStepThreads)
-    lstm_forward_step_kernel(const LstmForwardStep p) {
+    lstm_forward_step_kernel(const ForwardStep p) {
   const int32_t H = static_cast<int32_t>(p.hidden);
   const int32_t idx = static_cast<int32_t>(blockIdx.x) * kStepThreads + threadIdx.x;
   if (idx >= static_cast<int32_t>(p.rows) * H) return;
@@ -64,7 +64,7 @@ __global__ void __launch_bounds__(kStepThreads)
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kStepThreads)
-    lstm_backward_step_kernel(const LstmBackwardStep p) {
+    lstm_backward_step_kernel(const BackwardStep p) {
   const int32_t H = static_cast<int32_t>(p.hidden);
   const int32_t idx = static_cast<int32_t>(blockIdx.x) * kStepThreads + threadIdx.x;
   if (idx >= static_cast<int32_t>(p.rows) * H) return;
@@ -92,12 +92,12 @@ __global__ void __launch_bounds__(kStepThreads)
 
 constexpr int kPoolStepThreads = 128;
 
-// One online-pooling step (LstmPoolStep), one block per active row: the block
+// One online-pooling step (PoolStep), one block per active row: the block
 // reduces score = keys_j . query in acc_t, one thread merges it into the row's
 // (max, denom) with online_pool.h's rule, then every thread rescales its units
 // of the row's weighted sum. Mean pooling only adds h_s.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kPoolStepThreads) lstm_pool_step_kernel(const LstmPoolStep p) {
+__global__ void __launch_bounds__(kPoolStepThreads) lstm_pool_step_kernel(const PoolStep p) {
   const int64_t j = blockIdx.x, H = p.hidden, A = p.key_size;
   const scalar_t* h_row = static_cast<const scalar_t*>(p.h) + j * H;
   acc_t* acc = static_cast<acc_t*>(p.sum) + j * H;

@@ -1,6 +1,6 @@
-// The CUDA backend of the LSTM layer driver (../lstm_driver.h): device and
-// index-range checks, padding zeroing and the pointwise step kernels
-// (lstm_cell_cuda.cuh) and the online-pooling step, all on the current
+// The CUDA backend of the recurrent layer driver (../recurrent_driver.h):
+// device and index-range checks, padding zeroing, the LSTM cell's pointwise
+// step kernels (lstm_cell_cuda.cuh) and the online-pooling step, all on the current
 // stream; registers the LSTM operators for CUDA (under the CPU emulator, for
 // seqcls_fast_cuda_emu on the CPU: device_compat.h). The driver copies
 // device-side lengths to the host once per call and uploads the plan with one
@@ -17,7 +17,7 @@
 #include <algorithm>
 #include <limits>
 
-#include "../lstm_driver.h"
+#include "../recurrent_driver.h"
 #include "device_compat.h"
 #include "lstm_cell_cuda.cuh"
 
@@ -39,11 +39,17 @@ void launch_step(at::ScalarType dtype, unsigned int blocks, int threads, const S
   });
 }
 
-struct CudaLstmBackend final : LstmBackend {
+// The cells this backend has step kernels for: the LSTM.
+void check_cell(CellKind cell) {
+  TORCH_INTERNAL_ASSERT(cell == CellKind::kLstm, "seqcls_fast: no CUDA kernel for cell ",
+                        static_cast<int>(cell));
+}
+
+struct CudaBackend final : RecurrentBackend {
   // One input-projection GEMM for every valid step: a GPU has no cache to
   // fit. The backward runs 64K packed rows at a time (64 MB of float gate
   // gradients at H = 256): GEMMs large enough to fill the GPU.
-  CudaLstmBackend() : LstmBackend(std::numeric_limits<int64_t>::max(), int64_t{1} << 16) {}
+  CudaBackend() : RecurrentBackend(std::numeric_limits<int64_t>::max(), int64_t{1} << 16) {}
 
   void check_input(const at::Tensor& x, int64_t hidden) const override {
     SEQCLS_CHECK_VALUE(on_kernel_device(x.device()), "x must be on ", kKernelDevice,
@@ -74,14 +80,16 @@ struct CudaLstmBackend final : LstmBackend {
     }
   }
 
-  void forward_step(const LstmForwardStep& step, at::ScalarType dtype) const override {
+  void forward_step(const ForwardStep& step, at::ScalarType dtype) const override {
+    check_cell(step.cell_kind);
     launch_step(dtype, step_blocks(step.rows, step.hidden), kStepThreads, step, [](auto tag) {
       using T = decltype(tag);
       return lstm_forward_step_kernel<T, at::opmath_type<T>>;
     });
   }
 
-  void backward_step(const LstmBackwardStep& step, at::ScalarType dtype) const override {
+  void backward_step(const BackwardStep& step, at::ScalarType dtype) const override {
+    check_cell(step.cell_kind);
     launch_step(dtype, step_blocks(step.rows, step.hidden), kStepThreads, step, [](auto tag) {
       using T = decltype(tag);
       return lstm_backward_step_kernel<T, at::opmath_type<T>>;
@@ -89,7 +97,7 @@ struct CudaLstmBackend final : LstmBackend {
   }
 
   // One block per active row.
-  void pool_step(const LstmPoolStep& step, at::ScalarType dtype) const override {
+  void pool_step(const PoolStep& step, at::ScalarType dtype) const override {
     launch_step(dtype, static_cast<unsigned int>(step.rows), kPoolStepThreads, step, [](auto tag) {
       using T = decltype(tag);
       return lstm_pool_step_kernel<T, at::opmath_type<T>>;
@@ -99,6 +107,6 @@ struct CudaLstmBackend final : LstmBackend {
 
 }  // namespace
 
-SEQCLS_REGISTER_LSTM_BACKEND(SEQCLS_CUDA_OPS, SEQCLS_CUDA_KEY, CudaLstmBackend)
+SEQCLS_REGISTER_LSTM_BACKEND(SEQCLS_CUDA_OPS, SEQCLS_CUDA_KEY, CudaBackend)
 
 }  // namespace seqcls_fast::SEQCLS_CUDA_NS

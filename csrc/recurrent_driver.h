@@ -1,9 +1,12 @@
-// The LSTM layer driver: lstm_layer_forward / lstm_layer_backward written
-// once for every backend (haste's ForwardPass/BackwardPass). The driver owns
-// the checks, the length plan, the sorted/caller-order conversions, the
-// input-projection and recurrent GEMMs (through ATen, so on the input's
-// device) and the step loops; a backend supplies only what differs per device
-// through LstmBackend. Host code only, on narrow ATen headers (.cu files
+// The recurrent layer driver: a layer's forward and backward step loops
+// written once for every backend and every cell (haste's ForwardPass/
+// BackwardPass). The driver owns the checks, the length plan, the
+// sorted/caller-order conversions, the input-projection and recurrent GEMMs
+// (through ATen, so on the input's device) and the step loops; a cell
+// supplies its definition (cell_def.h: gate count, cell state, whether its
+// recurrent product stays apart) and a backend only what differs per device,
+// through RecurrentBackend. The LSTM operators (lstm_layer_*) are the driver
+// run with kLstmCell. Host code only, on narrow ATen headers (.cu files
 // include it).
 #pragma once
 
@@ -15,14 +18,14 @@
 #include <cstdint>
 #include <tuple>
 
-#include "lstm_common.h"
-#include "lstm_step.h"
+#include "recurrent_common.h"
+#include "recurrent_step.h"
 
 namespace seqcls_fast {
 
 // The primitives a device supplies. Pointers in the step structs point to
-// memory on that device.
-struct LstmBackend {
+// memory on that device; a step's `cell_kind` says which cell's kernel runs it.
+struct RecurrentBackend {
   // Packed rows per input-projection GEMM: the projection of a chunk of steps
   // runs just before their recurrence (cache-sized on the CPU, where the
   // gates are then still in cache; everything at once on a GPU).
@@ -39,34 +42,38 @@ struct LstmBackend {
   // PackedSequence does not have), nothing else; only called with padding.
   virtual void zero_output_padding(at::Tensor& output, const DevicePlan& plan) const = 0;
   // The pointwise half of one step; dtype is x's (the state dtype follows it).
-  virtual void forward_step(const LstmForwardStep& step, at::ScalarType dtype) const = 0;
-  virtual void backward_step(const LstmBackwardStep& step, at::ScalarType dtype) const = 0;
-  // The persistent recurrence: W_hh [4H, H] in the layout forward_recurrence
+  virtual void forward_step(const ForwardStep& step, at::ScalarType dtype) const = 0;
+  virtual void backward_step(const BackwardStep& step, at::ScalarType dtype) const = 0;
+  // The persistent recurrence: W_hh [G, H] in the layout forward_recurrence
   // reads (a backend may cache it across calls while w_hh is unchanged), or
-  // undefined when this backend has none for these inputs; the driver then
-  // runs each step as a GEMM and forward_step.
-  virtual at::Tensor pack_recurrent_weights(const at::Tensor& /*w_hh*/) const { return {}; }
+  // undefined when this backend has none for this cell and these inputs; the
+  // driver then runs each step as a GEMM and forward_step.
+  virtual at::Tensor pack_recurrent_weights(const CellDef& /*cell*/,
+                                            const at::Tensor& /*w_hh*/) const {
+    return {};
+  }
   // Runs steps [r.step, r.end_step) as one persistent kernel: the recurrent
   // GEMMs fused with the cell, one barrier per step. Only called when
   // pack_recurrent_weights gave weights.
-  virtual void forward_recurrence(const LstmForwardRecurrence& r, at::ScalarType dtype) const;
+  virtual void forward_recurrence(const ForwardRecurrence& r, at::ScalarType dtype) const;
   // The same for the backward: W_hh in the layout backward_recurrence reads
   // (packed per call: training changes it every step), or undefined; the
   // driver then runs backward_step and a GEMM per step.
-  virtual at::Tensor pack_recurrent_weights_backward(const at::Tensor& /*w_hh*/) const {
+  virtual at::Tensor pack_recurrent_weights_backward(const CellDef& /*cell*/,
+                                                     const at::Tensor& /*w_hh*/) const {
     return {};
   }
   // Runs the backward steps of r, dh_s = dG_{s+1} W_hh fused with the cell
   // backward, one barrier per step. Only called when
   // pack_recurrent_weights_backward gave weights.
-  virtual void backward_recurrence(const LstmBackwardRecurrence& r, at::ScalarType dtype) const;
+  virtual void backward_recurrence(const BackwardRecurrence& r, at::ScalarType dtype) const;
   // One online-pooling step after a forward step (lstm_layer_pooled_forward).
-  virtual void pool_step(const LstmPoolStep& step, at::ScalarType dtype) const = 0;
+  virtual void pool_step(const PoolStep& step, at::ScalarType dtype) const = 0;
 
  protected:
-  LstmBackend(int64_t projection_rows, int64_t backward_rows)
+  RecurrentBackend(int64_t projection_rows, int64_t backward_rows)
       : projection_chunk_rows(projection_rows), backward_chunk_rows(backward_rows) {}
-  ~LstmBackend() = default;
+  ~RecurrentBackend() = default;
 };
 
 using LstmForwardResult =
@@ -75,7 +82,7 @@ using LstmBackwardResult = LstmForwardResult;
 using LstmPooledForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // The operators' semantics (csrc/ops.cpp) on `backend`.
-LstmForwardResult lstm_layer_forward(const LstmBackend& backend, const at::Tensor& x,
+LstmForwardResult lstm_layer_forward(const RecurrentBackend& backend, const at::Tensor& x,
                                      const c10::optional<at::Tensor>& lengths,
                                      const c10::optional<at::Tensor>& h0,
                                      const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih,
@@ -87,7 +94,7 @@ LstmForwardResult lstm_layer_forward(const LstmBackend& backend, const at::Tenso
                                      bool low_memory);
 
 LstmPooledForwardResult lstm_layer_pooled_forward(
-    const LstmBackend& backend, const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
+    const RecurrentBackend& backend, const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
     const c10::optional<at::Tensor>& h0, const c10::optional<at::Tensor>& c0,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
     const c10::optional<at::Tensor>& b_hh, c10::string_view pooling,
@@ -97,14 +104,14 @@ LstmPooledForwardResult lstm_layer_pooled_forward(
     const c10::optional<at::Tensor>& plan_table);
 
 LstmBackwardResult lstm_layer_backward(
-    const LstmBackend& backend, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+    const RecurrentBackend& backend, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
     const at::Tensor& grad_c_n, const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
     const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& gates, const at::Tensor& cell, const at::Tensor& h_prev, bool reverse,
     bool compute_grad_x, const c10::optional<at::Tensor>& plan_table);
 
 LstmBackwardResult lstm_layer_backward_recompute(
-    const LstmBackend& backend, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+    const RecurrentBackend& backend, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
     const at::Tensor& grad_c_n, const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
     const c10::optional<at::Tensor>& h0, const c10::optional<at::Tensor>& c0,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
@@ -115,11 +122,11 @@ LstmBackwardResult lstm_layer_backward_recompute(
 // as a base subobject cannot be a template argument): `call` has the
 // operator's own signature, the entry point's without its first parameter.
 // Registered with SEQCLS_REGISTER_LSTM_BACKEND below.
-template <const LstmBackend& (*backend)(), auto entry>
+template <const RecurrentBackend& (*backend)(), auto entry>
 struct BoundToBackend;
 
-template <const LstmBackend& (*backend)(), typename Result, typename... Args,
-          Result (*entry)(const LstmBackend&, Args...)>
+template <const RecurrentBackend& (*backend)(), typename Result, typename... Args,
+          Result (*entry)(const RecurrentBackend&, Args...)>
 struct BoundToBackend<backend, entry> {
   static Result call(Args... args) { return entry(backend(), args...); }
 };
@@ -131,7 +138,7 @@ struct BoundToBackend<backend, entry> {
 // default-constructed `Backend`; used once per backend file, at namespace scope.
 #define SEQCLS_REGISTER_LSTM_BACKEND(ns, key, Backend)                                            \
   namespace {                                                                                 \
-  const ::seqcls_fast::LstmBackend& lstm_backend_##key() {                                    \
+  const ::seqcls_fast::RecurrentBackend& lstm_backend_##key() {                                    \
     static const Backend backend;                                                             \
     return backend;                                                                           \
   }                                                                                           \

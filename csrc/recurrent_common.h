@@ -1,5 +1,6 @@
-// Input checks and the length plan shared by the CPU and CUDA LSTM kernels.
-// Host code only; .cu files include it, so it stays on narrow ATen headers.
+// Input checks, the length plan and the backward's weight GEMMs, shared by
+// every backend and cell of the recurrent driver. Host code only; .cu files
+// include it, so it stays on narrow ATen headers.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -8,25 +9,28 @@
 #include <cstdint>
 #include <vector>
 
+#include "cell_def.h"
 #include "checks.h"
 
 namespace seqcls_fast {
 
-// Sizes of one LSTM layer-direction call, read from validated inputs.
-struct LstmSizes {
+// Sizes of one layer-direction call, read from validated inputs.
+struct LayerSizes {
   int64_t steps_total;  // T
   int64_t batch;        // B
   int64_t input_size;   // I
   int64_t hidden;       // H
 };
 
-// Checks ranks, shapes, dtypes and devices of lstm_layer_forward's inputs
-// (not the values of lengths: make_length_plan does that on the host).
-LstmSizes check_lstm_forward_inputs(const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
-                                    const c10::optional<at::Tensor>& h0,
-                                    const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih,
-                                    const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
-                                    const c10::optional<at::Tensor>& b_hh);
+// Checks ranks, shapes, dtypes and devices of a layer's inputs for `cell`
+// (weights [gates * H, .]; c0 only for a cell with a cell state), not the
+// values of lengths: make_length_plan does that on the host.
+LayerSizes check_layer_inputs(const CellDef& cell, const at::Tensor& x,
+                              const c10::optional<at::Tensor>& lengths,
+                              const c10::optional<at::Tensor>& h0,
+                              const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih,
+                              const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                              const c10::optional<at::Tensor>& b_hh);
 
 // How the batch runs through the recurrence. Rows are visited in `order`
 // (caller row indices sorted by length, descending, ties in caller order), so
@@ -84,17 +88,16 @@ at::Tensor pack_rows(const at::Tensor& x, int64_t packed_rows, const DevicePlan&
 at::Tensor pack_rows(const at::Tensor& x, int64_t begin, int64_t rows, const DevicePlan& plan);
 
 // The gradients that are GEMMs over valid steps, from the pre-activation
-// gradients grad_gates [rows, 4H] of packed rows [begin, begin + rows) and
+// gradients grad_gates [rows, G] of packed rows [begin, begin + rows) and
 // those rows' h_prev [rows, H]: grad_w_ih += dG^T X, grad_w_hh += dG^T H_prev,
 // grad_bias += sum of dG, and (when compute_grad_x) grad_x [T, B, I] at those
 // rows = dG W_ih (zeros past each length). The first call allocates; calls
 // for every packed row, in any order of disjoint ranges, give the whole.
-struct LstmGemmGrads {
+struct GemmGrads {
   at::Tensor grad_x, grad_w_ih, grad_w_hh, grad_bias;
 };
-void accumulate_lstm_gemm_grads(LstmGemmGrads& grads, const at::Tensor& grad_gates,
-                                int64_t begin, const at::Tensor& x, const at::Tensor& h_prev,
-                                const at::Tensor& w_ih, const DevicePlan& plan,
-                                bool compute_grad_x);
+void accumulate_gemm_grads(GemmGrads& grads, const at::Tensor& grad_gates, int64_t begin,
+                           const at::Tensor& x, const at::Tensor& h_prev, const at::Tensor& w_ih,
+                           const DevicePlan& plan, bool compute_grad_x);
 
 }  // namespace seqcls_fast

@@ -1,9 +1,10 @@
-// The length plan on the device, packed-row gathers, and the weight GEMMs of
-// the backward: what every backend of the LSTM driver shares.
-#include "lstm_common.h"
+// The layer's input checks, the length plan on the device, packed-row
+// gathers, and the weight GEMMs of the backward: what every backend and cell
+// of the recurrent driver shares.
+#include "recurrent_common.h"
 
 #include "buffers.h"
-#include "lstm_step.h"
+#include "recurrent_step.h"
 
 #include <ATen/ATen.h>
 
@@ -25,34 +26,40 @@ void check_state(const c10::optional<at::Tensor>& s, const at::Tensor& x, int64_
 
 }  // namespace
 
-LstmSizes check_lstm_forward_inputs(const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
-                                    const c10::optional<at::Tensor>& h0,
-                                    const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih,
-                                    const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
-                                    const c10::optional<at::Tensor>& b_hh) {
+LayerSizes check_layer_inputs(const CellDef& cell, const at::Tensor& x,
+                              const c10::optional<at::Tensor>& lengths,
+                              const c10::optional<at::Tensor>& h0,
+                              const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih,
+                              const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                              const c10::optional<at::Tensor>& b_hh) {
   SEQCLS_CHECK_VALUE(x.dim() == 3, "x must have shape [T, B, I], got ", x.sizes());
   SEQCLS_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "x must be a floating tensor, got ",
                     x.scalar_type());
   const int64_t steps_total = x.size(0), batch = x.size(1), input_size = x.size(2);
-  SEQCLS_CHECK_VALUE(w_hh.dim() == 2 && w_hh.size(0) % 4 == 0 && w_hh.size(0) > 0 &&
-                         w_hh.size(1) * 4 == w_hh.size(0),
-                     "w_hh must have shape [4H, H], got ", w_hh.sizes());
+  const int64_t gates = cell.gates;
+  SEQCLS_CHECK_VALUE(w_hh.dim() == 2 && w_hh.size(0) % gates == 0 && w_hh.size(0) > 0 &&
+                         w_hh.size(1) * gates == w_hh.size(0),
+                     "w_hh must have shape [", gates, "H, H], got ", w_hh.sizes());
   const int64_t hidden = w_hh.size(1);
   check_same_kind(w_ih, "w_ih", x, "x");
   check_same_kind(w_hh, "w_hh", x, "x");
-  SEQCLS_CHECK_VALUE(w_ih.dim() == 2 && w_ih.size(0) == 4 * hidden && w_ih.size(1) == input_size,
-                     "w_ih must have shape [4H, I] = [", 4 * hidden, ", ", input_size,
-                     "] (I from x), got ", w_ih.sizes());
+  SEQCLS_CHECK_VALUE(w_ih.dim() == 2 && w_ih.size(0) == gates * hidden &&
+                         w_ih.size(1) == input_size,
+                     "w_ih must have shape [", gates, "H, I] = [", gates * hidden, ", ",
+                     input_size, "] (I from x), got ", w_ih.sizes());
   SEQCLS_CHECK_VALUE(b_ih.has_value() == b_hh.has_value(),
                      "b_ih and b_hh must be given together or not at all");
   for (const auto* b : {&b_ih, &b_hh}) {
     if (!b->has_value()) continue;
     const char* name = b == &b_ih ? "b_ih" : "b_hh";
     check_same_kind(**b, name, x, "x");
-    SEQCLS_CHECK_VALUE((*b)->dim() == 1 && (*b)->size(0) == 4 * hidden, name,
-                       " must have shape [4H] = [", 4 * hidden, "], got ", (*b)->sizes());
+    SEQCLS_CHECK_VALUE((*b)->dim() == 1 && (*b)->size(0) == gates * hidden, name,
+                       " must have shape [", gates, "H] = [", gates * hidden, "], got ",
+                       (*b)->sizes());
   }
   check_state(h0, x, batch, hidden, "h0");
+  SEQCLS_CHECK_VALUE(cell.has_cell_state || !c0.has_value(), "c0 is only taken by a cell with a ",
+                     "cell state (", cell.name, " has none)");
   check_state(c0, x, batch, hidden, "c0");
   SEQCLS_CHECK_VALUE(batch == 0 || steps_total > 0,
                      "x must have at least one time step (T >= 1), got shape ", x.sizes());
@@ -184,10 +191,9 @@ at::Tensor pack_rows(const at::Tensor& x, int64_t begin, int64_t rows, const Dev
                                    plan.packed_batch.narrow(0, begin, rows)});
 }
 
-void accumulate_lstm_gemm_grads(LstmGemmGrads& grads, const at::Tensor& grad_gates,
-                                int64_t begin, const at::Tensor& x, const at::Tensor& h_prev,
-                                const at::Tensor& w_ih, const DevicePlan& plan,
-                                bool compute_grad_x) {
+void accumulate_gemm_grads(GemmGrads& grads, const at::Tensor& grad_gates, int64_t begin,
+                           const at::Tensor& x, const at::Tensor& h_prev, const at::Tensor& w_ih,
+                           const DevicePlan& plan, bool compute_grad_x) {
   const int64_t rows = grad_gates.size(0);
   const at::Tensor x_packed = pack_rows(x, begin, rows, plan);
   const at::Tensor grad_gates_t = grad_gates.t();

@@ -1,6 +1,7 @@
-// The LSTM layer driver (see lstm_driver.h): checks, plan, GEMMs and the
-// forward and backward step loops, once for every backend.
-#include "lstm_driver.h"
+// The recurrent layer driver (see recurrent_driver.h): checks, plan, GEMMs and
+// the forward and backward step loops, once for every backend and cell; the
+// LSTM operators at the end of each part run it with kLstmCell.
+#include "recurrent_driver.h"
 
 #include "buffers.h"
 #include "length_plan.h"
@@ -16,12 +17,12 @@
 #include <vector>
 
 namespace seqcls_fast {
-void LstmBackend::forward_recurrence(const LstmForwardRecurrence& /*r*/,
+void RecurrentBackend::forward_recurrence(const ForwardRecurrence& /*r*/,
                                      at::ScalarType /*dtype*/) const {
   TORCH_CHECK(false, "seqcls_fast: forward_recurrence called on a backend without one");
 }
 
-void LstmBackend::backward_recurrence(const LstmBackwardRecurrence& /*r*/,
+void RecurrentBackend::backward_recurrence(const BackwardRecurrence& /*r*/,
                                       at::ScalarType /*dtype*/) const {
   TORCH_CHECK(false, "seqcls_fast: backward_recurrence called on a backend without one");
 }
@@ -57,8 +58,14 @@ int64_t largest_chunk(const LengthPlan& plan, const std::vector<int64_t>& starts
 }
 
 // The fields every step of a pass shares (step and rows are set per step).
-LstmStepRows step_rows(const DevicePlan& dev, int64_t batch, int64_t hidden, bool reverse) {
-  LstmStepRows rows{};
+StepRows step_rows(const CellDef& cell_def, const DevicePlan& dev, int64_t batch, int64_t hidden,
+                   bool reverse) {
+  // A cell whose recurrent product stays apart (the GRU's) needs a buffer for
+  // it and a second bias beside the projection's: the first such cell adds them.
+  TORCH_INTERNAL_ASSERT(!cell_def.recurrent_apart, "seqcls_fast: the driver has no recurrent ",
+                        "product apart from the projection yet (", cell_def.name, ")");
+  StepRows rows{};
+  rows.cell_kind = cell_def.kind;
   rows.batch = batch;
   rows.hidden = hidden;
   rows.reverse = reverse;
@@ -69,10 +76,10 @@ LstmStepRows step_rows(const DevicePlan& dev, int64_t batch, int64_t hidden, boo
 
 // The fields of a persistent recurrence that every segment of a pass shares,
 // from the pass's step parameters (rows, states) and the plan.
-LstmForwardRecurrence recurrence_rows(const LstmForwardStep& step, const LengthPlan& plan,
+ForwardRecurrence recurrence_rows(const ForwardStep& step, const LengthPlan& plan,
                                       const Tensor& w_hh_packed) {
-  LstmForwardRecurrence r{};
-  static_cast<LstmStepRows&>(r) = step;
+  ForwardRecurrence r{};
+  static_cast<StepRows&>(r) = step;
   r.steps = plan.steps;
   r.active = plan.active.data();
   r.offset = plan.offset.data();
@@ -85,11 +92,11 @@ LstmForwardRecurrence recurrence_rows(const LstmForwardStep& step, const LengthP
 
 // The same for the backward, from its step parameters; grad_h_state is
 // written too (after each chunk: dG W_hh for the chunk before).
-LstmBackwardRecurrence backward_recurrence_rows(const LstmBackwardStep& step,
+BackwardRecurrence backward_recurrence_rows(const BackwardStep& step,
                                                 const LengthPlan& plan,
                                                 const Tensor& w_hh_packed, Tensor& grad_h_state) {
-  LstmBackwardRecurrence r{};
-  static_cast<LstmStepRows&>(r) = step;
+  BackwardRecurrence r{};
+  static_cast<StepRows&>(r) = step;
   r.active = plan.active.data();
   r.offset = plan.offset.data();
   r.w_hh_packed = w_hh_packed.defined() ? w_hh_packed.const_data_ptr() : nullptr;
@@ -101,7 +108,8 @@ LstmBackwardRecurrence backward_recurrence_rows(const LstmBackwardStep& step,
   return r;
 }
 
-// b_ih + b_hh, added to every step's projection: one function, so the
+// b_ih + b_hh, added to every step's projection when the whole recurrent
+// product joins it (!CellDef::recurrent_apart): one function, so the
 // low-memory rebuild adds bitwise the forward's bias.
 optional<Tensor> combined_bias(const optional<Tensor>& b_ih, const optional<Tensor>& b_hh) {
   return b_ih.has_value() ? optional<Tensor>(*b_ih + *b_hh) : c10::nullopt;
@@ -139,11 +147,12 @@ void check_cell(const Tensor& cell, const Tensor& x, int64_t hidden) {
 // The saved activations lstm_layer_backward reads, checked against the
 // contract in ops.cpp: gates and h_prev in x's dtype, cell in the state dtype,
 // N = sum(lengths) rows, all on x's device.
-void check_saved(const Tensor& gates, const Tensor& cell, const Tensor& h_prev, const Tensor& x,
-                 int64_t hidden) {
-  SEQCLS_CHECK_VALUE(gates.dim() == 2, "gates must have shape [N, 4H], got ", gates.sizes());
+void check_saved(const CellDef& cell_def, const Tensor& gates, const Tensor& cell,
+                 const Tensor& h_prev, const Tensor& x, int64_t hidden) {
+  SEQCLS_CHECK_VALUE(gates.dim() == 2, "gates must have shape [N, ", cell_def.gates, "H], got ",
+                     gates.sizes());
   const int64_t rows = gates.size(0);
-  check_shape(gates, {rows, kLstmGates * hidden}, "gates");
+  check_shape(gates, {rows, cell_def.gates * hidden}, "gates");
   check_shape(cell, {rows, hidden}, "cell");
   check_shape(h_prev, {rows, hidden}, "h_prev");
   check_same_kind(gates, "gates", x, "x");
@@ -161,10 +170,12 @@ enum class Keep {
 
 // The forward recurrence both forward operators run, on sorted states
 // (h_state, c_state updated in place). `output` undefined: not written;
-// `gates` holds every packed row's gates with Keep::kEveryStep (else a chunk
-// of scratch is used); `cell` [N, H] or, with kCheckpoints, [C * B, H] for the
-// C chunks of `checkpoint_steps`; `pool` non-null: online pooling after each step.
+// `gates` [N, G] holds every packed row's gates with Keep::kEveryStep (else a
+// chunk of scratch is used); `cell` (a cell with a cell state) [N, H] or, with
+// kCheckpoints, [C * B, H] for the C chunks of `checkpoint_steps`; `pool`
+// non-null: online pooling after each step.
 struct ForwardPass {
+  const CellDef& cell_def;
   const Tensor& x;
   const LengthPlan& plan;
   const DevicePlan& dev;
@@ -173,6 +184,12 @@ struct ForwardPass {
   std::vector<int64_t> checkpoint_steps;  // kCheckpoints: the backward's chunk starts
   Tensor output, gates, cell, h_prev;
 };
+
+// Packed row `row` of the cell states a forward keeps for its backward, or
+// nullptr (inference, low memory, or a cell without a cell state).
+void* kept_cell_row(const ForwardPass& f, int64_t row) {
+  return f.keep == Keep::kEveryStep && f.cell_def.has_cell_state ? row_ptr(f.cell, row) : nullptr;
+}
 
 struct PoolPass {
   OnlinePooling pooling;
@@ -183,17 +200,17 @@ struct PoolPass {
 // One forward's step machinery, shared by its segments: the per-step and
 // persistent parameters, and the online pooling's.
 struct ForwardRunner {
-  const LstmBackend& backend;
+  const RecurrentBackend& backend;
   ForwardPass& f;
   at::ScalarType dtype;
   Tensor h_state, w_hh_t, w_hh_packed;  // w_hh_packed undefined: a GEMM per step
-  LstmForwardStep step{};
-  LstmForwardRecurrence fused{};
+  ForwardStep step{};
+  ForwardRecurrence fused{};
   const PoolPass* pool = nullptr;  // set when pooling (attention or mean)
   Tensor keys;     // [max(B, rows), A] tanh(h W^T + b) of a step's or segment's rows; or
                    //   undefined (the keys are h)
   Tensor h_chunk;  // [rows, H] a persistent segment's h_s, to pool
-  LstmPoolStep pool_step{};
+  PoolStep pool_step{};
 };
 
 // The online pooling's parameters and buffers, for segments of up to
@@ -207,7 +224,7 @@ void prepare_pooling(ForwardRunner& run, const PoolPass& pool, int64_t batch, in
   }
   if (run.w_hh_packed.defined()) run.h_chunk = at::empty({most_rows, H}, opts);
   run.fused.h_packed = run.h_chunk.defined() ? run.h_chunk.data_ptr() : nullptr;
-  LstmPoolStep& q = run.pool_step;
+  PoolStep& q = run.pool_step;
   q.hidden = H;
   q.pooling = pool.pooling;
   q.key_size = run.keys.defined() ? run.keys.size(1) : H;
@@ -229,7 +246,7 @@ void compute_keys(ForwardRunner& run, const Tensor& h_rows) {
 // keys). Pointers, not a Tensor per step: at B = 1 two narrows a step cost
 // as much as the step's recurrence.
 void pool_rows(ForwardRunner& run, const Tensor& h_rows, int64_t row, int64_t rows) {
-  LstmPoolStep& q = run.pool_step;
+  PoolStep& q = run.pool_step;
   q.rows = rows;
   q.h = row_ptr(h_rows, row);
   q.keys = run.keys.defined() ? row_ptr(run.keys, row) : q.h;
@@ -246,13 +263,13 @@ void run_segment(ForwardRunner& run, const Tensor& chunk_gates, int64_t chunk_be
   const LengthPlan& plan = f.plan;
   const bool every_step = f.keep == Keep::kEveryStep;
   if (run.w_hh_packed.defined()) {
-    LstmForwardRecurrence& r = run.fused;
+    ForwardRecurrence& r = run.fused;
     r.step = seg;
     r.end_step = seg_end;
     r.row0 = plan.offset[seg];
     r.gates = row_ptr(chunk_gates, plan.offset[seg] - chunk_begin);
     r.product_at_first = seg > 0 || f.has_h0;
-    r.cell = every_step ? row_ptr(f.cell, plan.offset[seg]) : nullptr;
+    r.cell = kept_cell_row(f, plan.offset[seg]);
     r.h_prev = every_step ? row_ptr(f.h_prev, plan.offset[seg]) : nullptr;
     run.backend.forward_recurrence(r, run.dtype);
     if (run.pool == nullptr) return;
@@ -263,7 +280,7 @@ void run_segment(ForwardRunner& run, const Tensor& chunk_gates, int64_t chunk_be
     }
     return;
   }
-  LstmForwardStep& p = run.step;
+  ForwardStep& p = run.step;
   for (int64_t s = seg; s < seg_end; ++s) {
     const int64_t rows = plan.active[s], begin = plan.offset[s];
     Tensor gates_step = chunk_gates.narrow(0, begin - chunk_begin, rows);
@@ -272,7 +289,7 @@ void run_segment(ForwardRunner& run, const Tensor& chunk_gates, int64_t chunk_be
     p.rows = rows;
     p.rows_next = s + 1 < plan.steps ? plan.active[s + 1] : 0;
     p.gates = gates_step.data_ptr();
-    p.cell = every_step ? row_ptr(f.cell, begin) : nullptr;
+    p.cell = kept_cell_row(f, begin);
     p.h_prev_next = every_step && p.rows_next > 0 ? row_ptr(f.h_prev, plan.offset[s + 1])
                                                   : nullptr;
     run.backend.forward_step(p, run.dtype);
@@ -283,7 +300,7 @@ void run_segment(ForwardRunner& run, const Tensor& chunk_gates, int64_t chunk_be
   }
 }
 
-void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Tensor& c_state,
+void run_forward(const RecurrentBackend& backend, ForwardPass& f, Tensor& h_state, Tensor& c_state,
                  const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_ih,
                  const optional<Tensor>& b_hh, PoolPass* pool) {
   const LengthPlan& plan = f.plan;
@@ -300,15 +317,15 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
   const std::vector<int64_t> chunk_starts = chunk_steps(plan, backend.projection_chunk_rows);
   const int64_t most_rows = largest_chunk(plan, chunk_starts);
   Tensor scratch =
-      every_step ? Tensor() : empty_buffer({most_rows, kLstmGates * H}, f.x.options());
+      every_step ? Tensor() : empty_buffer({most_rows, f.cell_def.gates * H}, f.x.options());
 
   ForwardRunner run{backend, f, f.x.scalar_type(), h_state, w_hh.t()};
-  LstmForwardStep& p = run.step;
-  static_cast<LstmStepRows&>(p) = step_rows(f.dev, B, H, f.reverse);
+  ForwardStep& p = run.step;
+  static_cast<StepRows&>(p) = step_rows(f.cell_def, f.dev, B, H, f.reverse);
   p.h_state = h_state.data_ptr();
-  p.c_state = c_state.data_ptr();
+  p.c_state = c_state.defined() ? c_state.data_ptr() : nullptr;
   p.output = f.output.defined() ? f.output.data_ptr() : nullptr;
-  run.w_hh_packed = backend.pack_recurrent_weights(w_hh);
+  run.w_hh_packed = backend.pack_recurrent_weights(f.cell_def, w_hh);
   run.fused = recurrence_rows(p, plan, run.w_hh_packed);
   if (pool != nullptr && pool->pooling != OnlinePooling::kLast) {
     prepare_pooling(run, *pool, B, most_rows);
@@ -326,8 +343,9 @@ void run_forward(const LstmBackend& backend, ForwardPass& f, Tensor& h_state, Te
     linear_out(chunk_gates, x_packed.narrow(0, chunk_begin, chunk_rows), w_ih_t,
                bias.value_or(Tensor()));
     for (int64_t seg = first; seg < last;) {
-      if (checkpoint + 1 < kept.size() && seg == kept[checkpoint]) {
-        f.cell.narrow(0, static_cast<int64_t>(checkpoint++) * B, B).copy_(c_state);  // every row
+      if (checkpoint + 1 < kept.size() && seg == kept[checkpoint]) {  // every row's state
+        const int64_t at_row = static_cast<int64_t>(checkpoint++) * B;
+        if (f.cell_def.has_cell_state) f.cell.narrow(0, at_row, B).copy_(c_state);
       }
       const int64_t seg_end =
           checkpoint + 1 < kept.size() ? std::min(last, kept[checkpoint]) : last;
@@ -392,63 +410,85 @@ void check_pool_inputs(OnlinePooling pooling, const Tensor& x, int64_t batch, in
   }
 }
 
+// A forward's pass and buffers for `keep`: the output [T, B, H] (not for
+// pooled inference), and what the backward reads (Keep) in the layout of
+// ForwardPass.
+ForwardPass forward_pass(const CellDef& cell_def, const RecurrentBackend& backend, const Tensor& x,
+                         const LayerSizes& sz, const LengthPlan& plan, const DevicePlan& dev,
+                         bool has_h0, bool reverse, Keep keep, bool write_output) {
+  const int64_t T = sz.steps_total, B = sz.batch, H = sz.hidden, N = plan.packed_rows;
+  const auto opts = x.options();
+  const auto state_opts = opts.dtype(at::toOpMathType(x.scalar_type()));
+  std::vector<int64_t> checkpoints;
+  if (keep == Keep::kCheckpoints && N > 0) checkpoints = chunk_steps(plan, backend.backward_chunk_rows);
+  const int64_t gate_rows = keep == Keep::kEveryStep ? N : 0;
+  const int64_t cell_rows = !cell_def.has_cell_state      ? 0
+                            : keep == Keep::kEveryStep    ? N
+                            : keep == Keep::kCheckpoints ? checkpoint_rows(checkpoints, B)
+                                                         : 0;
+  ForwardPass f{cell_def, x, plan, dev, has_h0, reverse, keep, std::move(checkpoints)};
+  if (!write_output) return f;
+  f.output = empty_buffer({T, B, H}, opts);
+  f.gates = empty_buffer({gate_rows, cell_def.gates * H}, opts);
+  f.cell = empty_buffer({cell_rows, H}, state_opts);
+  f.h_prev = empty_buffer({gate_rows, H}, opts);
+  if (!plan.all_full) backend.zero_output_padding(f.output, dev);
+  return f;
+}
+
+// A sorted initial state [B, H] with `options` (its dtype): the caller's, or zeros.
+Tensor initial_state(const optional<Tensor>& given, const DevicePlan& dev,
+                     const at::TensorOptions& options, const LayerSizes& sz) {
+  return given.has_value() ? to_sorted(*given, dev, options.dtype().toScalarType())
+                           : at::zeros({sz.batch, sz.hidden}, options);
+}
+
+// The cell state c of a cell that has one (else undefined), sorted.
+Tensor initial_cell_state(const CellDef& cell_def, const optional<Tensor>& c0,
+                          const DevicePlan& dev, const Tensor& x, const LayerSizes& sz) {
+  if (!cell_def.has_cell_state) return Tensor();
+  return initial_state(c0, dev, x.options().dtype(at::toOpMathType(x.scalar_type())), sz);
+}
+
 }  // namespace
 
-LstmForwardResult lstm_layer_forward(const LstmBackend& backend, const Tensor& x,
+LstmForwardResult lstm_layer_forward(const RecurrentBackend& backend, const Tensor& x,
                                      const optional<Tensor>& lengths, const optional<Tensor>& h0,
                                      const optional<Tensor>& c0, const Tensor& w_ih,
                                      const Tensor& w_hh, const optional<Tensor>& b_ih,
                                      const optional<Tensor>& b_hh, bool reverse,
                                      bool save_activations, const optional<Tensor>& plan_table,
                                      bool low_memory) {
-  const LstmSizes sz = check_lstm_forward_inputs(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh);
+  const CellDef& cell_def = kLstmCell;
+  const LayerSizes sz = check_layer_inputs(cell_def, x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh);
   backend.check_input(x, sz.hidden);
   const at::OptionalDeviceGuard device_guard(at::device_of(x));
-  const int64_t T = sz.steps_total, B = sz.batch, H = sz.hidden;
-  const at::ScalarType dtype = x.scalar_type(), state_dtype = at::toOpMathType(dtype);
-  const auto opts = x.options();
-  const auto state_opts = opts.dtype(state_dtype);
+  const int64_t T = sz.steps_total, B = sz.batch;
   const LengthPlan plan = make_length_plan(plan_table_for(lengths, plan_table, T, B), T, B, reverse);
   const DevicePlan dev = make_device_plan(plan, reverse, x.device());
-  const int64_t N = plan.packed_rows;  // 0 exactly when B == 0: lengths are >= 1
-
   const Keep keep = !save_activations ? Keep::kNothing
                     : low_memory        ? Keep::kCheckpoints
                                         : Keep::kEveryStep;
-  std::vector<int64_t> checkpoints;
-  if (keep == Keep::kCheckpoints && N > 0) checkpoints = chunk_steps(plan, backend.backward_chunk_rows);
-  const int64_t gate_rows = keep == Keep::kEveryStep ? N : 0;
-  const int64_t cell_rows = keep == Keep::kEveryStep    ? N
-                            : keep == Keep::kCheckpoints ? checkpoint_rows(checkpoints, B)
-                                                         : 0;
-  ForwardPass f{x,
-                plan,
-                dev,
-                h0.has_value(),
-                reverse,
-                keep,
-                std::move(checkpoints),
-                empty_buffer({T, B, H}, opts),
-                empty_buffer({gate_rows, kLstmGates * H}, opts),
-                empty_buffer({cell_rows, H}, state_opts),
-                empty_buffer({gate_rows, H}, opts)};
-  if (!plan.all_full) backend.zero_output_padding(f.output, dev);
-  Tensor h_state = h0.has_value() ? to_sorted(*h0, dev, dtype) : at::zeros({B, H}, opts);
-  Tensor c_state = c0.has_value() ? to_sorted(*c0, dev, state_dtype) : at::zeros({B, H}, state_opts);
-  if (N > 0) run_forward(backend, f, h_state, c_state, w_ih, w_hh, b_ih, b_hh, nullptr);
-  return {f.output,          from_sorted(h_state, dev), from_sorted(c_state.to(dtype), dev),
+  ForwardPass f = forward_pass(cell_def, backend, x, sz, plan, dev, h0.has_value(), reverse, keep,
+                               /*write_output=*/true);
+  Tensor h_state = initial_state(h0, dev, x.options(), sz);
+  Tensor c_state = initial_cell_state(cell_def, c0, dev, x, sz);
+  // N = 0 exactly when B = 0 (lengths are >= 1).
+  if (plan.packed_rows > 0) run_forward(backend, f, h_state, c_state, w_ih, w_hh, b_ih, b_hh, nullptr);
+  return {f.output,          from_sorted(h_state, dev), from_sorted(c_state.to(x.scalar_type()), dev),
           std::move(f.gates), std::move(f.cell),         std::move(f.h_prev)};
 }
 
 LstmPooledForwardResult lstm_layer_pooled_forward(
-    const LstmBackend& backend, const Tensor& x, const optional<Tensor>& lengths,
+    const RecurrentBackend& backend, const Tensor& x, const optional<Tensor>& lengths,
     const optional<Tensor>& h0, const optional<Tensor>& c0, const Tensor& w_ih,
     const Tensor& w_hh, const optional<Tensor>& b_ih, const optional<Tensor>& b_hh,
     c10::string_view pooling, const optional<Tensor>& query, const optional<Tensor>& key_weight,
     const optional<Tensor>& key_bias, const optional<Tensor>& pool_max,
     const optional<Tensor>& pool_denom, const optional<Tensor>& pool_sum,
     const optional<Tensor>& plan_table) {
-  const LstmSizes sz = check_lstm_forward_inputs(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh);
+  const CellDef& cell_def = kLstmCell;
+  const LayerSizes sz = check_layer_inputs(cell_def, x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh);
   backend.check_input(x, sz.hidden);
   const int64_t T = sz.steps_total, B = sz.batch, H = sz.hidden;
   const OnlinePooling mode = parse_pooling(pooling);
@@ -460,10 +500,10 @@ LstmPooledForwardResult lstm_layer_pooled_forward(
   const LengthPlan plan = make_length_plan(plan_table_for(lengths, plan_table, T, B), T, B, false);
   const DevicePlan dev = make_device_plan(plan, false, x.device());
 
-  ForwardPass f{x,        plan,     dev,      h0.has_value(), false, Keep::kNothing, {},
-                Tensor(), Tensor(), Tensor(), Tensor()};
-  Tensor h_state = h0.has_value() ? to_sorted(*h0, dev, dtype) : at::zeros({B, H}, opts);
-  Tensor c_state = c0.has_value() ? to_sorted(*c0, dev, state_dtype) : at::zeros({B, H}, state_opts);
+  ForwardPass f = forward_pass(cell_def, backend, x, sz, plan, dev, h0.has_value(), false,
+                               Keep::kNothing, /*write_output=*/false);
+  Tensor h_state = initial_state(h0, dev, opts, sz);
+  Tensor c_state = initial_cell_state(cell_def, c0, dev, x, sz);
   PoolPass pool{mode,
                 mode == OnlinePooling::kAttention ? query->contiguous() : Tensor(),
                 key_weight.has_value() ? key_weight->t().contiguous() : Tensor(),
@@ -473,8 +513,7 @@ LstmPooledForwardResult lstm_layer_pooled_forward(
                                                 state_opts),
                 pool_denom.has_value() ? to_sorted(*pool_denom, dev, state_dtype)
                                        : at::zeros({B}, state_opts),
-                pool_sum.has_value() ? to_sorted(*pool_sum, dev, state_dtype)
-                                     : at::zeros({B, H}, state_opts)};
+                initial_state(pool_sum, dev, state_opts, sz)};
   if (plan.packed_rows > 0) run_forward(backend, f, h_state, c_state, w_ih, w_hh, b_ih, b_hh, &pool);
   return {from_sorted(h_state, dev), from_sorted(c_state.to(dtype), dev),
           from_sorted(pool.max, dev), from_sorted(pool.denom, dev), from_sorted(pool.sum, dev)};
@@ -537,7 +576,8 @@ Tensor rebuild_h_prev(const GateSource& src, const DevicePlan& dev, int64_t begi
 // What every chunk of one backward shares: its inputs, the step parameters
 // (per step and persistent) and, in low memory, the rebuild's scratch.
 struct BackwardPass {
-  const LstmBackend& backend;
+  const CellDef& cell_def;
+  const RecurrentBackend& backend;
   const LengthPlan& plan;
   const DevicePlan& dev;
   const GateSource& src;
@@ -547,10 +587,10 @@ struct BackwardPass {
   Tensor x_source, w_ih_t, w_hh, w_hh_t, w_hh_packed_backward;
   Tensor c0_sorted, saved_gates, saved_cell;  // saved activations (fast)
   Tensor gates_scratch, cell_scratch, c_replay, h_replay, w_hh_packed;  // rebuild (low memory)
-  LstmForwardStep replay{};                  // the rebuild's forward, per step
-  LstmForwardRecurrence fused_replay{};      //   or persistent
-  LstmBackwardStep step{};                   // the recurrence backward, per step
-  LstmBackwardRecurrence fused{};            //   or persistent
+  ForwardStep replay{};                  // the rebuild's forward, per step
+  ForwardRecurrence fused_replay{};      //   or persistent
+  BackwardStep step{};                   // the recurrence backward, per step
+  BackwardRecurrence fused{};            //   or persistent
   Tensor grad_h_state, grad_c_state;         // sorted, updated chunk by chunk
 };
 
@@ -568,14 +608,14 @@ void prepare_rebuild(BackwardPass& b, int64_t most) {
   const auto opts = b.x_source.options();
   const at::ScalarType state_dtype = at::toOpMathType(b.dtype);
   const int64_t B = b.batch, H = b.w_hh.size(1);
-  b.gates_scratch = empty_buffer({most, kLstmGates * H}, opts);
+  b.gates_scratch = empty_buffer({most, b.cell_def.gates * H}, opts);
   b.cell_scratch = at::empty({most, H}, opts.dtype(state_dtype));
   b.c_replay = at::empty({B, H}, opts.dtype(state_dtype));
   b.h_replay = at::empty({B, H}, opts);  // the replay's h: unused (the output holds it)
-  static_cast<LstmStepRows&>(b.replay) = step_rows(b.dev, B, H, b.reverse);
+  static_cast<StepRows&>(b.replay) = step_rows(b.cell_def, b.dev, B, H, b.reverse);
   b.replay.h_state = b.h_replay.data_ptr();
   b.replay.c_state = b.c_replay.data_ptr();
-  b.w_hh_packed = b.backend.pack_recurrent_weights(b.w_hh);
+  b.w_hh_packed = b.backend.pack_recurrent_weights(b.cell_def, b.w_hh);
   b.fused_replay = recurrence_rows(b.replay, b.plan, b.w_hh_packed);
 }
 
@@ -597,7 +637,7 @@ ChunkActivations rebuilt_chunk(BackwardPass& b, size_t c, int64_t first, int64_t
   b.c_replay.copy_(checkpoint);
   if (b.w_hh_packed.defined()) {
     // The forward's own kernel: the rebuilt gates and cells are bitwise the forward's.
-    LstmForwardRecurrence& r = b.fused_replay;
+    ForwardRecurrence& r = b.fused_replay;
     r.step = first;
     r.end_step = last;
     r.row0 = begin;
@@ -637,7 +677,7 @@ void recurrence_backward(BackwardPass& b, const ChunkActivations& a, Tensor& gra
   const LengthPlan& plan = b.plan;
   const int64_t begin = plan.offset[first];
   if (b.w_hh_packed_backward.defined()) {  // the chunk's steps in one persistent call
-    LstmBackwardRecurrence& r = b.fused;
+    BackwardRecurrence& r = b.fused;
     r.step = first;
     r.end_step = last;
     r.row0 = begin;
@@ -649,7 +689,7 @@ void recurrence_backward(BackwardPass& b, const ChunkActivations& a, Tensor& gra
     b.backend.backward_recurrence(r, b.dtype);
     return;
   }
-  LstmBackwardStep& p = b.step;
+  BackwardStep& p = b.step;
   for (int64_t s = last - 1; s >= first; --s) {  // steps in reverse, on the active prefix
     const int64_t active = plan.active[s], row = plan.offset[s];
     Tensor grad_gates_step = grad_gates.narrow(0, row - begin, active);
@@ -671,8 +711,8 @@ void recurrence_backward(BackwardPass& b, const ChunkActivations& a, Tensor& gra
 
 // The per-step and persistent backward parameters every chunk shares.
 void prepare_recurrence_backward(BackwardPass& b, const Tensor& grad_out) {
-  LstmBackwardStep& p = b.step;
-  static_cast<LstmStepRows&>(p) = step_rows(b.dev, b.batch, b.w_hh.size(1), b.reverse);
+  BackwardStep& p = b.step;
+  static_cast<StepRows&>(p) = step_rows(b.cell_def, b.dev, b.batch, b.w_hh.size(1), b.reverse);
   p.grad_output = grad_out.const_data_ptr();
   p.grad_output_stride_t = grad_out.stride(0);
   p.grad_output_stride_b = grad_out.stride(1);
@@ -680,20 +720,20 @@ void prepare_recurrence_backward(BackwardPass& b, const Tensor& grad_out) {
   p.grad_c_state = b.grad_c_state.data_ptr();
   // The persistent backward, where the backend has one: every step of a
   // chunk in one call.
-  b.w_hh_packed_backward = b.backend.pack_recurrent_weights_backward(b.w_hh);
+  b.w_hh_packed_backward = b.backend.pack_recurrent_weights_backward(b.cell_def, b.w_hh);
   b.fused = backward_recurrence_rows(p, b.plan, b.w_hh_packed_backward, b.grad_h_state);
 }
 
-LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_output,
-                                const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& x,
-                                const LengthPlan& plan, const DevicePlan& dev,
-                                const optional<Tensor>& c0, const Tensor& w_ih,
-                                const Tensor& w_hh, const GateSource& src, bool reverse,
-                                bool compute_grad_x) {
-  const int64_t B = x.size(1), I = x.size(2), H = w_hh.size(1), G = kLstmGates * H;
+LstmBackwardResult run_backward(const CellDef& cell_def, const RecurrentBackend& backend,
+                                const Tensor& grad_output, const Tensor& grad_h_n,
+                                const Tensor& grad_c_n, const Tensor& x, const LengthPlan& plan,
+                                const DevicePlan& dev, const optional<Tensor>& c0,
+                                const Tensor& w_ih, const Tensor& w_hh, const GateSource& src,
+                                bool reverse, bool compute_grad_x) {
+  const int64_t B = x.size(1), I = x.size(2), H = w_hh.size(1), G = cell_def.gates * H;
   const at::ScalarType dtype = x.scalar_type(), state_dtype = at::toOpMathType(dtype);
   const auto opts = x.options();
-  BackwardPass b{backend, plan, dev, src, dtype, B, reverse};
+  BackwardPass b{cell_def, backend, plan, dev, src, dtype, B, reverse};
   b.grad_h_state = to_sorted(grad_h_n, dev, dtype);
   b.grad_c_state = to_sorted(grad_c_n, dev, state_dtype);
   if (plan.packed_rows == 0) {
@@ -724,7 +764,7 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
                                                                : grad_output.contiguous();
   prepare_recurrence_backward(b, grad_out);
   Tensor grad_gates = empty_buffer({most, G}, opts);  // every row written below
-  LstmGemmGrads grads;
+  GemmGrads grads;
   for (size_t c = chunk_starts.size() - 1; c-- > 0;) {
     const int64_t first = chunk_starts[c], last = chunk_starts[c + 1];
     const int64_t begin = plan.offset[first], rows = plan.offset[last] - begin;
@@ -733,8 +773,8 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
     Tensor chunk_grad_gates = grad_gates.narrow(0, 0, rows);
     recurrence_backward(b, a, chunk_grad_gates, first, last);
     // Weight and input gradients: GEMMs over the chunk's valid steps.
-    accumulate_lstm_gemm_grads(grads, chunk_grad_gates, begin, b.x_source, a.h_prev, w_ih, dev,
-                               compute_grad_x);
+    accumulate_gemm_grads(grads, chunk_grad_gates, begin, b.x_source, a.h_prev, w_ih, dev,
+                          compute_grad_x);
   }
   return {grads.grad_x,    from_sorted(b.grad_h_state, dev),
           from_sorted(b.grad_c_state.to(dtype), dev),
@@ -743,36 +783,38 @@ LstmBackwardResult run_backward(const LstmBackend& backend, const Tensor& grad_o
 
 }  // namespace
 
-LstmBackwardResult lstm_layer_backward(const LstmBackend& backend, const Tensor& grad_output,
+LstmBackwardResult lstm_layer_backward(const RecurrentBackend& backend, const Tensor& grad_output,
                                        const Tensor& grad_h_n, const Tensor& grad_c_n,
                                        const Tensor& x, const optional<Tensor>& lengths,
                                        const optional<Tensor>& c0, const Tensor& w_ih,
                                        const Tensor& w_hh, const Tensor& gates, const Tensor& cell,
                                        const Tensor& h_prev, bool reverse, bool compute_grad_x,
                                        const optional<Tensor>& plan_table) {
-  const LstmSizes sz = check_lstm_forward_inputs(x, lengths, c10::nullopt, c0, w_ih, w_hh,
-                                                 c10::nullopt, c10::nullopt);
+  const CellDef& cell_def = kLstmCell;
+  const LayerSizes sz = check_layer_inputs(cell_def, x, lengths, c10::nullopt, c0, w_ih, w_hh,
+                                           c10::nullopt, c10::nullopt);
   backend.check_input(x, sz.hidden);
   const int64_t T = sz.steps_total, B = sz.batch, H = sz.hidden;
   check_upstream(grad_output, grad_h_n, grad_c_n, x, H);
-  check_saved(gates, cell, h_prev, x, H);
+  check_saved(cell_def, gates, cell, h_prev, x, H);
   const at::OptionalDeviceGuard device_guard(at::device_of(x));
   const LengthPlan plan = make_length_plan(plan_table_for(lengths, plan_table, T, B), T, B, reverse);
   const DevicePlan dev = make_device_plan(plan, reverse, x.device());
-  check_shape(gates, {plan.packed_rows, kLstmGates * H}, "gates");
+  check_shape(gates, {plan.packed_rows, cell_def.gates * H}, "gates");
   GateSource src{gates, cell, h_prev, Tensor(), Tensor(), Tensor(), c10::nullopt};
-  return run_backward(backend, grad_output, grad_h_n, grad_c_n, x, plan, dev, c0, w_ih, w_hh,
+  return run_backward(cell_def, backend, grad_output, grad_h_n, grad_c_n, x, plan, dev, c0, w_ih, w_hh,
                       src, reverse, compute_grad_x);
 }
 
 LstmBackwardResult lstm_layer_backward_recompute(
-    const LstmBackend& backend, const Tensor& grad_output, const Tensor& grad_h_n,
+    const RecurrentBackend& backend, const Tensor& grad_output, const Tensor& grad_h_n,
     const Tensor& grad_c_n, const Tensor& x, const optional<Tensor>& lengths,
     const optional<Tensor>& h0, const optional<Tensor>& c0, const Tensor& w_ih,
     const Tensor& w_hh, const optional<Tensor>& b_ih, const optional<Tensor>& b_hh,
     const Tensor& output, const Tensor& cell, bool reverse, bool compute_grad_x,
     const optional<Tensor>& plan_table) {
-  const LstmSizes sz = check_lstm_forward_inputs(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh);
+  const CellDef& cell_def = kLstmCell;
+  const LayerSizes sz = check_layer_inputs(cell_def, x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh);
   backend.check_input(x, sz.hidden);
   const int64_t T = sz.steps_total, B = sz.batch, H = sz.hidden;
   check_upstream(grad_output, grad_h_n, grad_c_n, x, H);
@@ -792,7 +834,7 @@ LstmBackwardResult lstm_layer_backward_recompute(
                  h0.has_value() ? to_sorted(*h0, dev, x.scalar_type()) : Tensor(),
                  cell.contiguous(),
                  combined_bias(b_ih, b_hh)};
-  return run_backward(backend, grad_output, grad_h_n, grad_c_n, x, plan, dev, c0, w_ih, w_hh,
+  return run_backward(cell_def, backend, grad_output, grad_h_n, grad_c_n, x, plan, dev, c0, w_ih, w_hh,
                       src, reverse, compute_grad_x);
 }
 

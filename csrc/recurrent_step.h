@@ -1,6 +1,7 @@
-// One recurrence step of an LSTM layer: the parameters the shared driver
-// (lstm_driver.cpp) fills once per step and every backend's pointwise step
-// kernel reads (csrc/cpu/lstm_cell_cpu_kernel.h, csrc/cuda/lstm_cell_cuda.cuh).
+// One recurrence step of a layer of any cell (cell_def.h): the parameters the
+// shared driver (recurrent_driver.cpp) fills once per step and every backend's
+// pointwise step kernel reads (the LSTM's: csrc/cpu/lstm_cell_cpu_kernel.h,
+// csrc/cuda/lstm_cell_cuda.cuh).
 // Plain data with untyped pointers, so one struct serves every dtype and both
 // compilers; a kernel casts to its element type. No ATen: .cu files include it.
 //
@@ -9,19 +10,20 @@
 // sorted_lengths[j] - 1 - s when reverse. "packed" buffers are the step's
 // slice of the op's [N, ...] tensors; "sorted" buffers are indexed by j.
 // Every buffer except grad_output is contiguous and allocated by the op.
+// G is the cell's gates * H (4H for the LSTM); the cell state c and the
+// buffers that hold it are the LSTM's (CellDef::has_cell_state).
 #pragma once
 
 #include <cstdint>
 
+#include "cell_def.h"
 #include "host_device.h"
 
 namespace seqcls_fast {
 
-// Gates per hidden unit (i, f, g, o): the LSTM's rows are [., kLstmGates * H].
-constexpr int64_t kLstmGates = 4;
-
 // What every step of a pass shares, and which rows it runs.
-struct LstmStepRows {
+struct StepRows {
+  CellKind cell_kind;             // which cell's kernel runs the step
   int64_t step;                   // s (the backward runs s = steps-1 down to 0)
   int64_t rows;                   // active rows at step s
   int64_t batch;                  // B
@@ -31,9 +33,9 @@ struct LstmStepRows {
   const int64_t* sorted_lengths;  // [B] lengths in sorted order
 };
 
-struct LstmForwardStep : LstmStepRows {
+struct ForwardStep : StepRows {
   int64_t rows_next;              // active rows at step s + 1; 0 at the last step
-  void* gates;                    // [rows, 4H] packed; in: pre-activations, out: activated gates
+  void* gates;                    // [rows, G] packed; in: pre-activations, out: activated gates
   void* h_state;                  // [B, H] sorted; out: h_s
   void* c_state;                  // [B, H] sorted, state dtype; in: c_{s-1}, out: c_s
   void* output;                   // [T, B, H] caller order; out: h_s at (t, order[j]);
@@ -43,8 +45,8 @@ struct LstmForwardStep : LstmStepRows {
                                   //   nullptr: not kept
 };
 
-struct LstmBackwardStep : LstmStepRows {
-  const void* gates;              // [rows, 4H] packed; activated gates (forward's or rebuilt)
+struct BackwardStep : StepRows {
+  const void* gates;              // [rows, G] packed; activated gates (forward's or rebuilt)
   const void* cell;               // [rows, H] packed, state dtype; c_s (forward's or rebuilt)
   const void* cell_prev;          // [rows, H] c_{s-1}, state dtype: packed, or sorted [B, H]
                                   //   (c0 at s = 0; the checkpoint at a rebuilt chunk's start)
@@ -53,30 +55,30 @@ struct LstmBackwardStep : LstmStepRows {
   int64_t grad_output_stride_b;   //   its stride along B in elements (0 when expanded)
   const void* grad_h_state;       // [B, H] sorted; dL/dh_s arriving through W_hh (or h_n)
   void* grad_c_state;             // [B, H] sorted, state dtype; in: dL/dc_s, out: dL/dc_{s-1}
-  void* grad_gates;               // [rows, 4H] packed; out: dL/d pre-activations
+  void* grad_gates;               // [rows, G] packed; out: dL/d pre-activations
 };
 
 // Steps [step, end_step) of the forward run by one persistent kernel, the
-// recurrent product h_{s-1} W_hh^T fused with the cell (LstmBackend::
+// recurrent product h_{s-1} W_hh^T fused with the cell (RecurrentBackend::
 // forward_recurrence). Workers own hidden units, all four gates of them, so
 // the cell update is local; they exchange h_s through memory and meet once
 // per step. The input projection of every step is already in `gates`. Every
-// output is what LstmForwardStep writes for each step in turn.
-struct LstmForwardRecurrence : LstmStepRows {  // step: the first step; rows: unused
+// output is what ForwardStep writes for each step in turn.
+struct ForwardRecurrence : StepRows {  // step: the first step; rows: unused
   int64_t end_step;               // one past the last step run
   int64_t steps;                  // the plan's step count (for the step after the last)
   const int64_t* active;          // [steps] host; active rows per step
   const int64_t* offset;          // [steps + 1] host; packed row of each step's first row
   int64_t row0;                   // packed row at which every "packed" buffer below starts
   bool product_at_first;          // false: h_{step-1} is zero (step 0 without h0), no product
-  void* gates;                    // [.., 4H] packed; in: x W_ih^T + b; out: activated gates
+  void* gates;                    // [.., G] packed; in: x W_ih^T + b; out: activated gates
                                   //   when cell is kept
   const void* w_hh_packed;        // W_hh in the backend's layout (pack_recurrent_weights)
   const void* h_in;               // [.., H] packed: h_{s-1} of each row, read instead of the
                                   //   recurrence's (replaying a forward whose h is known); or nullptr
   void* h_state;                  // [B, H] sorted; in: h_{step-1}, out: h of each row's last step
   void* c_state;                  // [B, H] sorted, state dtype; in/out like h_state
-  void* output;                   // [T, B, H] caller order, or nullptr (as LstmForwardStep)
+  void* output;                   // [T, B, H] caller order, or nullptr (as ForwardStep)
   void* cell;                     // [.., H] packed, state dtype; out: c_s; or nullptr
   void* h_prev;                   // [.., H] packed; out: h_s at step s+1's rows; or nullptr
   void* h_packed;                 // [.., H] packed; out: h_s; or nullptr
@@ -84,31 +86,31 @@ struct LstmForwardRecurrence : LstmStepRows {  // step: the first step; rows: un
 
 // Steps [step, end_step) of the backward (run end_step - 1 down to step) by
 // one persistent kernel: dL/dh_s = dG_{s+1} W_hh fused with the cell
-// backward that consumes it (LstmBackend::backward_recurrence). Workers own
+// backward that consumes it (RecurrentBackend::backward_recurrence). Workers own
 // hidden units: the columns of W_hh whose dh they sum and the same units'
 // four gates whose gradients they write, so dh never leaves its worker; they
 // meet once per step, when every gate gradient of step s is written. Every
-// step writes what LstmBackwardStep writes; after the last one (s = step),
+// step writes what BackwardStep writes; after the last one (s = step),
 // grad_h_state holds dG_step W_hh for the rows active at `step` (what the
 // steps before this segment read).
-struct LstmBackwardRecurrence : LstmStepRows {  // step: the lowest step; rows: unused
+struct BackwardRecurrence : StepRows {  // step: the lowest step; rows: unused
   int64_t end_step;               // one past the highest step run
   const int64_t* active;          // [steps] host; active rows per step
   const int64_t* offset;          // [steps + 1] host; packed row of each step's first row
   int64_t row0;                   // packed row at which gates and grad_gates start
   int64_t cell_row0;              // packed row at which cell starts
-  const void* gates;              // [.., 4H] packed; activated gates
+  const void* gates;              // [.., G] packed; activated gates
   const void* cell;               // [.., H] packed, state dtype; c_s
   const void* cell_before;        // [B, H] sorted, state dtype: c_{step-1}; nullptr: it is
                                   //   cell's rows of step - 1
   const void* w_hh_packed;        // W_hh in the backend's layout (pack_recurrent_weights_backward)
-  const void* grad_output;        // as LstmBackwardStep
+  const void* grad_output;        // as BackwardStep
   int64_t grad_output_stride_t;
   int64_t grad_output_stride_b;
   void* grad_h_state;             // [B, H] sorted; in: dL/dh_{end_step-1} of every row (and
                                   //   h_n's for rows that end inside); out: see above
-  void* grad_c_state;             // [B, H] sorted, state dtype; in/out as LstmBackwardStep
-  void* grad_gates;               // [.., 4H] packed; out: dL/d pre-activations
+  void* grad_c_state;             // [B, H] sorted, state dtype; in/out as BackwardStep
+  void* grad_gates;               // [.., G] packed; out: dL/d pre-activations
 };
 
 // What lstm_layer_pooled_forward accumulates over the last layer's outputs.
@@ -118,7 +120,7 @@ enum class OnlinePooling : int32_t { kLast = 0, kMean = 1, kAttention = 2 };
 // active rows (the math is online_pool.h's). Attention: score_j = keys_j .
 // query, merged into the running max, denominator and weighted sum of h;
 // mean: sum += h_s. The state is sorted and in the state dtype.
-struct LstmPoolStep {
+struct PoolStep {
   int64_t rows;                   // active rows at this step
   int64_t hidden;                 // H
   int64_t key_size;               // A: keys_j's size (H when the keys are h_s)
@@ -140,11 +142,11 @@ SEQCLS_HOST_DEVICE int64_t step_time(bool reverse, const int64_t* sorted_lengths
 // Step addressing, written once for every backend and the persistent tiles:
 // the caller row of sorted row j, and where row j's step s lives in the
 // [T, B, H] output and in grad_output (offsets in elements, of unit 0).
-SEQCLS_HOST_DEVICE int64_t caller_row(const LstmStepRows& p, int64_t j) {
+SEQCLS_HOST_DEVICE int64_t caller_row(const StepRows& p, int64_t j) {
   return p.order != nullptr ? p.order[j] : j;
 }
 
-SEQCLS_HOST_DEVICE int64_t output_offset(const LstmStepRows& p, int64_t j, int64_t s) {
+SEQCLS_HOST_DEVICE int64_t output_offset(const StepRows& p, int64_t j, int64_t s) {
   return (step_time(p.reverse, p.sorted_lengths, j, s) * p.batch + caller_row(p, j)) * p.hidden;
 }
 

@@ -1,0 +1,34 @@
+// What the shared driver (recurrent_driver.cpp) knows of a recurrent cell:
+// one definition per cell. Its pointwise math lives in cell.h; a backend
+// supplies that math's step kernels for the cells it runs. A new cell is one
+// more definition here, its math in cell.h and its kernels, and no change to
+// the step loops. Plain data, no functions: every compiler and ISA build
+// includes it.
+#pragma once
+
+#include <cstdint>
+
+namespace seqcls_fast {
+
+// Which cell a step runs (StepRows::cell_kind): backends pick their kernel by it.
+enum class CellKind : int32_t { kLstm = 0 };
+
+struct CellDef {
+  CellKind kind;
+  const char* name;     // in messages
+  int64_t gates;        // gate rows per hidden unit: W_ih [gates * H, I], W_hh [gates * H, H],
+                        //   the projections [., gates * H]
+  bool has_cell_state;  // a second state c beside h (state dtype): carried from step to step,
+                        //   kept per step ([N, H]) for the backward and per checkpoint
+                        //   ([C * B, H]) in low memory
+  bool recurrent_apart; // part of h W_hh^T + b_hh is used inside the cell (the GRU's
+                        //   W_hn h + b_hn, multiplied by r), so the driver keeps the
+                        //   recurrent product in its own buffer instead of adding it to
+                        //   x W_ih^T + b_ih before the cell runs
+};
+
+// The LSTM: gates i, f, g, o; states h and c; the whole recurrent product
+// adds to the input projection, whose bias is b_ih + b_hh.
+inline constexpr CellDef kLstmCell{CellKind::kLstm, "LSTM", 4, true, false};
+
+}  // namespace seqcls_fast
