@@ -6,7 +6,7 @@
 // fails on its bug.
 //
 // Each buffer is a std::vector of exactly the size the kernel's contract
-// gives (csrc/lstm_step.h, attention_pool_cuda_kernels.cuh), so ASan sees
+// gives (csrc/recurrent_step.h, attention_pool_cuda_kernels.cuh), so ASan sees
 // one element past it. Prints "FAIL <case>: <why>" per failed check and
 // "N passed, M failed"; exits 1 if any failed. Blocks run in the order
 // SEQCLS_CUDA_EMU_BLOCK_ORDER names.
@@ -20,9 +20,9 @@
 #include "cuda/lstm_cell_cuda.cuh"
 
 namespace sf = seqcls_fast::SEQCLS_CUDA_NS;
-using seqcls_fast::LstmBackwardStep;
-using seqcls_fast::LstmForwardStep;
-using seqcls_fast::LstmPoolStep;
+using seqcls_fast::BackwardStep;
+using seqcls_fast::ForwardStep;
+using seqcls_fast::PoolStep;
 using seqcls_fast::OnlinePooling;
 
 namespace {
@@ -104,7 +104,7 @@ void check_forward_step(const std::string& name, int64_t hidden, int64_t s, bool
       if (j < rows_next) want_h_next[j * H + k] = h;
     }
   }
-  LstmForwardStep p{};
+  ForwardStep p{};
   p.step = s, p.rows = rows, p.batch = B, p.hidden = H, p.reverse = reverse;
   p.order = b.order.data(), p.sorted_lengths = b.sorted_lengths.data(), p.rows_next = rows_next;
   p.gates = gates.data(), p.h_state = h_state.data(), p.c_state = c_state.data();
@@ -150,7 +150,7 @@ void check_backward_step(const std::string& name, int64_t hidden, int64_t s, boo
       want_dc[j * H + k] = dc * f;
     }
   }
-  LstmBackwardStep p{};
+  BackwardStep p{};
   p.step = s, p.rows = rows, p.batch = B, p.hidden = H, p.reverse = reverse;
   p.order = b.order.data(), p.sorted_lengths = b.sorted_lengths.data();
   p.gates = gates.data(), p.cell = cell.data(), p.cell_prev = cell_prev.data();
@@ -186,7 +186,7 @@ void check_pool_step(const std::string& name, OnlinePooling pooling, int64_t row
     }
     for (int64_t k = 0; k < H; ++k) want_sum[j * H + k] = want_sum[j * H + k] * keep + weight * h[j * H + k];
   }
-  LstmPoolStep p{};
+  PoolStep p{};
   p.rows = rows, p.hidden = H, p.key_size = A, p.pooling = pooling;
   p.h = h.data(), p.keys = keys.data(), p.query = query.data();
   p.max = max.data(), p.denom = denom.data(), p.sum = sum.data();
