@@ -4,7 +4,7 @@
 
 #include <ATen/ATen.h>
 
-#include "length_plan.h"
+#include "recurrent_common.h"
 
 namespace seqcls_fast {
 
@@ -49,10 +49,9 @@ void check_attention_pool_backward_inputs(const PoolSizes& sizes, const at::Tens
 at::Tensor pool_lengths(const c10::optional<at::Tensor>& lengths,
                         const c10::optional<at::Tensor>& plan, int64_t steps, int64_t batch,
                         const at::Device& device) {
-  const at::Tensor table = plan_table_for(lengths, plan, steps, batch);
-  if (!table.defined()) return table;
-  // A pinned plan (made from device lengths) goes up without a synchronization.
-  return table[2].to(device, at::kLong, /*non_blocking=*/true);
+  // The forward direction's plan: the one the LSTM's first layer already made
+  // and uploaded for this batch, when the plan came from an sf.LengthPlan.
+  return batch_plan(lengths, plan, steps, batch, /*reverse=*/false, device)->dev.lengths;
 }
 
 }  // namespace seqcls_fast

@@ -74,18 +74,6 @@ at::Tensor read_plan_table(const at::Tensor& plan, int64_t steps_total, int64_t 
   return table;
 }
 
-at::Tensor plan_table_for(const c10::optional<at::Tensor>& lengths,
-                          const c10::optional<at::Tensor>& plan, int64_t steps_total,
-                          int64_t batch) {
-  if (plan.has_value()) {
-    SEQCLS_CHECK_VALUE(!lengths.has_value(),
-                       "lengths must be None when a plan is given (the plan carries them)");
-    return read_plan_table(*plan, steps_total, batch);
-  }
-  if (!lengths.has_value()) return at::Tensor();
-  return make_plan_table(*lengths, steps_total);
-}
-
 LengthPlanStats length_plan_stats() { return {g_plans_made.load(), g_host_copies.load()}; }
 
 TORCH_LIBRARY_IMPL(seqcls_fast, CompositeExplicitAutograd, m) {

@@ -8,7 +8,10 @@
 //   plan[0]: sorted row -> caller row (lengths descending, ties in caller order)
 //   plan[1]: lengths in sorted order
 //   plan[2]: lengths in caller order
-// Host code only, on narrow ATen headers (.cu files include it).
+// An operator expands a table into its step layout and device copy once per
+// table and direction (batch_plan, recurrent_common.h), so the layers,
+// directions and passes after the first reuse them. Host code only, on
+// narrow ATen headers (.cu files include it).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -26,13 +29,6 @@ at::Tensor make_plan_table(const at::Tensor& lengths, int64_t steps_total);
 // device, every value in range, a permutation) and returns it contiguous.
 // Linear in B; no copy from a device, no sort.
 at::Tensor read_plan_table(const at::Tensor& plan, int64_t steps_total, int64_t batch);
-
-// The plan for `lengths` and/or `plan` as an operator received them: the plan
-// when given (lengths must then be None), else one made from lengths; an
-// undefined tensor when neither is given (every row runs all T steps).
-at::Tensor plan_table_for(const c10::optional<at::Tensor>& lengths,
-                          const c10::optional<at::Tensor>& plan, int64_t steps_total,
-                          int64_t batch);
 
 // How often plans were made from raw lengths and how many device-to-host
 // copies that took, since the library was loaded (test hook:

@@ -20,6 +20,7 @@
 #include "cpu/lstm_recurrence_cpu.h"
 #include "length_plan.h"
 #include "ops.h"
+#include "recurrent_common.h"
 #ifdef SEQCLS_WITH_CUDA_EMU
 #include "cuda_emu/emulator_runtime.h"
 #endif
@@ -110,11 +111,13 @@ TORCH_LIBRARY(seqcls_fast_cuda_emu, m) { seqcls_fast::define_operators(m); }
 
 namespace {
 
-// Test hook: {"plans_made": n, "host_copies": n} since the library loaded.
+// Test hook: {"plans_made": n, "host_copies": n, "expansions": n} since the
+// library loaded.
 PyObject* length_plan_stats(PyObject* /*self*/, PyObject* /*args*/) {
   const seqcls_fast::LengthPlanStats stats = seqcls_fast::length_plan_stats();
-  return Py_BuildValue("{s:L,s:L}", "plans_made", static_cast<long long>(stats.plans_made),
-                       "host_copies", static_cast<long long>(stats.host_copies));
+  return Py_BuildValue("{s:L,s:L,s:L}", "plans_made", static_cast<long long>(stats.plans_made),
+                       "host_copies", static_cast<long long>(stats.host_copies), "expansions",
+                       static_cast<long long>(seqcls_fast::length_plan_expansions()));
 }
 
 // {"isa": ..., "recurrence": ...}: the instruction set the CPU kernels use
@@ -149,8 +152,9 @@ PyMethodDef methods[] = {
     {"cpu_kernel_paths", cpu_kernel_paths, METH_NOARGS,
      "The instruction set of the CPU kernels and the float32 recurrence that runs now."},
     {"length_plan_stats", length_plan_stats, METH_NOARGS,
-     "How many length plans were made from raw lengths, and how many device-to-host copies "
-     "of lengths that took, since the library was loaded."},
+     "How many length plans were made from raw lengths, how many device-to-host copies "
+     "of lengths that took, and how many times a plan was expanded into its step layout, "
+     "since the library was loaded."},
 #ifdef SEQCLS_WITH_CUDA_EMU
     {"cuda_emu_stats", cuda_emu_stats, METH_NOARGS,
      "Grids, blocks and the largest block the CUDA emulator has run since the library loaded."},

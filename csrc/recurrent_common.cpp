@@ -4,13 +4,20 @@
 #include "recurrent_common.h"
 
 #include "buffers.h"
+#include "length_plan.h"
 #include "recurrent_step.h"
+#include "tensor_identity.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/Stream.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <mutex>
 #include <numeric>
+#include <optional>
 
 namespace seqcls_fast {
 
@@ -73,6 +80,7 @@ LengthPlan make_length_plan(const at::Tensor& plan_table, int64_t steps_total, i
   if (plan_table.defined()) {
     plan.order = plan_table[0];
     plan.sorted_lengths = plan_table[1];
+    plan.lengths = plan_table[2];
   } else {
     plan.order = at::arange(batch, at::kLong);
     plan.sorted_lengths = at::full({batch}, steps_total, at::kLong);
@@ -122,13 +130,15 @@ DevicePlan make_device_plan(const LengthPlan& plan, bool reverse, const at::Devi
     out.sorted_lengths = plan.sorted_lengths;
     out.order = plan.order;
     out.inverse_order = plan.inverse_order;
+    out.lengths = plan.lengths;
     if (gathered) {
       out.packed_time = plan.packed_time;
       out.packed_batch = plan.packed_batch;
     }
     return out;
   }
-  const int64_t total = B * (permuted ? 3 : 1) + N * (gathered ? 2 : 0);
+  const bool has_lengths = plan.lengths.defined();
+  const int64_t total = B * (1 + (permuted ? 2 : 0) + (has_lengths ? 1 : 0)) + N * (gathered ? 2 : 0);
   at::Tensor host = at::empty({total}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
   int64_t* dst = host.data_ptr<int64_t>();
   const auto append = [&dst](const at::Tensor& t) {
@@ -140,6 +150,7 @@ DevicePlan make_device_plan(const LengthPlan& plan, bool reverse, const at::Devi
     append(plan.order);
     append(plan.inverse_order);
   }
+  if (has_lengths) append(plan.lengths);
   if (gathered) {
     append(plan.packed_time);
     append(plan.packed_batch);
@@ -159,12 +170,99 @@ DevicePlan make_device_plan(const LengthPlan& plan, bool reverse, const at::Devi
     out.order = take(B);
     out.inverse_order = take(B);
   }
+  if (has_lengths) out.lengths = take(B);
   if (gathered) {
     out.packed_time = take(N);
     out.packed_batch = take(N);
   }
   return out;
 }
+
+namespace {
+
+std::atomic<int64_t> g_expansions{0};
+
+std::shared_ptr<const BatchPlan> expand(const at::Tensor& table, int64_t steps_total,
+                                        int64_t batch, bool reverse, const at::Device& device) {
+  ++g_expansions;
+  auto made = std::make_shared<BatchPlan>();
+  made->plan = make_length_plan(table, steps_total, batch, reverse);
+  made->dev = make_device_plan(made->plan, reverse, device);
+  return made;
+}
+
+// Expanded plans of the last few plan tables, while those live unmodified.
+// The stream is part of the key: a device plan is uploaded on the stream
+// current when it was made, and only work on that stream is ordered after it.
+class PlanCache {
+ public:
+  std::shared_ptr<const BatchPlan> get(const at::Tensor& given, int64_t steps_total,
+                                       int64_t batch, bool reverse, const at::Device& device) {
+    const std::optional<TensorIdentity> identity = TensorIdentity::of(given);
+    if (!identity) return expand(read_plan_table(given, steps_total, batch), steps_total, batch,
+                                 reverse, device);
+    const c10::Stream stream = current_stream(device);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
+                                    [](const Entry& e) { return e.table.expired(); }),
+                     entries_.end());
+      for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+        if (it->table.matches(given) && it->steps == steps_total && it->batch == batch &&
+            it->reverse == reverse && it->stream == stream) {
+          std::rotate(entries_.begin(), it, it + 1);  // most recent first
+          return entries_.front().plan;
+        }
+      }
+    }
+    // Checked (a plan that is not this batch's raises, and nothing is kept)
+    // and copied, so the kept plan never reads the caller's tensor again.
+    std::shared_ptr<const BatchPlan> made =
+        expand(read_plan_table(given, steps_total, batch).clone(), steps_total, batch, reverse,
+               device);
+    std::lock_guard<std::mutex> lock(mutex_);
+    entries_.insert(entries_.begin(), Entry{*identity, steps_total, batch, reverse, stream, made});
+    if (entries_.size() > kEntries) entries_.pop_back();
+    return made;
+  }
+
+ private:
+  static constexpr size_t kEntries = 16;  // both directions of a few batches in flight
+  struct Entry {
+    TensorIdentity table;
+    int64_t steps, batch;
+    bool reverse;
+    c10::Stream stream;
+    std::shared_ptr<const BatchPlan> plan;
+  };
+
+  static c10::Stream current_stream(const at::Device& device) {
+    if (device.is_cpu()) return c10::Stream(c10::Stream::DEFAULT, device);
+    return c10::impl::getDeviceGuardImpl(device.type())->getStream(device);
+  }
+
+  std::mutex mutex_;
+  std::vector<Entry> entries_;
+};
+
+}  // namespace
+
+std::shared_ptr<const BatchPlan> batch_plan(const c10::optional<at::Tensor>& lengths,
+                                            const c10::optional<at::Tensor>& plan,
+                                            int64_t steps_total, int64_t batch, bool reverse,
+                                            const at::Device& device) {
+  if (plan.has_value()) {
+    SEQCLS_CHECK_VALUE(!lengths.has_value(),
+                       "lengths must be None when a plan is given (the plan carries them)");
+    static PlanCache cache;
+    return cache.get(*plan, steps_total, batch, reverse, device);
+  }
+  const at::Tensor table =
+      lengths.has_value() ? make_plan_table(*lengths, steps_total) : at::Tensor();
+  return expand(table, steps_total, batch, reverse, device);
+}
+
+int64_t length_plan_expansions() { return g_expansions.load(); }
 
 at::Tensor to_sorted(const at::Tensor& t, const DevicePlan& plan, at::ScalarType dtype) {
   // index_select already makes a new contiguous tensor; the identity order

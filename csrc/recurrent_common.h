@@ -7,6 +7,7 @@
 #include <c10/util/Optional.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "cell_def.h"
@@ -41,6 +42,8 @@ struct LengthPlan {
   at::Tensor order;                // [B] int64, CPU; undefined when the order is the identity
   at::Tensor inverse_order;        // [B] int64, CPU: caller row -> sorted row; undefined likewise
   at::Tensor sorted_lengths;       // [B] int64, CPU; lengths in `order`
+  at::Tensor lengths;              // [B] int64, CPU; lengths in caller order; undefined
+                                   //   without a plan table (every row runs all T steps)
   std::vector<int64_t> active;     // [steps] rows with length > s
   std::vector<int64_t> offset;     // [steps + 1] first packed row of each step; offset[steps] = N
   at::Tensor packed_time;          // [N] int64, CPU: time index of each packed row;
@@ -70,11 +73,34 @@ struct DevicePlan {
   at::Tensor order;           // [B] sorted row -> caller row
   at::Tensor inverse_order;   // [B] caller row -> sorted row
   at::Tensor sorted_lengths;  // [B]
+  at::Tensor lengths;         // [B] caller order (as LengthPlan::lengths)
   at::Tensor packed_time;     // [N] time index of each packed row
   at::Tensor packed_batch;    // [N] caller row of each packed row
 };
 
 DevicePlan make_device_plan(const LengthPlan& plan, bool reverse, const at::Device& device);
+
+// A batch's plan for one direction on one device, expanded once: the step
+// layout and what the kernels read on the device.
+struct BatchPlan {
+  LengthPlan plan;
+  DevicePlan dev;
+};
+
+// The plan of one operator call, from what it was handed: a plan table
+// (an sf.LengthPlan's) is checked, expanded and uploaded once per (table,
+// T, B, direction, device and stream), then kept while the table lives
+// unmodified (TensorIdentity), so every later layer, direction and pass of
+// the batch costs a lookup; raw lengths are planned for this call alone
+// (length_plan.h); neither: every row runs all T steps.
+std::shared_ptr<const BatchPlan> batch_plan(const c10::optional<at::Tensor>& lengths,
+                                            const c10::optional<at::Tensor>& plan,
+                                            int64_t steps_total, int64_t batch, bool reverse,
+                                            const at::Device& device);
+
+// How many times a plan was expanded (make_length_plan) since the library
+// loaded (test hook: seqcls_fast._C.length_plan_stats()).
+int64_t length_plan_expansions();
 
 // A contiguous copy of `t` ([B, ...], caller order) in sorted order and `dtype`.
 at::Tensor to_sorted(const at::Tensor& t, const DevicePlan& plan, at::ScalarType dtype);

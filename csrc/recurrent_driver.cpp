@@ -464,8 +464,10 @@ LstmForwardResult lstm_layer_forward(const RecurrentBackend& backend, const Tens
   backend.check_input(x, sz.hidden);
   const at::OptionalDeviceGuard device_guard(at::device_of(x));
   const int64_t T = sz.steps_total, B = sz.batch;
-  const LengthPlan plan = make_length_plan(plan_table_for(lengths, plan_table, T, B), T, B, reverse);
-  const DevicePlan dev = make_device_plan(plan, reverse, x.device());
+  const std::shared_ptr<const BatchPlan> planned =
+      batch_plan(lengths, plan_table, T, B, reverse, x.device());
+  const LengthPlan& plan = planned->plan;
+  const DevicePlan& dev = planned->dev;
   const Keep keep = !save_activations ? Keep::kNothing
                     : low_memory        ? Keep::kCheckpoints
                                         : Keep::kEveryStep;
@@ -497,8 +499,10 @@ LstmPooledForwardResult lstm_layer_pooled_forward(
   const at::ScalarType dtype = x.scalar_type(), state_dtype = at::toOpMathType(dtype);
   const auto opts = x.options();
   const auto state_opts = opts.dtype(state_dtype);
-  const LengthPlan plan = make_length_plan(plan_table_for(lengths, plan_table, T, B), T, B, false);
-  const DevicePlan dev = make_device_plan(plan, false, x.device());
+  const std::shared_ptr<const BatchPlan> planned =
+      batch_plan(lengths, plan_table, T, B, false, x.device());
+  const LengthPlan& plan = planned->plan;
+  const DevicePlan& dev = planned->dev;
 
   ForwardPass f = forward_pass(cell_def, backend, x, sz, plan, dev, h0.has_value(), false,
                                Keep::kNothing, /*write_output=*/false);
@@ -798,8 +802,10 @@ LstmBackwardResult lstm_layer_backward(const RecurrentBackend& backend, const Te
   check_upstream(grad_output, grad_h_n, grad_c_n, x, H);
   check_saved(cell_def, gates, cell, h_prev, x, H);
   const at::OptionalDeviceGuard device_guard(at::device_of(x));
-  const LengthPlan plan = make_length_plan(plan_table_for(lengths, plan_table, T, B), T, B, reverse);
-  const DevicePlan dev = make_device_plan(plan, reverse, x.device());
+  const std::shared_ptr<const BatchPlan> planned =
+      batch_plan(lengths, plan_table, T, B, reverse, x.device());
+  const LengthPlan& plan = planned->plan;
+  const DevicePlan& dev = planned->dev;
   check_shape(gates, {plan.packed_rows, cell_def.gates * H}, "gates");
   GateSource src{gates, cell, h_prev, Tensor(), Tensor(), Tensor(), c10::nullopt};
   return run_backward(cell_def, backend, grad_output, grad_h_n, grad_c_n, x, plan, dev, c0, w_ih, w_hh,
@@ -822,8 +828,10 @@ LstmBackwardResult lstm_layer_backward_recompute(
   check_same_kind(output, "output", x, "x");
   check_cell(cell, x, H);  // [C * B, H]: the low-memory forward's checkpoints
   const at::OptionalDeviceGuard device_guard(at::device_of(x));
-  const LengthPlan plan = make_length_plan(plan_table_for(lengths, plan_table, T, B), T, B, reverse);
-  const DevicePlan dev = make_device_plan(plan, reverse, x.device());
+  const std::shared_ptr<const BatchPlan> planned =
+      batch_plan(lengths, plan_table, T, B, reverse, x.device());
+  const LengthPlan& plan = planned->plan;
+  const DevicePlan& dev = planned->dev;
   const std::vector<int64_t> chunks =
       plan.packed_rows > 0 ? chunk_steps(plan, backend.backward_chunk_rows) : std::vector<int64_t>{};
   check_shape(cell, {checkpoint_rows(chunks, B), H}, "cell");

@@ -1,7 +1,8 @@
 """The length plan: made once per batch (one validation, one sort, at most one
-device-to-host copy of lengths), read by every layer, direction, pass and the
-pooling; a plan and raw lengths give the same numbers; a plan that does not
-belong to the batch is refused."""
+device-to-host copy of lengths), expanded into its step layout and device copy
+once per direction and read by every layer, pass and the pooling; a plan and
+raw lengths give the same numbers; a plan that does not belong to the batch is
+refused, also after it was used and then changed."""
 import pytest
 import torch
 
@@ -14,8 +15,9 @@ from seqcls_fast._ops import ops
 @pytest.mark.parametrize("pooling", ["attention", "mean", "last"])
 def test_one_plan_per_training_step(device, pooling):
     """3-layer bidirectional classifier, lengths on the input's device: one
-    plan (so one validation and one sort) per training step, and one
-    device-to-host copy on a GPU, none on the CPU."""
+    plan (so one validation and one sort) per training step, one device-to-host
+    copy on a GPU, none on the CPU, and one expansion per direction (every
+    later layer, the backward and the pooling reuse them)."""
     model = sf.LSTMClassifier(5, 6, 3, num_layers=3, bidirectional=True,
                               pooling=pooling).to(device)
     x = torch.randn(4, 7, 5, device=device)
@@ -27,6 +29,7 @@ def test_one_plan_per_training_step(device, pooling):
     after = _C.length_plan_stats()
     assert after["plans_made"] - before["plans_made"] == 1
     assert after["host_copies"] - before["host_copies"] == (0 if device.type == "cpu" else 1)
+    assert after["expansions"] - before["expansions"] == 2
 
 
 def test_a_plan_given_is_not_made_again(device):
@@ -38,7 +41,42 @@ def test_a_plan_given_is_not_made_again(device):
     out, _ = lstm(x, lengths=plan)
     pooled, _ = pool(out.transpose(0, 1), plan)
     pooled.sum().backward()
-    assert _C.length_plan_stats() == before
+    after = _C.length_plan_stats()
+    assert (after["plans_made"], after["host_copies"]) == (before["plans_made"],
+                                                           before["host_copies"])
+    assert after["expansions"] - before["expansions"] == 2  # forward and reverse
+    out_again, _ = lstm(x, lengths=plan)
+    assert _C.length_plan_stats() == after  # already expanded: a lookup
+    assert torch.equal(out_again, out)
+
+
+def test_a_plan_changed_after_use_is_checked_again():
+    """The expanded plan is kept for the table as it was: a write to the table
+    (seen by its version counter) makes the next call check and expand it again,
+    so a plan changed into one that is not this batch's is refused, not read."""
+    lstm = sf.LSTM(3, 4)
+    x = torch.randn(5, 2, 3)
+    plan = sf.LengthPlan([5, 3], 5)
+    want, _ = lstm(x, lengths=torch.tensor([5, 3]))
+    assert torch.equal(lstm(x, lengths=plan)[0], want)
+    plan.table[1, 1] = 7  # above T
+    with pytest.raises(ValueError, match="plan is not a length plan of this batch"):
+        lstm(x, lengths=plan)
+    plan.table.copy_(sf.LengthPlan([2, 4], 5).table)  # a valid plan of other lengths
+    assert torch.equal(lstm(x, lengths=plan)[0], lstm(x, lengths=torch.tensor([2, 4]))[0])
+
+
+def test_a_plan_made_in_inference_mode_is_expanded_per_call():
+    """Inference tensors have no version counter, so nothing is kept for them:
+    each call expands the plan again, with the same results."""
+    lstm = sf.LSTM(3, 4, num_layers=2)
+    x = torch.randn(5, 2, 3)
+    with torch.inference_mode():
+        plan = sf.LengthPlan([5, 3], 5)
+        before = _C.length_plan_stats()["expansions"]
+        out, _ = lstm(x, lengths=plan)
+        assert _C.length_plan_stats()["expansions"] - before == 2  # one per layer
+    assert torch.equal(out, lstm(x, lengths=torch.tensor([5, 3]))[0])
 
 
 def test_plan_and_raw_lengths_agree():

@@ -11,8 +11,9 @@
 #include <mutex>
 #include <vector>
 
-#include "../recurrent_driver.h"
 #include "../online_pool.h"
+#include "../recurrent_driver.h"
+#include "../tensor_identity.h"
 #include "lstm_cell_cpu.h"
 #include "lstm_recurrence_cpu.h"
 
@@ -74,37 +75,29 @@ class PackedWeightCache {
  public:
   at::Tensor get(const at::Tensor& w_hh, int64_t lanes) {
     const at::Tensor w = w_hh.contiguous();
-    const bool cacheable = !w_hh.is_inference() && w.is_same(w_hh);
-    if (!cacheable) return packed_weights(w, /*backward=*/false, lanes);
-    const uint32_t version = w_hh._version();
+    const std::optional<TensorIdentity> identity = TensorIdentity::of(w_hh);
+    if (!identity || !w.is_same(w_hh)) return packed_weights(w, /*backward=*/false, lanes);
     std::lock_guard<std::mutex> lock(mutex_);
     // Weights that are gone free their packed copies here.
     entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
                                   [](const Entry& e) { return e.weight.expired(); }),
                    entries_.end());
     for (auto it = entries_.begin(); it != entries_.end(); ++it) {
-      if (it->weight.lock().get() == w_hh.unsafeGetTensorImpl() && it->version == version &&
-          it->data == w_hh.const_data_ptr() && it->numel == w_hh.numel() && it->lanes == lanes) {
+      if (it->weight.matches(w_hh) && it->lanes == lanes) {
         std::rotate(entries_.begin(), it, it + 1);  // most recent first
         return entries_.front().packed;
       }
     }
     at::Tensor packed = packed_weights(w, /*backward=*/false, lanes);
-    entries_.insert(entries_.begin(),
-                    Entry{WeakImpl(w_hh.getIntrusivePtr()), version, w_hh.const_data_ptr(),
-                          w_hh.numel(), lanes, packed});
+    entries_.insert(entries_.begin(), Entry{*identity, lanes, packed});
     if (entries_.size() > kEntries) entries_.pop_back();
     return packed;
   }
 
  private:
   static constexpr size_t kEntries = 16;  // layers x directions of a few models
-  using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
   struct Entry {
-    WeakImpl weight;
-    uint32_t version;
-    const void* data;
-    int64_t numel;
+    TensorIdentity weight;
     int64_t lanes;
     at::Tensor packed;
   };
