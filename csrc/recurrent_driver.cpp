@@ -74,32 +74,36 @@ StepRows step_rows(const CellDef& cell_def, const DevicePlan& dev, int64_t batch
   return rows;
 }
 
-// The fields of a persistent recurrence that every segment of a pass shares,
-// from the pass's step parameters (rows, states) and the plan.
-ForwardRecurrence recurrence_rows(const ForwardStep& step, const LengthPlan& plan,
-                                      const Tensor& w_hh_packed) {
-  ForwardRecurrence r{};
+// The fields of a persistent recurrence that every segment of a pass shares:
+// the pass's step fields and the plan's rows.
+RecurrenceRows recurrence_rows(const StepRows& step, const LengthPlan& plan,
+                               const Tensor& w_hh_packed) {
+  RecurrenceRows r{};
   static_cast<StepRows&>(r) = step;
-  r.steps = plan.steps;
   r.active = plan.active.data();
   r.offset = plan.offset.data();
   r.w_hh_packed = w_hh_packed.defined() ? w_hh_packed.const_data_ptr() : nullptr;
+  return r;
+}
+
+// The forward's, with the states and output its step parameters point to.
+ForwardRecurrence forward_recurrence_rows(const ForwardStep& step, const LengthPlan& plan,
+                                          const Tensor& w_hh_packed) {
+  ForwardRecurrence r{};
+  static_cast<RecurrenceRows&>(r) = recurrence_rows(step, plan, w_hh_packed);
+  r.steps = plan.steps;
   r.h_state = step.h_state;
   r.c_state = step.c_state;
   r.output = step.output;
   return r;
 }
 
-// The same for the backward, from its step parameters; grad_h_state is
-// written too (after each chunk: dG W_hh for the chunk before).
-BackwardRecurrence backward_recurrence_rows(const BackwardStep& step,
-                                                const LengthPlan& plan,
-                                                const Tensor& w_hh_packed, Tensor& grad_h_state) {
+// The backward's, with its upstream gradients; grad_h_state is written too
+// (after each chunk: dG W_hh for the chunk before).
+BackwardRecurrence backward_recurrence_rows(const BackwardStep& step, const LengthPlan& plan,
+                                            const Tensor& w_hh_packed, Tensor& grad_h_state) {
   BackwardRecurrence r{};
-  static_cast<StepRows&>(r) = step;
-  r.active = plan.active.data();
-  r.offset = plan.offset.data();
-  r.w_hh_packed = w_hh_packed.defined() ? w_hh_packed.const_data_ptr() : nullptr;
+  static_cast<RecurrenceRows&>(r) = recurrence_rows(step, plan, w_hh_packed);
   r.grad_output = step.grad_output;
   r.grad_output_stride_t = step.grad_output_stride_t;
   r.grad_output_stride_b = step.grad_output_stride_b;
@@ -326,7 +330,7 @@ void run_forward(const RecurrentBackend& backend, ForwardPass& f, Tensor& h_stat
   p.c_state = c_state.defined() ? c_state.data_ptr() : nullptr;
   p.output = f.output.defined() ? f.output.data_ptr() : nullptr;
   run.w_hh_packed = backend.pack_recurrent_weights(f.cell_def, w_hh);
-  run.fused = recurrence_rows(p, plan, run.w_hh_packed);
+  run.fused = forward_recurrence_rows(p, plan, run.w_hh_packed);
   if (pool != nullptr && pool->pooling != OnlinePooling::kLast) {
     prepare_pooling(run, *pool, B, most_rows);
   }
@@ -620,7 +624,7 @@ void prepare_rebuild(BackwardPass& b, int64_t most) {
   b.replay.h_state = b.h_replay.data_ptr();
   b.replay.c_state = b.c_replay.data_ptr();
   b.w_hh_packed = b.backend.pack_recurrent_weights(b.cell_def, b.w_hh);
-  b.fused_replay = recurrence_rows(b.replay, b.plan, b.w_hh_packed);
+  b.fused_replay = forward_recurrence_rows(b.replay, b.plan, b.w_hh_packed);
 }
 
 // Chunk c (steps [first, last)) rebuilt from x, the output and the chunk's

@@ -58,22 +58,28 @@ struct BackwardStep : StepRows {
   void* grad_gates;               // [rows, G] packed; out: dL/d pre-activations
 };
 
+// What both persistent recurrences share: the rows a segment of steps runs
+// (the plan's per-step rows and offsets) and the packed W_hh.
+struct RecurrenceRows : StepRows {  // step: the segment's first (lowest) step; rows: unused
+  int64_t end_step;               // one past the segment's last (highest) step
+  const int64_t* active;          // [steps] host; active rows per step
+  const int64_t* offset;          // [steps + 1] host; packed row of each step's first row
+  int64_t row0;                   // packed row at which the segment's packed buffers start
+  const void* w_hh_packed;        // W_hh in the backend's layout (pack_recurrent_weights or
+                                  //   pack_recurrent_weights_backward)
+};
+
 // Steps [step, end_step) of the forward run by one persistent kernel, the
 // recurrent product h_{s-1} W_hh^T fused with the cell (RecurrentBackend::
 // forward_recurrence). Workers own hidden units, all four gates of them, so
 // the cell update is local; they exchange h_s through memory and meet once
 // per step. The input projection of every step is already in `gates`. Every
 // output is what ForwardStep writes for each step in turn.
-struct ForwardRecurrence : StepRows {  // step: the first step; rows: unused
-  int64_t end_step;               // one past the last step run
+struct ForwardRecurrence : RecurrenceRows {  // row0: where every "packed" buffer starts
   int64_t steps;                  // the plan's step count (for the step after the last)
-  const int64_t* active;          // [steps] host; active rows per step
-  const int64_t* offset;          // [steps + 1] host; packed row of each step's first row
-  int64_t row0;                   // packed row at which every "packed" buffer below starts
   bool product_at_first;          // false: h_{step-1} is zero (step 0 without h0), no product
   void* gates;                    // [.., G] packed; in: x W_ih^T + b; out: activated gates
                                   //   when cell is kept
-  const void* w_hh_packed;        // W_hh in the backend's layout (pack_recurrent_weights)
   const void* h_in;               // [.., H] packed: h_{s-1} of each row, read instead of the
                                   //   recurrence's (replaying a forward whose h is known); or nullptr
   void* h_state;                  // [B, H] sorted; in: h_{step-1}, out: h of each row's last step
@@ -93,17 +99,12 @@ struct ForwardRecurrence : StepRows {  // step: the first step; rows: unused
 // step writes what BackwardStep writes; after the last one (s = step),
 // grad_h_state holds dG_step W_hh for the rows active at `step` (what the
 // steps before this segment read).
-struct BackwardRecurrence : StepRows {  // step: the lowest step; rows: unused
-  int64_t end_step;               // one past the highest step run
-  const int64_t* active;          // [steps] host; active rows per step
-  const int64_t* offset;          // [steps + 1] host; packed row of each step's first row
-  int64_t row0;                   // packed row at which gates and grad_gates start
+struct BackwardRecurrence : RecurrenceRows {  // row0: where gates and grad_gates start
   int64_t cell_row0;              // packed row at which cell starts
   const void* gates;              // [.., G] packed; activated gates
   const void* cell;               // [.., H] packed, state dtype; c_s
   const void* cell_before;        // [B, H] sorted, state dtype: c_{step-1}; nullptr: it is
                                   //   cell's rows of step - 1
-  const void* w_hh_packed;        // W_hh in the backend's layout (pack_recurrent_weights_backward)
   const void* grad_output;        // as BackwardStep
   int64_t grad_output_stride_t;
   int64_t grad_output_stride_b;
