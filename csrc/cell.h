@@ -1,6 +1,6 @@
-// LSTM cell math, written once. The CPU kernels instantiate it with scalars
-// and with at::vec::Vectorized<T>; the CUDA kernels with float/double in
-// registers. A backend only supplies exp and tanh for its value type through
+// Cell math (LSTM, GRU), written once; what the driver knows of each cell is
+// in cell_def.h. The CPU kernels instantiate it with scalars and with
+// at::vec::Vectorized<T>; the CUDA kernels with float/double in registers. A backend only supplies exp and tanh for its value type through
 // CellMath<V>; every formula below is shared, so the CPU tests exercise the
 // same expressions the GPU runs.
 #pragma once
@@ -66,6 +66,38 @@ SEQCLS_HOST_DEVICE void lstm_cell_backward(V i, V f, V g, V o, V c, V c_prev, V 
   d_pre_g = dc * i * (V(1) - g * g);
   d_pre_o = dh * tanh_c * o * (V(1) - o);
   dc_prev = dc * f;
+}
+
+// One hidden unit of one GRU step, forward: nn.GRU's math, gate order r, z,
+// n, with b_hn inside the reset product. x_* are x W_ih^T + b_ih; h_* are
+// h_{t-1} W_hh^T + b_hh, kept apart from x_* (cell_def.h: recurrent_apart)
+// because the new gate multiplies h_n by r. h' = (1 - z) n + z h_prev,
+// written n + z (h_prev - n) as ATen's GRU cell writes it.
+template <typename V>
+SEQCLS_HOST_DEVICE void gru_cell_forward(V x_r, V x_z, V x_n, V h_r, V h_z, V h_n, V h_prev,
+                                         V& r, V& z, V& n, V& h) {
+  r = sigmoid(x_r + h_r);
+  z = sigmoid(x_z + h_z);
+  n = CellMath<V>::tanh(x_n + r * h_n);
+  h = n + z * (h_prev - n);
+}
+
+// One hidden unit of one GRU step, backward. dh is the total gradient
+// reaching h_t; r, z, n are the forward's activated gates and h_n its
+// recurrent part of the new gate (h_{t-1} W_hn^T + b_hn). Produces the
+// gradients of the pre-activations: d_r, d_z (shared by the input and
+// recurrent parts), d_xn (input part of n) and d_hn (recurrent part:
+// d_xn * r); and dh_prev_direct, the gradient reaching h_{t-1} through z
+// (the one through W_hh is the driver's GEMM).
+template <typename V>
+SEQCLS_HOST_DEVICE void gru_cell_backward(V r, V z, V n, V h_n, V h_prev, V dh, V& d_r, V& d_z,
+                                          V& d_xn, V& d_hn, V& dh_prev_direct) {
+  const V dn = dh * (V(1) - z);
+  d_xn = dn * (V(1) - n * n);
+  d_hn = d_xn * r;
+  d_r = d_xn * h_n * r * (V(1) - r);
+  d_z = dh * (h_prev - n) * z * (V(1) - z);
+  dh_prev_direct = dh * z;
 }
 
 }  // namespace seqcls_fast

@@ -11,16 +11,15 @@
 namespace seqcls_fast {
 
 // Which cell a step runs (StepRows::cell_kind): backends pick their kernel by it.
-enum class CellKind : int32_t { kLstm = 0 };
+enum class CellKind : int32_t { kLstm = 0, kGru = 1 };
 
 struct CellDef {
   CellKind kind;
   const char* name;     // in messages
   int64_t gates;        // gate rows per hidden unit: W_ih [gates * H, I], W_hh [gates * H, H],
                         //   the projections [., gates * H]
-  bool has_cell_state;  // a second state c beside h (state dtype): carried from step to step,
-                        //   kept per step ([N, H]) for the backward and per checkpoint
-                        //   ([C * B, H]) in low memory
+  bool has_cell_state;  // a second state c beside h (state dtype): carried from step to step
+                        //   and kept per checkpoint ([C * B, H]) in low memory
   bool recurrent_apart; // part of h W_hh^T + b_hh is used inside the cell (the GRU's
                         //   W_hn h + b_hn, multiplied by r), so the driver keeps the
                         //   recurrent product in its own buffer instead of adding it to
@@ -30,5 +29,9 @@ struct CellDef {
 // The LSTM: gates i, f, g, o; states h and c; the whole recurrent product
 // adds to the input projection, whose bias is b_ih + b_hh.
 inline constexpr CellDef kLstmCell{CellKind::kLstm, "LSTM", 4, true, false};
+
+// The GRU (nn.GRU's): gates r, z, n; state h only; the recurrent product
+// h W_hh^T + b_hh stays apart, since the new gate uses r * (W_hn h + b_hn).
+inline constexpr CellDef kGruCell{CellKind::kGru, "GRU", 3, false, true};
 
 }  // namespace seqcls_fast

@@ -25,6 +25,13 @@
 #include "cuda_emu/emulator_runtime.h"
 #endif
 
+namespace {
+
+void define_gru_operators(torch::Library& m);
+void define_pooling_operators(torch::Library& m);
+
+}  // namespace
+
 void seqcls_fast::define_operators(torch::Library& m) {
   // lengths [B] (any integer dtype, on the CPU or on `device`, the input's)
   // validated against `steps` and `batch` and sorted: the plan [3, B] int64 on
@@ -86,6 +93,33 @@ void seqcls_fast::define_operators(torch::Library& m) {
       "Tensor? b_ih, Tensor? b_hh, Tensor output, Tensor cell, bool reverse, "
       "bool compute_grad_x, Tensor? plan=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, "
       "Tensor)");
+  define_gru_operators(m);
+  define_pooling_operators(m);
+}
+
+namespace {
+
+void define_gru_operators(torch::Library& m) {
+  // One GRU layer-direction (nn.GRU's math, gate order r, z, n, b_hn inside
+  // the reset product), on the same plan and packed layout as the LSTM's.
+  // Returns (output [T,B,H], h_n [B,H], gates [N,3H], cell [N,H], h_prev
+  // [N,H]): gates holds the activated r, z, n; cell the recurrent part of the
+  // new gate, h_prev W_hn^T + b_hn; h_prev as the LSTM's. With
+  // save_activations=false the last three are empty (0 rows).
+  m.def(
+      "gru_layer_forward(Tensor x, Tensor? lengths, Tensor? h0, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, bool reverse, bool save_activations, Tensor? plan=None) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Returns (grad_x [T,B,I], grad_h0 [B,H], grad_w_ih [3H,I], grad_w_hh
+  // [3H,H], grad_b_ih [3H], grad_b_hh [3H]); grad_x as lstm_layer_backward's.
+  m.def(
+      "gru_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor x, Tensor? lengths, "
+      "Tensor w_ih, Tensor w_hh, Tensor gates, Tensor cell, Tensor h_prev, bool reverse, "
+      "bool compute_grad_x, Tensor? plan=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "Tensor)");
+}
+
+void define_pooling_operators(torch::Library& m) {
   // values [B,T,D], keys [B,T,A] (None: keys are the values), query [A].
   // scores s[b,t] = keys[b,t] . query over t < lengths[b]; weights = masked
   // softmax of s (0 at padding); pooled[b] = sum_t weights[b,t] values[b,t].
@@ -101,6 +135,8 @@ void seqcls_fast::define_operators(torch::Library& m) {
       "Tensor values, Tensor? keys, Tensor query, Tensor? lengths, Tensor weights, "
       "Tensor? plan=None) -> (Tensor, Tensor, Tensor)");
 }
+
+}  // namespace
 
 TORCH_LIBRARY(seqcls_fast, m) { seqcls_fast::define_operators(m); }
 #ifdef SEQCLS_WITH_CUDA_EMU

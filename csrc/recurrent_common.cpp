@@ -289,23 +289,28 @@ at::Tensor pack_rows(const at::Tensor& x, int64_t begin, int64_t rows, const Dev
                                    plan.packed_batch.narrow(0, begin, rows)});
 }
 
-void accumulate_gemm_grads(GemmGrads& grads, const at::Tensor& grad_gates, int64_t begin,
-                           const at::Tensor& x, const at::Tensor& h_prev, const at::Tensor& w_ih,
+void accumulate_gemm_grads(GemmGrads& grads, const at::Tensor& grad_gates,
+                           const at::Tensor& grad_recurrent, int64_t begin, const at::Tensor& x,
+                           const at::Tensor& h_prev, const at::Tensor& w_ih,
                            const DevicePlan& plan, bool compute_grad_x) {
   const int64_t rows = grad_gates.size(0);
   const at::Tensor x_packed = pack_rows(x, begin, rows, plan);
   const at::Tensor grad_gates_t = grad_gates.t();
+  const bool apart = grad_recurrent.defined();
+  const at::Tensor grad_recurrent_t = apart ? grad_recurrent.t() : grad_gates_t;
   if (!grads.grad_w_ih.defined()) {
     grads.grad_w_ih = at::mm(grad_gates_t, x_packed);
-    grads.grad_w_hh = at::mm(grad_gates_t, h_prev);
+    grads.grad_w_hh = at::mm(grad_recurrent_t, h_prev);
     grads.grad_bias = grad_gates.sum(0);
+    if (apart) grads.grad_recurrent_bias = grad_recurrent.sum(0);
     // Every (t, b) not written below stays 0: padding, or no gradient asked for.
     grads.grad_x = compute_grad_x && !plan.packed_time.defined() ? empty_buffer(x.sizes(), x.options())
                                                                  : zeros_buffer(x.sizes(), x.options());
   } else {
     grads.grad_w_ih.addmm_(grad_gates_t, x_packed);
-    grads.grad_w_hh.addmm_(grad_gates_t, h_prev);
+    grads.grad_w_hh.addmm_(grad_recurrent_t, h_prev);
     grads.grad_bias.add_(grad_gates.sum(0));
+    if (apart) grads.grad_recurrent_bias.add_(grad_recurrent.sum(0));
   }
   if (!compute_grad_x) return;
   if (!plan.packed_time.defined()) {

@@ -117,13 +117,17 @@ at::Tensor pack_rows(const at::Tensor& x, int64_t begin, int64_t rows, const Dev
 // gradients grad_gates [rows, G] of packed rows [begin, begin + rows) and
 // those rows' h_prev [rows, H]: grad_w_ih += dG^T X, grad_w_hh += dG^T H_prev,
 // grad_bias += sum of dG, and (when compute_grad_x) grad_x [T, B, I] at those
-// rows = dG W_ih (zeros past each length). The first call allocates; calls
-// for every packed row, in any order of disjoint ranges, give the whole.
+// rows = dG W_ih (zeros past each length). For a cell whose recurrent product
+// stays apart, grad_recurrent [rows, G] is dL/d(h W_hh^T + b_hh): then
+// grad_w_hh += dG_rec^T H_prev and grad_recurrent_bias += sum of dG_rec
+// (undefined otherwise). The first call allocates; calls for every packed
+// row, in any order of disjoint ranges, give the whole.
 struct GemmGrads {
-  at::Tensor grad_x, grad_w_ih, grad_w_hh, grad_bias;
+  at::Tensor grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_recurrent_bias;
 };
-void accumulate_gemm_grads(GemmGrads& grads, const at::Tensor& grad_gates, int64_t begin,
-                           const at::Tensor& x, const at::Tensor& h_prev, const at::Tensor& w_ih,
+void accumulate_gemm_grads(GemmGrads& grads, const at::Tensor& grad_gates,
+                           const at::Tensor& grad_recurrent, int64_t begin, const at::Tensor& x,
+                           const at::Tensor& h_prev, const at::Tensor& w_ih,
                            const DevicePlan& plan, bool compute_grad_x);
 
 }  // namespace seqcls_fast

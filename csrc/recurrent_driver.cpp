@@ -60,10 +60,6 @@ int64_t largest_chunk(const LengthPlan& plan, const std::vector<int64_t>& starts
 // The fields every step of a pass shares (step and rows are set per step).
 StepRows step_rows(const CellDef& cell_def, const DevicePlan& dev, int64_t batch, int64_t hidden,
                    bool reverse) {
-  // A cell whose recurrent product stays apart (the GRU's) needs a buffer for
-  // it and a second bias beside the projection's: the first such cell adds them.
-  TORCH_INTERNAL_ASSERT(!cell_def.recurrent_apart, "seqcls_fast: the driver has no recurrent ",
-                        "product apart from the projection yet (", cell_def.name, ")");
   StepRows rows{};
   rows.cell_kind = cell_def.kind;
   rows.batch = batch;
@@ -112,11 +108,14 @@ BackwardRecurrence backward_recurrence_rows(const BackwardStep& step, const Leng
   return r;
 }
 
-// b_ih + b_hh, added to every step's projection when the whole recurrent
-// product joins it (!CellDef::recurrent_apart): one function, so the
-// low-memory rebuild adds bitwise the forward's bias.
-optional<Tensor> combined_bias(const optional<Tensor>& b_ih, const optional<Tensor>& b_hh) {
-  return b_ih.has_value() ? optional<Tensor>(*b_ih + *b_hh) : c10::nullopt;
+// The bias added to every step's input projection: b_ih + b_hh when the
+// whole recurrent product joins the projection, else b_ih (b_hh then goes
+// with the recurrent product). One function, so the low-memory rebuild adds
+// bitwise the forward's bias.
+optional<Tensor> projection_bias(const CellDef& cell_def, const optional<Tensor>& b_ih,
+                                 const optional<Tensor>& b_hh) {
+  if (!b_ih.has_value() || cell_def.recurrent_apart) return b_ih;
+  return *b_ih + *b_hh;
 }
 
 // out = rows weight_t (+ bias when defined), into a buffer the driver owns:
@@ -189,10 +188,10 @@ struct ForwardPass {
   Tensor output, gates, cell, h_prev;
 };
 
-// Packed row `row` of the cell states a forward keeps for its backward, or
-// nullptr (inference, low memory, or a cell without a cell state).
+// Packed row `row` of the per-unit values a forward keeps for its backward
+// (ForwardStep::cell), or nullptr (inference, low memory).
 void* kept_cell_row(const ForwardPass& f, int64_t row) {
-  return f.keep == Keep::kEveryStep && f.cell_def.has_cell_state ? row_ptr(f.cell, row) : nullptr;
+  return f.keep == Keep::kEveryStep ? row_ptr(f.cell, row) : nullptr;
 }
 
 struct PoolPass {
@@ -208,6 +207,7 @@ struct ForwardRunner {
   ForwardPass& f;
   at::ScalarType dtype;
   Tensor h_state, w_hh_t, w_hh_packed;  // w_hh_packed undefined: a GEMM per step
+  Tensor recurrent, recurrent_bias;     // recurrent_apart: [B, G] a step's h W_hh^T + b_hh
   ForwardStep step{};
   ForwardRecurrence fused{};
   const PoolPass* pool = nullptr;  // set when pooling (attention or mean)
@@ -257,6 +257,21 @@ void pool_rows(ForwardRunner& run, const Tensor& h_rows, int64_t row, int64_t ro
   run.backend.pool_step(q, run.dtype);
 }
 
+// The recurrent product h_{s-1} W_hh^T of step s's rows, added to its gates'
+// pre-activations, or, for a cell that keeps it apart, with b_hh in its own
+// buffer (run.step.recurrent). No product when h_{s-1} is zero (step 0
+// without h0) and nothing keeps it apart.
+void add_recurrent_product(ForwardRunner& run, Tensor& gates_step, int64_t s, int64_t rows) {
+  const Tensor h_rows = run.h_state.narrow(0, 0, rows);
+  if (run.recurrent.defined()) {
+    Tensor recurrent_rows = run.recurrent.narrow(0, 0, rows);
+    linear_out(recurrent_rows, h_rows, run.w_hh_t, run.recurrent_bias);
+    run.step.recurrent = recurrent_rows.const_data_ptr();
+  } else if (s > 0 || run.f.has_h0) {
+    gates_step.addmm_(h_rows, run.w_hh_t);
+  }
+}
+
 // Steps [seg, seg_end) of the recurrence on the length-sorted active prefix,
 // their pre-activations in chunk_gates (from packed row chunk_begin): one
 // persistent kernel where the backend has one, else per step one GEMM
@@ -288,7 +303,7 @@ void run_segment(ForwardRunner& run, const Tensor& chunk_gates, int64_t chunk_be
   for (int64_t s = seg; s < seg_end; ++s) {
     const int64_t rows = plan.active[s], begin = plan.offset[s];
     Tensor gates_step = chunk_gates.narrow(0, begin - chunk_begin, rows);
-    if (s > 0 || f.has_h0) gates_step.addmm_(run.h_state.narrow(0, 0, rows), run.w_hh_t);
+    add_recurrent_product(run, gates_step, s, rows);
     p.step = s;
     p.rows = rows;
     p.rows_next = s + 1 < plan.steps ? plan.active[s + 1] : 0;
@@ -312,18 +327,22 @@ void run_forward(const RecurrentBackend& backend, ForwardPass& f, Tensor& h_stat
   const bool every_step = f.keep == Keep::kEveryStep;
   if (every_step) f.h_prev.narrow(0, 0, B).copy_(h_state);
 
-  // The input projection x W_ih^T + (b_ih + b_hh) of a chunk of steps is one
-  // GEMM, done just before the chunk's recurrence. Without saved activations
-  // one chunk of scratch replaces the [N, 4H] buffer.
+  // The input projection x W_ih^T + bias (projection_bias) of a chunk of
+  // steps is one GEMM, done just before the chunk's recurrence. Without saved
+  // activations one chunk of scratch replaces the [N, G] buffer.
   const Tensor x_packed = pack_rows(f.x, N, f.dev);
   const Tensor w_ih_t = w_ih.t();
-  const optional<Tensor> bias = combined_bias(b_ih, b_hh);
+  const optional<Tensor> bias = projection_bias(f.cell_def, b_ih, b_hh);
   const std::vector<int64_t> chunk_starts = chunk_steps(plan, backend.projection_chunk_rows);
   const int64_t most_rows = largest_chunk(plan, chunk_starts);
   Tensor scratch =
       every_step ? Tensor() : empty_buffer({most_rows, f.cell_def.gates * H}, f.x.options());
 
   ForwardRunner run{backend, f, f.x.scalar_type(), h_state, w_hh.t()};
+  if (f.cell_def.recurrent_apart) {
+    run.recurrent = at::empty({B, f.cell_def.gates * H}, f.x.options());
+    run.recurrent_bias = b_hh.value_or(Tensor());
+  }
   ForwardStep& p = run.step;
   static_cast<StepRows&>(p) = step_rows(f.cell_def, f.dev, B, H, f.reverse);
   p.h_state = h_state.data_ptr();
@@ -426,10 +445,11 @@ ForwardPass forward_pass(const CellDef& cell_def, const RecurrentBackend& backen
   std::vector<int64_t> checkpoints;
   if (keep == Keep::kCheckpoints && N > 0) checkpoints = chunk_steps(plan, backend.backward_chunk_rows);
   const int64_t gate_rows = keep == Keep::kEveryStep ? N : 0;
-  const int64_t cell_rows = !cell_def.has_cell_state      ? 0
-                            : keep == Keep::kEveryStep    ? N
-                            : keep == Keep::kCheckpoints ? checkpoint_rows(checkpoints, B)
-                                                         : 0;
+  // kept per step: c_s or the GRU's h W_hn^T + b_hn; per checkpoint: c.
+  const int64_t cell_rows = keep == Keep::kEveryStep ? N
+                            : keep == Keep::kCheckpoints && cell_def.has_cell_state
+                                ? checkpoint_rows(checkpoints, B)
+                                : 0;
   ForwardPass f{cell_def, x, plan, dev, has_h0, reverse, keep, std::move(checkpoints)};
   if (!write_output) return f;
   f.output = empty_buffer({T, B, H}, opts);
@@ -456,6 +476,43 @@ Tensor initial_cell_state(const CellDef& cell_def, const optional<Tensor>& c0,
 
 }  // namespace
 
+namespace {
+
+// A layer's forward for any cell: the output [T, B, H], h_n and (cells with
+// a cell state) c_n in caller order, and what the backward reads.
+struct LayerForward {
+  Tensor output, h_n, c_n, gates, cell, h_prev;
+};
+
+LayerForward layer_forward(const CellDef& cell_def, const RecurrentBackend& backend,
+                           const Tensor& x, const optional<Tensor>& lengths,
+                           const optional<Tensor>& h0, const optional<Tensor>& c0,
+                           const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_ih,
+                           const optional<Tensor>& b_hh, bool reverse, Keep keep,
+                           const optional<Tensor>& plan_table) {
+  const LayerSizes sz = check_layer_inputs(cell_def, x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh);
+  backend.check_input(x, sz.hidden);
+  const at::OptionalDeviceGuard device_guard(at::device_of(x));
+  const std::shared_ptr<const BatchPlan> planned =
+      batch_plan(lengths, plan_table, sz.steps_total, sz.batch, reverse, x.device());
+  const LengthPlan& plan = planned->plan;
+  const DevicePlan& dev = planned->dev;
+  ForwardPass f = forward_pass(cell_def, backend, x, sz, plan, dev, h0.has_value(), reverse, keep,
+                               /*write_output=*/true);
+  Tensor h_state = initial_state(h0, dev, x.options(), sz);
+  Tensor c_state = initial_cell_state(cell_def, c0, dev, x, sz);
+  // N = 0 exactly when B = 0 (lengths are >= 1).
+  if (plan.packed_rows > 0) run_forward(backend, f, h_state, c_state, w_ih, w_hh, b_ih, b_hh, nullptr);
+  return {f.output,
+          from_sorted(h_state, dev),
+          c_state.defined() ? from_sorted(c_state.to(x.scalar_type()), dev) : Tensor(),
+          std::move(f.gates),
+          std::move(f.cell),
+          std::move(f.h_prev)};
+}
+
+}  // namespace
+
 LstmForwardResult lstm_layer_forward(const RecurrentBackend& backend, const Tensor& x,
                                      const optional<Tensor>& lengths, const optional<Tensor>& h0,
                                      const optional<Tensor>& c0, const Tensor& w_ih,
@@ -463,26 +520,26 @@ LstmForwardResult lstm_layer_forward(const RecurrentBackend& backend, const Tens
                                      const optional<Tensor>& b_hh, bool reverse,
                                      bool save_activations, const optional<Tensor>& plan_table,
                                      bool low_memory) {
-  const CellDef& cell_def = kLstmCell;
-  const LayerSizes sz = check_layer_inputs(cell_def, x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh);
-  backend.check_input(x, sz.hidden);
-  const at::OptionalDeviceGuard device_guard(at::device_of(x));
-  const int64_t T = sz.steps_total, B = sz.batch;
-  const std::shared_ptr<const BatchPlan> planned =
-      batch_plan(lengths, plan_table, T, B, reverse, x.device());
-  const LengthPlan& plan = planned->plan;
-  const DevicePlan& dev = planned->dev;
   const Keep keep = !save_activations ? Keep::kNothing
                     : low_memory        ? Keep::kCheckpoints
                                         : Keep::kEveryStep;
-  ForwardPass f = forward_pass(cell_def, backend, x, sz, plan, dev, h0.has_value(), reverse, keep,
-                               /*write_output=*/true);
-  Tensor h_state = initial_state(h0, dev, x.options(), sz);
-  Tensor c_state = initial_cell_state(cell_def, c0, dev, x, sz);
-  // N = 0 exactly when B = 0 (lengths are >= 1).
-  if (plan.packed_rows > 0) run_forward(backend, f, h_state, c_state, w_ih, w_hh, b_ih, b_hh, nullptr);
-  return {f.output,          from_sorted(h_state, dev), from_sorted(c_state.to(x.scalar_type()), dev),
-          std::move(f.gates), std::move(f.cell),         std::move(f.h_prev)};
+  LayerForward out = layer_forward(kLstmCell, backend, x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                   reverse, keep, plan_table);
+  return {std::move(out.output), std::move(out.h_n),  std::move(out.c_n),
+          std::move(out.gates),  std::move(out.cell), std::move(out.h_prev)};
+}
+
+GruForwardResult gru_layer_forward(const RecurrentBackend& backend, const Tensor& x,
+                                   const optional<Tensor>& lengths, const optional<Tensor>& h0,
+                                   const Tensor& w_ih, const Tensor& w_hh,
+                                   const optional<Tensor>& b_ih, const optional<Tensor>& b_hh,
+                                   bool reverse, bool save_activations,
+                                   const optional<Tensor>& plan_table) {
+  LayerForward out =
+      layer_forward(kGruCell, backend, x, lengths, h0, c10::nullopt, w_ih, w_hh, b_ih, b_hh,
+                    reverse, save_activations ? Keep::kEveryStep : Keep::kNothing, plan_table);
+  return {std::move(out.output), std::move(out.h_n), std::move(out.gates), std::move(out.cell),
+          std::move(out.h_prev)};
 }
 
 LstmPooledForwardResult lstm_layer_pooled_forward(
@@ -529,16 +586,18 @@ LstmPooledForwardResult lstm_layer_pooled_forward(
 
 namespace {
 
-// The upstream gradients of a backward call, checked against x [T, B, I] and H.
+// The upstream gradients of a backward call, checked against x [T, B, I] and
+// H (grad_c_n undefined: a cell without a cell state).
 void check_upstream(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n,
                     const Tensor& x, int64_t hidden) {
   const int64_t T = x.size(0), B = x.size(1);
   check_shape(grad_output, {T, B, hidden}, "grad_output");
   check_shape(grad_h_n, {B, hidden}, "grad_h_n");
-  check_shape(grad_c_n, {B, hidden}, "grad_c_n");
   // The step kernels read these through x's element type.
   check_same_kind(grad_output, "grad_output", x, "x");
   check_same_kind(grad_h_n, "grad_h_n", x, "x");
+  if (!grad_c_n.defined()) return;
+  check_shape(grad_c_n, {B, hidden}, "grad_c_n");
   check_same_kind(grad_c_n, "grad_c_n", x, "x");
 }
 
@@ -674,21 +733,54 @@ ChunkActivations saved_chunk(const BackwardPass& b, int64_t first, int64_t last)
   a.gates = b.saved_gates.narrow(0, begin, rows);
   a.cell = b.saved_cell;
   a.h_prev = b.src.h_prev.narrow(0, begin, rows);
-  a.cell_before = first == 0 ? b.c0_sorted.const_data_ptr() : nullptr;
+  a.cell_before = first == 0 && b.c0_sorted.defined() ? b.c0_sorted.const_data_ptr() : nullptr;
   return a;
 }
 
-// The recurrence backward of steps [first, last): grad_gates [rows, G] of the
-// chunk, and grad_h_state / grad_c_state carried to step first - 1.
-void recurrence_backward(BackwardPass& b, const ChunkActivations& a, Tensor& grad_gates,
-                         int64_t first, int64_t last) {
+// Step s's pointwise backward (the step parameters of b.step), then dL/dh_{s-1}
+// for the rows active at s: dG_s W_hh, or (a cell that keeps its recurrent
+// product apart) what the kernel left there plus dG_rec,s W_hh. The other
+// rows keep the gradient they were given until their own last step comes up.
+void backward_step_rows(BackwardPass& b, const ChunkActivations& a, Tensor& grad_gates,
+                        Tensor& grad_recurrent, int64_t s, int64_t first) {
   const LengthPlan& plan = b.plan;
-  const int64_t begin = plan.offset[first];
+  const int64_t begin = plan.offset[first], active = plan.active[s], row = plan.offset[s];
+  Tensor grad_gates_step = grad_gates.narrow(0, row - begin, active);
+  BackwardStep& p = b.step;
+  p.step = s;
+  p.rows = active;
+  p.gates = row_ptr(a.gates, row - begin);
+  p.cell = row_ptr(a.cell, row - a.cell_begin);
+  if (b.cell_def.has_cell_state) {
+    p.cell_prev = s == first && a.cell_before != nullptr
+                      ? a.cell_before
+                      : row_ptr(a.cell, plan.offset[s - 1] - a.cell_begin);
+  }
+  p.grad_gates = grad_gates_step.data_ptr();
+  Tensor grad_h_rows = b.grad_h_state.narrow(0, 0, active);
+  if (!grad_recurrent.defined()) {
+    b.backend.backward_step(p, b.dtype);
+    at::mm_out(grad_h_rows, grad_gates_step, b.w_hh);
+    return;
+  }
+  Tensor grad_recurrent_step = grad_recurrent.narrow(0, row - begin, active);
+  p.h_prev = row_ptr(a.h_prev, row - begin);
+  p.grad_recurrent = grad_recurrent_step.data_ptr();
+  b.backend.backward_step(p, b.dtype);
+  grad_h_rows.addmm_(grad_recurrent_step, b.w_hh);
+}
+
+// The recurrence backward of steps [first, last): the chunk's gate gradients
+// (grad_gates [rows, G], and grad_recurrent for a cell that keeps its
+// recurrent product apart, else undefined), and grad_h_state / grad_c_state
+// carried to step first - 1.
+void recurrence_backward(BackwardPass& b, const ChunkActivations& a, Tensor& grad_gates,
+                         Tensor& grad_recurrent, int64_t first, int64_t last) {
   if (b.w_hh_packed_backward.defined()) {  // the chunk's steps in one persistent call
     BackwardRecurrence& r = b.fused;
     r.step = first;
     r.end_step = last;
-    r.row0 = begin;
+    r.row0 = b.plan.offset[first];
     r.cell_row0 = a.cell_begin;
     r.gates = a.gates.const_data_ptr();
     r.cell = a.cell.const_data_ptr();
@@ -697,23 +789,8 @@ void recurrence_backward(BackwardPass& b, const ChunkActivations& a, Tensor& gra
     b.backend.backward_recurrence(r, b.dtype);
     return;
   }
-  BackwardStep& p = b.step;
   for (int64_t s = last - 1; s >= first; --s) {  // steps in reverse, on the active prefix
-    const int64_t active = plan.active[s], row = plan.offset[s];
-    Tensor grad_gates_step = grad_gates.narrow(0, row - begin, active);
-    p.step = s;
-    p.rows = active;
-    p.gates = row_ptr(a.gates, row - begin);
-    p.cell = row_ptr(a.cell, row - a.cell_begin);
-    p.cell_prev = s == first && a.cell_before != nullptr
-                      ? a.cell_before
-                      : row_ptr(a.cell, plan.offset[s - 1] - a.cell_begin);
-    p.grad_gates = grad_gates_step.data_ptr();
-    b.backend.backward_step(p, b.dtype);
-    // dL/dh_{s-1} = dG_s W_hh for the rows active at s; the others keep the
-    // gradient they were given until their own last step comes up.
-    Tensor grad_h_rows = b.grad_h_state.narrow(0, 0, active);
-    at::mm_out(grad_h_rows, grad_gates_step, b.w_hh);
+    backward_step_rows(b, a, grad_gates, grad_recurrent, s, first);
   }
 }
 
@@ -724,30 +801,46 @@ void prepare_recurrence_backward(BackwardPass& b, const Tensor& grad_out) {
   p.grad_output = grad_out.const_data_ptr();
   p.grad_output_stride_t = grad_out.stride(0);
   p.grad_output_stride_b = grad_out.stride(1);
-  p.grad_h_state = b.grad_h_state.const_data_ptr();
-  p.grad_c_state = b.grad_c_state.data_ptr();
+  p.grad_h_state = b.grad_h_state.data_ptr();
+  p.grad_c_state = b.grad_c_state.defined() ? b.grad_c_state.data_ptr() : nullptr;
   // The persistent backward, where the backend has one: every step of a
   // chunk in one call.
   b.w_hh_packed_backward = b.backend.pack_recurrent_weights_backward(b.cell_def, b.w_hh);
   b.fused = backward_recurrence_rows(p, b.plan, b.w_hh_packed_backward, b.grad_h_state);
 }
 
-LstmBackwardResult run_backward(const CellDef& cell_def, const RecurrentBackend& backend,
-                                const Tensor& grad_output, const Tensor& grad_h_n,
-                                const Tensor& grad_c_n, const Tensor& x, const LengthPlan& plan,
-                                const DevicePlan& dev, const optional<Tensor>& c0,
-                                const Tensor& w_ih, const Tensor& w_hh, const GateSource& src,
-                                bool reverse, bool compute_grad_x) {
-  const int64_t B = x.size(1), I = x.size(2), H = w_hh.size(1), G = cell_def.gates * H;
+// A layer's gradients for any cell: x's, h0's, c0's (cells with a cell
+// state) and the weight GEMMs' (GemmGrads), in caller order.
+struct LayerGrads {
+  Tensor grad_x, grad_h0, grad_c0;
+  GemmGrads gemm;
+};
+
+// The gradients of a layer with no packed rows (B = 0): zeros.
+LayerGrads no_rows_grads(const CellDef& cell_def, const BackwardPass& b, const Tensor& x,
+                         int64_t hidden) {
+  const auto opts = x.options();
+  const int64_t G = cell_def.gates * hidden;
+  const Tensor bias = at::zeros({G}, opts);
+  return {at::zeros(x.sizes(), opts), b.grad_h_state,
+          b.grad_c_state.defined() ? b.grad_c_state.to(x.scalar_type()) : Tensor(),
+          GemmGrads{Tensor(), at::zeros({G, x.size(2)}, opts), at::zeros({G, hidden}, opts), bias,
+                    cell_def.recurrent_apart ? at::zeros({G}, opts) : Tensor()}};
+}
+
+// grad_c_n undefined: a cell without a cell state.
+LayerGrads run_backward(const CellDef& cell_def, const RecurrentBackend& backend,
+                        const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n,
+                        const Tensor& x, const LengthPlan& plan, const DevicePlan& dev,
+                        const optional<Tensor>& c0, const Tensor& w_ih, const Tensor& w_hh,
+                        const GateSource& src, bool reverse, bool compute_grad_x) {
+  const int64_t B = x.size(1), H = w_hh.size(1), G = cell_def.gates * H;
   const at::ScalarType dtype = x.scalar_type(), state_dtype = at::toOpMathType(dtype);
   const auto opts = x.options();
   BackwardPass b{cell_def, backend, plan, dev, src, dtype, B, reverse};
   b.grad_h_state = to_sorted(grad_h_n, dev, dtype);
-  b.grad_c_state = to_sorted(grad_c_n, dev, state_dtype);
-  if (plan.packed_rows == 0) {
-    return {at::zeros(x.sizes(), opts), b.grad_h_state, b.grad_c_state.to(dtype),
-            at::zeros({G, I}, opts),    at::zeros({G, H}, opts), at::zeros({G}, opts)};
-  }
+  if (grad_c_n.defined()) b.grad_c_state = to_sorted(grad_c_n, dev, state_dtype);
+  if (plan.packed_rows == 0) return no_rows_grads(cell_def, b, x, H);
   // Full time-major rows are viewed, not gathered, by pack_rows: a transposed
   // (batch_first) x would be copied whole by every chunk's view, so once here.
   b.x_source = plan.packed_is_time_major(reverse) ? x.contiguous() : x;
@@ -761,8 +854,8 @@ LstmBackwardResult run_backward(const CellDef& cell_def, const RecurrentBackend&
   if (src.rebuilds()) {
     prepare_rebuild(b, most);
   } else {
-    b.c0_sorted = c0.has_value() ? to_sorted(*c0, dev, state_dtype)
-                                 : at::zeros({B, H}, opts.dtype(state_dtype));
+    const LayerSizes sz{x.size(0), B, x.size(2), H};
+    b.c0_sorted = initial_cell_state(cell_def, c0, dev, x, sz);  // undefined without c
     b.saved_gates = src.gates.contiguous();
     b.saved_cell = src.cell.contiguous();
   }
@@ -772,6 +865,7 @@ LstmBackwardResult run_backward(const CellDef& cell_def, const RecurrentBackend&
                                                                : grad_output.contiguous();
   prepare_recurrence_backward(b, grad_out);
   Tensor grad_gates = empty_buffer({most, G}, opts);  // every row written below
+  Tensor grad_recurrent = cell_def.recurrent_apart ? empty_buffer({most, G}, opts) : Tensor();
   GemmGrads grads;
   for (size_t c = chunk_starts.size() - 1; c-- > 0;) {
     const int64_t first = chunk_starts[c], last = chunk_starts[c + 1];
@@ -779,14 +873,23 @@ LstmBackwardResult run_backward(const CellDef& cell_def, const RecurrentBackend&
     const ChunkActivations a =
         src.rebuilds() ? rebuilt_chunk(b, c, first, last) : saved_chunk(b, first, last);
     Tensor chunk_grad_gates = grad_gates.narrow(0, 0, rows);
-    recurrence_backward(b, a, chunk_grad_gates, first, last);
+    Tensor chunk_grad_recurrent =
+        grad_recurrent.defined() ? grad_recurrent.narrow(0, 0, rows) : Tensor();
+    recurrence_backward(b, a, chunk_grad_gates, chunk_grad_recurrent, first, last);
     // Weight and input gradients: GEMMs over the chunk's valid steps.
-    accumulate_gemm_grads(grads, chunk_grad_gates, begin, b.x_source, a.h_prev, w_ih, dev,
-                          compute_grad_x);
+    accumulate_gemm_grads(grads, chunk_grad_gates, chunk_grad_recurrent, begin, b.x_source,
+                          a.h_prev, w_ih, dev, compute_grad_x);
   }
-  return {grads.grad_x,    from_sorted(b.grad_h_state, dev),
-          from_sorted(b.grad_c_state.to(dtype), dev),
-          grads.grad_w_ih, grads.grad_w_hh, grads.grad_bias};
+  Tensor grad_c0 =
+      b.grad_c_state.defined() ? from_sorted(b.grad_c_state.to(dtype), dev) : Tensor();
+  return {grads.grad_x, from_sorted(b.grad_h_state, dev), std::move(grad_c0), grads};
+}
+
+// The LSTM backward operators' results: one bias gradient (b_ih's and b_hh's
+// are the same).
+LstmBackwardResult lstm_result(LayerGrads g) {
+  return {std::move(g.grad_x),        std::move(g.grad_h0),        std::move(g.grad_c0),
+          std::move(g.gemm.grad_w_ih), std::move(g.gemm.grad_w_hh), std::move(g.gemm.grad_bias)};
 }
 
 }  // namespace
@@ -812,8 +915,8 @@ LstmBackwardResult lstm_layer_backward(const RecurrentBackend& backend, const Te
   const DevicePlan& dev = planned->dev;
   check_shape(gates, {plan.packed_rows, cell_def.gates * H}, "gates");
   GateSource src{gates, cell, h_prev, Tensor(), Tensor(), Tensor(), c10::nullopt};
-  return run_backward(cell_def, backend, grad_output, grad_h_n, grad_c_n, x, plan, dev, c0, w_ih, w_hh,
-                      src, reverse, compute_grad_x);
+  return lstm_result(run_backward(cell_def, backend, grad_output, grad_h_n, grad_c_n, x, plan, dev,
+                                  c0, w_ih, w_hh, src, reverse, compute_grad_x));
 }
 
 LstmBackwardResult lstm_layer_backward_recompute(
@@ -845,9 +948,36 @@ LstmBackwardResult lstm_layer_backward_recompute(
                  output.contiguous(),
                  h0.has_value() ? to_sorted(*h0, dev, x.scalar_type()) : Tensor(),
                  cell.contiguous(),
-                 combined_bias(b_ih, b_hh)};
-  return run_backward(cell_def, backend, grad_output, grad_h_n, grad_c_n, x, plan, dev, c0, w_ih, w_hh,
-                      src, reverse, compute_grad_x);
+                 projection_bias(cell_def, b_ih, b_hh)};
+  return lstm_result(run_backward(cell_def, backend, grad_output, grad_h_n, grad_c_n, x, plan, dev,
+                                  c0, w_ih, w_hh, src, reverse, compute_grad_x));
+}
+
+GruBackwardResult gru_layer_backward(const RecurrentBackend& backend, const Tensor& grad_output,
+                                     const Tensor& grad_h_n, const Tensor& x,
+                                     const optional<Tensor>& lengths, const Tensor& w_ih,
+                                     const Tensor& w_hh, const Tensor& gates, const Tensor& cell,
+                                     const Tensor& h_prev, bool reverse, bool compute_grad_x,
+                                     const optional<Tensor>& plan_table) {
+  const CellDef& cell_def = kGruCell;
+  const LayerSizes sz = check_layer_inputs(cell_def, x, lengths, c10::nullopt, c10::nullopt, w_ih,
+                                           w_hh, c10::nullopt, c10::nullopt);
+  backend.check_input(x, sz.hidden);
+  const int64_t T = sz.steps_total, B = sz.batch, H = sz.hidden;
+  check_upstream(grad_output, grad_h_n, Tensor(), x, H);
+  check_saved(cell_def, gates, cell, h_prev, x, H);
+  const at::OptionalDeviceGuard device_guard(at::device_of(x));
+  const std::shared_ptr<const BatchPlan> planned =
+      batch_plan(lengths, plan_table, T, B, reverse, x.device());
+  const LengthPlan& plan = planned->plan;
+  check_shape(gates, {plan.packed_rows, cell_def.gates * H}, "gates");
+  GateSource src{gates, cell, h_prev, Tensor(), Tensor(), Tensor(), c10::nullopt};
+  LayerGrads g = run_backward(cell_def, backend, grad_output, grad_h_n, Tensor(), x, plan,
+                              planned->dev, c10::nullopt, w_ih, w_hh, src, reverse,
+                              compute_grad_x);
+  return {std::move(g.grad_x),          std::move(g.grad_h0),
+          std::move(g.gemm.grad_w_ih),  std::move(g.gemm.grad_w_hh),
+          std::move(g.gemm.grad_bias),  std::move(g.gemm.grad_recurrent_bias)};
 }
 
 }  // namespace seqcls_fast

@@ -80,6 +80,9 @@ using LstmForwardResult =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using LstmBackwardResult = LstmForwardResult;
 using LstmPooledForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using GruForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using GruBackwardResult =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // The operators' semantics (csrc/ops.cpp) on `backend`.
 LstmForwardResult lstm_layer_forward(const RecurrentBackend& backend, const at::Tensor& x,
@@ -118,6 +121,22 @@ LstmBackwardResult lstm_layer_backward_recompute(
     const c10::optional<at::Tensor>& b_hh, const at::Tensor& output, const at::Tensor& cell,
     bool reverse, bool compute_grad_x, const c10::optional<at::Tensor>& plan_table);
 
+GruForwardResult gru_layer_forward(const RecurrentBackend& backend, const at::Tensor& x,
+                                   const c10::optional<at::Tensor>& lengths,
+                                   const c10::optional<at::Tensor>& h0, const at::Tensor& w_ih,
+                                   const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                                   const c10::optional<at::Tensor>& b_hh, bool reverse,
+                                   bool save_activations,
+                                   const c10::optional<at::Tensor>& plan_table);
+
+GruBackwardResult gru_layer_backward(const RecurrentBackend& backend, const at::Tensor& grad_output,
+                                     const at::Tensor& grad_h_n, const at::Tensor& x,
+                                     const c10::optional<at::Tensor>& lengths,
+                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                     const at::Tensor& gates, const at::Tensor& cell,
+                                     const at::Tensor& h_prev, bool reverse, bool compute_grad_x,
+                                     const c10::optional<at::Tensor>& plan_table);
+
 // A driver entry point bound to the backend `backend()` returns (a function,
 // as a base subobject cannot be a template argument): `call` has the
 // operator's own signature, the entry point's without its first parameter.
@@ -135,20 +154,29 @@ struct BoundToBackend<backend, entry> {
 
 // Registers the LSTM operators of namespace `ns` (seqcls_fast; the CUDA
 // emulator's seqcls_fast_cuda_emu) for dispatch key `key` (CPU, CUDA) on one
-// default-constructed `Backend`; used once per backend file, at namespace scope.
+// default-constructed `Backend`; used once per backend file, at namespace
+// scope. SEQCLS_REGISTER_GRU_OPS after it adds the GRU operators on the same
+// backend, where it has the GRU's step kernels.
 #define SEQCLS_REGISTER_LSTM_BACKEND(ns, key, Backend)                                            \
   namespace {                                                                                 \
-  const ::seqcls_fast::RecurrentBackend& lstm_backend_##key() {                                    \
+  const ::seqcls_fast::RecurrentBackend& recurrent_backend_##key() {                          \
     static const Backend backend;                                                             \
     return backend;                                                                           \
   }                                                                                           \
   template <auto entry>                                                                       \
-  constexpr auto lstm_op_##key = &::seqcls_fast::BoundToBackend<lstm_backend_##key, entry>::call; \
+  constexpr auto driver_op_##key =                                                            \
+      &::seqcls_fast::BoundToBackend<recurrent_backend_##key, entry>::call;                   \
   }                                                                                           \
   TORCH_LIBRARY_IMPL(ns, key, m) {                                                            \
-    m.impl("lstm_layer_forward", lstm_op_##key<&::seqcls_fast::lstm_layer_forward>);          \
-    m.impl("lstm_layer_backward", lstm_op_##key<&::seqcls_fast::lstm_layer_backward>);        \
+    m.impl("lstm_layer_forward", driver_op_##key<&::seqcls_fast::lstm_layer_forward>);        \
+    m.impl("lstm_layer_backward", driver_op_##key<&::seqcls_fast::lstm_layer_backward>);      \
     m.impl("lstm_layer_backward_recompute",                                                   \
-           lstm_op_##key<&::seqcls_fast::lstm_layer_backward_recompute>);                     \
-    m.impl("lstm_layer_pooled_forward", lstm_op_##key<&::seqcls_fast::lstm_layer_pooled_forward>); \
+           driver_op_##key<&::seqcls_fast::lstm_layer_backward_recompute>);                   \
+    m.impl("lstm_layer_pooled_forward", driver_op_##key<&::seqcls_fast::lstm_layer_pooled_forward>); \
+  }
+
+#define SEQCLS_REGISTER_GRU_OPS(ns, key)                                                      \
+  TORCH_LIBRARY_IMPL(ns, key, m) {                                                            \
+    m.impl("gru_layer_forward", driver_op_##key<&::seqcls_fast::gru_layer_forward>);          \
+    m.impl("gru_layer_backward", driver_op_##key<&::seqcls_fast::gru_layer_backward>);        \
   }

@@ -1,6 +1,6 @@
 // One recurrence step of a layer of any cell (cell_def.h): the parameters the
 // shared driver (recurrent_driver.cpp) fills once per step and every backend's
-// pointwise step kernel reads (the LSTM's: csrc/cpu/lstm_cell_cpu_kernel.h,
+// pointwise step kernel reads (the LSTM's: csrc/cpu/cell_cpu_kernel.h,
 // csrc/cuda/lstm_cell_cuda.cuh).
 // Plain data with untyped pointers, so one struct serves every dtype and both
 // compilers; a kernel casts to its element type. No ATen: .cu files include it.
@@ -10,8 +10,11 @@
 // sorted_lengths[j] - 1 - s when reverse. "packed" buffers are the step's
 // slice of the op's [N, ...] tensors; "sorted" buffers are indexed by j.
 // Every buffer except grad_output is contiguous and allocated by the op.
-// G is the cell's gates * H (4H for the LSTM); the cell state c and the
-// buffers that hold it are the LSTM's (CellDef::has_cell_state).
+// G is the cell's gates * H (4H for the LSTM, 3H for the GRU). The cell
+// state c is the LSTM's (CellDef::has_cell_state); `cell`, the one value per
+// unit a step keeps beside its gates, is the LSTM's c_s and the GRU's
+// recurrent part of the new gate, h_{s-1} W_hn^T + b_hn. `recurrent` and
+// `grad_recurrent` are for cells whose recurrent product stays apart (GRU).
 #pragma once
 
 #include <cstdint>
@@ -35,27 +38,39 @@ struct StepRows {
 
 struct ForwardStep : StepRows {
   int64_t rows_next;              // active rows at step s + 1; 0 at the last step
-  void* gates;                    // [rows, G] packed; in: pre-activations, out: activated gates
-  void* h_state;                  // [B, H] sorted; out: h_s
+  void* gates;                    // [rows, G] packed; in: pre-activations (with the recurrent
+                                  //   product, or without it when `recurrent` is given), out:
+                                  //   activated gates
+  const void* recurrent;          // [rows, G] packed: h_{s-1} W_hh^T + b_hh; nullptr: in gates
+  void* h_state;                  // [B, H] sorted; in: h_{s-1} (GRU), out: h_s
   void* c_state;                  // [B, H] sorted, state dtype; in: c_{s-1}, out: c_s
   void* output;                   // [T, B, H] caller order; out: h_s at (t, order[j]);
                                   //   nullptr: not written (pooled inference)
-  void* cell;                     // [rows, H] packed, state dtype; out: c_s; nullptr: not kept
+  void* cell;                     // [rows, H] packed, state dtype; out: the kept value (c_s,
+                                  //   GRU: h_{s-1} W_hn^T + b_hn); nullptr: not kept
   void* h_prev_next;              // [rows_next, H] packed; out: h_s as step s+1's h_prev;
                                   //   nullptr: not kept
 };
 
 struct BackwardStep : StepRows {
   const void* gates;              // [rows, G] packed; activated gates (forward's or rebuilt)
-  const void* cell;               // [rows, H] packed, state dtype; c_s (forward's or rebuilt)
+  const void* cell;               // [rows, H] packed, state dtype; the forward's kept value
+                                  //   (c_s, GRU: h_{s-1} W_hn^T + b_hn), saved or rebuilt
   const void* cell_prev;          // [rows, H] c_{s-1}, state dtype: packed, or sorted [B, H]
-                                  //   (c0 at s = 0; the checkpoint at a rebuilt chunk's start)
+                                  //   (c0 at s = 0; the checkpoint at a rebuilt chunk's start);
+                                  //   LSTM only
+  const void* h_prev;             // [rows, H] packed: h_{s-1} (GRU; nullptr for the LSTM)
   const void* grad_output;        // [T, B, H] caller order; dL/d output; unit stride along H
   int64_t grad_output_stride_t;   //   its stride along T in elements (0 when expanded)
   int64_t grad_output_stride_b;   //   its stride along B in elements (0 when expanded)
-  const void* grad_h_state;       // [B, H] sorted; dL/dh_s arriving through W_hh (or h_n)
+  void* grad_h_state;             // [B, H] sorted; in: dL/dh_s arriving through W_hh (or h_n);
+                                  //   GRU: out: the part of dL/dh_{s-1} that skips W_hh (dh z)
   void* grad_c_state;             // [B, H] sorted, state dtype; in: dL/dc_s, out: dL/dc_{s-1}
-  void* grad_gates;               // [rows, G] packed; out: dL/d pre-activations
+                                  //   (LSTM only)
+  void* grad_gates;               // [rows, G] packed; out: dL/d pre-activations (with
+                                  //   `grad_recurrent`: of the input projection's part)
+  void* grad_recurrent;           // [rows, G] packed; out: dL/d(h_{s-1} W_hh^T + b_hh); or
+                                  //   nullptr (the same as grad_gates)
 };
 
 // What both persistent recurrences share: the rows a segment of steps runs

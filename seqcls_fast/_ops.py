@@ -172,6 +172,89 @@ def lstm_layer(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, plan=None,
     return out, h_n, c_n
 
 
+# ------------------------------------------------------------------ GRU layer
+@torch.library.register_fake("seqcls_fast::gru_layer_forward")
+def _gru_layer_forward_fake(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, save_activations,
+                            plan=None):
+    steps, batch, _ = x.shape
+    hidden = w_hh.shape[1]
+    if not save_activations:
+        rows = 0
+    elif lengths is None and plan is None:
+        rows = steps * batch
+    else:  # N = sum(lengths): known only from the data
+        rows = torch.library.get_ctx().new_dynamic_size()
+    return (
+        x.new_empty(steps, batch, hidden),
+        x.new_empty(batch, hidden),
+        x.new_empty(rows, 3 * hidden),
+        x.new_empty(rows, hidden, dtype=_state_dtype(x.dtype)),
+        x.new_empty(rows, hidden),
+    )
+
+
+@torch.library.register_fake("seqcls_fast::gru_layer_backward")
+def _gru_layer_backward_fake(grad_output, grad_h_n, x, lengths, w_ih, w_hh, gates, cell, h_prev,
+                             reverse, compute_grad_x, plan=None):
+    """(grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)."""
+    batch, hidden = x.shape[1], w_hh.shape[1]
+    return (x.new_empty(x.shape), x.new_empty(batch, hidden), w_ih.new_empty(w_ih.shape),
+            w_hh.new_empty(w_hh.shape), w_hh.new_empty(w_hh.shape[0]),
+            w_hh.new_empty(w_hh.shape[0]))
+
+
+def _gru_setup_context(ctx, inputs, output):
+    x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, save_activations, plan = inputs
+    if not save_activations:
+        return  # inference call: backward() below raises if reached
+    _out, _h_n, gates, cell, h_prev = output
+    ctx.set_materialize_grads(False)  # as for the LSTM: the saved outputs get no gradient
+    ctx.save_for_backward(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, gates, cell, h_prev, plan)
+    ctx.reverse = reverse
+    ctx.has_bias = b_ih is not None
+    ctx.has_h0 = h0 is not None
+
+
+def _gru_backward(ctx, grad_output, grad_h_n, _grad_gates, _grad_cell, _grad_h_prev):
+    if not hasattr(ctx, "reverse"):
+        raise RuntimeError("seqcls_fast: gru_layer_forward was called with "
+                           "save_activations=False and cannot be differentiated")
+    x, lengths, h0, w_ih, w_hh, b_ih, b_hh, gates, cell, h_prev, plan = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: through the plain-PyTorch GRU
+        outputs = reference.gru_layer(x, plan[2] if plan is not None else lengths, h0, w_ih,
+                                      w_hh, b_ih, b_hh, ctx.reverse)
+        slots = {0: x, 2: h0, 3: w_ih, 4: w_hh, 5: b_ih, 6: b_hh}
+        return _grads_through(ctx, outputs, (grad_output, grad_h_n), slots, num_inputs=10)
+    steps, batch, hidden = x.shape[0], x.shape[1], w_hh.shape[1]
+    if grad_output is None:
+        grad_output = x.new_zeros(steps, batch, hidden)
+    if grad_h_n is None:
+        grad_h_n = x.new_zeros(batch, hidden)
+    need = ctx.needs_input_grad
+    grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = ops.gru_layer_backward(
+        grad_output, grad_h_n, x, lengths, w_ih, w_hh, gates, cell, h_prev, ctx.reverse, need[0],
+        plan)
+    return (grad_x if need[0] else None, None, grad_h0 if ctx.has_h0 else None, grad_w_ih,
+            grad_w_hh, grad_b_ih if ctx.has_bias else None, grad_b_hh if ctx.has_bias else None,
+            None, None, None)
+
+
+torch.library.register_autograd("seqcls_fast::gru_layer_forward", _gru_backward,
+                                setup_context=_gru_setup_context)
+
+
+def gru_layer(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, plan=None):
+    """One GRU layer in one direction, time-major: x [T, B, I] ->
+    (output [T, B, H], h_n [B, H]). Keeps what the backward needs only when
+    autograd will ask for it. ``plan``: the batch's length plan tensor (then
+    lengths is None)."""
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh))
+    out, h_n, _gates, _cell, _h_prev = ops.gru_layer_forward(
+        x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, save, plan)
+    return out, h_n
+
+
 # ------------------------------------------- pooled last layer (inference)
 @torch.library.register_fake("seqcls_fast::lstm_layer_pooled_forward")
 def _lstm_layer_pooled_forward_fake(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, pooling, query,

@@ -1,12 +1,10 @@
 """sf.LSTM: a drop-in nn.LSTM that also takes a padded batch with lengths."""
-import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ._ops import lstm_layer, lstm_layer_pooled
-from .errors import DtypeMismatchError, ShapeError, StateTypeError
+from .errors import StateTypeError
 from .layout import MEMORY_MODES
-from .plan import LengthPlan
+from .recurrent import RecurrentLayers
 
 # memory="auto" picks "low" for a batch where "fast" would keep more than this
 # per layer-direction (6H values per padded step and row; see the README's
@@ -28,14 +26,7 @@ def check_memory_mode(memory, where):
     return memory
 
 
-def _check_steps(x, shape):
-    """x [T, B, *] needs T >= 1 unless B is 0; ``shape``: the input's as given."""
-    if x.size(0) == 0 and x.size(1) > 0:
-        raise ShapeError("seqcls_fast.LSTM: input must have at least one time step (T >= 1), "
-                         f"got shape {tuple(shape)}")
-
-
-class LSTM(nn.RNNBase):
+class LSTM(RecurrentLayers):
     """Same constructor, parameters, state_dict and repr as ``nn.LSTM``
     (gate order i, f, g, o), with one more forward argument, ``lengths``.
 
@@ -55,9 +46,13 @@ class LSTM(nn.RNNBase):
     ``AUTO_LOW_MEMORY_BYTES`` (128 MiB) per layer-direction, counted on the
     padded batch (6H values per step and row).
 
-    A subclass of ``nn.RNNBase``, not of ``nn.LSTM``, so torch.compile traces
-    through it (Dynamo refuses modules that are ``nn.LSTM`` instances).
+    A subclass of ``nn.RNNBase`` (through ``RecurrentLayers``), not of
+    ``nn.LSTM``, so torch.compile traces through it (Dynamo refuses modules
+    that are ``nn.LSTM`` instances).
     """
+
+    _name = "seqcls_fast.LSTM"
+    _state_names = ("h_0", "c_0")
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None,
@@ -88,120 +83,24 @@ class LSTM(nn.RNNBase):
         lstm.load_state_dict(native.state_dict())
         return lstm.train(native.training)
 
-    # ------------------------------------------------------------------ forward
-    def forward(self, input, hx=None, lengths=None):  # noqa: A002  (nn.LSTM's name)
-        if isinstance(input, PackedSequence):
-            return self._forward_packed(input, hx, lengths)
-        if not isinstance(input, torch.Tensor):
-            raise TypeError("seqcls_fast.LSTM: input must be a Tensor or a PackedSequence, got "
-                            f"{type(input).__name__}")
-        if input.dim() not in (2, 3):
-            raise ShapeError("seqcls_fast.LSTM: input must be 3-D ([T, B, I], or [B, T, I] with "
-                             f"batch_first) or 2-D unbatched [T, I], got shape {tuple(input.shape)}")
-        unbatched = input.dim() == 2
-        if unbatched:
-            x = input.unsqueeze(1)
-            if lengths is not None and not isinstance(lengths, LengthPlan):
-                lengths = torch.as_tensor(lengths).reshape(1)
-        else:
-            x = input.transpose(0, 1) if self.batch_first else input
-        hx = self._check_input_and_hx(hx, x, unbatched)
-        _check_steps(x, input.shape)
-        plan = LengthPlan.of(lengths, x.size(0), x.size(1), x.device, "seqcls_fast.LSTM")
-        out, (h_n, c_n) = self._run(x, plan, hx)
-        if unbatched:
-            return out.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
-        if self.batch_first:
-            out = out.transpose(0, 1)
-        return out, (h_n, c_n)
-
-    def _forward_packed(self, packed, hx, lengths):
-        if lengths is not None:
-            raise ValueError("seqcls_fast.LSTM: lengths must be None when input is a "
-                             "PackedSequence (it carries its own lengths)")
-        # Padded, in the caller's batch order (as hx and h_n are).
-        padded, lens = pad_packed_sequence(packed)
-        hx = self._check_input_and_hx(hx, padded, False)
-        out, hidden = self._run(padded, LengthPlan(lens, padded.size(0), padded.size(1)), hx)
-        if packed.sorted_indices is not None:
-            out = out.index_select(1, packed.sorted_indices)
-            lens = lens.index_select(0, packed.sorted_indices.cpu())
-        data = pack_padded_sequence(out, lens, enforce_sorted=True).data
-        return PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
-                              packed.unsorted_indices), hidden
-
-    def _check_input_and_hx(self, hx, x, unbatched):
-        """Checks x's feature size and dtype, and hx's form; returns hx
-        batched (or None)."""
-        if x.size(-1) != self.input_size:
-            raise ShapeError(f"seqcls_fast.LSTM: input must have {self.input_size} features "
-                             f"(input_size), got {x.size(-1)}")
-        weight = self.weight_ih_l0
-        if x.dtype != weight.dtype:
-            raise DtypeMismatchError(f"seqcls_fast.LSTM: input dtype {x.dtype} does not match the "
-                            f"parameters' dtype {weight.dtype}")
-        if hx is None:
-            return None
+    # ------------------------------------------------------------ hx and layers
+    def _to_states(self, hx):
         if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
             raise StateTypeError("seqcls_fast.LSTM: hx must be a tuple (h_0, c_0)")
-        expected = (self.num_layers * (2 if self.bidirectional else 1), x.size(1),
-                    self.hidden_size)
-        states = []
-        for name, state in zip(("h_0", "c_0"), hx):
-            if not isinstance(state, torch.Tensor):
-                raise StateTypeError(f"seqcls_fast.LSTM: {name} must be a Tensor")
-            if unbatched:
-                if state.dim() != 2:
-                    raise ShapeError(f"seqcls_fast.LSTM: for unbatched input {name} must be 2-D "
-                                     f"{list(expected[::2])}, got {tuple(state.shape)}")
-                state = state.unsqueeze(1)
-            if tuple(state.shape) != expected:
-                raise ShapeError(f"seqcls_fast.LSTM: {name} must have shape "
-                                 f"(num_layers * num_directions, B, H) = {expected}, got "
-                                 f"{tuple(state.shape)}")
-            states.append(state)
-        return tuple(states)
+        return tuple(hx)
 
-    def _checked_run(self, x, plan, hx=None, pool=None):
-        """``_run`` behind forward's checks of x (features, dtype, T >= 1) and
-        hx (batched): the entry for the classifier's online pooling and for
-        streaming, which hold x time-major and a plan already."""
-        hx = self._check_input_and_hx(hx, x, False)
-        _check_steps(x, x.shape)
-        return self._run(x, plan, hx, pool)
+    def _from_states(self, states):
+        h_n, c_n = states
+        return h_n, c_n
 
-    def _run(self, x, plan, hx, pool=None):
-        """x [T, B, I] time-major, plan a LengthPlan or None (all T) ->
-        (output [T, B, D*H], (h_n, c_n)). Every layer and direction, and their
-        backward, read the one plan. ``pool`` (inference, unidirectional):
-        the keyword arguments of ``lstm_layer_pooled`` (pooling, query,
-        key_weight, key_bias, pool_state); the top layer then pools its output
-        as it runs and the first result is its pooling state instead."""
-        table = plan.table if plan is not None else None
-        num_directions = 2 if self.bidirectional else 1
-        low_memory = low_memory_for(self.memory, x, self.hidden_size)
-        h0, c0 = hx if hx is not None else (None, None)
-        layer_input = x
-        h_n, c_n = [], []
-        for layer in range(self.num_layers):
-            outputs = []
-            for direction in range(num_directions):
-                suffix = f"l{layer}" + ("_reverse" if direction else "")
-                index = layer * num_directions + direction
-                args = (h0[index] if h0 is not None else None,
-                        c0[index] if c0 is not None else None,
-                        getattr(self, "weight_ih_" + suffix), getattr(self, "weight_hh_" + suffix),
-                        getattr(self, "bias_ih_" + suffix) if self.bias else None,
-                        getattr(self, "bias_hh_" + suffix) if self.bias else None)
-                if pool is not None and layer == self.num_layers - 1:
-                    h, c, out = lstm_layer_pooled(layer_input, *args, plan=table, **pool)
-                else:
-                    out, h, c = lstm_layer(layer_input, None, *args, bool(direction), table,
-                                           low_memory)
-                outputs.append(out)
-                h_n.append(h)
-                c_n.append(c)
-            layer_input = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=2)
-            if self.dropout and self.training and layer < self.num_layers - 1:
-                layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
-        return layer_input, (torch.stack(h_n), torch.stack(c_n))
+    def _layer_options(self, x):
+        return low_memory_for(self.memory, x, self.hidden_size)
+
+    def _layer(self, x, layer, direction, initial, table, pool, low_memory):
+        h0, c0 = initial if initial is not None else (None, None)
+        args = (h0, c0, *self._weights(layer, direction))
+        if pool is not None:
+            h, c, pool_state = lstm_layer_pooled(x, *args, plan=table, **pool)
+            return pool_state, (h, c)
+        out, h, c = lstm_layer(x, None, *args, bool(direction), table, low_memory)
+        return out, (h, c)

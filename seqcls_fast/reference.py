@@ -2,9 +2,11 @@
 parts only. The tests compare against them, the bench times them as the
 baselines and `seqcls-fast train --baseline native` trains them.
 
-- :func:`packed_lstm` / :class:`PackedLSTM`: ``nn.LSTM`` on a
-  ``PackedSequence`` (``pack_padded_sequence(enforce_sorted=False)``, then
+- :func:`packed_lstm` / :class:`PackedLSTM`: ``nn.LSTM`` (or ``nn.GRU``) on
+  a ``PackedSequence`` (``pack_padded_sequence(enforce_sorted=False)``, then
   ``pad_packed_sequence``), as the tutorials teach;
+- :func:`lstm_layer`, :func:`gru_layer`: one layer-direction in plain
+  differentiable ops (the double backward's path);
 - :func:`masked_attention_pool` / :class:`MaskedAttentionPooling`: scores,
   a softmax over the valid steps only, the weighted sum;
 - :class:`NativeLSTMClassifier`: ``sf.LSTMClassifier`` built from the two
@@ -27,8 +29,9 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def packed_lstm(native, x, lengths, hx=None):
-    """``native`` (an nn.LSTM) on ``x`` packed by ``lengths``, unpacked back to
-    x's padded layout (zeros past each length). Returns (out, (h_n, c_n))."""
+    """``native`` (an nn.LSTM, or an nn.GRU) on ``x`` packed by ``lengths``,
+    unpacked back to x's padded layout (zeros past each length). Returns (out,
+    (h_n, c_n)), or (out, h_n) for a GRU."""
     packed = pack_padded_sequence(x, torch.as_tensor(lengths).cpu(),
                                   batch_first=native.batch_first, enforce_sorted=False)
     out, state = native(packed, hx)
@@ -37,39 +40,80 @@ def packed_lstm(native, x, lengths, hx=None):
     return out, state
 
 
+def _steps_in_order(x, lengths, reverse):
+    """x [T, B, I] with each row's steps in the order the recurrence visits
+    them (reversed within its own length when ``reverse``), the valid-step
+    mask [T, B, 1], the lengths as a tensor, and the gather index that maps
+    outputs back (None forward)."""
+    steps, batch = x.shape[0], x.shape[1]
+    if lengths is None:
+        lengths = torch.full((batch,), steps, dtype=torch.long)
+    lengths = torch.as_tensor(lengths).to(device=x.device, dtype=torch.long)
+    time = torch.arange(steps, device=x.device)
+    valid = (time[:, None] < lengths[None, :]).unsqueeze(2)  # [T, B, 1]
+    source = None
+    if reverse:  # step s of row b reads time lengths[b] - 1 - s (its own end first)
+        source = (lengths[None, :] - 1 - time[:, None]).clamp(min=0)[:, :, None]
+        x = x.gather(0, source.expand(-1, -1, x.shape[2]))
+    return x, valid, source
+
+
+def _outputs_in_time(outputs, valid, source, x, hidden):
+    """The stacked step outputs [T, B, H] in time order, zero past each length."""
+    output = torch.stack(outputs) if outputs else x.new_zeros(0, x.shape[1], hidden)
+    if source is not None:  # the map s <-> lengths[b] - 1 - s is its own inverse on valid steps
+        output = output.gather(0, source.expand(-1, -1, hidden)) * valid
+    return output
+
+
 def lstm_layer(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
     """One LSTM layer in one direction, time-major, in plain differentiable
     PyTorch ops: what ``seqcls_fast.lstm_layer`` computes, x [T, B, I] ->
     (output [T, B, H] zero past each length, h_n [B, H], c_n [B, H]). With
     ``reverse`` each row runs from its own last valid step down to 0. Any
     order of derivative works (the double-backward path uses it)."""
-    steps, batch = x.shape[0], x.shape[1]
-    hidden = w_hh.shape[1]
-    if lengths is None:
-        lengths = torch.full((batch,), steps, dtype=torch.long)
-    lengths = torch.as_tensor(lengths).to(device=x.device, dtype=torch.long)
-    time = torch.arange(steps, device=x.device)
-    valid = (time[:, None] < lengths[None, :]).unsqueeze(2)  # [T, B, 1]
-    if reverse:  # step s of row b reads time lengths[b] - 1 - s (its own end first)
-        source = (lengths[None, :] - 1 - time[:, None]).clamp(min=0)[:, :, None]
-        x = x.gather(0, source.expand(-1, -1, x.shape[2]))
+    batch, hidden = x.shape[1], w_hh.shape[1]
+    x, valid, source = _steps_in_order(x, lengths, reverse)
     h = h0 if h0 is not None else x.new_zeros(batch, hidden)
     c = c0 if c0 is not None else x.new_zeros(batch, hidden)
     projected = x @ w_ih.t()
     if b_ih is not None:
         projected = projected + (b_ih + b_hh)
     outputs = []
-    for s in range(steps):
+    for s in range(x.shape[0]):
         i, f, g, o = (projected[s] + h @ w_hh.t()).chunk(4, dim=1)
         c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h_next = torch.sigmoid(o) * torch.tanh(c_next)
         h = torch.where(valid[s], h_next, h)
         c = torch.where(valid[s], c_next, c)
         outputs.append(torch.where(valid[s], h_next, torch.zeros_like(h_next)))
-    output = torch.stack(outputs) if outputs else x.new_zeros(0, batch, hidden)
-    if reverse:  # the map s <-> lengths[b] - 1 - s is its own inverse on valid steps
-        output = output.gather(0, source.expand(-1, -1, hidden)) * valid
-    return output, h, c
+    return _outputs_in_time(outputs, valid, source, x, hidden), h, c
+
+
+def gru_layer(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse):
+    """One GRU layer in one direction (nn.GRU's math, gate order r, z, n),
+    time-major, in plain differentiable PyTorch ops: what
+    ``seqcls_fast.gru_layer`` computes, x [T, B, I] -> (output [T, B, H] zero
+    past each length, h_n [B, H]); ``reverse`` as in ``lstm_layer``."""
+    batch, hidden = x.shape[1], w_hh.shape[1]
+    x, valid, source = _steps_in_order(x, lengths, reverse)
+    h = h0 if h0 is not None else x.new_zeros(batch, hidden)
+    projected = x @ w_ih.t()
+    if b_ih is not None:
+        projected = projected + b_ih
+    outputs = []
+    for s in range(x.shape[0]):
+        recurrent = h @ w_hh.t()
+        if b_hh is not None:
+            recurrent = recurrent + b_hh
+        x_r, x_z, x_n = projected[s].chunk(3, dim=1)
+        h_r, h_z, h_n = recurrent.chunk(3, dim=1)
+        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + r * h_n)
+        h_next = (1 - z) * n + z * h
+        h = torch.where(valid[s], h_next, h)
+        outputs.append(torch.where(valid[s], h_next, torch.zeros_like(h_next)))
+    return _outputs_in_time(outputs, valid, source, x, hidden), h
 
 
 def valid_steps_mask(lengths, steps, device):

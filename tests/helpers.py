@@ -169,34 +169,39 @@ def make_native(input_size, hidden_size, num_layers=1, bidirectional=False, batc
 
 
 def forward_backward(module, x, lengths, hx, packed, seed=7):
-    """Every output and gradient of one forward + backward, by name: nn.LSTM on
-    the packed batch (packed=True; on the padded tensor when lengths is None)
-    or sf.LSTM on the padded batch with lengths. The upstream gradients are
-    random, drawn in float64 from `seed` and cast, so calls with the same
-    shapes get the same ones whatever the dtype."""
+    """Every output and gradient of one forward + backward, by name: the
+    native module (nn.LSTM, nn.GRU) on the packed batch (packed=True; on the
+    padded tensor when lengths is None) or ours (sf.LSTM, sf.GRU) on the padded
+    batch with lengths. ``hx``: the tuple of initial states ((h0, c0) for an
+    LSTM, (h0,) for a GRU) or None. The upstream gradients are random, drawn
+    in float64 from `seed` and cast, so calls with the same shapes get the
+    same ones whatever the dtype."""
     x = x.detach().clone().requires_grad_(True)
     hx = tuple(s.detach().clone().requires_grad_(True) for s in hx) if hx else None
+    lstm = isinstance(module, (nn.LSTM, sf.LSTM))
+    hx_arg = hx if lstm or hx is None else hx[0]
     module.zero_grad(set_to_none=True)
     if not packed:
-        out, (h_n, c_n) = module(x, hx, lengths=lengths)
+        out, state = module(x, hx_arg, lengths=lengths)
     elif lengths is None:
-        out, (h_n, c_n) = module(x, hx)
+        out, state = module(x, hx_arg)
     else:
-        out, (h_n, c_n) = packed_lstm(module, x, lengths, hx)
+        out, state = packed_lstm(module, x, lengths, hx_arg)
+    states = tuple(state) if lstm else (state,)
     generator = torch.Generator().manual_seed(seed)
+    outputs = (out, *states)
     grads = [torch.randn(o.shape, generator=generator, dtype=torch.float64).to(o.device, o.dtype)
-             for o in (out, h_n, c_n)]
-    torch.autograd.backward((out, h_n, c_n), grads)
-    result = dict(out=out, h_n=h_n, c_n=c_n, grad_x=x.grad)
+             for o in outputs]
+    torch.autograd.backward(outputs, grads)
+    result = dict(out=out, **dict(zip(("h_n", "c_n"), states)), grad_x=x.grad)
     if hx:
-        result.update(grad_h0=hx[0].grad, grad_c0=hx[1].grad)
+        result.update(zip(("grad_h0", "grad_c0"), (s.grad for s in hx)))
     result.update({"grad_" + name: p.grad for name, p in module.named_parameters()})
     return result
 
 
-
-def assert_matches_packed_lstm(got, native, x, lengths, hx, device, dtype):
-    """got (forward_backward of our LSTM in dtype) against nn.LSTM `native`
+def assert_matches_packed(got, native, x, lengths, hx, device, dtype):
+    """got (forward_backward of our LSTM or GRU in dtype) against `native` (nn.LSTM, nn.GRU)
     on the packed batch (the padded tensor without lengths), weights, inputs
     and states cast as assert_matches_reference asks: every output and
     gradient, by name."""

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import seqcls_fast as sf
-from helpers import (assert_float32_within_pytorchs_own, assert_matches_packed_lstm,
+from helpers import (assert_float32_within_pytorchs_own, assert_matches_packed,
                      forward_backward, make_native)
 from seqcls_fast import _C
 from seqcls_fast.apps.bench.report import cpu_features
@@ -118,11 +118,11 @@ def _sf_from_native(native, **kwargs):
 def _assert_within_pytorchs_own(native, model, x, lengths, hx=None):
     """Every output and gradient of `model` (float32) within the float32
     rule of the float64 `native` on the packed batch, against float32
-    nn.LSTM's own error on it (helpers.assert_matches_packed_lstm). Returns
+    nn.LSTM's own error on it (helpers.assert_matches_packed). Returns
     ours."""
     got = forward_backward(model, x.float(), lengths,
                            tuple(s.float() for s in hx) if hx else None, packed=False)
-    assert_matches_packed_lstm(got, native, x, lengths, hx, "cpu", torch.float32)
+    assert_matches_packed(got, native, x, lengths, hx, "cpu", torch.float32)
     return got
 
 

@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import seqcls_fast as sf
 from helpers import (LSTM_TOL, assert_close_named, assert_float32_within_pytorchs_own,
-                     assert_matches_packed_lstm, dtype_id, forward_backward, make_native,
+                     assert_matches_packed, dtype_id, forward_backward, make_native,
                      native_twin, place_lengths, random_lengths, tolerance)
 from seqcls_fast.lstm import MEMORY_MODES
 from seqcls_fast.reference import packed_lstm
@@ -22,7 +22,7 @@ def check_matches_packed(device, dtype, T, B, I, H, lengths, layers=1, bidirecti
     (on the padded tensor without lengths): every output and gradient, in
     dtype on device, in training memory mode `memory`. Float32 on the CPU:
     the float32 rule, against nn.LSTM run in float64 on the same weights and
-    inputs (helpers.assert_matches_packed_lstm)."""
+    inputs (helpers.assert_matches_packed)."""
     native = make_native(I, H, layers, bidirectional, batch_first, bias, dtype, device=device)
     ours = sf.LSTM.from_native(native, memory=memory)
     x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=dtype, device=device)
@@ -33,7 +33,7 @@ def check_matches_packed(device, dtype, T, B, I, H, lengths, layers=1, bidirecti
     got = forward_backward(ours, x, lengths, hx, packed=False)
     for name in got:
         assert got[name].dtype == dtype and got[name].device.type == device.type, name
-    assert_matches_packed_lstm(got, native, x, lengths, hx, device, dtype)
+    assert_matches_packed(got, native, x, lengths, hx, device, dtype)
 
 
 def _grads(outputs, inputs):

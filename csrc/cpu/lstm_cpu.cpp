@@ -1,7 +1,7 @@
 // The CPU backend of the recurrent layer driver (../recurrent_driver.h):
-// padding zeroing, the LSTM cell's vectorized pointwise step kernels
-// (lstm_cell_cpu.h) and persistent recurrence (lstm_recurrence_cpu.h), and
-// the online-pooling step; registers the LSTM operators for CPU.
+// padding zeroing, the LSTM and GRU cells' vectorized pointwise step kernels
+// (cell_cpu.h), the LSTM's persistent recurrence (lstm_recurrence_cpu.h),
+// and the online-pooling step; registers the LSTM and GRU operators for CPU.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -14,7 +14,7 @@
 #include "../online_pool.h"
 #include "../recurrent_driver.h"
 #include "../tensor_identity.h"
-#include "lstm_cell_cpu.h"
+#include "cell_cpu.h"
 #include "lstm_recurrence_cpu.h"
 
 namespace seqcls_fast::cpu {
@@ -123,11 +123,10 @@ int64_t recurrence_workers(int64_t hidden, CpuIsa isa) {
 // The build a call of this dtype runs (kBaseline: the per-step path).
 CpuIsa persistent_build(at::ScalarType dtype) { return recurrence_isa(dtype == at::kFloat); }
 
-// The cells this backend has step kernels for: the LSTM. The driver only
-// hands it steps of the cells whose operators it registers.
-void check_cell(CellKind cell) {
-  TORCH_INTERNAL_ASSERT(cell == CellKind::kLstm, "seqcls_fast: no CPU kernel for cell ",
-                        static_cast<int>(cell));
+// The persistent recurrence (its tile) is the LSTM's; the GRU runs per step.
+void check_persistent_cell(CellKind cell) {
+  TORCH_INTERNAL_ASSERT(cell == CellKind::kLstm, "seqcls_fast: no persistent CPU recurrence ",
+                        "for cell ", static_cast<int>(cell));
 }
 
 struct CpuBackend final : RecurrentBackend {
@@ -155,12 +154,12 @@ struct CpuBackend final : RecurrentBackend {
   }
 
   void forward_step(const ForwardStep& step, at::ScalarType dtype) const override {
-    check_cell(step.cell_kind);
+    if (step.cell_kind == CellKind::kGru) return gru_forward_step_cpu(step, dtype);
     lstm_forward_step_cpu(step, dtype);
   }
 
   void backward_step(const BackwardStep& step, at::ScalarType dtype) const override {
-    check_cell(step.cell_kind);
+    if (step.cell_kind == CellKind::kGru) return gru_backward_step_cpu(step, dtype);
     lstm_backward_step_cpu(step, dtype);
   }
 
@@ -174,7 +173,7 @@ struct CpuBackend final : RecurrentBackend {
   }
 
   void forward_recurrence(const ForwardRecurrence& r, at::ScalarType dtype) const override {
-    check_cell(r.cell_kind);
+    check_persistent_cell(r.cell_kind);
     const CpuIsa isa = persistent_build(dtype);
     at::Tensor h_swap = at::empty({r.batch, r.hidden}, at::TensorOptions().dtype(at::kFloat));
     lstm_forward_recurrence(isa, r, h_swap.data_ptr<float>(), recurrence_workers(r.hidden, isa));
@@ -188,7 +187,7 @@ struct CpuBackend final : RecurrentBackend {
   }
 
   void backward_recurrence(const BackwardRecurrence& r, at::ScalarType dtype) const override {
-    check_cell(r.cell_kind);
+    check_persistent_cell(r.cell_kind);
     const CpuIsa isa = persistent_build(dtype);
     lstm_backward_recurrence(isa, r, recurrence_workers(r.hidden, isa));
   }
@@ -205,5 +204,6 @@ struct CpuBackend final : RecurrentBackend {
 }  // namespace
 
 SEQCLS_REGISTER_LSTM_BACKEND(seqcls_fast, CPU, CpuBackend)
+SEQCLS_REGISTER_GRU_OPS(seqcls_fast, CPU)
 
 }  // namespace seqcls_fast::cpu

@@ -132,7 +132,7 @@ void check_backward_step(const std::string& name, int64_t hidden, int64_t s, boo
   }
   const auto cell = random_vector<T>(rows * H), cell_prev = random_vector<T>(rows * H);
   const auto grad_output = random_vector<T>(b.steps * B * H);
-  const auto grad_h = random_vector<T>(B * H);
+  auto grad_h = random_vector<T>(B * H);  // BackwardStep::grad_h_state: the LSTM kernel only reads it
   auto grad_c = random_vector<T>(B * H);
   std::vector<T> grad_gates(rows * 4 * H);
   std::vector<double> want_dg(rows * 4 * H), want_dc = as_double(grad_c);

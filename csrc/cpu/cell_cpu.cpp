@@ -1,6 +1,6 @@
 // Portable build of the pointwise step kernels (ATen's Vectorized at the
 // baseline ISA), and the runtime choice between it and the AVX2 build in
-// lstm_cell_cpu_avx2.cpp (x86-64 only; cpu_isa(), so SEQCLS_FAST_CPU_ISA=
+// cell_cpu_avx2.cpp (x86-64 only; cpu_isa(), so SEQCLS_FAST_CPU_ISA=
 // baseline selects the portable build on any CPU).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -9,7 +9,7 @@
 #include <algorithm>
 
 #include "../cell.h"
-#include "lstm_cell_cpu.h"
+#include "cell_cpu.h"
 #include "lstm_recurrence_cpu.h"
 
 namespace seqcls_fast {
@@ -32,7 +32,7 @@ struct VecOps {
 };
 
 #define SEQCLS_CPU_KERNEL
-#include "lstm_cell_cpu_kernel.h"
+#include "cell_cpu_kernel.h"
 
 }  // namespace cpu::generic
 
@@ -50,6 +50,20 @@ void lstm_backward_step_cpu(const BackwardStep& params, c10::ScalarType dtype) {
   if (cpu_isa() >= CpuIsa::kAvx2) return avx2::lstm_backward_step(params, dtype);
 #endif
   generic::lstm_backward_step(params, dtype);
+}
+
+void gru_forward_step_cpu(const ForwardStep& params, c10::ScalarType dtype) {
+#if defined(SEQCLS_WITH_X86_KERNELS)
+  if (cpu_isa() >= CpuIsa::kAvx2) return avx2::gru_forward_step(params, dtype);
+#endif
+  generic::gru_forward_step(params, dtype);
+}
+
+void gru_backward_step_cpu(const BackwardStep& params, c10::ScalarType dtype) {
+#if defined(SEQCLS_WITH_X86_KERNELS)
+  if (cpu_isa() >= CpuIsa::kAvx2) return avx2::gru_backward_step(params, dtype);
+#endif
+  generic::gru_backward_step(params, dtype);
 }
 
 }  // namespace cpu

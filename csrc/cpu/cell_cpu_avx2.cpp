@@ -1,5 +1,5 @@
 // AVX2+FMA build of the pointwise step kernels. Only the functions in this
-// file are compiled for AVX2 (the target pragma), and lstm_cell_cpu.cpp calls
+// file are compiled for AVX2 (the target pragma), and cell_cpu.cpp calls
 // them only after checking the CPU supports it, so the library still runs on
 // older x86-64 CPUs. exp and tanh come from SLEEF's AVX2 routines (1-ULP
 // accuracy), which libtorch_cpu exports for ATen's own kernels.
@@ -11,7 +11,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "lstm_cell_cpu.h"
+#include "cell_cpu.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -119,7 +119,7 @@ struct CellMath<cpu::avx2::Double4> {
 
 namespace cpu::avx2 {
 #define SEQCLS_CPU_KERNEL SEQCLS_AVX2
-#include "lstm_cell_cpu_kernel.h"
+#include "cell_cpu_kernel.h"
 }  // namespace cpu::avx2
 
 }  // namespace seqcls_fast

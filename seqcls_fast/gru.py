@@ -1,0 +1,70 @@
+"""sf.GRU: a drop-in nn.GRU that also takes a padded batch with lengths."""
+import torch
+from torch import nn
+
+from ._ops import gru_layer
+from .errors import StateTypeError
+from .recurrent import RecurrentLayers
+
+
+class GRU(RecurrentLayers):
+    """Same constructor, parameters, state_dict and repr as ``nn.GRU`` (gate
+    order r, z, n; ``b_hn`` inside the reset product), with one more forward
+    argument, ``lengths``.
+
+    ``forward(x, hx=None, lengths=None)`` takes every input nn.GRU takes
+    (``[T, B, I]``, ``[B, T, I]`` with ``batch_first``, unbatched ``[T, I]``, a
+    ``PackedSequence``; ``hx`` one tensor h_0) and a padded batch with
+    ``lengths`` ([B] integers, on the CPU or on x's device, or an
+    ``sf.LengthPlan``). With lengths, each sequence is processed exactly as if
+    packed: outputs past a length are 0, ``h_n`` is the state at each
+    sequence's last valid step, and the reverse direction starts there.
+
+    So far the CPU only, with a GEMM and a fused pointwise kernel per step
+    (float32 and float64); ``memory="low"``, CUDA and the persistent
+    recurrence are not built yet.
+    """
+
+    _name = "seqcls_fast.GRU"
+    _state_names = ("h_0",)
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None):
+        super().__init__("GRU", input_size, hidden_size, num_layers=num_layers, bias=bias,
+                         batch_first=batch_first, dropout=float(dropout),
+                         bidirectional=bidirectional, device=device, dtype=dtype)
+
+    @classmethod
+    def from_native(cls, native):
+        """An sf.GRU with the weights, settings, device, dtype and train/eval
+        mode of an ``nn.GRU``; it computes the same numbers."""
+        if not isinstance(native, nn.GRU):
+            raise TypeError(f"from_native expects an nn.GRU, got {type(native).__name__}")
+        weight = native.weight_ih_l0
+        gru = cls(native.input_size, native.hidden_size, native.num_layers, native.bias,
+                  native.batch_first, native.dropout, native.bidirectional,
+                  device=weight.device, dtype=weight.dtype)
+        gru.load_state_dict(native.state_dict())
+        return gru.train(native.training)
+
+    def _to_states(self, hx):
+        if not isinstance(hx, torch.Tensor):
+            raise StateTypeError("seqcls_fast.GRU: hx must be a Tensor h_0, got "
+                                 f"{type(hx).__name__}")
+        return (hx,)
+
+    def _from_states(self, states):
+        return states[0]
+
+    def _layer_options(self, x):
+        if x.device.type != "cpu":
+            raise NotImplementedError(f"seqcls_fast.GRU: runs on the CPU only so far (its CUDA "
+                                      f"kernels are not built), got input on {x.device}")
+        return None
+
+    def _layer(self, x, layer, direction, initial, table, pool, _options):
+        if pool is not None:
+            raise NotImplementedError("seqcls_fast.GRU: no online pooling yet")
+        h0 = initial[0] if initial is not None else None
+        out, h = gru_layer(x, None, h0, *self._weights(layer, direction), bool(direction), table)
+        return out, (h,)

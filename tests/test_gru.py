@@ -1,0 +1,192 @@
+"""sf.GRU against nn.GRU + pack_padded_sequence (seqcls_fast.reference.
+packed_lstm, which packs any native RNN): outputs, h_n and every gradient
+over awkward shapes and every input form; gradcheck, gradgradcheck (through
+the plain-PyTorch reference.gru_layer), opcheck, torch.compile; what sf.GRU
+shares with nn.GRU (state_dict, repr, from_native) and its errors.
+
+CPU only: the GRU's CUDA kernels are not built yet (sf.GRU says so on a GPU
+input, which test_gpu_input_is_refused_clearly checks where a GPU exists)."""
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import seqcls_fast as sf
+from helpers import (CUDA_ONLY, assert_matches_packed, dtype_id, forward_backward,
+                     random_lengths)
+from seqcls_fast._ops import ops
+from seqcls_fast.apps.bench.report import cpu_features
+from seqcls_fast.errors import ShapeError, StateTypeError
+
+CPU = torch.device("cpu")
+
+
+def make_native_gru(input_size, hidden_size, num_layers=1, bidirectional=False,
+                    batch_first=False, bias=True, dtype=torch.float64, seed=0):
+    """An nn.GRU with weights fixed by `seed`."""
+    torch.manual_seed(seed)
+    return nn.GRU(input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first,
+                  bidirectional=bidirectional).to(dtype=dtype)
+
+
+def check_matches_packed(dtype, T, B, I, H, lengths, layers=1, bidirectional=False,
+                         batch_first=False, bias=True, with_hx=True):
+    """sf.GRU with `lengths` (None: none) against nn.GRU on the packed batch
+    (on the padded tensor without lengths): every output and gradient.
+    Float32: the float32 rule against nn.GRU in float64 on the same weights."""
+    native = make_native_gru(I, H, layers, bidirectional, batch_first, bias, dtype)
+    ours = sf.GRU.from_native(native)
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=dtype)
+    hx = None
+    if with_hx:
+        hx = (torch.randn(layers * (2 if bidirectional else 1), B, H, dtype=dtype),)
+    got = forward_backward(ours, x, lengths, hx, packed=False)
+    for name in got:
+        assert got[name].dtype == dtype, name
+    assert_matches_packed(got, native, x, lengths, hx, CPU, dtype)
+
+
+# (T, B, I, H, num_layers, bidirectional)
+SHAPES = [
+    (7, 5, 6, 9, 1, False),   # odd H
+    (1, 1, 3, 4, 1, False),   # T = 1, B = 1
+    (6, 4, 5, 5, 3, True),    # 3 layers, bidirectional
+    (9, 6, 4, 8, 2, True),
+] + [(3, B, 5, H, 1, True) for H in (1, 33, 257) for B in (1, 65)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}_B{}_I{}_H{}_L{}_bidir{:d}".format(*s))
+@pytest.mark.parametrize("with_hx", [True, False], ids=["h0", "no_h0"])
+def test_matches_packed_gru(dtype, shape, with_hx):
+    T, B, I, H, layers, bidirectional = shape
+    lengths = random_lengths(B, T, torch.Generator().manual_seed(T * 100 + B))
+    check_matches_packed(dtype, T, B, I, H, lengths, layers, bidirectional, with_hx=with_hx)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_each_pointwise_build_matches(monkeypatch, isa, dtype):
+    """The portable build of the GRU step kernels (SEQCLS_FAST_CPU_ISA=baseline)
+    and the AVX2 one (the default on any x86 CPU with AVX2) both match."""
+    flags = cpu_features() or {}
+    if isa == "avx2" and not (flags.get("avx2") and flags.get("fma")):
+        pytest.skip("this CPU lacks AVX2 + FMA")
+    monkeypatch.setenv("SEQCLS_FAST_CPU_ISA", isa)
+    check_matches_packed(dtype, 8, 5, 4, 11, torch.tensor([8, 3, 5, 1, 8]), 2, True)
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_batch_first_bias_and_no_lengths(batch_first, bias):
+    lengths = torch.tensor([6, 1, 4, 6])
+    check_matches_packed(torch.float64, 6, 4, 3, 7, lengths, 2, True, batch_first, bias)
+    check_matches_packed(torch.float64, 6, 4, 3, 7, None, 2, True, batch_first, bias)
+
+
+def test_packed_sequence_and_unbatched_inputs():
+    native = make_native_gru(3, 5, num_layers=2, bidirectional=True)
+    ours = sf.GRU.from_native(native)
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    lengths = torch.tensor([2, 6, 3, 5])
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    h0 = torch.randn(4, 4, 5, dtype=torch.float64)
+    (got, got_h), (want, want_h) = ours(packed, h0), native(packed, h0)
+    torch.testing.assert_close(got.data, want.data, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got_h, want_h, rtol=1e-9, atol=1e-9)
+    assert torch.equal(got.batch_sizes, want.batch_sizes)
+    (got, got_h), (want, want_h) = ours(x[:, 0], h0[:, 0]), native(x[:, 0], h0[:, 0])
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got_h, want_h, rtol=1e-9, atol=1e-9)
+
+
+def test_same_parameters_state_dict_and_repr_as_nn_gru():
+    native = nn.GRU(3, 5, num_layers=2, bias=False, batch_first=True, dropout=0.5,
+                    bidirectional=True)
+    ours = sf.GRU(3, 5, num_layers=2, bias=False, batch_first=True, dropout=0.5,
+                  bidirectional=True)
+    assert repr(ours) == repr(native)
+    assert ({k: v.shape for k, v in ours.state_dict().items()}
+            == {k: v.shape for k, v in native.state_dict().items()})
+    ours.load_state_dict(native.state_dict())  # a checkpoint loads unchanged
+    assert ours.weight_ih_l0.shape == (15, 3)  # gates r, z, n
+
+
+def test_eval_and_no_grad_return_the_same_numbers():
+    native = make_native_gru(3, 6, num_layers=2)
+    ours = sf.GRU.from_native(native).eval()
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    lengths = torch.tensor([5, 2, 4])
+    with torch.no_grad():
+        out, h_n = ours(x, lengths=lengths)
+    out_grad, h_grad = ours(x, lengths=lengths)
+    assert torch.equal(out, out_grad) and torch.equal(h_n, h_grad)
+
+
+def test_gradcheck_and_gradgradcheck():
+    torch.manual_seed(0)
+    gru = sf.GRU(2, 3, num_layers=2, bidirectional=True).double()
+    x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([4, 1, 3])
+
+    def f(x, h0):
+        out, h_n = gru(x, h0, lengths=lengths)
+        return out, h_n
+
+    assert torch.autograd.gradcheck(f, (x, h0))
+    assert torch.autograd.gradgradcheck(f, (x, h0))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths", [None, torch.tensor([5, 2, 4])], ids=["full", "lengths"])
+def test_opcheck(reverse, lengths):
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    w_ih = torch.randn(12, 2, dtype=torch.float64, requires_grad=True)
+    w_hh = torch.randn(12, 4, dtype=torch.float64, requires_grad=True)
+    b_ih = torch.randn(12, dtype=torch.float64, requires_grad=True)
+    b_hh = torch.randn(12, dtype=torch.float64, requires_grad=True)
+    args = (x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, True)
+    torch.library.opcheck(ops.gru_layer_forward, args)
+    out, h_n, gates, cell, h_prev = ops.gru_layer_forward(*(
+        a.detach() if isinstance(a, torch.Tensor) else a for a in args))
+    torch.library.opcheck(ops.gru_layer_backward, (
+        torch.randn_like(out), torch.randn_like(h_n), x.detach(), lengths, w_ih.detach(),
+        w_hh.detach(), gates, cell, h_prev, reverse, True))
+
+
+def test_compile_fullgraph_matches_eager():
+    torch.manual_seed(0)
+    gru = sf.GRU(3, 4, num_layers=2, bidirectional=True).double()
+    x = torch.randn(6, 3, 3, dtype=torch.float64)
+    lengths = torch.tensor([6, 2, 5])
+
+    def f(x, lengths):
+        out, h_n = gru(x, lengths=lengths)
+        return out.sum() + h_n.sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    eager = f(x, lengths)
+    torch.testing.assert_close(compiled(x, lengths), eager, rtol=1e-12, atol=1e-12)
+
+
+def test_bad_hx_is_refused_as_nn_gru_would():
+    gru = sf.GRU(3, 4)
+    x = torch.randn(5, 2, 3)
+    with pytest.raises(StateTypeError, match="hx must be a Tensor h_0"):
+        gru(x, (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)))
+    with pytest.raises(RuntimeError, match=r"h_0 must have shape .* = \(1, 2, 4\)"):
+        gru(x, torch.zeros(1, 3, 4))
+    with pytest.raises(ShapeError, match="input must have 3 features"):
+        gru(torch.randn(5, 2, 4))
+    with pytest.raises(TypeError, match="from_native expects an nn.GRU"):
+        sf.GRU.from_native(nn.LSTM(3, 4))
+
+
+@pytest.mark.parametrize("dummy", [pytest.param(0, marks=CUDA_ONLY)])
+def test_gpu_input_is_refused_clearly(dummy):
+    gru = sf.GRU(3, 4).cuda()
+    with pytest.raises(NotImplementedError, match="CPU only so far"):
+        gru(torch.randn(5, 2, 3, device="cuda"))
