@@ -20,9 +20,10 @@ class GRU(RecurrentLayers):
     packed: outputs past a length are 0, ``h_n`` is the state at each
     sequence's last valid step, and the reverse direction starts there.
 
-    So far the CPU only, with a GEMM and a fused pointwise kernel per step
-    (float32 and float64); ``memory="low"``, CUDA and the persistent
-    recurrence are not built yet.
+    Each step is a GEMM and a fused pointwise kernel, on the CPU (float32,
+    float64) and on CUDA (also float16/bfloat16 storage with float32 math;
+    run so far on the CUDA emulator only). ``memory="low"``, online pooling
+    and the persistent recurrence are not built yet.
     """
 
     _name = "seqcls_fast.GRU"
@@ -55,12 +56,6 @@ class GRU(RecurrentLayers):
 
     def _from_states(self, states):
         return states[0]
-
-    def _layer_options(self, x):
-        if x.device.type != "cpu":
-            raise NotImplementedError(f"seqcls_fast.GRU: runs on the CPU only so far (its CUDA "
-                                      f"kernels are not built), got input on {x.device}")
-        return None
 
     def _layer(self, x, layer, direction, initial, table, pool, _options):
         if pool is not None:

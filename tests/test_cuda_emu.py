@@ -485,3 +485,58 @@ def test_block_order_changes_no_bit(monkeypatch):
     monkeypatch.setenv("SEQCLS_CUDA_EMU_BLOCK_ORDER", "sideways")
     with pytest.raises(RuntimeError, match="SEQCLS_CUDA_EMU_BLOCK_ORDER"):
         EMU.masked_attention_pool_forward(*pool_forward.args)
+
+
+# ------------------------------------------------------------------ the GRU
+GRU_NAMES = ("output", "h_n", "grad_x", "grad_h0", "grad_w_ih", "grad_w_hh", "grad_b_ih",
+             "grad_b_hh")
+
+
+def gru_case():
+    """A GRU layer's inputs in float64 (several step blocks: B * H = 333 > 256,
+    lengths that retire rows mid-batch) and its upstream gradients."""
+    g = torch.Generator().manual_seed(3)
+    T, B, I, H = 9, 9, 4, 37
+    x = torch.randn(T, B, I, dtype=F64, generator=g)
+    lengths = torch.tensor([9, 3, 7, 1, 9, 2, 5, 8, 4])
+    h0 = torch.randn(B, H, dtype=F64, generator=g)
+    weights = [torch.randn(shape, dtype=F64, generator=g) * 0.3
+               for shape in ((3 * H, I), (3 * H, H), (3 * H,), (3 * H,))]
+    upstream = [torch.randn(T, B, H, dtype=F64, generator=g),
+                torch.randn(B, H, dtype=F64, generator=g)]
+    return x, lengths, h0, weights, upstream
+
+
+def gru_reference(case, reverse, dtype):
+    """The outputs and gradients of reference.gru_layer (plain PyTorch, autograd) in dtype."""
+    x, lengths, h0, weights, upstream = case
+    leaves = [t.to(dtype).requires_grad_(True) for t in (x, h0, *weights)]
+    out, h_n = seqcls_fast.reference.gru_layer(leaves[0], lengths, leaves[1], *leaves[2:], reverse)
+    grads = torch.autograd.grad((out, h_n), leaves, [u.to(dtype) for u in upstream])
+    return [out, h_n, *grads]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_gru_layer(dtype, reverse):
+    """gru_layer_forward and gru_layer_backward on the emulated CUDA backend
+    against the plain-PyTorch GRU, every output and gradient; float64 also
+    against the CPU backend."""
+    case = gru_case()
+    x, lengths, h0 = cast_floats(case[:3], dtype)
+    w_ih, w_hh, b_ih, b_hh = cast_floats(case[3], dtype)
+    grad_out, grad_h_n = cast_floats(case[4], dtype)
+    forward = run_emulated("gru_layer_forward", x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse,
+                           True)
+    out, h_n, gates, cell, h_prev = forward
+    assert cell.dtype == STATE_DTYPE.get(dtype, dtype)
+    backward = run_emulated("gru_layer_backward", grad_out, grad_h_n, x, lengths, w_ih, w_hh,
+                            gates, cell, h_prev, reverse, True)
+    got = [out, h_n, *backward]
+    judge = Judge(dtype)
+    judge(got, cached_reference(gru_reference, case, reverse), LSTM_TOL, GRU_NAMES)
+    judge.finish()
+    if dtype == F64:
+        on_cpu = CPU_OPS.gru_layer_forward(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, True)
+        assert_same_as_cpu_backend(forward, on_cpu, LSTM_TOL, ("output", "h_n", "gates", "cell",
+                                                               "h_prev"))

@@ -4,8 +4,8 @@ over awkward shapes and every input form; gradcheck, gradgradcheck (through
 the plain-PyTorch reference.gru_layer), opcheck, torch.compile; what sf.GRU
 shares with nn.GRU (state_dict, repr, from_native) and its errors.
 
-CPU only: the GRU's CUDA kernels are not built yet (sf.GRU says so on a GPU
-input, which test_gpu_input_is_refused_clearly checks where a GPU exists)."""
+On the CPU, and on a GPU where there is one; the CUDA kernels also run on the
+CUDA emulator (tests/test_cuda_emu.py::test_gru_layer)."""
 import pytest
 import torch
 from torch import nn
@@ -185,8 +185,16 @@ def test_bad_hx_is_refused_as_nn_gru_would():
         sf.GRU.from_native(nn.LSTM(3, 4))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=dtype_id)
 @pytest.mark.parametrize("dummy", [pytest.param(0, marks=CUDA_ONLY)])
-def test_gpu_input_is_refused_clearly(dummy):
-    gru = sf.GRU(3, 4).cuda()
-    with pytest.raises(NotImplementedError, match="CPU only so far"):
-        gru(torch.randn(5, 2, 3, device="cuda"))
+def test_matches_packed_gru_on_cuda(dummy, dtype):
+    """On a GPU: sf.GRU against nn.GRU (cuDNN) on the packed batch, every
+    output and gradient within the CUDA tolerances."""
+    device = torch.device("cuda")
+    native = make_native_gru(5, 33, 2, True, dtype=dtype).to(device)
+    ours = sf.GRU.from_native(native)
+    x = torch.randn(7, 9, 5, dtype=dtype, device=device)
+    hx = (torch.randn(4, 9, 33, dtype=dtype, device=device),)
+    lengths = torch.tensor([7, 3, 5, 1, 7, 2, 6, 4, 5])
+    got = forward_backward(ours, x, lengths.to(device), hx, packed=False)
+    assert_matches_packed(got, native, x, lengths, hx, device, dtype)

@@ -1,10 +1,11 @@
-// The pointwise half of one LSTM recurrence step on the GPU: the kernels. The
+// The pointwise half of one recurrence step on the GPU, for the LSTM and the
+// GRU, and the online-pooling step and padding zeroing: the kernels. The
 // parameters are the driver's (../recurrent_step.h); the GEMMs are the driver's
 // too (cuBLAS through ATen). No ATen here: the emulator's sanitizer drivers
 // (tests/cuda_emu/) compile these kernels alone.
 //
 // One thread per (row, hidden unit) of the step's active prefix. The math is
-// seqcls_fast::lstm_cell_forward / lstm_cell_backward from cell.h, evaluated
+// cell.h's (lstm_cell_*, gru_cell_*), evaluated
 // in acc_t (float for half/bfloat16 storage, else the storage type). Buffers
 // marked "packed" are slices of the op's [N, ...] tensors starting at the
 // step's first packed row; "sorted" buffers are indexed by sorted row j.
@@ -88,6 +89,66 @@ __global__ void __launch_bounds__(kStepThreads)
   dgates[2 * H] = static_cast<scalar_t>(dg);
   dgates[3 * H] = static_cast<scalar_t>(d_o);
   grad_c_state[idx] = dc_prev;
+}
+
+// The GRU's forward step: gates [rows, 3H] pre-activations x W_ih^T + b_ih
+// in, activated r, z, n out; recurrent [rows, 3H] h_{s-1} W_hh^T + b_hh;
+// h_state in: h_{s-1}, out: h_s; cell (kept) out: h_{s-1} W_hn^T + b_hn.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kStepThreads)
+    gru_forward_step_kernel(const ForwardStep p) {
+  const int32_t H = static_cast<int32_t>(p.hidden);
+  const int32_t idx = static_cast<int32_t>(blockIdx.x) * kStepThreads + threadIdx.x;
+  if (idx >= static_cast<int32_t>(p.rows) * H) return;
+  const auto [j, k] = step_unit(idx, H);
+  const int64_t gate0 = static_cast<int64_t>(j) * 3 * H + k;
+  scalar_t* g = static_cast<scalar_t*>(p.gates) + gate0;
+  const scalar_t* rec = static_cast<const scalar_t*>(p.recurrent) + gate0;
+  scalar_t* const h_state = static_cast<scalar_t*>(p.h_state);
+  const acc_t h_n = static_cast<acc_t>(rec[2 * H]);
+  acc_t r, z, n, h;
+  gru_cell_forward<acc_t>(static_cast<acc_t>(g[0]), static_cast<acc_t>(g[H]),
+                          static_cast<acc_t>(g[2 * H]), static_cast<acc_t>(rec[0]),
+                          static_cast<acc_t>(rec[H]), h_n, static_cast<acc_t>(h_state[idx]), r,
+                          z, n, h);
+  g[0] = static_cast<scalar_t>(r);
+  g[H] = static_cast<scalar_t>(z);
+  g[2 * H] = static_cast<scalar_t>(n);
+  const scalar_t h_out = static_cast<scalar_t>(h);
+  h_state[idx] = h_out;  // row j of a [*, H] buffer: element j * H + k == idx
+  if (p.output != nullptr) static_cast<scalar_t*>(p.output)[output_offset(p, j, p.step) + k] = h_out;
+  if (p.cell != nullptr) static_cast<acc_t*>(p.cell)[idx] = h_n;
+  if (p.h_prev_next != nullptr && j < p.rows_next) static_cast<scalar_t*>(p.h_prev_next)[idx] = h_out;
+}
+
+// The GRU's backward step: grad_gates [rows, 3H] gets the input part's
+// gradients, grad_recurrent [rows, 3H] the recurrent part's, and grad_h_state
+// (in: dL/dh_s through W_hh) the part of dL/dh_{s-1} that skips W_hh.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kStepThreads)
+    gru_backward_step_kernel(const BackwardStep p) {
+  const int32_t H = static_cast<int32_t>(p.hidden);
+  const int32_t idx = static_cast<int32_t>(blockIdx.x) * kStepThreads + threadIdx.x;
+  if (idx >= static_cast<int32_t>(p.rows) * H) return;
+  const auto [j, k] = step_unit(idx, H);
+  const int64_t gate0 = static_cast<int64_t>(j) * 3 * H + k;
+  const scalar_t* g = static_cast<const scalar_t*>(p.gates) + gate0;
+  auto* grad_h = static_cast<scalar_t*>(p.grad_h_state);
+  const acc_t dh = static_cast<acc_t>(grad_h[idx]) +
+                   static_cast<acc_t>(static_cast<const scalar_t*>(
+                       p.grad_output)[grad_output_offset(p, j, p.step) + k]);
+  acc_t d_r, d_z, d_xn, d_hn, dh_direct;
+  gru_cell_backward<acc_t>(static_cast<acc_t>(g[0]), static_cast<acc_t>(g[H]),
+                           static_cast<acc_t>(g[2 * H]), static_cast<const acc_t*>(p.cell)[idx],
+                           static_cast<acc_t>(static_cast<const scalar_t*>(p.h_prev)[idx]), dh,
+                           d_r, d_z, d_xn, d_hn, dh_direct);
+  scalar_t* dg = static_cast<scalar_t*>(p.grad_gates) + gate0;
+  scalar_t* drec = static_cast<scalar_t*>(p.grad_recurrent) + gate0;
+  dg[0] = drec[0] = static_cast<scalar_t>(d_r);
+  dg[H] = drec[H] = static_cast<scalar_t>(d_z);
+  dg[2 * H] = static_cast<scalar_t>(d_xn);
+  drec[2 * H] = static_cast<scalar_t>(d_hn);
+  grad_h[idx] = static_cast<scalar_t>(dh_direct);
 }
 
 constexpr int kPoolStepThreads = 128;

@@ -1,7 +1,7 @@
 // The CUDA backend of the recurrent layer driver (../recurrent_driver.h):
-// device and index-range checks, padding zeroing, the LSTM cell's pointwise
-// step kernels (lstm_cell_cuda.cuh) and the online-pooling step, all on the current
-// stream; registers the LSTM operators for CUDA (under the CPU emulator, for
+// device and index-range checks, padding zeroing, the LSTM and GRU cells'
+// pointwise step kernels (lstm_cell_cuda.cuh) and the online-pooling step, all on the current
+// stream; registers the LSTM and GRU operators for CUDA (under the CPU emulator, for
 // seqcls_fast_cuda_emu on the CPU: device_compat.h). The driver copies
 // device-side lengths to the host once per call and uploads the plan with one
 // asynchronous copy; the step loop only enqueues work.
@@ -37,12 +37,6 @@ void launch_step(at::ScalarType dtype, unsigned int blocks, int threads, const S
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "seqcls_fast_cuda_step", [&] {
     launch(kernel_for(scalar_t{}), blocks, threads, stream, step);
   });
-}
-
-// The cells this backend has step kernels for: the LSTM.
-void check_cell(CellKind cell) {
-  TORCH_INTERNAL_ASSERT(cell == CellKind::kLstm, "seqcls_fast: no CUDA kernel for cell ",
-                        static_cast<int>(cell));
 }
 
 struct CudaBackend final : RecurrentBackend {
@@ -81,18 +75,20 @@ struct CudaBackend final : RecurrentBackend {
   }
 
   void forward_step(const ForwardStep& step, at::ScalarType dtype) const override {
-    check_cell(step.cell_kind);
-    launch_step(dtype, step_blocks(step.rows, step.hidden), kStepThreads, step, [](auto tag) {
+    const bool gru = step.cell_kind == CellKind::kGru;
+    launch_step(dtype, step_blocks(step.rows, step.hidden), kStepThreads, step, [gru](auto tag) {
       using T = decltype(tag);
-      return lstm_forward_step_kernel<T, at::opmath_type<T>>;
+      return gru ? gru_forward_step_kernel<T, at::opmath_type<T>>
+                 : lstm_forward_step_kernel<T, at::opmath_type<T>>;
     });
   }
 
   void backward_step(const BackwardStep& step, at::ScalarType dtype) const override {
-    check_cell(step.cell_kind);
-    launch_step(dtype, step_blocks(step.rows, step.hidden), kStepThreads, step, [](auto tag) {
+    const bool gru = step.cell_kind == CellKind::kGru;
+    launch_step(dtype, step_blocks(step.rows, step.hidden), kStepThreads, step, [gru](auto tag) {
       using T = decltype(tag);
-      return lstm_backward_step_kernel<T, at::opmath_type<T>>;
+      return gru ? gru_backward_step_kernel<T, at::opmath_type<T>>
+                 : lstm_backward_step_kernel<T, at::opmath_type<T>>;
     });
   }
 
@@ -108,5 +104,6 @@ struct CudaBackend final : RecurrentBackend {
 }  // namespace
 
 SEQCLS_REGISTER_LSTM_BACKEND(SEQCLS_CUDA_OPS, SEQCLS_CUDA_KEY, CudaBackend)
+SEQCLS_REGISTER_GRU_OPS(SEQCLS_CUDA_OPS, SEQCLS_CUDA_KEY)
 
 }  // namespace seqcls_fast::SEQCLS_CUDA_NS
