@@ -1,9 +1,10 @@
-"""sf.LSTMClassifier: [embedding ->] LSTM -> pooling -> linear head."""
+"""sf.LSTMClassifier: [embedding ->] LSTM or GRU -> pooling -> linear head."""
 import functools
 
 import torch
 
-from .layout import ClassifierLayout
+from .gru import GRU
+from .layout import ClassifierLayout, check_cell
 from .lstm import LSTM, check_memory_mode
 from .plan import LengthPlan
 from .pooling import MaskedAttentionPooling
@@ -26,26 +27,32 @@ def mean_from_sum(total, counts):
 class LSTMClassifier(ClassifierLayout):
     """``logits = model(x, lengths)``.
 
-    x is ``[B, T, input_size]`` features, or ``[B, T]`` token ids when
-    ``vocab_size`` is given (an ``nn.Embedding`` of width input_size first);
-    lengths ``[B]`` or None (all T). Pooling over the LSTM outputs (2H wide when
-    bidirectional): ``"attention"`` (masked attention, additive when
+    ``cell``: ``"lstm"`` (``sf.LSTM``, submodule ``lstm``) or ``"gru"``
+    (``sf.GRU``, submodule ``gru``; ``memory="fast"`` only, and no online
+    pooling or streaming yet). x is ``[B, T, input_size]`` features, or
+    ``[B, T]`` token ids when ``vocab_size`` is given (an ``nn.Embedding`` of
+    width input_size first); lengths ``[B]`` or None (all T). Pooling over the
+    recurrent outputs (2H wide when bidirectional): ``"attention"`` (masked attention, additive when
     ``attn_dim`` is set), ``"mean"`` over valid steps, or ``"last"`` (the final
     states h_n; both directions' when bidirectional). ``dropout`` applies
     between LSTM layers and before the head. ``memory``: sf.LSTM's training
     memory mode (``"fast"``, ``"low"`` or ``"auto"``).
 
     ``seqcls_fast.reference.NativeLSTMClassifier`` is the same model on
-    nn.LSTM with packing and plain-PyTorch pooling (same state_dict).
+    nn.LSTM (nn.GRU) with packing and plain-PyTorch pooling (same state_dict).
     """
 
     def __init__(self, input_size, hidden_size, num_classes, num_layers=1, bidirectional=False,
                  dropout=0.0, vocab_size=None, padding_idx=0, pooling="attention",
-                 attn_dim=None, device=None, dtype=None, memory="fast"):
+                 attn_dim=None, device=None, dtype=None, memory="fast", cell="lstm"):
         check_memory_mode(memory, "LSTMClassifier")
+        if check_cell(cell) == "gru" and memory != "fast":
+            raise NotImplementedError(f"LSTMClassifier: memory={memory!r} is built for "
+                                      "cell='lstm' only so far")
+        make_rnn = functools.partial(LSTM, memory=memory) if cell == "lstm" else GRU
         super().__init__(input_size, hidden_size, num_classes, num_layers, bidirectional, dropout,
-                         vocab_size, padding_idx, pooling, attn_dim, device, dtype,
-                         functools.partial(LSTM, memory=memory), MaskedAttentionPooling)
+                         vocab_size, padding_idx, pooling, attn_dim, device, dtype, make_rnn,
+                         MaskedAttentionPooling, cell)
 
     def forward(self, x, lengths=None):
         x = self.embed(x)
@@ -53,13 +60,14 @@ class LSTMClassifier(ClassifierLayout):
         plan = LengthPlan.of(lengths, x.size(1), x.size(0), x.device, "LSTMClassifier")
         if self._pools_online(x):
             return self.head(self.dropout(self._pooled_online(x, plan)))
-        outputs, (h_n, _c_n) = self.lstm(x, lengths=plan)  # outputs [B, T, D]
+        outputs, states = self.rnn(x, lengths=plan)  # outputs [B, T, D]
+        h_n = states[0] if self.cell == "lstm" else states
         if self.pooling == "attention":
             features, _weights = self.pool(outputs, plan)
         elif self.pooling == "mean":  # outputs are 0 past each length
             features = mean_from_sum(outputs.sum(dim=1), step_counts(plan, x))
         else:  # last: final states of the top layer, both directions
-            top = h_n[-2:] if self.lstm.bidirectional else h_n[-1:]
+            top = h_n[-2:] if self.rnn.bidirectional else h_n[-1:]
             features = torch.cat(tuple(top), dim=1)
         return self.head(self.dropout(features))
 
@@ -69,7 +77,7 @@ class LSTMClassifier(ClassifierLayout):
         needs a gradient, the LSTM is ours and unidirectional (a reverse
         direction's scores need both directions' outputs). On the CPU and on
         CUDA alike."""
-        lstm = self.lstm
+        lstm = self.rnn
         if not isinstance(lstm, LSTM) or lstm.bidirectional:
             return False
         return not torch.is_grad_enabled() or not (
@@ -104,6 +112,6 @@ class LSTMClassifier(ClassifierLayout):
         """A ``seqcls_fast.streaming.ClassifierStream`` for ``batch_size``
         independent sequences fed in chunks: ``logits = stream.feed(chunk,
         chunk_lengths)`` equals this model on each row's prefix so far. The
-        model must be unidirectional and in eval mode."""
+        model must be unidirectional, an LSTM one, and in eval mode."""
         from .streaming import ClassifierStream
         return ClassifierStream(self, batch_size)

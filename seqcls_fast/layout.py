@@ -11,6 +11,7 @@ from torch import nn
 
 POOLINGS = ("attention", "mean", "last")
 MEMORY_MODES = ("fast", "low", "auto")
+CELLS = ("lstm", "gru")
 
 
 class AttentionPoolingParameters(nn.Module):
@@ -36,29 +37,43 @@ class AttentionPoolingParameters(nn.Module):
         return f"hidden_size={self.hidden_size}, attn_dim={self.attn_dim}"
 
 
+def check_cell(cell):
+    if cell not in CELLS:
+        raise ValueError(f"LSTMClassifier: cell must be one of {CELLS}, got {cell!r}")
+    return cell
+
+
 class ClassifierLayout(nn.Module):
     """LSTMClassifier's submodules, created in this order: ``embedding``
-    (with vocab_size), ``lstm`` (``make_lstm``, batch-first), ``pool``
-    (``pool_class``, attention pooling only), ``dropout``, ``head``. The
-    forward is the subclass's; it starts with :meth:`embed`."""
+    (with vocab_size), the recurrent layers (``make_rnn``, batch-first, named
+    after ``cell``: ``lstm`` or ``gru``, so an LSTM checkpoint's keys stay
+    ``lstm.*``; :attr:`rnn` is whichever), ``pool`` (``pool_class``, attention
+    pooling only), ``dropout``, ``head``. The forward is the subclass's; it
+    starts with :meth:`embed`."""
 
     def __init__(self, input_size, hidden_size, num_classes, num_layers, bidirectional, dropout,
-                 vocab_size, padding_idx, pooling, attn_dim, device, dtype, make_lstm,
-                 pool_class):
+                 vocab_size, padding_idx, pooling, attn_dim, device, dtype, make_rnn,
+                 pool_class, cell="lstm"):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"LSTMClassifier: pooling must be one of {POOLINGS}, got {pooling!r}")
         factory = {"device": device, "dtype": dtype}
+        self.cell = check_cell(cell)
         self.pooling = pooling
         self.embedding = (nn.Embedding(vocab_size, input_size, padding_idx=padding_idx, **factory)
                           if vocab_size is not None else None)
-        self.lstm = make_lstm(input_size, hidden_size, num_layers, batch_first=True,
-                              dropout=dropout if num_layers > 1 else 0.0,
-                              bidirectional=bidirectional, **factory)
+        self.add_module(cell, make_rnn(input_size, hidden_size, num_layers, batch_first=True,
+                                       dropout=dropout if num_layers > 1 else 0.0,
+                                       bidirectional=bidirectional, **factory))
         features = hidden_size * (2 if bidirectional else 1)
         self.pool = pool_class(features, attn_dim, **factory) if pooling == "attention" else None
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(features, num_classes, **factory)
+
+    @property
+    def rnn(self):
+        """The recurrent layers (``self.lstm`` or ``self.gru``)."""
+        return getattr(self, self.cell)
 
     def embed(self, x):
         """x checked (``[B, T]`` token ids with an embedding, else ``[B, T,

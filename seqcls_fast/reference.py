@@ -156,6 +156,16 @@ class PackedLSTM(nn.LSTM):
         return packed_lstm(self, x, lengths, hx)
 
 
+class PackedGRU(nn.GRU):
+    """``nn.GRU`` that takes ``lengths`` like ``sf.GRU`` and packs for them:
+    ``out, h_n = gru(x, hx=None, lengths=None)``."""
+
+    def forward(self, x, hx=None, lengths=None):
+        if lengths is None:
+            return super().forward(x, hx)
+        return packed_lstm(self, x, lengths, hx)
+
+
 class MaskedAttentionPooling(AttentionPoolingParameters):
     """``sf.MaskedAttentionPooling``'s parameters (``query``, ``proj``),
     initialisation and interface (``pooled, weights = pool(outputs,
@@ -169,14 +179,15 @@ class MaskedAttentionPooling(AttentionPoolingParameters):
 class NativeLSTMClassifier(ClassifierLayout):
     """``sf.LSTMClassifier`` on native parts, the baseline a user would write:
     ``logits = model(x, lengths)`` with the same constructor, submodules
-    (``embedding``, ``lstm``: a :class:`PackedLSTM`, ``pool``, ``dropout``,
-    ``head``), parameter names and initialisation order. lengths are ``[B]``
+    (``embedding``, ``lstm``: a :class:`PackedLSTM`, or ``gru``: a
+    :class:`PackedGRU` with ``cell="gru"``, ``pool``, ``dropout``, ``head``),
+    parameter names and initialisation order. lengths are ``[B]``
     (a list works) or None; ``memory`` is accepted for the signature, and any
     mode but ``"fast"`` is refused (nn.LSTM has one)."""
 
     def __init__(self, input_size, hidden_size, num_classes, num_layers=1, bidirectional=False,
                  dropout=0.0, vocab_size=None, padding_idx=0, pooling="attention",
-                 attn_dim=None, device=None, dtype=None, memory="fast"):
+                 attn_dim=None, device=None, dtype=None, memory="fast", cell="lstm"):
         if memory not in MEMORY_MODES:
             raise ValueError(f"LSTMClassifier: memory must be one of {MEMORY_MODES}, got "
                              f"{memory!r}")
@@ -184,19 +195,20 @@ class NativeLSTMClassifier(ClassifierLayout):
             raise ValueError(f"LSTMClassifier: memory={memory!r} needs seqcls_fast.LSTM, not "
                              "PackedLSTM")
         super().__init__(input_size, hidden_size, num_classes, num_layers, bidirectional, dropout,
-                         vocab_size, padding_idx, pooling, attn_dim, device, dtype, PackedLSTM,
-                         MaskedAttentionPooling)
+                         vocab_size, padding_idx, pooling, attn_dim, device, dtype,
+                         PackedGRU if cell == "gru" else PackedLSTM, MaskedAttentionPooling, cell)
 
     def forward(self, x, lengths=None):
         x = self.embed(x)
         if lengths is not None:
             lengths = torch.as_tensor(lengths)
-        outputs, (h_n, _c_n) = self.lstm(x, lengths=lengths)  # outputs [B, T, D]
+        outputs, states = self.rnn(x, lengths=lengths)  # outputs [B, T, D]
+        h_n = states[0] if self.cell == "lstm" else states
         if self.pooling == "attention":
             features, _weights = self.pool(outputs, lengths)
         elif self.pooling == "mean":
             features = masked_mean_pool(outputs, lengths)
         else:  # last: final states of the top layer, both directions
-            top = h_n[-2:] if self.lstm.bidirectional else h_n[-1:]
+            top = h_n[-2:] if self.rnn.bidirectional else h_n[-1:]
             features = torch.cat(tuple(top), dim=1)
         return self.head(self.dropout(features))

@@ -25,6 +25,10 @@ class ClassifierStream:
     ``LSTMClassifier.stream``."""
 
     def __init__(self, model, batch_size):
+        if model.cell != "lstm":
+            raise NotImplementedError(f"LSTMClassifier.stream: streaming is built for "
+                                      f"cell='lstm' only so far, this model's cell is "
+                                      f"{model.cell!r}")
         lstm = model.lstm
         if lstm.bidirectional:
             raise ValueError("LSTMClassifier.stream: the model is bidirectional; streaming needs "

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import seqcls_fast as sf
-from seqcls_fast.reference import NativeLSTMClassifier, PackedLSTM, packed_lstm
+from seqcls_fast.reference import NativeLSTMClassifier, PackedGRU, PackedLSTM, packed_lstm
 
 # A test (or a parameter) that needs a GPU: selected by `-m cuda`, skipped without one.
 CUDA_ONLY = [
@@ -126,20 +126,23 @@ def native_twin(module, dtype):
     """PyTorch's own version of `module`, with its weights cast to dtype and
     its train/eval mode: an sf.LSTM becomes a PackedLSTM (nn.LSTM packing for
     lengths=), an sf.LSTMClassifier a NativeLSTMClassifier; any other module
-    is copied with each sf.LSTM / sf.LSTMClassifier child replaced so."""
-    if isinstance(module, sf.LSTM):
-        twin = PackedLSTM(module.input_size, module.hidden_size, module.num_layers,
-                          bias=module.bias, batch_first=module.batch_first,
-                          dropout=module.dropout, bidirectional=module.bidirectional)
+    is copied with each sf.LSTM / sf.GRU / sf.LSTMClassifier child replaced
+    so (an sf.GRU becomes a PackedGRU)."""
+    if isinstance(module, (sf.LSTM, sf.GRU)):
+        packed = PackedLSTM if isinstance(module, sf.LSTM) else PackedGRU
+        twin = packed(module.input_size, module.hidden_size, module.num_layers,
+                      bias=module.bias, batch_first=module.batch_first,
+                      dropout=module.dropout, bidirectional=module.bidirectional)
     elif isinstance(module, sf.LSTMClassifier):
-        lstm, proj = module.lstm, module.pool.proj if module.pool is not None else None
+        lstm, proj = module.rnn, module.pool.proj if module.pool is not None else None
         embedding = module.embedding
         twin = NativeLSTMClassifier(
             lstm.input_size, lstm.hidden_size, module.head.out_features, lstm.num_layers,
             lstm.bidirectional, module.dropout.p,
             vocab_size=embedding.num_embeddings if embedding is not None else None,
             padding_idx=embedding.padding_idx if embedding is not None else 0,
-            pooling=module.pooling, attn_dim=proj.out_features if proj is not None else None)
+            pooling=module.pooling, attn_dim=proj.out_features if proj is not None else None,
+            cell=module.cell)
     else:
         twin = copy.deepcopy(module).to(dtype)
         for name, child in module.named_children():

@@ -117,3 +117,42 @@ def test_trains_a_separable_problem():
 def test_bad_pooling_name():
     with pytest.raises(ValueError, match="pooling"):
         sf.LSTMClassifier(3, 4, 2, pooling="max")
+
+
+# ---------------------------------------------------------------- cell="gru"
+@pytest.mark.parametrize("pooling", ["attention", "additive", "mean", "last"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_gru_cell_matches_native(device, pooling, bidirectional):
+    """cell="gru": sf.GRU in the classifier (submodule ``gru``) against the
+    same model on nn.GRU + packing: logits and every parameter's gradient, in
+    training and without gradients (no online pooling for the GRU yet)."""
+    settings = dict(num_layers=2, bidirectional=bidirectional, cell="gru",
+                    pooling="attention" if pooling == "additive" else pooling,
+                    attn_dim=5 if pooling == "additive" else None, device=device,
+                    dtype=torch.float64)
+    model = sf.LSTMClassifier(4, 6, 3, **settings)
+    native = NativeLSTMClassifier(4, 6, 3, **settings)
+    assert list(model.state_dict()) == list(native.state_dict())
+    assert isinstance(model.gru, sf.GRU) and model.rnn is model.gru
+    native.load_state_dict(model.state_dict())
+    x = torch.randn(5, 7, 4, dtype=torch.float64, device=device)
+    lengths = random_lengths(5, 7, torch.Generator().manual_seed(2)).to(device)
+    labels = torch.tensor([0, 2, 1, 1, 0], device=device)
+    tol = tolerance(LSTM_TOL, device, torch.float64)
+    for m in (model, native):
+        nn.functional.cross_entropy(m(x, lengths), labels).backward()
+    torch.testing.assert_close(model(x, lengths), native(x, lengths), **tol)
+    for (name, p), (_, q) in zip(model.named_parameters(), native.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, **tol, msg=name)
+    with torch.no_grad():
+        assert not model._pools_online(x)
+        torch.testing.assert_close(model.eval()(x, lengths), native.eval()(x, lengths), **tol)
+
+
+def test_gru_cell_options_not_built_yet_are_refused():
+    with pytest.raises(ValueError, match=r"cell must be one of \('lstm', 'gru'\), got 'rnn'"):
+        sf.LSTMClassifier(3, 4, 2, cell="rnn")
+    with pytest.raises(NotImplementedError, match="memory='low' is built for cell='lstm' only"):
+        sf.LSTMClassifier(3, 4, 2, cell="gru", memory="low")
+    with pytest.raises(NotImplementedError, match="streaming is built for cell='lstm' only"):
+        sf.LSTMClassifier(3, 4, 2, cell="gru").eval().stream(2)

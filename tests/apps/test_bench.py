@@ -1,4 +1,5 @@
 """`seqcls-fast bench` end to end on tiny cases, and its agreement check."""
+import importlib.util
 import json
 
 import pytest
@@ -66,6 +67,27 @@ def test_onnx_runtime_agrees_in_inference_and_is_skipped_in_train(tmp_path):
     assert train["status"] == "skipped" and train["note"] == "inference only"
     assert train["times_ms"] == []
 
+def test_gru_cell_runs_against_nn_gru_and_onnx_runtimes_gru(tmp_path):
+    """--cell gru: every method on a GRU classifier; ours agrees with packed
+    nn.GRU (logits and every recurrent gradient) and with ONNX Runtime's GRU
+    where onnx is installed; the LSTM-only methods say why they are skipped."""
+    record = run_bench(tmp_path, "--seq-len", "10", "--mode", "both", "--cell", "gru")
+    for result in record["results"]:
+        assert result["case"]["cell"] == "gru" and "cell gru" in result["label"]
+        methods = methods_of(result)
+        assert methods["packed"]["status"] == "ok", methods["packed"]
+        assert methods["padded"]["status"] == "ok", methods["padded"]
+        for name in ("flashrnn", "haste", "ours-low"):
+            assert methods[name]["status"] == "skipped", methods[name]
+        if result["mode"] == "train":
+            assert methods["packed"]["errors"]["grad weight_hh_l0"] < 1e-5
+            assert "grad bias_hh_l0" in methods["packed"]["errors"]
+    ort = methods_of(record["results"][0])["ort"]
+    if importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime"):
+        assert ort["status"] == "ok", ort
+        assert ort["errors"]["logits"] <= record["results"][0]["tolerance"]
+
+
 def test_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     plot = tmp_path / "speedup.png"
@@ -86,7 +108,7 @@ class WrongGradients(bench.Padded):
     """Right logits, LSTM gradients scaled by 1.01 (values unchanged)."""
 
     def forward(self, batch):
-        outputs, _ = self.lstm(batch.x)
+        outputs, _ = self.rnn(batch.x)
         outputs = outputs + 0.01 * (outputs - outputs.detach())
         pooled, _ = self.pool(outputs, batch.lengths)
         return self.head(pooled)

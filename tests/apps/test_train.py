@@ -62,6 +62,28 @@ def test_train_npz_learns_reports_metrics_and_checkpoint_reloads(tmp_path, capsy
     assert again["test"]["confusion_matrix"] == test["confusion_matrix"]
 
 
+def test_train_cell_gru_learns_and_its_checkpoint_reloads(tmp_path, capsys):
+    """--cell gru: an sf.GRU classifier (state_dict keys gru.*) learns the toy
+    task, and --checkpoint evaluates the saved model to the same confusion
+    matrix."""
+    data = write_npz(tmp_path / "toy.npz")
+    out = tmp_path / "run"
+    rc, _, _ = _run(["--data", data, "--out", str(out), "--epochs", "12", "--lr", "1e-2",
+                     "--cell", "gru"] + FAST, capsys)
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"]["cell"] == "gru"
+    (run,) = metrics["runs"]
+    assert run["test"]["accuracy"] >= 0.9
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert any(key.startswith("gru.") for key in ckpt["state_dict"])
+    rc, _, _ = _run(["--data", data, "--checkpoint", str(out / "model.pt"),
+                     "--out", str(tmp_path / "eval"), "--no-progress"], capsys)
+    assert rc == 0
+    again = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
+    assert again["test"]["confusion_matrix"] == run["test"]["confusion_matrix"]
+
+
 def test_train_npz_equal_length_and_object_forms(tmp_path, capsys):
     tr, ytr = toy(24, 0, min_len=6, max_len=6)
     te, yte = toy(12, 1, min_len=6, max_len=6)

@@ -8,13 +8,15 @@ import torch
 NUM_CLASSES = 10
 LENGTH_DISTRIBUTIONS = ("uniform", "upper-half", "full", "long-tail")
 MODES = ("inference", "train")
+CELLS = ("lstm", "gru")
 DTYPES = {"float32": torch.float32, "float64": torch.float64,
           "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmark shape: a padded batch [batch, seq_len, input_size]."""
+    """One benchmark shape: a padded batch [batch, seq_len, input_size], for
+    an LSTM or (cell="gru") a GRU classifier."""
     batch: int = 64
     seq_len: int = 128
     input_size: int = 128
@@ -22,11 +24,13 @@ class Case:
     layers: int = 1
     bidirectional: bool = False
     lengths: str = "uniform"
+    cell: str = "lstm"
 
     def label(self):
         direction = "bidirectional" if self.bidirectional else "unidirectional"
+        cell = "" if self.cell == "lstm" else f", cell {self.cell}"
         return (f"B={self.batch} T={self.seq_len} I={self.input_size} H={self.hidden_size} "
-                f"layers={self.layers} {direction}, lengths {self.lengths}")
+                f"layers={self.layers} {direction}, lengths {self.lengths}{cell}")
 
 
 # The default sweep: sequence length varies at B=64, I=128, H=256, plus a

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .cases import (CUDA_EXTRA_CASES, DTYPES, LENGTH_DISTRIBUTIONS, LONG_SWEEP_MAX_SECONDS, MODES,
-                    SWEEPS, Case)
+from .cases import (CELLS, CUDA_EXTRA_CASES, DTYPES, LENGTH_DISTRIBUTIONS,
+                    LONG_SWEEP_MAX_SECONDS, MODES, SWEEPS, Case)
 from .measure import AUTO_REPEATS, AUTO_SECONDS_PER_CASE, IDLE_RULE, run_case
 from .report import (Progress, environment, format_table, kernels_line, write_memory_plot,
                      write_plot)
@@ -39,6 +39,9 @@ def parse_args(argv):
     shape.add_argument("--layers", type=positive_int, help=f"LSTM layers ({Case.layers})")
     shape.add_argument("--bidirectional", action="store_true", default=None,
                        help="bidirectional LSTM")
+    parser.add_argument("--cell", choices=CELLS, default="lstm",
+                        help="the recurrent cell of every method's classifier: lstm (default) "
+                             "or gru (nn.GRU baselines, ONNX Runtime's GRU)")
     shape.add_argument("--lengths", choices=LENGTH_DISTRIBUTIONS,
                        help="sequence lengths: uniform in [T/4, T] (default), upper-half "
                             "(in [T/2, T]), full (all T), long-tail (T*u^3: mostly short)")
@@ -91,8 +94,8 @@ def cases_from(args):
         ("bidirectional", args.bidirectional), ("lengths", args.lengths)) if value is not None}
     if not overrides and args.seq_len is None:
         extra = CUDA_EXTRA_CASES if args.device.type == "cuda" and args.sweep == "default" else ()
-        return list(SWEEPS[args.sweep] + extra)
-    return [replace(Case(**overrides), seq_len=seq_len)
+        return [replace(case, cell=args.cell) for case in SWEEPS[args.sweep] + extra]
+    return [replace(Case(**overrides), seq_len=seq_len, cell=args.cell)
             for seq_len in (args.seq_len or [Case.seq_len])]
 
 

@@ -74,8 +74,8 @@ def compare(theirs, ours, mode):
     our_logits, our_model = ours
     errors = {"logits": relative_error(logits, our_logits)}
     if mode == "train":
-        our_gradients = our_model.lstm_gradients()
-        for name, gradient in model.lstm_gradients().items():
+        our_gradients = our_model.rnn_gradients()
+        for name, gradient in model.rnn_gradients().items():
             errors[f"grad {name}"] = (math.inf if gradient is None
                                       else relative_error(gradient, our_gradients[name]))
     return errors

@@ -1,5 +1,6 @@
-"""The methods ``seqcls-fast bench`` compares: each a full classifier (LSTM +
-masked attention pooling + linear head) built from the same
+"""The methods ``seqcls-fast bench`` compares: each a full classifier (LSTM,
+or GRU with ``--cell gru``, + masked attention pooling + linear head) built
+from the same
 :class:`Reference` weights, and the registry :data:`METHODS` of them.
 
 The plain-PyTorch parts (packing, the masked pooling) are those of
@@ -24,16 +25,17 @@ FLASHRNN_BACKEND = "cuda_fused"
 
 
 class Reference(nn.Module):
-    """The weights every method starts from: an nn.LSTM (batch_first), the
-    attention query and the linear head."""
+    """The weights every method starts from: ``rnn``, an nn.LSTM or (case.cell
+    "gru") an nn.GRU (batch_first), the attention query and the linear head."""
 
     def __init__(self, case, dtype, device, seed=0):
         super().__init__()
         features = case.hidden_size * (2 if case.bidirectional else 1)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.lstm = nn.LSTM(case.input_size, case.hidden_size, case.layers,
-                                batch_first=True, bidirectional=case.bidirectional)
+            native = nn.GRU if case.cell == "gru" else nn.LSTM
+            self.rnn = native(case.input_size, case.hidden_size, case.layers, batch_first=True,
+                              bidirectional=case.bidirectional)
             self.query = nn.Parameter(torch.randn(features) / math.sqrt(features))
             self.head = nn.Linear(features, NUM_CLASSES)
         self.to(device=device, dtype=dtype)
@@ -60,8 +62,8 @@ def plain_pooling(query):
 
 class Classifier(nn.Module):
     """Base of every method: ``forward(batch) -> logits``, and
-    ``lstm_gradients()``: the LSTM weight gradients under nn.LSTM's names and
-    layouts, for the agreement check. ``known_wrong`` is None, or why this
+    ``rnn_gradients()``: the recurrent weight gradients under nn.LSTM's (or
+    nn.GRU's) names and layouts, for the agreement check. ``known_wrong`` is None, or why this
     method is expected to disagree on this case (it is then still timed).
     ``timed_apart``: its rounds run alone, in blocks between the other
     methods' interleaved ones (measure.time_interleaved), for a library whose
@@ -69,8 +71,8 @@ class Classifier(nn.Module):
     known_wrong = None
     timed_apart = False
 
-    def lstm_gradients(self):
-        return {name: p.grad for name, p in self.lstm.named_parameters()}
+    def rnn_gradients(self):
+        return {name: p.grad for name, p in self.rnn.named_parameters()}
 
 
 class Ours(Classifier):
@@ -81,15 +83,17 @@ class Ours(Classifier):
     def __init__(self, reference, case):
         super().__init__()
         query = reference.query
+        if case.cell != "lstm" and self.memory != "fast":
+            raise Unavailable(f"memory={self.memory!r} is built for the LSTM only so far")
         self.model = sf.LSTMClassifier(
             case.input_size, case.hidden_size, NUM_CLASSES, num_layers=case.layers,
             bidirectional=case.bidirectional, memory=self.memory, device=query.device,
-            dtype=query.dtype)
-        self.model.lstm.load_state_dict(reference.lstm.state_dict())
+            dtype=query.dtype, cell=case.cell)
+        self.model.rnn.load_state_dict(reference.rnn.state_dict())
         self.model.head.load_state_dict(reference.head.state_dict())
         with torch.no_grad():
             self.model.pool.query.copy_(query)
-        self.lstm = self.model.lstm
+        self.rnn = self.model.rnn
 
     def forward(self, batch):
         return self.model(batch.x, batch.lengths)
@@ -100,18 +104,19 @@ class OursLowMemory(Ours):
 
 
 class Packed(Classifier):
-    """nn.LSTM on a PackedSequence (reference.packed_lstm) + the plain pooling."""
+    """nn.LSTM (nn.GRU) on a PackedSequence (reference.packed_lstm) + the plain
+    pooling."""
 
     def __init__(self, reference, case):
         super().__init__()
-        self.lstm = copy.deepcopy(reference.lstm)
+        self.rnn = copy.deepcopy(reference.rnn)
         self.pool = plain_pooling(reference.query)
         self.head = copy.deepcopy(reference.head)
 
     def logits(self, x, lengths_cpu, lengths):
         """The classifier on tensors: packs with ``lengths_cpu`` (packing
         wants them on the CPU), pools with ``lengths`` (on x's device)."""
-        outputs, _ = plain.packed_lstm(self.lstm, x, lengths_cpu)
+        outputs, _ = plain.packed_lstm(self.rnn, x, lengths_cpu)
         pooled, _ = self.pool(outputs, lengths)
         return self.head(pooled)
 
@@ -130,15 +135,17 @@ class Padded(Packed):
                                 "(timed anyway, for reference)")
 
     def forward(self, batch):
-        outputs, _ = self.lstm(batch.x)
+        outputs, _ = self.rnn(batch.x)
         pooled, _ = self.pool(outputs, batch.lengths)
         return self.head(pooled)
 
 
 def _unidirectional_layers(reference, case, library):
+    if case.cell != "lstm":
+        raise Unavailable(f"compared with the LSTM only (--cell {case.cell})")
     if case.bidirectional:
         raise Unavailable(f"{library} has no bidirectional LSTM")
-    return [{kind: getattr(reference.lstm, f"{kind}_l{layer}").detach()
+    return [{kind: getattr(reference.rnn, f"{kind}_l{layer}").detach()
              for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
             for layer in range(case.layers)]
 
@@ -161,10 +168,10 @@ class FlashRNN(Classifier):
         except ImportError as error:
             raise Unavailable(f"flashrnn is not importable ({error})") from None
         self.flashrnn = flashrnn
-        self.lstm = nn.Module()
+        self.rnn = nn.Module()
         for layer, weights in enumerate(layers):
             for kind, weight in weights.items():
-                self.lstm.register_parameter(f"{kind}_l{layer}", nn.Parameter(weight.clone()))
+                self.rnn.register_parameter(f"{kind}_l{layer}", nn.Parameter(weight.clone()))
         self.num_layers = case.layers
         self.pool = plain_pooling(reference.query)
         self.head = copy.deepcopy(reference.head)
@@ -174,7 +181,7 @@ class FlashRNN(Classifier):
         batch_size, steps, _ = outputs.shape
         dtype = str(outputs.dtype).removeprefix("torch.")
         for layer in range(self.num_layers):
-            w_ih, w_hh, b_ih, b_hh = (getattr(self.lstm, f"{kind}_l{layer}") for kind in
+            w_ih, w_hh, b_ih, b_hh = (getattr(self.rnn, f"{kind}_l{layer}") for kind in
                                       ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
             hidden = w_hh.size(1)
             projected = F.linear(outputs, w_ih).view(batch_size, steps, 4, 1, hidden)
@@ -222,7 +229,7 @@ class Haste(Classifier):
         pooled, _ = self.pool(outputs, batch.lengths)
         return self.head(pooled)
 
-    def lstm_gradients(self):
+    def rnn_gradients(self):
         gradients = {}
         for index, layer in enumerate(self.layers):
             gradients[f"weight_ih_l{index}"] = _haste_to_native(layer.kernel.grad)
@@ -244,16 +251,16 @@ class _ExportablePacked(nn.Module):
         return self.packed.logits(x, lengths, lengths)
 
 
-def _has_lstm_with_sequence_lens(graph):
-    # LSTM inputs: X, W, R, B, sequence_lens, ...; an empty name is an omitted input.
-    return any(node.op_type == "LSTM" and len(node.input) > 4 and node.input[4]
+def _has_rnn_with_sequence_lens(graph, op_type):
+    # LSTM and GRU inputs: X, W, R, B, sequence_lens, ...; an empty name is an omitted input.
+    return any(node.op_type == op_type and len(node.input) > 4 and node.input[4]
                for node in graph.node)
 
 
 class OnnxRuntime(Classifier):
-    """Packed (nn.LSTM on a PackedSequence + the plain pooling + head) exported
-    by the TorchScript ONNX exporter, where the pack/pad pair becomes the ONNX
-    LSTM's ``sequence_lens``, run by an onnxruntime CPU session (built once,
+    """Packed (nn.LSTM or nn.GRU on a PackedSequence + the plain pooling +
+    head) exported by the TorchScript ONNX exporter, where the pack/pad pair
+    becomes the ONNX LSTM's (GRU's) ``sequence_lens``, run by an onnxruntime CPU session (built once,
     not timed; intra-op threads as torch's, default settings). Each call
     converts the batch to numpy and back. Inference only. Timed apart: for a
     few hundred ms after one of its runs, two-thread torch work in the same
@@ -291,8 +298,9 @@ class OnnxRuntime(Classifier):
             except Exception as error:
                 raise Unavailable(f"TorchScript ONNX export failed: {type(error).__name__}: "
                                   f"{error}".splitlines()[0][:200]) from None
-            if not _has_lstm_with_sequence_lens(onnx.load(path).graph):
-                raise Unavailable("the exported graph has no LSTM node with sequence_lens")
+            op_type = case.cell.upper()
+            if not _has_rnn_with_sequence_lens(onnx.load(path).graph, op_type):
+                raise Unavailable(f"the exported graph has no {op_type} node with sequence_lens")
             self.session = onnxruntime.InferenceSession(
                 path, options, providers=["CPUExecutionProvider"])
 

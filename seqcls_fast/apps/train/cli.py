@@ -40,6 +40,8 @@ def parse_args(argv):
         data_help="your data: X_TRAIN.ts (X_TEST.ts beside it), train.ts test.ts, or a .npz "
                   "(layout below)")
     m = p.add_argument_group("model")
+    m.add_argument("--cell", choices=("lstm", "gru"), default="lstm",
+                   help="the recurrent cell: sf.LSTM or sf.GRU (nn.GRU with --baseline native)")
     m.add_argument("--hidden-size", type=int, default=128)
     m.add_argument("--num-layers", type=int, default=1)
     m.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True)
@@ -179,7 +181,7 @@ def _train_and_evaluate(args, argv, name, train_split, test_split, classes, chan
     config = {"input_size": channels, "hidden_size": args.hidden_size,
               "num_classes": len(classes), "num_layers": args.num_layers,
               "bidirectional": args.bidirectional, "dropout": args.dropout,
-              "pooling": args.pooling, "attn_dim": args.attn_dim}
+              "pooling": args.pooling, "attn_dim": args.attn_dim, "cell": args.cell}
     lens_tr, lens_te = train_all.lengths, test_set.lengths
     log(f"{name}: {len(train_all)} train / {len(test_set)} test sequences, {channels} channels, "
         f"{len(classes)} classes, lengths {int(lens_tr.min())}-{int(lens_tr.max())} (train) "
