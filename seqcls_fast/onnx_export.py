@@ -16,6 +16,8 @@ What each operator becomes:
     from nn.LSTM's gate order (i, f, g, o) to ONNX's (i, o, f, c); outputs past
     each length are zeroed with a Where, as ONNX leaves them unspecified. The
     three saved-activation outputs (backward only) are empty tensors.
+  * ``gru_layer_forward``: one ONNX ``GRU`` node the same way, gate order
+    (r, z, n) -> (z, r, h), ``linear_before_reset=1`` (PyTorch's ``b_hn``).
   * ``lstm_layer_pooled_forward`` (a unidirectional classifier exported
     under ``torch.no_grad()``): the ``lstm_layer_forward`` translation, then
     the pooling state in closed form over the valid steps (ReduceMax, Exp,
@@ -66,10 +68,42 @@ def _step_range(op, sequence, axis):
     return op.Range(op.Constant(value_int=0), steps, op.Constant(value_int=1))
 
 
-def _onnx_gate_order(op, ir, tensor, hidden):
-    """Rows of a [4H, ...] nn.LSTM tensor (i, f, g, o) in ONNX's order (i, o, f, c)."""
-    rows = [r for start in (0, 3, 1, 2) for r in range(start * hidden, (start + 1) * hidden)]
+# ONNX's gate order as positions in PyTorch's: LSTM (i, f, g, o) -> (i, o, f,
+# c); GRU (r, z, n) -> (z, r, h).
+_LSTM_GATES = (0, 3, 1, 2)
+_GRU_GATES = (1, 0, 2)
+
+
+def _onnx_gate_order(op, ir, tensor, hidden, gates=_LSTM_GATES):
+    """Rows of a [G * H, ...] PyTorch RNN tensor, its blocks of H rows in
+    ONNX's gate order (``gates``: the PyTorch block of each ONNX block)."""
+    rows = [r for start in gates for r in range(start * hidden, (start + 1) * hidden)]
     return op.Gather(tensor, op.Constant(value=ir.tensor(rows, dtype=ir.DataType.INT64)), axis=0)
+
+
+def _onnx_rnn_inputs(op, ir, w_ih, w_hh, b_ih, b_hh, gates):
+    """W, R and B (None without bias) of an ONNX LSTM or GRU node from
+    PyTorch's weights: [1, G*H, I], [1, G*H, H], [1, 2*G*H] = [Wb, Rb]."""
+    hidden = w_hh.shape[1]
+    if not isinstance(hidden, int):
+        raise ValueError("seqcls_fast ONNX export: the recurrent weights need a static shape")
+    weights = op.Unsqueeze(_onnx_gate_order(op, ir, w_ih, hidden, gates), [0])
+    recurrent = op.Unsqueeze(_onnx_gate_order(op, ir, w_hh, hidden, gates), [0])
+    bias = None
+    if b_ih is not None:
+        bias = op.Unsqueeze(op.Concat(_onnx_gate_order(op, ir, b_ih, hidden, gates),
+                                      _onnx_gate_order(op, ir, b_hh, hidden, gates), axis=0), [0])
+    return hidden, weights, recurrent, bias
+
+
+def _masked_output(op, ir, y, x, lens):
+    """An ONNX RNN's Y [T, 1, B, H] as [T, B, H], zero past each length (ONNX
+    leaves it unspecified there; ours is 0)."""
+    output = op.Squeeze(y, [1])
+    if lens is None:
+        return output
+    valid = op.Less(op.Unsqueeze(_step_range(op, x, 0), [1]), op.Unsqueeze(lens, [0]))
+    return op.Where(op.Unsqueeze(valid, [2]), output, op.CastLike(0.0, output))
 
 
 def _empty(op, ir, dtype, width):
@@ -81,29 +115,38 @@ def lstm_layer_forward(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse: bool
                        save_activations: bool, plan=None):
     """seqcls_fast::lstm_layer_forward -> one ONNX LSTM node."""
     op, ir = _onnx()
-    hidden = w_hh.shape[1]
-    if not isinstance(hidden, int):
-        raise ValueError("seqcls_fast ONNX export: the LSTM weights need a static shape")
-    weights = op.Unsqueeze(_onnx_gate_order(op, ir, w_ih, hidden), [0])       # [1, 4H, I]
-    recurrent = op.Unsqueeze(_onnx_gate_order(op, ir, w_hh, hidden), [0])     # [1, 4H, H]
-    bias = None
-    if b_ih is not None:  # ONNX wants [Wb, Rb] concatenated: [1, 8H]
-        bias = op.Unsqueeze(op.Concat(_onnx_gate_order(op, ir, b_ih, hidden),
-                                      _onnx_gate_order(op, ir, b_hh, hidden), axis=0), [0])
+    hidden, weights, recurrent, bias = _onnx_rnn_inputs(op, ir, w_ih, w_hh, b_ih, b_hh,
+                                                        _LSTM_GATES)
     lens = _lengths_int64(op, ir, lengths, plan)
     sequence_lens = op.Cast(lens, to=ir.DataType.INT32) if lens is not None else None
     initial_h = op.Unsqueeze(h0, [0]) if h0 is not None else None
     initial_c = op.Unsqueeze(c0, [0]) if c0 is not None else None
     y, y_h, y_c = op.LSTM(x, weights, recurrent, bias, sequence_lens, initial_h, initial_c,
                           direction="reverse" if reverse else "forward", hidden_size=hidden)
-    output = op.Squeeze(y, [1])                                                # [T, B, H]
-    if lens is not None:  # ONNX leaves Y past sequence_lens unspecified; ours is 0
-        valid = op.Less(op.Unsqueeze(_step_range(op, x, 0), [1]), op.Unsqueeze(lens, [0]))
-        output = op.Where(op.Unsqueeze(valid, [2]), output, op.CastLike(0.0, output))
+    output = _masked_output(op, ir, y, x, lens)                               # [T, B, H]
     # The saved activations feed only the backward, which an ONNX graph lacks.
     state_dtype = ir.DataType.FLOAT if _is_half(x) else x.dtype
     return (output, op.Squeeze(y_h, [0]), op.Squeeze(y_c, [0]),
             _empty(op, ir, x.dtype, 4 * hidden), _empty(op, ir, state_dtype, hidden),
+            _empty(op, ir, x.dtype, hidden))
+
+
+def gru_layer_forward(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse: bool,
+                      save_activations: bool, plan=None):
+    """seqcls_fast::gru_layer_forward -> one ONNX GRU node, linear_before_reset=1
+    (b_hn inside the reset product, as nn.GRU)."""
+    op, ir = _onnx()
+    hidden, weights, recurrent, bias = _onnx_rnn_inputs(op, ir, w_ih, w_hh, b_ih, b_hh,
+                                                        _GRU_GATES)
+    lens = _lengths_int64(op, ir, lengths, plan)
+    sequence_lens = op.Cast(lens, to=ir.DataType.INT32) if lens is not None else None
+    initial_h = op.Unsqueeze(h0, [0]) if h0 is not None else None
+    y, y_h = op.GRU(x, weights, recurrent, bias, sequence_lens, initial_h,
+                    direction="reverse" if reverse else "forward", hidden_size=hidden,
+                    linear_before_reset=1)
+    state_dtype = ir.DataType.FLOAT if _is_half(x) else x.dtype
+    return (_masked_output(op, ir, y, x, lens), op.Squeeze(y_h, [0]),
+            _empty(op, ir, x.dtype, 3 * hidden), _empty(op, ir, state_dtype, hidden),
             _empty(op, ir, x.dtype, hidden))
 
 
@@ -182,6 +225,7 @@ def onnx_translation_table():
     custom_translation_table=...)``: every seqcls_fast forward operator."""
     return {
         _ops.lstm_layer_forward.default: lstm_layer_forward,
+        _ops.gru_layer_forward.default: gru_layer_forward,
         _ops.lstm_layer_pooled_forward.default: lstm_layer_pooled_forward,
         _ops.masked_attention_pool_forward.default: masked_attention_pool_forward,
         _ops.length_plan.default: length_plan,

@@ -64,13 +64,14 @@ def _nodes(path):
     return nodes
 
 
-def _assert_lstm_nodes(path, count, with_lengths=True):
-    """``count`` ONNX LSTM nodes, each reading sequence_lens (input 4) when
-    with_lengths, and no loop of any kind; the model passes the ONNX checker."""
+def _assert_lstm_nodes(path, count, with_lengths=True, op_type="LSTM"):
+    """``count`` ONNX LSTM (op_type) nodes, each reading sequence_lens (input
+    4) when with_lengths, and no loop of any kind; the model passes the ONNX
+    checker."""
     onnx.checker.check_model(onnx.load(path), full_check=True)
     nodes = _nodes(path)
     assert not [n.op_type for n in nodes if n.op_type in ("Loop", "Scan", "If")]
-    lstms = [n for n in nodes if n.op_type == "LSTM"]
+    lstms = [n for n in nodes if n.op_type == op_type]
     assert len(lstms) == count
     for node in lstms:
         has_lengths = len(node.input) > 4 and node.input[4] != ""
@@ -134,6 +135,43 @@ def test_lstm_without_lengths(tmp_path):
                    tmp_path / "m.onnx")
     _assert_lstm_nodes(path, 2, with_lengths=False)
     _assert_matches_eager(path, module, (torch.randn(9, 7, 3),))
+
+
+class _GRUOutputs(torch.nn.Module):
+    def __init__(self, gru):
+        super().__init__()
+        self.gru = gru
+
+    def forward(self, x, lengths):
+        return self.gru(x, lengths=lengths)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_gru_with_lengths(tmp_path, num_layers, bidirectional):
+    """sf.GRU: one ONNX GRU node per layer and direction, linear_before_reset=1."""
+    torch.manual_seed(0)
+    module = _GRUOutputs(sf.GRU(3, 4, num_layers=num_layers, bidirectional=bidirectional))
+    path = _export(module, _batch(5, 3, 3, seed=1), {"x": {0: STEPS, 1: BATCH},
+                                                     "lengths": {0: BATCH}}, tmp_path / "m.onnx")
+    _assert_lstm_nodes(path, num_layers * (2 if bidirectional else 1), op_type="GRU")
+    for node in (n for n in _nodes(path) if n.op_type == "GRU"):
+        assert {a.name: a.i for a in node.attribute}["linear_before_reset"] == 1
+    _assert_matches_eager(path, module, _batch(9, 7, 3, seed=2))
+
+
+def test_gru_classifier(tmp_path):
+    torch.manual_seed(0)
+    model = sf.LSTMClassifier(3, 4, 5, num_layers=2, bidirectional=True, cell="gru")
+
+    def args(steps, batch, seed):
+        x, lengths = _batch(steps, batch, 3, seed)
+        return x.transpose(0, 1).contiguous(), lengths
+
+    path = _export(model, args(6, 3, seed=1), {"x": {0: BATCH, 1: STEPS}, "lengths": {0: BATCH}},
+                   tmp_path / "m.onnx")
+    _assert_lstm_nodes(path, 4, op_type="GRU")
+    _assert_matches_eager(path, model, args(11, 5, seed=2))
 
 
 @pytest.mark.parametrize("pooling", ["attention", "mean", "last"])
