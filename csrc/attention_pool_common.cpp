@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include "length_plan.h"
 #include "recurrent_common.h"
 
 namespace seqcls_fast {
@@ -49,9 +50,14 @@ void check_attention_pool_backward_inputs(const PoolSizes& sizes, const at::Tens
 at::Tensor pool_lengths(const c10::optional<at::Tensor>& lengths,
                         const c10::optional<at::Tensor>& plan, int64_t steps, int64_t batch,
                         const at::Device& device) {
-  // The forward direction's plan: the one the LSTM's first layer already made
-  // and uploaded for this batch, when the plan came from an sf.LengthPlan.
-  return batch_plan(lengths, plan, steps, batch, /*reverse=*/false, device)->dev.lengths;
+  // A plan table: its forward-direction expansion, which the recurrent
+  // layers already made and uploaded for this batch. Raw lengths: planned
+  // here, only their caller-order row uploaded.
+  if (plan.has_value()) {
+    return batch_plan(lengths, plan, steps, batch, /*reverse=*/false, device)->dev.lengths;
+  }
+  if (!lengths.has_value()) return at::Tensor();
+  return make_plan_table(*lengths, steps)[2].to(device, at::kLong, /*non_blocking=*/true);
 }
 
 }  // namespace seqcls_fast

@@ -4,8 +4,8 @@
 // seqcls_fast/_ops.py.
 //
 // Layout conventions shared by every backend:
-//   LSTM ops are time-major: x [T, B, I], output [T, B, H]. One call runs one
-//   layer in one direction. `lengths` [B] (any integer dtype, on the CPU or on x's device)
+//   LSTM and GRU ops are time-major: x [T, B, I], output [T, B, H]. One call
+//   runs one layer in one direction. `lengths` [B] (any integer dtype, on the CPU or on x's device)
 //   gives each row's valid steps, 1 <= lengths[b] <= T; None means all T.
 //   With reverse=true each row runs from its own last valid step down to 0.
 //   `plan` (optional, every operator): the batch's length plan from
@@ -13,7 +13,7 @@
 //   of lengths (which must then be None) so no call validates, sorts or
 //   copies lengths to the host again.
 //   Weights use nn.LSTM's layout and gate order (i, f, g, o): w_ih [4H, I],
-//   w_hh [4H, H], b_ih/b_hh [4H].
+//   w_hh [4H, H], b_ih/b_hh [4H]; the GRU's nn.GRU's (r, z, n): [3H, .].
 #include <Python.h>
 #include <torch/library.h>
 
@@ -105,11 +105,13 @@ void define_gru_operators(torch::Library& m) {
   // Returns (output [T,B,H], h_n [B,H], gates [N,3H], cell [N,H], h_prev
   // [N,H]): gates holds the activated r, z, n; cell the recurrent part of the
   // new gate, h_prev W_hn^T + b_hn; h_prev as the LSTM's. With
-  // save_activations=false the last three are empty (0 rows).
+  // save_activations=false, or low_memory=true (the backward is then
+  // gru_layer_backward_recompute, which rebuilds all three from the output),
+  // the last three are empty (0 rows).
   m.def(
       "gru_layer_forward(Tensor x, Tensor? lengths, Tensor? h0, Tensor w_ih, Tensor w_hh, "
-      "Tensor? b_ih, Tensor? b_hh, bool reverse, bool save_activations, Tensor? plan=None) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? b_ih, Tensor? b_hh, bool reverse, bool save_activations, Tensor? plan=None, "
+      "bool low_memory=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Returns (grad_x [T,B,I], grad_h0 [B,H], grad_w_ih [3H,I], grad_w_hh
   // [3H,H], grad_b_ih [3H], grad_b_hh [3H]); grad_x as lstm_layer_backward's.
   m.def(
@@ -117,6 +119,15 @@ void define_gru_operators(torch::Library& m) {
       "Tensor w_ih, Tensor w_hh, Tensor gates, Tensor cell, Tensor h_prev, bool reverse, "
       "bool compute_grad_x, Tensor? plan=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, "
       "Tensor)");
+  // gru_layer_backward's results for a forward run with low_memory=true: h_prev
+  // of step s is the output at step s-1 (h0 at s = 0), the gates' input and
+  // recurrent parts two GEMMs per chunk of steps, the activations a replay of
+  // the pointwise step.
+  m.def(
+      "gru_layer_backward_recompute(Tensor grad_output, Tensor grad_h_n, Tensor x, "
+      "Tensor? lengths, Tensor? h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "Tensor output, bool reverse, bool compute_grad_x, Tensor? plan=None) -> (Tensor, Tensor, "
+      "Tensor, Tensor, Tensor, Tensor)");
 }
 
 void define_pooling_operators(torch::Library& m) {

@@ -198,43 +198,66 @@ class PlanCache {
  public:
   std::shared_ptr<const BatchPlan> get(const at::Tensor& given, int64_t steps_total,
                                        int64_t batch, bool reverse, const at::Device& device) {
+    // The plan is checked and used as a copy, so no later write to the
+    // caller's tensor (from another thread, or unseen by its version
+    // counter) can reach a checked plan (3B int64: cheap).
     const std::optional<TensorIdentity> identity = TensorIdentity::of(given);
-    if (!identity) return expand(read_plan_table(given, steps_total, batch), steps_total, batch,
+    if (!identity) return expand(checked_copy(given, steps_total, batch), steps_total, batch,
                                  reverse, device);
-    const c10::Stream stream = current_stream(device);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
-                                    [](const Entry& e) { return e.table.expired(); }),
-                     entries_.end());
-      for (auto it = entries_.begin(); it != entries_.end(); ++it) {
-        if (it->table.matches(given) && it->steps == steps_total && it->batch == batch &&
-            it->reverse == reverse && it->stream == stream) {
-          std::rotate(entries_.begin(), it, it + 1);  // most recent first
-          return entries_.front().plan;
-        }
-      }
-    }
-    // Checked (a plan that is not this batch's raises, and nothing is kept)
-    // and copied, so the kept plan never reads the caller's tensor again.
+    const Key key{steps_total, batch, reverse, current_stream(device)};
+    if (auto found = find(given, key)) return found;
+    // Checked (a plan that is not this batch's raises, and nothing is kept).
     std::shared_ptr<const BatchPlan> made =
-        expand(read_plan_table(given, steps_total, batch).clone(), steps_total, batch, reverse,
-               device);
+        expand(checked_copy(given, steps_total, batch), steps_total, batch, reverse, device);
     std::lock_guard<std::mutex> lock(mutex_);
-    entries_.insert(entries_.begin(), Entry{*identity, steps_total, batch, reverse, stream, made});
+    for (const Entry& e : entries_) {  // another thread made it meanwhile: one entry
+      if (e.key == key && e.table.matches(given)) return e.plan;
+    }
+    entries_.insert(entries_.begin(), Entry{*identity, key, made});
     if (entries_.size() > kEntries) entries_.pop_back();
     return made;
   }
 
  private:
   static constexpr size_t kEntries = 16;  // both directions of a few batches in flight
-  struct Entry {
-    TensorIdentity table;
+  struct Key {
     int64_t steps, batch;
     bool reverse;
     c10::Stream stream;
+    bool operator==(const Key& o) const {
+      return steps == o.steps && batch == o.batch && reverse == o.reverse && stream == o.stream;
+    }
+  };
+  struct Entry {
+    TensorIdentity table;
+    Key key;
     std::shared_ptr<const BatchPlan> plan;
   };
+
+  static at::Tensor checked_copy(const at::Tensor& given, int64_t steps_total, int64_t batch) {
+    const bool shape_ok = given.dim() == 2 && given.size(0) == 3 && given.size(1) == batch;
+    // A wrong shape or dtype is reported by read_plan_table on the tensor as given.
+    return read_plan_table(shape_ok && given.scalar_type() == at::kLong && given.device().is_cpu()
+                               ? given.clone(at::MemoryFormat::Contiguous)
+                               : given,
+                           steps_total, batch);
+  }
+
+  // The kept expansion of `given` for `key`, most recent first; expired
+  // entries are dropped on the way.
+  std::shared_ptr<const BatchPlan> find(const at::Tensor& given, const Key& key) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
+                                  [](const Entry& e) { return e.table.expired(); }),
+                   entries_.end());
+    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+      if (it->key == key && it->table.matches(given)) {
+        std::rotate(entries_.begin(), it, it + 1);
+        return entries_.front().plan;
+      }
+    }
+    return nullptr;
+  }
 
   static c10::Stream current_stream(const at::Device& device) {
     if (device.is_cpu()) return c10::Stream(c10::Stream::DEFAULT, device);

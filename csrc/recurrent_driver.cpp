@@ -1,6 +1,7 @@
 // The recurrent layer driver (see recurrent_driver.h): checks, plan, GEMMs and
 // the forward and backward step loops, once for every backend and cell; the
-// LSTM operators at the end of each part run it with kLstmCell.
+// LSTM and GRU operators at the end of each part run it with kLstmCell and
+// kGruCell.
 #include "recurrent_driver.h"
 
 #include "buffers.h"
@@ -118,6 +119,16 @@ optional<Tensor> projection_bias(const CellDef& cell_def, const optional<Tensor>
   return *b_ih + *b_hh;
 }
 
+// W_hh packed for the backend's persistent recurrence, or undefined (a GEMM
+// per step). Only for a cell whose whole recurrent product joins the
+// projection: the persistent kernels take no product kept apart.
+Tensor packed_recurrent_weights(const RecurrentBackend& backend, const CellDef& cell_def,
+                                const Tensor& w_hh, bool backward = false) {
+  if (cell_def.recurrent_apart) return Tensor();
+  return backward ? backend.pack_recurrent_weights_backward(cell_def, w_hh)
+                  : backend.pack_recurrent_weights(cell_def, w_hh);
+}
+
 // out = rows weight_t (+ bias when defined), into a buffer the driver owns:
 // the input projection (forward and low-memory rebuild) and attention keys.
 void linear_out(Tensor& out, const Tensor& rows, const Tensor& weight_t, const Tensor& bias) {
@@ -147,9 +158,9 @@ void check_cell(const Tensor& cell, const Tensor& x, int64_t hidden) {
                      x.device(), "), got ", cell.device());
 }
 
-// The saved activations lstm_layer_backward reads, checked against the
-// contract in ops.cpp: gates and h_prev in x's dtype, cell in the state dtype,
-// N = sum(lengths) rows, all on x's device.
+// The saved activations lstm_layer_backward / gru_layer_backward read,
+// checked against the contract in ops.cpp: gates and h_prev in x's dtype,
+// cell in the state dtype, N = sum(lengths) rows, all on x's device.
 void check_saved(const CellDef& cell_def, const Tensor& gates, const Tensor& cell,
                  const Tensor& h_prev, const Tensor& x, int64_t hidden) {
   SEQCLS_CHECK_VALUE(gates.dim() == 2, "gates must have shape [N, ", cell_def.gates, "H], got ",
@@ -166,9 +177,9 @@ void check_saved(const CellDef& cell_def, const Tensor& gates, const Tensor& cel
 // What a forward keeps for its backward.
 enum class Keep {
   kNothing,      // inference
-  kEveryStep,    // gates, cell and h_prev of every packed row (lstm_layer_backward)
-  kCheckpoints,  // the sorted cell state [B, H] at the start of every backward chunk
-                 // (lstm_layer_backward_recompute rebuilds the rest)
+  kEveryStep,    // gates, cell and h_prev of every packed row (*_layer_backward)
+  kCheckpoints,  // the sorted cell state [B, H] at the start of every backward chunk, for
+                 // a cell that has one (*_layer_backward_recompute rebuilds the rest)
 };
 
 // The forward recurrence both forward operators run, on sorted states
@@ -348,7 +359,7 @@ void run_forward(const RecurrentBackend& backend, ForwardPass& f, Tensor& h_stat
   p.h_state = h_state.data_ptr();
   p.c_state = c_state.defined() ? c_state.data_ptr() : nullptr;
   p.output = f.output.defined() ? f.output.data_ptr() : nullptr;
-  run.w_hh_packed = backend.pack_recurrent_weights(f.cell_def, w_hh);
+  run.w_hh_packed = packed_recurrent_weights(backend, f.cell_def, w_hh);
   run.fused = forward_recurrence_rows(p, plan, run.w_hh_packed);
   if (pool != nullptr && pool->pooling != OnlinePooling::kLast) {
     prepare_pooling(run, *pool, B, most_rows);
@@ -534,10 +545,13 @@ GruForwardResult gru_layer_forward(const RecurrentBackend& backend, const Tensor
                                    const Tensor& w_ih, const Tensor& w_hh,
                                    const optional<Tensor>& b_ih, const optional<Tensor>& b_hh,
                                    bool reverse, bool save_activations,
-                                   const optional<Tensor>& plan_table) {
-  LayerForward out =
-      layer_forward(kGruCell, backend, x, lengths, h0, c10::nullopt, w_ih, w_hh, b_ih, b_hh,
-                    reverse, save_activations ? Keep::kEveryStep : Keep::kNothing, plan_table);
+                                   const optional<Tensor>& plan_table, bool low_memory) {
+  // Low memory keeps nothing: the backward rebuilds everything from the output.
+  const Keep keep = !save_activations ? Keep::kNothing
+                    : low_memory        ? Keep::kCheckpoints
+                                        : Keep::kEveryStep;
+  LayerForward out = layer_forward(kGruCell, backend, x, lengths, h0, c10::nullopt, w_ih, w_hh,
+                                   b_ih, b_hh, reverse, keep, plan_table);
   return {std::move(out.output), std::move(out.h_n), std::move(out.gates), std::move(out.cell),
           std::move(out.h_prev)};
 }
@@ -601,19 +615,21 @@ void check_upstream(const Tensor& grad_output, const Tensor& grad_h_n, const Ten
   check_same_kind(grad_c_n, "grad_c_n", x, "x");
 }
 
-// Where the backward gets each chunk's activated gates, cell states and
-// h_prev: the forward's saved ones (gates [N, 4H], cell [N, H], h_prev
+// Where the backward gets each chunk's activated gates, kept values (`cell`)
+// and h_prev: the forward's saved ones (gates [N, G], cell [N, H], h_prev
 // [N, H]), or, when `output` is defined (low memory), rebuilt chunk by chunk
-// from x, the layer's output [T, B, H], h0 and the chunk's checkpointed cell
-// state: h_prev of step s is the output at step s - 1 (h0 at s = 0), the
-// gates' pre-activations are two GEMMs with no recurrence, and replaying the
-// forward's pointwise step over the chunk gives the activated gates and the
-// cell states (c_s = f c_{s-1} + i g needs no GEMM).
+// from x, the layer's output [T, B, H], h0 and (a cell with a cell state) the
+// chunk's checkpointed c: h_prev of step s is the output at step s - 1 (h0 at
+// s = 0), the gates' pre-activations are two GEMMs with no recurrence, and
+// replaying the forward's pointwise step over the chunk gives the activated
+// gates and the kept values (c_s = f c_{s-1} + i g needs no GEMM; the GRU
+// needs only h_prev).
 struct GateSource {
   Tensor gates, cell, h_prev;  // saved (fast)
   Tensor output, h0;           // low memory; h0 sorted [B, H], undefined: zeros
-  Tensor checkpoints;          // low memory: [C * B, H] sorted c at each chunk start
-  optional<Tensor> bias;       // low memory: b_ih + b_hh
+  Tensor checkpoints;          // low memory, cell state: [C * B, H] sorted c at each chunk start
+  optional<Tensor> bias;       // low memory: the projection's (projection_bias)
+  Tensor recurrent_bias;       // low memory, recurrent_apart: b_hh (undefined: none)
   bool rebuilds() const { return output.defined(); }
 };
 
@@ -652,8 +668,9 @@ struct BackwardPass {
   int64_t batch;
   bool reverse;
   Tensor x_source, w_ih_t, w_hh, w_hh_t, w_hh_packed_backward;
-  Tensor c0_sorted, saved_gates, saved_cell;  // saved activations (fast)
+  Tensor c0_sorted, saved_gates, saved_cell, saved_h_prev;  // saved activations (fast)
   Tensor gates_scratch, cell_scratch, c_replay, h_replay, w_hh_packed;  // rebuild (low memory)
+  Tensor recurrent_scratch;              //   and its recurrent product (recurrent_apart)
   ForwardStep replay{};                  // the rebuild's forward, per step
   ForwardRecurrence fused_replay{};      //   or persistent
   BackwardStep step{};                   // the recurrence backward, per step
@@ -676,19 +693,52 @@ void prepare_rebuild(BackwardPass& b, int64_t most) {
   const at::ScalarType state_dtype = at::toOpMathType(b.dtype);
   const int64_t B = b.batch, H = b.w_hh.size(1);
   b.gates_scratch = empty_buffer({most, b.cell_def.gates * H}, opts);
+  if (b.cell_def.recurrent_apart) {
+    b.recurrent_scratch = empty_buffer({most, b.cell_def.gates * H}, opts);
+  }
   b.cell_scratch = at::empty({most, H}, opts.dtype(state_dtype));
   b.c_replay = at::empty({B, H}, opts.dtype(state_dtype));
-  b.h_replay = at::empty({B, H}, opts);  // the replay's h: unused (the output holds it)
+  // The replay's h: the LSTM's is unused (the output holds it); the GRU's
+  // step reads h_{s-1} there and overwrites it, so each step gets a copy.
+  b.h_replay = at::empty({B, H}, opts);
   static_cast<StepRows&>(b.replay) = step_rows(b.cell_def, b.dev, B, H, b.reverse);
   b.replay.h_state = b.h_replay.data_ptr();
   b.replay.c_state = b.c_replay.data_ptr();
-  b.w_hh_packed = b.backend.pack_recurrent_weights(b.cell_def, b.w_hh);
+  b.w_hh_packed = packed_recurrent_weights(b.backend, b.cell_def, b.w_hh);
   b.fused_replay = forward_recurrence_rows(b.replay, b.plan, b.w_hh_packed);
 }
 
-// Chunk c (steps [first, last)) rebuilt from x, the output and the chunk's
-// checkpoint: the input projection, then the forward's recurrence replayed
-// with h_{s-1} read from the output.
+// The forward's pointwise steps [first, last) replayed over a rebuilt
+// chunk whose gates hold the input projection (packed rows from `begin`):
+// the recurrent product from the rebuilt h_prev (one GEMM for the chunk;
+// kept apart with b_hh for a recurrent_apart cell), then per step the cell.
+void replay_steps(BackwardPass& b, ChunkActivations& a, int64_t first, int64_t last,
+                  int64_t begin) {
+  const LengthPlan& plan = b.plan;
+  Tensor recurrent;
+  if (b.cell_def.recurrent_apart) {
+    recurrent = b.recurrent_scratch.narrow(0, 0, a.gates.size(0));
+    linear_out(recurrent, a.h_prev, b.w_hh_t, b.src.recurrent_bias);
+  } else {
+    a.gates.addmm_(a.h_prev, b.w_hh_t);
+  }
+  for (int64_t s = first; s < last; ++s) {  // pre-activations -> gates, and the kept values
+    const int64_t row = plan.offset[s] - begin, active = plan.active[s];
+    b.replay.step = s;
+    b.replay.rows = active;
+    b.replay.gates = row_ptr(a.gates, row);
+    b.replay.cell = row_ptr(a.cell, row);
+    if (recurrent.defined()) {
+      b.replay.recurrent = row_ptr(recurrent, row);
+      b.h_replay.narrow(0, 0, active).copy_(a.h_prev.narrow(0, row, active));
+    }
+    b.backend.forward_step(b.replay, b.dtype);
+  }
+}
+
+// Chunk c (steps [first, last)) rebuilt from x, the output and (a cell with
+// a cell state) the chunk's checkpoint: the input projection, then the
+// forward's recurrence replayed with h_{s-1} read from the output.
 ChunkActivations rebuilt_chunk(BackwardPass& b, size_t c, int64_t first, int64_t last) {
   const LengthPlan& plan = b.plan;
   const int64_t begin = plan.offset[first], rows = plan.offset[last] - begin, B = b.batch;
@@ -699,9 +749,11 @@ ChunkActivations rebuilt_chunk(BackwardPass& b, size_t c, int64_t first, int64_t
              b.src.bias.value_or(Tensor()));
   a.cell = b.cell_scratch;
   a.cell_begin = begin;
-  const Tensor checkpoint = b.src.checkpoints.narrow(0, static_cast<int64_t>(c) * B, B);
-  a.cell_before = checkpoint.const_data_ptr();
-  b.c_replay.copy_(checkpoint);
+  if (b.cell_def.has_cell_state) {
+    const Tensor checkpoint = b.src.checkpoints.narrow(0, static_cast<int64_t>(c) * B, B);
+    a.cell_before = checkpoint.const_data_ptr();
+    b.c_replay.copy_(checkpoint);
+  }
   if (b.w_hh_packed.defined()) {
     // The forward's own kernel: the rebuilt gates and cells are bitwise the forward's.
     ForwardRecurrence& r = b.fused_replay;
@@ -715,14 +767,7 @@ ChunkActivations rebuilt_chunk(BackwardPass& b, size_t c, int64_t first, int64_t
     b.backend.forward_recurrence(r, b.dtype);
     return a;
   }
-  a.gates.addmm_(a.h_prev, b.w_hh_t);
-  for (int64_t s = first; s < last; ++s) {  // pre-activations -> gates, and c_s
-    b.replay.step = s;
-    b.replay.rows = plan.active[s];
-    b.replay.gates = row_ptr(a.gates, plan.offset[s] - begin);
-    b.replay.cell = row_ptr(a.cell, plan.offset[s] - begin);
-    b.backend.forward_step(b.replay, b.dtype);
-  }
+  replay_steps(b, a, first, last, begin);
   return a;
 }
 
@@ -732,7 +777,7 @@ ChunkActivations saved_chunk(const BackwardPass& b, int64_t first, int64_t last)
   ChunkActivations a;
   a.gates = b.saved_gates.narrow(0, begin, rows);
   a.cell = b.saved_cell;
-  a.h_prev = b.src.h_prev.narrow(0, begin, rows);
+  a.h_prev = b.saved_h_prev.narrow(0, begin, rows);
   a.cell_before = first == 0 && b.c0_sorted.defined() ? b.c0_sorted.const_data_ptr() : nullptr;
   return a;
 }
@@ -805,7 +850,8 @@ void prepare_recurrence_backward(BackwardPass& b, const Tensor& grad_out) {
   p.grad_c_state = b.grad_c_state.defined() ? b.grad_c_state.data_ptr() : nullptr;
   // The persistent backward, where the backend has one: every step of a
   // chunk in one call.
-  b.w_hh_packed_backward = b.backend.pack_recurrent_weights_backward(b.cell_def, b.w_hh);
+  b.w_hh_packed_backward = packed_recurrent_weights(b.backend, b.cell_def, b.w_hh,
+                                                    /*backward=*/true);
   b.fused = backward_recurrence_rows(p, b.plan, b.w_hh_packed_backward, b.grad_h_state);
 }
 
@@ -856,8 +902,11 @@ LayerGrads run_backward(const CellDef& cell_def, const RecurrentBackend& backend
   } else {
     const LayerSizes sz{x.size(0), B, x.size(2), H};
     b.c0_sorted = initial_cell_state(cell_def, c0, dev, x, sz);  // undefined without c
+    // The kernels index every saved tensor as contiguous rows (the GRU's
+    // step reads h_prev too): an expanded or strided one is copied here.
     b.saved_gates = src.gates.contiguous();
     b.saved_cell = src.cell.contiguous();
+    b.saved_h_prev = src.h_prev.contiguous();
   }
   // grad_output is read through its T and B strides (an expanded or sliced
   // gradient needs no copy) as long as H is unit-stride.
@@ -892,6 +941,13 @@ LstmBackwardResult lstm_result(LayerGrads g) {
           std::move(g.gemm.grad_w_ih), std::move(g.gemm.grad_w_hh), std::move(g.gemm.grad_bias)};
 }
 
+// The GRU backward operators' results: b_ih's and b_hh's gradients apart.
+GruBackwardResult gru_result(LayerGrads g) {
+  return {std::move(g.grad_x),         std::move(g.grad_h0),
+          std::move(g.gemm.grad_w_ih), std::move(g.gemm.grad_w_hh),
+          std::move(g.gemm.grad_bias), std::move(g.gemm.grad_recurrent_bias)};
+}
+
 }  // namespace
 
 LstmBackwardResult lstm_layer_backward(const RecurrentBackend& backend, const Tensor& grad_output,
@@ -914,7 +970,7 @@ LstmBackwardResult lstm_layer_backward(const RecurrentBackend& backend, const Te
   const LengthPlan& plan = planned->plan;
   const DevicePlan& dev = planned->dev;
   check_shape(gates, {plan.packed_rows, cell_def.gates * H}, "gates");
-  GateSource src{gates, cell, h_prev, Tensor(), Tensor(), Tensor(), c10::nullopt};
+  GateSource src{gates, cell, h_prev, Tensor(), Tensor(), Tensor(), c10::nullopt, Tensor()};
   return lstm_result(run_backward(cell_def, backend, grad_output, grad_h_n, grad_c_n, x, plan, dev,
                                   c0, w_ih, w_hh, src, reverse, compute_grad_x));
 }
@@ -948,7 +1004,8 @@ LstmBackwardResult lstm_layer_backward_recompute(
                  output.contiguous(),
                  h0.has_value() ? to_sorted(*h0, dev, x.scalar_type()) : Tensor(),
                  cell.contiguous(),
-                 projection_bias(cell_def, b_ih, b_hh)};
+                 projection_bias(cell_def, b_ih, b_hh),
+                 Tensor()};
   return lstm_result(run_backward(cell_def, backend, grad_output, grad_h_n, grad_c_n, x, plan, dev,
                                   c0, w_ih, w_hh, src, reverse, compute_grad_x));
 }
@@ -971,13 +1028,41 @@ GruBackwardResult gru_layer_backward(const RecurrentBackend& backend, const Tens
       batch_plan(lengths, plan_table, T, B, reverse, x.device());
   const LengthPlan& plan = planned->plan;
   check_shape(gates, {plan.packed_rows, cell_def.gates * H}, "gates");
-  GateSource src{gates, cell, h_prev, Tensor(), Tensor(), Tensor(), c10::nullopt};
-  LayerGrads g = run_backward(cell_def, backend, grad_output, grad_h_n, Tensor(), x, plan,
-                              planned->dev, c10::nullopt, w_ih, w_hh, src, reverse,
-                              compute_grad_x);
-  return {std::move(g.grad_x),          std::move(g.grad_h0),
-          std::move(g.gemm.grad_w_ih),  std::move(g.gemm.grad_w_hh),
-          std::move(g.gemm.grad_bias),  std::move(g.gemm.grad_recurrent_bias)};
+  GateSource src{gates, cell, h_prev, Tensor(), Tensor(), Tensor(), c10::nullopt, Tensor()};
+  return gru_result(run_backward(cell_def, backend, grad_output, grad_h_n, Tensor(), x, plan,
+                                 planned->dev, c10::nullopt, w_ih, w_hh, src, reverse,
+                                 compute_grad_x));
+}
+
+GruBackwardResult gru_layer_backward_recompute(
+    const RecurrentBackend& backend, const Tensor& grad_output, const Tensor& grad_h_n,
+    const Tensor& x, const optional<Tensor>& lengths, const optional<Tensor>& h0,
+    const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_ih,
+    const optional<Tensor>& b_hh, const Tensor& output, bool reverse, bool compute_grad_x,
+    const optional<Tensor>& plan_table) {
+  const CellDef& cell_def = kGruCell;
+  const LayerSizes sz =
+      check_layer_inputs(cell_def, x, lengths, h0, c10::nullopt, w_ih, w_hh, b_ih, b_hh);
+  backend.check_input(x, sz.hidden);
+  const int64_t T = sz.steps_total, B = sz.batch, H = sz.hidden;
+  check_upstream(grad_output, grad_h_n, Tensor(), x, H);
+  check_shape(output, {T, B, H}, "output");
+  check_same_kind(output, "output", x, "x");
+  const at::OptionalDeviceGuard device_guard(at::device_of(x));
+  const std::shared_ptr<const BatchPlan> planned =
+      batch_plan(lengths, plan_table, T, B, reverse, x.device());
+  const DevicePlan& dev = planned->dev;
+  GateSource src{Tensor(),
+                 Tensor(),
+                 Tensor(),
+                 output.contiguous(),
+                 h0.has_value() ? to_sorted(*h0, dev, x.scalar_type()) : Tensor(),
+                 Tensor(),
+                 projection_bias(cell_def, b_ih, b_hh),
+                 b_hh.value_or(Tensor())};
+  return gru_result(run_backward(cell_def, backend, grad_output, grad_h_n, Tensor(), x,
+                                 planned->plan, dev, c10::nullopt, w_ih, w_hh, src, reverse,
+                                 compute_grad_x));
 }
 
 }  // namespace seqcls_fast

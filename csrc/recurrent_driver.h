@@ -127,7 +127,7 @@ GruForwardResult gru_layer_forward(const RecurrentBackend& backend, const at::Te
                                    const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
                                    const c10::optional<at::Tensor>& b_hh, bool reverse,
                                    bool save_activations,
-                                   const c10::optional<at::Tensor>& plan_table);
+                                   const c10::optional<at::Tensor>& plan_table, bool low_memory);
 
 GruBackwardResult gru_layer_backward(const RecurrentBackend& backend, const at::Tensor& grad_output,
                                      const at::Tensor& grad_h_n, const at::Tensor& x,
@@ -136,6 +136,14 @@ GruBackwardResult gru_layer_backward(const RecurrentBackend& backend, const at::
                                      const at::Tensor& gates, const at::Tensor& cell,
                                      const at::Tensor& h_prev, bool reverse, bool compute_grad_x,
                                      const c10::optional<at::Tensor>& plan_table);
+
+GruBackwardResult gru_layer_backward_recompute(
+    const RecurrentBackend& backend, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+    const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    const at::Tensor& output, bool reverse, bool compute_grad_x,
+    const c10::optional<at::Tensor>& plan_table);
 
 // A driver entry point bound to the backend `backend()` returns (a function,
 // as a base subobject cannot be a template argument): `call` has the
@@ -179,4 +187,6 @@ struct BoundToBackend<backend, entry> {
   TORCH_LIBRARY_IMPL(ns, key, m) {                                                            \
     m.impl("gru_layer_forward", driver_op_##key<&::seqcls_fast::gru_layer_forward>);          \
     m.impl("gru_layer_backward", driver_op_##key<&::seqcls_fast::gru_layer_backward>);        \
+    m.impl("gru_layer_backward_recompute",                                                    \
+           driver_op_##key<&::seqcls_fast::gru_layer_backward_recompute>);                    \
   }

@@ -175,10 +175,10 @@ def lstm_layer(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, plan=None,
 # ------------------------------------------------------------------ GRU layer
 @torch.library.register_fake("seqcls_fast::gru_layer_forward")
 def _gru_layer_forward_fake(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, save_activations,
-                            plan=None):
+                            plan=None, low_memory=False):
     steps, batch, _ = x.shape
     hidden = w_hh.shape[1]
-    if not save_activations:
+    if not save_activations or low_memory:
         rows = 0
     elif lengths is None and plan is None:
         rows = steps * batch
@@ -196,7 +196,17 @@ def _gru_layer_forward_fake(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, sav
 @torch.library.register_fake("seqcls_fast::gru_layer_backward")
 def _gru_layer_backward_fake(grad_output, grad_h_n, x, lengths, w_ih, w_hh, gates, cell, h_prev,
                              reverse, compute_grad_x, plan=None):
-    """(grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)."""
+    return _gru_gradients_fake(x, w_ih, w_hh)
+
+
+@torch.library.register_fake("seqcls_fast::gru_layer_backward_recompute")
+def _gru_layer_backward_recompute_fake(grad_output, grad_h_n, x, lengths, h0, w_ih, w_hh, b_ih,
+                                       b_hh, output, reverse, compute_grad_x, plan=None):
+    return _gru_gradients_fake(x, w_ih, w_hh)
+
+
+def _gru_gradients_fake(x, w_ih, w_hh):
+    """(grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh), both backwards."""
     batch, hidden = x.shape[1], w_hh.shape[1]
     return (x.new_empty(x.shape), x.new_empty(batch, hidden), w_ih.new_empty(w_ih.shape),
             w_hh.new_empty(w_hh.shape), w_hh.new_empty(w_hh.shape[0]),
@@ -204,12 +214,16 @@ def _gru_layer_backward_fake(grad_output, grad_h_n, x, lengths, w_ih, w_hh, gate
 
 
 def _gru_setup_context(ctx, inputs, output):
-    x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, save_activations, plan = inputs
+    x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, save_activations, plan, *rest = inputs
     if not save_activations:
         return  # inference call: backward() below raises if reached
-    _out, _h_n, gates, cell, h_prev = output
+    out, _h_n, gates, cell, h_prev = output
     ctx.set_materialize_grads(False)  # as for the LSTM: the saved outputs get no gradient
-    ctx.save_for_backward(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, gates, cell, h_prev, plan)
+    ctx.low_memory = bool(rest and rest[0])
+    # Low memory: the output stands in for gates and h_prev (cell is empty):
+    # the backward rebuilds them.
+    kept = (out, cell, out) if ctx.low_memory else (gates, cell, h_prev)
+    ctx.save_for_backward(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, *kept, plan)
     ctx.reverse = reverse
     ctx.has_bias = b_ih is not None
     ctx.has_h0 = h0 is not None
@@ -224,34 +238,39 @@ def _gru_backward(ctx, grad_output, grad_h_n, _grad_gates, _grad_cell, _grad_h_p
         outputs = reference.gru_layer(x, plan[2] if plan is not None else lengths, h0, w_ih,
                                       w_hh, b_ih, b_hh, ctx.reverse)
         slots = {0: x, 2: h0, 3: w_ih, 4: w_hh, 5: b_ih, 6: b_hh}
-        return _grads_through(ctx, outputs, (grad_output, grad_h_n), slots, num_inputs=10)
+        return _grads_through(ctx, outputs, (grad_output, grad_h_n), slots, num_inputs=11)
     steps, batch, hidden = x.shape[0], x.shape[1], w_hh.shape[1]
     if grad_output is None:
         grad_output = x.new_zeros(steps, batch, hidden)
     if grad_h_n is None:
         grad_h_n = x.new_zeros(batch, hidden)
     need = ctx.needs_input_grad
-    grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = ops.gru_layer_backward(
-        grad_output, grad_h_n, x, lengths, w_ih, w_hh, gates, cell, h_prev, ctx.reverse, need[0],
-        plan)
+    if ctx.low_memory:  # `gates` holds the layer's output (see _gru_setup_context)
+        grads = ops.gru_layer_backward_recompute(grad_output, grad_h_n, x, lengths, h0, w_ih, w_hh,
+                                                 b_ih, b_hh, gates, ctx.reverse, need[0], plan)
+    else:
+        grads = ops.gru_layer_backward(grad_output, grad_h_n, x, lengths, w_ih, w_hh, gates, cell,
+                                       h_prev, ctx.reverse, need[0], plan)
+    grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = grads
     return (grad_x if need[0] else None, None, grad_h0 if ctx.has_h0 else None, grad_w_ih,
             grad_w_hh, grad_b_ih if ctx.has_bias else None, grad_b_hh if ctx.has_bias else None,
-            None, None, None)
+            None, None, None, None)
 
 
 torch.library.register_autograd("seqcls_fast::gru_layer_forward", _gru_backward,
                                 setup_context=_gru_setup_context)
 
 
-def gru_layer(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, plan=None):
+def gru_layer(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, plan=None, low_memory=False):
     """One GRU layer in one direction, time-major: x [T, B, I] ->
     (output [T, B, H], h_n [B, H]). Keeps what the backward needs only when
-    autograd will ask for it. ``plan``: the batch's length plan tensor (then
-    lengths is None)."""
+    autograd will ask for it; with ``low_memory`` nothing beyond the output,
+    the backward rebuilding the rest. ``plan``: the batch's length plan tensor
+    (then lengths is None)."""
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh))
     out, h_n, _gates, _cell, _h_prev = ops.gru_layer_forward(
-        x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, save, plan)
+        x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, save, plan, low_memory)
     return out, h_n
 
 

@@ -28,15 +28,14 @@ class LSTMClassifier(ClassifierLayout):
     """``logits = model(x, lengths)``.
 
     ``cell``: ``"lstm"`` (``sf.LSTM``, submodule ``lstm``) or ``"gru"``
-    (``sf.GRU``, submodule ``gru``; ``memory="fast"`` only, and no online
-    pooling or streaming yet). x is ``[B, T, input_size]`` features, or
+    (``sf.GRU``, submodule ``gru``; no online pooling or streaming yet). x is ``[B, T, input_size]`` features, or
     ``[B, T]`` token ids when ``vocab_size`` is given (an ``nn.Embedding`` of
     width input_size first); lengths ``[B]`` or None (all T). Pooling over the
     recurrent outputs (2H wide when bidirectional): ``"attention"`` (masked attention, additive when
     ``attn_dim`` is set), ``"mean"`` over valid steps, or ``"last"`` (the final
     states h_n; both directions' when bidirectional). ``dropout`` applies
-    between LSTM layers and before the head. ``memory``: sf.LSTM's training
-    memory mode (``"fast"``, ``"low"`` or ``"auto"``).
+    between recurrent layers and before the head. ``memory``: sf.LSTM's training
+    memory mode (``"fast"``, ``"low"`` or ``"auto"``), sf.GRU's alike.
 
     ``seqcls_fast.reference.NativeLSTMClassifier`` is the same model on
     nn.LSTM (nn.GRU) with packing and plain-PyTorch pooling (same state_dict).
@@ -46,10 +45,7 @@ class LSTMClassifier(ClassifierLayout):
                  dropout=0.0, vocab_size=None, padding_idx=0, pooling="attention",
                  attn_dim=None, device=None, dtype=None, memory="fast", cell="lstm"):
         check_memory_mode(memory, "LSTMClassifier")
-        if check_cell(cell) == "gru" and memory != "fast":
-            raise NotImplementedError(f"LSTMClassifier: memory={memory!r} is built for "
-                                      "cell='lstm' only so far")
-        make_rnn = functools.partial(LSTM, memory=memory) if cell == "lstm" else GRU
+        make_rnn = functools.partial(LSTM if check_cell(cell) == "lstm" else GRU, memory=memory)
         super().__init__(input_size, hidden_size, num_classes, num_layers, bidirectional, dropout,
                          vocab_size, padding_idx, pooling, attn_dim, device, dtype, make_rnn,
                          MaskedAttentionPooling, cell)

@@ -4,6 +4,7 @@ from torch import nn
 
 from ._ops import gru_layer
 from .errors import StateTypeError
+from .lstm import check_memory_mode, low_memory_for
 from .recurrent import RecurrentLayers
 
 
@@ -20,23 +21,35 @@ class GRU(RecurrentLayers):
     packed: outputs past a length are 0, ``h_n`` is the state at each
     sequence's last valid step, and the reverse direction starts there.
 
+    ``memory`` (not in nn.GRU), as sf.LSTM's: ``"fast"`` keeps each valid
+    step's gates, ``h_{s-1} W_hn^T + b_hn`` and h_prev for the backward;
+    ``"low"`` keeps nothing beyond the output and rebuilds them in the
+    backward (same results up to rounding); ``"auto"``: ``"low"`` above
+    ``AUTO_LOW_MEMORY_BYTES`` per layer-direction (5H values per padded step
+    and row).
+
     Each step is a GEMM and a fused pointwise kernel, on the CPU (float32,
     float64) and on CUDA (also float16/bfloat16 storage with float32 math;
-    run so far on the CUDA emulator only). ``memory="low"``, online pooling
-    and the persistent recurrence are not built yet.
+    run so far on the CUDA emulator only). Online pooling and the persistent
+    recurrence are not built yet.
     """
 
     _name = "seqcls_fast.GRU"
     _state_names = ("h_0",)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None):
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, memory="fast"):
         super().__init__("GRU", input_size, hidden_size, num_layers=num_layers, bias=bias,
                          batch_first=batch_first, dropout=float(dropout),
                          bidirectional=bidirectional, device=device, dtype=dtype)
+        self.memory = check_memory_mode(memory, "seqcls_fast.GRU")
+
+    def extra_repr(self):
+        text = super().extra_repr()
+        return text if self.memory == "fast" else f"{text}, memory={self.memory!r}"
 
     @classmethod
-    def from_native(cls, native):
+    def from_native(cls, native, memory="fast"):
         """An sf.GRU with the weights, settings, device, dtype and train/eval
         mode of an ``nn.GRU``; it computes the same numbers."""
         if not isinstance(native, nn.GRU):
@@ -44,7 +57,7 @@ class GRU(RecurrentLayers):
         weight = native.weight_ih_l0
         gru = cls(native.input_size, native.hidden_size, native.num_layers, native.bias,
                   native.batch_first, native.dropout, native.bidirectional,
-                  device=weight.device, dtype=weight.dtype)
+                  device=weight.device, dtype=weight.dtype, memory=memory)
         gru.load_state_dict(native.state_dict())
         return gru.train(native.training)
 
@@ -57,9 +70,13 @@ class GRU(RecurrentLayers):
     def _from_states(self, states):
         return states[0]
 
-    def _layer(self, x, layer, direction, initial, table, pool, _options):
+    def _layer_options(self, x):
+        return low_memory_for(self.memory, x, self.hidden_size, kept_per_unit=5)
+
+    def _layer(self, x, layer, direction, initial, table, pool, low_memory):
         if pool is not None:
             raise NotImplementedError("seqcls_fast.GRU: no online pooling yet")
         h0 = initial[0] if initial is not None else None
-        out, h = gru_layer(x, None, h0, *self._weights(layer, direction), bool(direction), table)
+        out, h = gru_layer(x, None, h0, *self._weights(layer, direction), bool(direction), table,
+                           low_memory)
         return out, (h,)

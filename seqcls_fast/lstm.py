@@ -12,11 +12,13 @@ from .recurrent import RecurrentLayers
 AUTO_LOW_MEMORY_BYTES = 128 * 2**20
 
 
-def low_memory_for(memory, x, hidden_size):
-    """Whether a layer run on x [T, B, *] keeps only cell checkpoints."""
+def low_memory_for(memory, x, hidden_size, kept_per_unit=6):
+    """Whether a layer run on x [T, B, *] keeps only what memory="low" keeps;
+    "auto" counts ``kept_per_unit`` values per hidden unit, padded step and
+    row for "fast" (the LSTM 6: 4 gates, c, h_prev; the GRU 5)."""
     if memory != "auto":
         return memory == "low"
-    kept = 6 * hidden_size * x.size(0) * x.size(1) * x.element_size()
+    kept = kept_per_unit * hidden_size * x.size(0) * x.size(1) * x.element_size()
     return kept > AUTO_LOW_MEMORY_BYTES
 
 

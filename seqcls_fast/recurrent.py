@@ -1,6 +1,7 @@
 """What sf.LSTM and sf.GRU share: nn.RNNBase's parameters, every input form
 nn.LSTM / nn.GRU take plus ``lengths``, and the loop over layers and
-directions. A subclass supplies its hx form (``_check_hx``) and one
+directions. A subclass supplies its hx form (``_to_states``,
+``_from_states``), what a run's layers share (``_layer_options``) and one
 layer-direction (``_layer``)."""
 import torch
 from torch import nn

@@ -122,7 +122,8 @@ def test_bad_pooling_name():
 # ---------------------------------------------------------------- cell="gru"
 @pytest.mark.parametrize("pooling", ["attention", "additive", "mean", "last"])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_gru_cell_matches_native(device, pooling, bidirectional):
+@pytest.mark.parametrize("memory", ["fast", "low"])
+def test_gru_cell_matches_native(device, pooling, bidirectional, memory):
     """cell="gru": sf.GRU in the classifier (submodule ``gru``) against the
     same model on nn.GRU + packing: logits and every parameter's gradient, in
     training and without gradients (no online pooling for the GRU yet)."""
@@ -130,7 +131,7 @@ def test_gru_cell_matches_native(device, pooling, bidirectional):
                     pooling="attention" if pooling == "additive" else pooling,
                     attn_dim=5 if pooling == "additive" else None, device=device,
                     dtype=torch.float64)
-    model = sf.LSTMClassifier(4, 6, 3, **settings)
+    model = sf.LSTMClassifier(4, 6, 3, memory=memory, **settings)
     native = NativeLSTMClassifier(4, 6, 3, **settings)
     assert list(model.state_dict()) == list(native.state_dict())
     assert isinstance(model.gru, sf.GRU) and model.rnn is model.gru
@@ -152,7 +153,5 @@ def test_gru_cell_matches_native(device, pooling, bidirectional):
 def test_gru_cell_options_not_built_yet_are_refused():
     with pytest.raises(ValueError, match=r"cell must be one of \('lstm', 'gru'\), got 'rnn'"):
         sf.LSTMClassifier(3, 4, 2, cell="rnn")
-    with pytest.raises(NotImplementedError, match="memory='low' is built for cell='lstm' only"):
-        sf.LSTMClassifier(3, 4, 2, cell="gru", memory="low")
     with pytest.raises(NotImplementedError, match="streaming is built for cell='lstm' only"):
         sf.LSTMClassifier(3, 4, 2, cell="gru").eval().stream(2)

@@ -519,9 +519,10 @@ def gru_reference(case, reverse, dtype):
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_gru_layer(dtype, reverse):
-    """gru_layer_forward and gru_layer_backward on the emulated CUDA backend
-    against the plain-PyTorch GRU, every output and gradient; float64 also
-    against the CPU backend."""
+    """gru_layer_forward and gru_layer_backward (and the low-memory pair,
+    gru_layer_backward_recompute) on the emulated CUDA backend against the
+    plain-PyTorch GRU, every output and gradient; float64 also against the
+    CPU backend."""
     case = gru_case()
     x, lengths, h0 = cast_floats(case[:3], dtype)
     w_ih, w_hh, b_ih, b_hh = cast_floats(case[3], dtype)
@@ -533,8 +534,16 @@ def test_gru_layer(dtype, reverse):
     backward = run_emulated("gru_layer_backward", grad_out, grad_h_n, x, lengths, w_ih, w_hh,
                             gates, cell, h_prev, reverse, True)
     got = [out, h_n, *backward]
+    reference = cached_reference(gru_reference, case, reverse)
     judge = Judge(dtype)
-    judge(got, cached_reference(gru_reference, case, reverse), LSTM_TOL, GRU_NAMES)
+    judge(got, reference, LSTM_TOL, GRU_NAMES)
+    # Low memory: the forward keeps nothing, the backward rebuilds from the output.
+    low = run_emulated("gru_layer_forward", x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, True,
+                       None, True)
+    assert [t.size(0) for t in low[2:]] == [0, 0, 0]
+    rebuilt = run_emulated("gru_layer_backward_recompute", grad_out, grad_h_n, x, lengths, h0,
+                           w_ih, w_hh, b_ih, b_hh, low[0], reverse, True)
+    judge([low[0], low[1], *rebuilt], reference, LSTM_TOL, GRU_NAMES)
     judge.finish()
     if dtype == F64:
         on_cpu = CPU_OPS.gru_layer_forward(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, True)

@@ -30,12 +30,13 @@ def make_native_gru(input_size, hidden_size, num_layers=1, bidirectional=False,
 
 
 def check_matches_packed(dtype, T, B, I, H, lengths, layers=1, bidirectional=False,
-                         batch_first=False, bias=True, with_hx=True):
-    """sf.GRU with `lengths` (None: none) against nn.GRU on the packed batch
-    (on the padded tensor without lengths): every output and gradient.
-    Float32: the float32 rule against nn.GRU in float64 on the same weights."""
+                         batch_first=False, bias=True, with_hx=True, memory="fast"):
+    """sf.GRU (training memory mode `memory`) with `lengths` (None: none)
+    against nn.GRU on the packed batch (on the padded tensor without lengths):
+    every output and gradient. Float32: the float32 rule against nn.GRU in
+    float64 on the same weights."""
     native = make_native_gru(I, H, layers, bidirectional, batch_first, bias, dtype)
-    ours = sf.GRU.from_native(native)
+    ours = sf.GRU.from_native(native, memory=memory)
     x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=dtype)
     hx = None
     if with_hx:
@@ -74,6 +75,39 @@ def test_each_pointwise_build_matches(monkeypatch, isa, dtype):
         pytest.skip("this CPU lacks AVX2 + FMA")
     monkeypatch.setenv("SEQCLS_FAST_CPU_ISA", isa)
     check_matches_packed(dtype, 8, 5, 4, 11, torch.tensor([8, 3, 5, 1, 8]), 2, True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+@pytest.mark.parametrize("shape", [(7, 5, 6, 9, 1, False), (6, 4, 5, 5, 3, True),
+                                   (1, 1, 3, 4, 1, False)],
+                         ids=lambda s: "T{}_B{}_I{}_H{}_L{}_bidir{:d}".format(*s))
+@pytest.mark.parametrize("with_hx", [True, False], ids=["h0", "no_h0"])
+def test_low_memory_matches_packed_gru(dtype, shape, with_hx):
+    """memory="low": nothing kept beyond the output, the backward rebuilds the
+    gates, the recurrent part and h_prev; the same parity as "fast"."""
+    T, B, I, H, layers, bidirectional = shape
+    lengths = random_lengths(B, T, torch.Generator().manual_seed(T * 100 + B))
+    check_matches_packed(dtype, T, B, I, H, lengths, layers, bidirectional, with_hx=with_hx,
+                         memory="low")
+
+
+def test_low_memory_across_backward_chunks(monkeypatch):
+    """Enough packed rows for several backward chunks (1024 rows each on the
+    CPU), both directions, no bias."""
+    lengths = random_lengths(40, 60, torch.Generator().manual_seed(4))
+    check_matches_packed(torch.float64, 60, 40, 3, 6, lengths, 1, True, bias=False,
+                         memory="low")
+
+
+def test_auto_memory_keeps_five_values_per_unit():
+    """"auto" counts 5H values per padded step and row for the GRU (6H for the
+    LSTM): 5 * 8388 * 100 * 8 * 4 bytes is just below 128 MiB, 8389 above."""
+    from seqcls_fast import lstm as lstm_module
+    x = torch.empty(100, 8, 3)
+    assert not lstm_module.low_memory_for("auto", x, 8388, kept_per_unit=5)
+    assert lstm_module.low_memory_for("auto", x, 8389, kept_per_unit=5)
+    assert lstm_module.low_memory_for("auto", x, 8388)  # the LSTM's 6H: above
+    assert repr(sf.GRU(3, 4, memory="low")) == "GRU(3, 4, memory='low')"
 
 
 @pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
@@ -123,9 +157,10 @@ def test_eval_and_no_grad_return_the_same_numbers():
     assert torch.equal(out, out_grad) and torch.equal(h_n, h_grad)
 
 
-def test_gradcheck_and_gradgradcheck():
+@pytest.mark.parametrize("memory", ["fast", "low"])
+def test_gradcheck_and_gradgradcheck(memory):
     torch.manual_seed(0)
-    gru = sf.GRU(2, 3, num_layers=2, bidirectional=True).double()
+    gru = sf.GRU(2, 3, num_layers=2, bidirectional=True, memory=memory).double()
     x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
     lengths = torch.tensor([4, 1, 3])
@@ -150,11 +185,15 @@ def test_opcheck(reverse, lengths):
     b_hh = torch.randn(12, dtype=torch.float64, requires_grad=True)
     args = (x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, True)
     torch.library.opcheck(ops.gru_layer_forward, args)
-    out, h_n, gates, cell, h_prev = ops.gru_layer_forward(*(
-        a.detach() if isinstance(a, torch.Tensor) else a for a in args))
+    torch.library.opcheck(ops.gru_layer_forward, (*args, None, True))  # low memory
+    detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    out, h_n, gates, cell, h_prev = ops.gru_layer_forward(*detached)
+    x_, _, h0_, w_ih_, w_hh_, b_ih_, b_hh_ = detached[:7]
+    upstream = (torch.randn_like(out), torch.randn_like(h_n))
     torch.library.opcheck(ops.gru_layer_backward, (
-        torch.randn_like(out), torch.randn_like(h_n), x.detach(), lengths, w_ih.detach(),
-        w_hh.detach(), gates, cell, h_prev, reverse, True))
+        *upstream, x_, lengths, w_ih_, w_hh_, gates, cell, h_prev, reverse, True))
+    torch.library.opcheck(ops.gru_layer_backward_recompute, (
+        *upstream, x_, lengths, h0_, w_ih_, w_hh_, b_ih_, b_hh_, out, reverse, True))
 
 
 def test_compile_fullgraph_matches_eager():
@@ -198,3 +237,34 @@ def test_matches_packed_gru_on_cuda(dummy, dtype):
     lengths = torch.tensor([7, 3, 5, 1, 7, 2, 6, 4, 5])
     got = forward_backward(ours, x, lengths.to(device), hx, packed=False)
     assert_matches_packed(got, native, x, lengths, hx, device, dtype)
+
+
+def test_strided_saved_h_prev_is_read_as_given():
+    """gru_layer_backward reads h_prev row by row: a non-contiguous h_prev (a
+    column slice of a wider tensor) gives the results of its contiguous copy."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 2, dtype=torch.float64)
+    lengths = torch.tensor([5, 2, 4])
+    w_ih, w_hh = torch.randn(12, 2, dtype=torch.float64), torch.randn(12, 4, dtype=torch.float64)
+    out, h_n, gates, cell, h_prev = ops.gru_layer_forward(x, lengths, None, w_ih, w_hh, None,
+                                                          None, False, True)
+    wide = torch.zeros(h_prev.size(0), 2 * h_prev.size(1), dtype=torch.float64)
+    wide[:, ::2] = h_prev
+    strided = wide[:, ::2]
+    assert not strided.is_contiguous()
+    upstream = (torch.randn_like(out), torch.randn_like(h_n))
+    want = ops.gru_layer_backward(*upstream, x, lengths, w_ih, w_hh, gates, cell, h_prev, False,
+                                  True)
+    got = ops.gru_layer_backward(*upstream, x, lengths, w_ih, w_hh, gates, cell, strided, False,
+                                 True)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+def test_empty_batch():
+    gru = sf.GRU(3, 4, bidirectional=True).double()
+    x = torch.randn(5, 0, 3, dtype=torch.float64, requires_grad=True)
+    out, h_n = gru(x, lengths=torch.zeros(0, dtype=torch.long))
+    assert out.shape == (5, 0, 8) and h_n.shape == (2, 0, 4)
+    (out.sum() + h_n.sum()).backward()
+    assert gru.weight_hh_l0.grad is not None and not gru.weight_hh_l0.grad.any()

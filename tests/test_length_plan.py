@@ -163,3 +163,14 @@ def test_gradcheck_with_a_plan():
         return pool(out.transpose(0, 1), plan)[0]
 
     assert torch.autograd.gradcheck(f, (x,))
+
+
+def test_pooling_with_raw_lengths_expands_no_plan():
+    """Attention pooling given raw lengths needs only their caller-order row:
+    it plans them (one plan made) and expands nothing."""
+    values, query = torch.randn(3, 6, 4), torch.randn(4)
+    before = _C.length_plan_stats()
+    ops.masked_attention_pool_forward(values, None, query, torch.tensor([6, 1, 4]))
+    after = _C.length_plan_stats()
+    assert after["plans_made"] - before["plans_made"] == 1
+    assert after["expansions"] == before["expansions"]

@@ -48,7 +48,8 @@ struct CudaBackend final : RecurrentBackend {
   void check_input(const at::Tensor& x, int64_t hidden) const override {
     SEQCLS_CHECK_VALUE(on_kernel_device(x.device()), "x must be on ", kKernelDevice,
                        " for the CUDA kernel, got ", x.device());
-    // The step kernels index a step's [rows, 4H] slice with 32-bit integers.
+    // The step kernels index a step's rows with 32-bit integers (B * 4H bounds
+    // the LSTM's [rows, 4H] gates, and the GRU's [rows, 3H] too).
     const int64_t batch = x.size(1);
     SEQCLS_CHECK_VALUE(batch * 4 * hidden < std::numeric_limits<int32_t>::max(),
                        "B * 4H must be below 2^31 for the CUDA kernel, got B = ", batch,

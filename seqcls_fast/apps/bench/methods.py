@@ -83,8 +83,6 @@ class Ours(Classifier):
     def __init__(self, reference, case):
         super().__init__()
         query = reference.query
-        if case.cell != "lstm" and self.memory != "fast":
-            raise Unavailable(f"memory={self.memory!r} is built for the LSTM only so far")
         self.model = sf.LSTMClassifier(
             case.input_size, case.hidden_size, NUM_CLASSES, num_layers=case.layers,
             bidirectional=case.bidirectional, memory=self.memory, device=query.device,
