@@ -941,6 +941,38 @@ LstmBackwardResult lstm_result(LayerGrads g) {
           std::move(g.gemm.grad_w_ih), std::move(g.gemm.grad_w_hh), std::move(g.gemm.grad_bias)};
 }
 
+// The upstream gradients of a backward call (grad_c_n undefined: a cell
+// without a cell state) and the forward's saved activations.
+struct Upstream {
+  const Tensor &grad_output, &grad_h_n, &grad_c_n;
+};
+struct Saved {
+  const Tensor &gates, &cell, &h_prev;
+};
+
+// A backward from the forward's saved activations, for any cell: checks,
+// plan, then run_backward.
+LayerGrads saved_backward(const CellDef& cell_def, const RecurrentBackend& backend,
+                          const Upstream& up, const Tensor& x, const optional<Tensor>& lengths,
+                          const optional<Tensor>& c0, const Tensor& w_ih, const Tensor& w_hh,
+                          const Saved& saved, bool reverse, bool compute_grad_x,
+                          const optional<Tensor>& plan_table) {
+  const LayerSizes sz = check_layer_inputs(cell_def, x, lengths, c10::nullopt, c0, w_ih, w_hh,
+                                           c10::nullopt, c10::nullopt);
+  backend.check_input(x, sz.hidden);
+  const int64_t T = sz.steps_total, B = sz.batch, H = sz.hidden;
+  check_upstream(up.grad_output, up.grad_h_n, up.grad_c_n, x, H);
+  check_saved(cell_def, saved.gates, saved.cell, saved.h_prev, x, H);
+  const at::OptionalDeviceGuard device_guard(at::device_of(x));
+  const std::shared_ptr<const BatchPlan> planned =
+      batch_plan(lengths, plan_table, T, B, reverse, x.device());
+  check_shape(saved.gates, {planned->plan.packed_rows, cell_def.gates * H}, "gates");
+  GateSource src{saved.gates, saved.cell, saved.h_prev, Tensor(), Tensor(), Tensor(),
+                 c10::nullopt, Tensor()};
+  return run_backward(cell_def, backend, up.grad_output, up.grad_h_n, up.grad_c_n, x,
+                      planned->plan, planned->dev, c0, w_ih, w_hh, src, reverse, compute_grad_x);
+}
+
 // The GRU backward operators' results: b_ih's and b_hh's gradients apart.
 GruBackwardResult gru_result(LayerGrads g) {
   return {std::move(g.grad_x),         std::move(g.grad_h0),
@@ -957,22 +989,9 @@ LstmBackwardResult lstm_layer_backward(const RecurrentBackend& backend, const Te
                                        const Tensor& w_hh, const Tensor& gates, const Tensor& cell,
                                        const Tensor& h_prev, bool reverse, bool compute_grad_x,
                                        const optional<Tensor>& plan_table) {
-  const CellDef& cell_def = kLstmCell;
-  const LayerSizes sz = check_layer_inputs(cell_def, x, lengths, c10::nullopt, c0, w_ih, w_hh,
-                                           c10::nullopt, c10::nullopt);
-  backend.check_input(x, sz.hidden);
-  const int64_t T = sz.steps_total, B = sz.batch, H = sz.hidden;
-  check_upstream(grad_output, grad_h_n, grad_c_n, x, H);
-  check_saved(cell_def, gates, cell, h_prev, x, H);
-  const at::OptionalDeviceGuard device_guard(at::device_of(x));
-  const std::shared_ptr<const BatchPlan> planned =
-      batch_plan(lengths, plan_table, T, B, reverse, x.device());
-  const LengthPlan& plan = planned->plan;
-  const DevicePlan& dev = planned->dev;
-  check_shape(gates, {plan.packed_rows, cell_def.gates * H}, "gates");
-  GateSource src{gates, cell, h_prev, Tensor(), Tensor(), Tensor(), c10::nullopt, Tensor()};
-  return lstm_result(run_backward(cell_def, backend, grad_output, grad_h_n, grad_c_n, x, plan, dev,
-                                  c0, w_ih, w_hh, src, reverse, compute_grad_x));
+  return lstm_result(saved_backward(kLstmCell, backend, {grad_output, grad_h_n, grad_c_n}, x,
+                                    lengths, c0, w_ih, w_hh, {gates, cell, h_prev}, reverse,
+                                    compute_grad_x, plan_table));
 }
 
 LstmBackwardResult lstm_layer_backward_recompute(
@@ -1016,22 +1035,9 @@ GruBackwardResult gru_layer_backward(const RecurrentBackend& backend, const Tens
                                      const Tensor& w_hh, const Tensor& gates, const Tensor& cell,
                                      const Tensor& h_prev, bool reverse, bool compute_grad_x,
                                      const optional<Tensor>& plan_table) {
-  const CellDef& cell_def = kGruCell;
-  const LayerSizes sz = check_layer_inputs(cell_def, x, lengths, c10::nullopt, c10::nullopt, w_ih,
-                                           w_hh, c10::nullopt, c10::nullopt);
-  backend.check_input(x, sz.hidden);
-  const int64_t T = sz.steps_total, B = sz.batch, H = sz.hidden;
-  check_upstream(grad_output, grad_h_n, Tensor(), x, H);
-  check_saved(cell_def, gates, cell, h_prev, x, H);
-  const at::OptionalDeviceGuard device_guard(at::device_of(x));
-  const std::shared_ptr<const BatchPlan> planned =
-      batch_plan(lengths, plan_table, T, B, reverse, x.device());
-  const LengthPlan& plan = planned->plan;
-  check_shape(gates, {plan.packed_rows, cell_def.gates * H}, "gates");
-  GateSource src{gates, cell, h_prev, Tensor(), Tensor(), Tensor(), c10::nullopt, Tensor()};
-  return gru_result(run_backward(cell_def, backend, grad_output, grad_h_n, Tensor(), x, plan,
-                                 planned->dev, c10::nullopt, w_ih, w_hh, src, reverse,
-                                 compute_grad_x));
+  return gru_result(saved_backward(kGruCell, backend, {grad_output, grad_h_n, Tensor()}, x,
+                                   lengths, c10::nullopt, w_ih, w_hh, {gates, cell, h_prev},
+                                   reverse, compute_grad_x, plan_table));
 }
 
 GruBackwardResult gru_layer_backward_recompute(

@@ -36,6 +36,7 @@ class GRU(RecurrentLayers):
 
     _name = "seqcls_fast.GRU"
     _state_names = ("h_0",)
+    _native = nn.GRU
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, memory="fast"):
@@ -43,23 +44,6 @@ class GRU(RecurrentLayers):
                          batch_first=batch_first, dropout=float(dropout),
                          bidirectional=bidirectional, device=device, dtype=dtype)
         self.memory = check_memory_mode(memory, "seqcls_fast.GRU")
-
-    def extra_repr(self):
-        text = super().extra_repr()
-        return text if self.memory == "fast" else f"{text}, memory={self.memory!r}"
-
-    @classmethod
-    def from_native(cls, native, memory="fast"):
-        """An sf.GRU with the weights, settings, device, dtype and train/eval
-        mode of an ``nn.GRU``; it computes the same numbers."""
-        if not isinstance(native, nn.GRU):
-            raise TypeError(f"from_native expects an nn.GRU, got {type(native).__name__}")
-        weight = native.weight_ih_l0
-        gru = cls(native.input_size, native.hidden_size, native.num_layers, native.bias,
-                  native.batch_first, native.dropout, native.bidirectional,
-                  device=weight.device, dtype=weight.dtype, memory=memory)
-        gru.load_state_dict(native.state_dict())
-        return gru.train(native.training)
 
     def _to_states(self, hx):
         if not isinstance(hx, torch.Tensor):

@@ -55,6 +55,7 @@ class LSTM(RecurrentLayers):
 
     _name = "seqcls_fast.LSTM"
     _state_names = ("h_0", "c_0")
+    _native = nn.LSTM
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None,
@@ -66,24 +67,10 @@ class LSTM(RecurrentLayers):
                          bidirectional=bidirectional, proj_size=0, device=device, dtype=dtype)
         self.memory = check_memory_mode(memory, "seqcls_fast.LSTM")
 
-    def extra_repr(self):
-        text = super().extra_repr()
-        return text if self.memory == "fast" else f"{text}, memory={self.memory!r}"
-
     @classmethod
-    def from_native(cls, native, memory="fast"):
-        """An sf.LSTM with the weights, settings, device, dtype and train/eval
-        mode of an ``nn.LSTM``; it computes the same numbers."""
-        if not isinstance(native, nn.LSTM):
-            raise TypeError(f"from_native expects an nn.LSTM, got {type(native).__name__}")
+    def _check_native(cls, native):
         if native.proj_size:
             raise NotImplementedError("seqcls_fast.LSTM: proj_size > 0 is not supported")
-        weight = native.weight_ih_l0
-        lstm = cls(native.input_size, native.hidden_size, native.num_layers, native.bias,
-                   native.batch_first, native.dropout, native.bidirectional,
-                   device=weight.device, dtype=weight.dtype, memory=memory)
-        lstm.load_state_dict(native.state_dict())
-        return lstm.train(native.training)
 
     # ------------------------------------------------------------ hx and layers
     def _to_states(self, hx):

@@ -24,6 +24,31 @@ class RecurrentLayers(nn.RNNBase):
 
     _name = None         # "seqcls_fast.LSTM", in messages
     _state_names = ()    # the tensors of hx, in order ("h_0", "c_0")
+    _native = None       # the nn module from_native takes (nn.LSTM, nn.GRU)
+
+    def extra_repr(self):
+        text = super().extra_repr()
+        return text if self.memory == "fast" else f"{text}, memory={self.memory!r}"
+
+    @classmethod
+    def from_native(cls, native, memory="fast"):
+        """Ours with the weights, settings, device, dtype and train/eval mode
+        of the native module (an nn.LSTM for sf.LSTM, an nn.GRU for sf.GRU);
+        it computes the same numbers."""
+        if not isinstance(native, cls._native):
+            raise TypeError(f"from_native expects an nn.{cls._native.__name__}, got "
+                            f"{type(native).__name__}")
+        cls._check_native(native)
+        weight = native.weight_ih_l0
+        module = cls(native.input_size, native.hidden_size, native.num_layers, native.bias,
+                     native.batch_first, native.dropout, native.bidirectional,
+                     device=weight.device, dtype=weight.dtype, memory=memory)
+        module.load_state_dict(native.state_dict())
+        return module.train(native.training)
+
+    @classmethod
+    def _check_native(cls, native):
+        """Refuses a native module with options we lack (none by default)."""
 
     # ------------------------------------------------------------------ forward
     def forward(self, input, hx=None, lengths=None):  # noqa: A002  (nn.LSTM's name)

@@ -162,6 +162,98 @@ void check_backward_step(const std::string& name, int64_t hidden, int64_t s, boo
   expect_close(name + " grad_c_state", grad_c, want_dc);
 }
 
+// One GRU forward step at step s: gates [rows, 3H] (x part), recurrent
+// [rows, 3H] (h W_hh^T + b_hh), h_state in/out, the kept h_n.
+template <typename T>
+void check_gru_forward_step(const std::string& name, int64_t hidden, int64_t s, bool reverse) {
+  const Batch b;
+  const int64_t H = hidden, B = b.batch;
+  int64_t rows = 0, rows_next = 0;
+  for (int64_t len : b.sorted_lengths) rows += len > s, rows_next += len > s + 1;
+  auto gates = random_vector<T>(rows * 3 * H);
+  const auto recurrent = random_vector<T>(rows * 3 * H);
+  auto h_state = random_vector<T>(B * H);
+  auto output = random_vector<T>(b.steps * B * H);
+  std::vector<T> kept(rows * H), h_prev_next(rows_next * H);
+  std::vector<double> want_gates = as_double(gates), want_h = as_double(h_state),
+                      want_out = as_double(output), want_kept(rows * H),
+                      want_h_next(rows_next * H);
+  for (int64_t j = 0; j < rows; ++j) {
+    for (int64_t k = 0; k < H; ++k) {
+      double* g = &want_gates[j * 3 * H + k];
+      const T* rec = &recurrent[j * 3 * H + k];
+      g[0] = sigmoid(g[0] + rec[0]), g[H] = sigmoid(g[H] + rec[H]);
+      g[2 * H] = std::tanh(g[2 * H] + g[0] * rec[2 * H]);
+      const double h = g[2 * H] + g[H] * (want_h[j * H + k] - g[2 * H]);
+      want_h[j * H + k] = h;
+      want_kept[j * H + k] = rec[2 * H];
+      const int64_t t = reverse ? b.sorted_lengths[j] - 1 - s : s;
+      want_out[(t * B + b.order[j]) * H + k] = h;
+      if (j < rows_next) want_h_next[j * H + k] = h;
+    }
+  }
+  ForwardStep p{};
+  p.cell_kind = seqcls_fast::CellKind::kGru;
+  p.step = s, p.rows = rows, p.batch = B, p.hidden = H, p.reverse = reverse;
+  p.order = b.order.data(), p.sorted_lengths = b.sorted_lengths.data(), p.rows_next = rows_next;
+  p.gates = gates.data(), p.recurrent = recurrent.data(), p.h_state = h_state.data();
+  p.output = output.data(), p.cell = kept.data();
+  p.h_prev_next = rows_next > 0 ? h_prev_next.data() : nullptr;
+  const unsigned blocks = static_cast<unsigned>((rows * H + sf::kStepThreads - 1) / sf::kStepThreads);
+  seqcls_emu::launch(sf::gru_forward_step_kernel<T, T>, blocks, sf::kStepThreads, 0, p);
+  expect_close(name + " gates", gates, want_gates);
+  expect_close(name + " h_state", h_state, want_h);
+  expect_close(name + " output", output, want_out);
+  expect_close(name + " kept", kept, want_kept);
+  expect_close(name + " h_prev_next", h_prev_next, want_h_next);
+}
+
+// One GRU backward step: the input and recurrent parts of the gate gradients,
+// and the direct part of dL/dh_{s-1} written over grad_h_state.
+template <typename T>
+void check_gru_backward_step(const std::string& name, int64_t hidden, int64_t s, bool reverse) {
+  const Batch b;
+  const int64_t H = hidden, B = b.batch;
+  int64_t rows = 0;
+  for (int64_t len : b.sorted_lengths) rows += len > s;
+  auto gates = random_vector<T>(rows * 3 * H);
+  for (size_t i = 0; i < gates.size(); ++i) {  // activated: r, z in (0, 1), n in (-1, 1)
+    if ((i / H) % 3 != 2) gates[i] = static_cast<T>(0.5 + 0.4 * static_cast<double>(gates[i]));
+  }
+  const auto kept = random_vector<T>(rows * H), h_prev = random_vector<T>(rows * H);
+  const auto grad_output = random_vector<T>(b.steps * B * H);
+  auto grad_h = random_vector<T>(B * H);
+  std::vector<T> grad_gates(rows * 3 * H), grad_recurrent(rows * 3 * H);
+  std::vector<double> want_dg(rows * 3 * H), want_drec(rows * 3 * H), want_dh = as_double(grad_h);
+  for (int64_t j = 0; j < rows; ++j) {
+    for (int64_t k = 0; k < H; ++k) {
+      const T* g = &gates[j * 3 * H + k];
+      const double r = g[0], z = g[H], n = g[2 * H], h_n = kept[j * H + k];
+      const int64_t t = reverse ? b.sorted_lengths[j] - 1 - s : s;
+      const double dh = grad_h[j * H + k] + grad_output[(t * B + b.order[j]) * H + k];
+      const double d_xn = dh * (1 - z) * (1 - n * n);
+      const double d_r = d_xn * h_n * r * (1 - r), d_z = dh * (h_prev[j * H + k] - n) * z * (1 - z);
+      double* dg = &want_dg[j * 3 * H + k];
+      double* drec = &want_drec[j * 3 * H + k];
+      dg[0] = drec[0] = d_r, dg[H] = drec[H] = d_z, dg[2 * H] = d_xn, drec[2 * H] = d_xn * r;
+      want_dh[j * H + k] = dh * z;
+    }
+  }
+  BackwardStep p{};
+  p.cell_kind = seqcls_fast::CellKind::kGru;
+  p.step = s, p.rows = rows, p.batch = B, p.hidden = H, p.reverse = reverse;
+  p.order = b.order.data(), p.sorted_lengths = b.sorted_lengths.data();
+  p.gates = gates.data(), p.cell = kept.data(), p.h_prev = h_prev.data();
+  p.grad_output = grad_output.data(), p.grad_output_stride_t = B * H, p.grad_output_stride_b = H;
+  p.grad_h_state = grad_h.data(), p.grad_gates = grad_gates.data();
+  p.grad_recurrent = grad_recurrent.data();
+  const unsigned blocks = static_cast<unsigned>((rows * H + sf::kStepThreads - 1) / sf::kStepThreads);
+  seqcls_emu::launch(sf::gru_backward_step_kernel<T, T>, blocks, sf::kStepThreads, 0, p);
+  expect_close(name + " grad_gates", grad_gates, want_dg);
+  expect_close(name + " grad_recurrent", grad_recurrent, want_drec);
+  expect_close(name + " grad_h_state", grad_h, want_dh);
+}
+
 // One online-pooling step over `rows` rows of a running state.
 template <typename T>
 void check_pool_step(const std::string& name, OnlinePooling pooling, int64_t rows, int64_t H,
@@ -326,6 +418,8 @@ void check_all(const char* dtype) {
       const std::string shape = " H" + std::to_string(H) + (reverse ? " reverse" : "");
       run_case("forward step" + shape + tag, [&](const std::string& n) { check_forward_step<T>(n, H, 2, reverse); });
       run_case("backward step" + shape + tag, [&](const std::string& n) { check_backward_step<T>(n, H, 2, reverse); });
+      run_case("gru forward step" + shape + tag, [&](const std::string& n) { check_gru_forward_step<T>(n, H, 2, reverse); });
+      run_case("gru backward step" + shape + tag, [&](const std::string& n) { check_gru_backward_step<T>(n, H, 2, reverse); });
     }
   }
   run_case("pool step attention" + tag, [&](const std::string& n) { check_pool_step<T>(n, OnlinePooling::kAttention, 3, 70, 37); });
