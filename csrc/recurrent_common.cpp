@@ -234,13 +234,12 @@ class PlanCache {
     std::shared_ptr<const BatchPlan> plan;
   };
 
+  // A copy keeps shape, dtype and values, so read_plan_table reports a bad
+  // plan on it as on the tensor given (one not on the CPU it refuses as is).
   static at::Tensor checked_copy(const at::Tensor& given, int64_t steps_total, int64_t batch) {
-    const bool shape_ok = given.dim() == 2 && given.size(0) == 3 && given.size(1) == batch;
-    // A wrong shape or dtype is reported by read_plan_table on the tensor as given.
-    return read_plan_table(shape_ok && given.scalar_type() == at::kLong && given.device().is_cpu()
-                               ? given.clone(at::MemoryFormat::Contiguous)
-                               : given,
-                           steps_total, batch);
+    return read_plan_table(
+        given.device().is_cpu() ? given.clone(at::MemoryFormat::Contiguous) : given,
+        steps_total, batch);
   }
 
   // The kept expansion of `given` for `key`, most recent first; expired

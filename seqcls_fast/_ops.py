@@ -20,6 +20,30 @@ def _state_dtype(dtype):
     return torch.float32 if dtype in _LOW_PRECISION else dtype
 
 
+# --------------------------------------------- what the LSTM and GRU share
+def _packed_rows(x, lengths, plan):
+    """N, the packed rows of a layer on x [T, B, I]: T * B without lengths,
+    else sum(lengths), known only from the data."""
+    if lengths is None and plan is None:
+        return x.shape[0] * x.shape[1]
+    return torch.library.get_ctx().new_dynamic_size()
+
+
+def _upstream_or_zeros(x, hidden, grads):
+    """The upstream gradients of a layer's (output [T, B, H], then states
+    [B, H] ...), zeros for those autograd left as None (set_materialize_grads
+    is off)."""
+    steps, batch = x.shape[0], x.shape[1]
+    shapes = [(steps, batch, hidden)] + [(batch, hidden)] * (len(grads) - 1)
+    return [g if g is not None else x.new_zeros(shape) for g, shape in zip(grads, shapes)]
+
+
+def _check_differentiable(ctx, op):
+    if not hasattr(ctx, "reverse"):
+        raise RuntimeError(f"seqcls_fast: {op} was called with save_activations=False and "
+                           "cannot be differentiated")
+
+
 # ----------------------------------------------------------------- LSTM layer
 @torch.library.register_fake("seqcls_fast::lstm_layer_forward")
 def _lstm_layer_forward_fake(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse,
@@ -30,10 +54,8 @@ def _lstm_layer_forward_fake(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse
         gate_rows = cell_rows = 0
     elif low_memory:  # no gates; cell checkpoints, B per backward chunk (data-dependent)
         gate_rows, cell_rows = 0, torch.library.get_ctx().new_dynamic_size()
-    elif lengths is None and plan is None:
-        gate_rows = cell_rows = steps * batch
-    else:  # N = sum(lengths): known only from the data
-        gate_rows = cell_rows = torch.library.get_ctx().new_dynamic_size()
+    else:
+        gate_rows = cell_rows = _packed_rows(x, lengths, plan)
     return (
         x.new_empty(steps, batch, hidden),
         x.new_empty(batch, hidden),
@@ -91,21 +113,14 @@ def _lstm_setup_context(ctx, inputs, output):
 
 
 def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cell, _grad_h_prev):
-    if not hasattr(ctx, "reverse"):
-        raise RuntimeError("seqcls_fast: lstm_layer_forward was called with "
-                           "save_activations=False and cannot be differentiated")
+    _check_differentiable(ctx, "lstm_layer_forward")
     x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, gates, cell, h_prev, plan = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
         return _lstm_backward_differentiable(
             ctx, (x, plan[2] if plan is not None else lengths, h0, c0, w_ih, w_hh, b_ih, b_hh),
             (grad_output, grad_h_n, grad_c_n))
-    steps, batch, hidden = x.shape[0], x.shape[1], w_hh.shape[1]
-    if grad_output is None:
-        grad_output = x.new_zeros(steps, batch, hidden)
-    if grad_h_n is None:
-        grad_h_n = x.new_zeros(batch, hidden)
-    if grad_c_n is None:
-        grad_c_n = x.new_zeros(batch, hidden)
+    grad_output, grad_h_n, grad_c_n = _upstream_or_zeros(x, w_hh.shape[1],
+                                                         (grad_output, grad_h_n, grad_c_n))
     need = ctx.needs_input_grad
     if ctx.low_memory:  # `gates` holds the layer's output (see _lstm_setup_context)
         grads = ops.lstm_layer_backward_recompute(
@@ -178,12 +193,7 @@ def _gru_layer_forward_fake(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, sav
                             plan=None, low_memory=False):
     steps, batch, _ = x.shape
     hidden = w_hh.shape[1]
-    if not save_activations or low_memory:
-        rows = 0
-    elif lengths is None and plan is None:
-        rows = steps * batch
-    else:  # N = sum(lengths): known only from the data
-        rows = torch.library.get_ctx().new_dynamic_size()
+    rows = 0 if not save_activations or low_memory else _packed_rows(x, lengths, plan)
     return (
         x.new_empty(steps, batch, hidden),
         x.new_empty(batch, hidden),
@@ -230,20 +240,14 @@ def _gru_setup_context(ctx, inputs, output):
 
 
 def _gru_backward(ctx, grad_output, grad_h_n, _grad_gates, _grad_cell, _grad_h_prev):
-    if not hasattr(ctx, "reverse"):
-        raise RuntimeError("seqcls_fast: gru_layer_forward was called with "
-                           "save_activations=False and cannot be differentiated")
+    _check_differentiable(ctx, "gru_layer_forward")
     x, lengths, h0, w_ih, w_hh, b_ih, b_hh, gates, cell, h_prev, plan = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True: through the plain-PyTorch GRU
         outputs = reference.gru_layer(x, plan[2] if plan is not None else lengths, h0, w_ih,
                                       w_hh, b_ih, b_hh, ctx.reverse)
         slots = {0: x, 2: h0, 3: w_ih, 4: w_hh, 5: b_ih, 6: b_hh}
         return _grads_through(ctx, outputs, (grad_output, grad_h_n), slots, num_inputs=11)
-    steps, batch, hidden = x.shape[0], x.shape[1], w_hh.shape[1]
-    if grad_output is None:
-        grad_output = x.new_zeros(steps, batch, hidden)
-    if grad_h_n is None:
-        grad_h_n = x.new_zeros(batch, hidden)
+    grad_output, grad_h_n = _upstream_or_zeros(x, w_hh.shape[1], (grad_output, grad_h_n))
     need = ctx.needs_input_grad
     if ctx.low_memory:  # `gates` holds the layer's output (see _gru_setup_context)
         grads = ops.gru_layer_backward_recompute(grad_output, grad_h_n, x, lengths, h0, w_ih, w_hh,

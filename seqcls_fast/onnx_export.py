@@ -111,43 +111,50 @@ def _empty(op, ir, dtype, width):
     return op.Constant(value=ir.tensor(np.zeros((0, width), dtype=dtype.numpy())))
 
 
+def _sequence_inputs(op, ir, lengths, plan, h0):
+    """(lens int64 [B] or None, sequence_lens int32 or None, initial_h [1, B, H]
+    or None) of an ONNX LSTM or GRU node."""
+    lens = _lengths_int64(op, ir, lengths, plan)
+    sequence_lens = op.Cast(lens, to=ir.DataType.INT32) if lens is not None else None
+    return lens, sequence_lens, op.Unsqueeze(h0, [0]) if h0 is not None else None
+
+
+def _empty_saved(op, ir, x, gates, hidden):
+    """The forward operators' saved activations (gates [0, gates*H], cell, h_prev),
+    empty: they feed only the backward, which an ONNX graph lacks."""
+    state_dtype = ir.DataType.FLOAT if _is_half(x) else x.dtype
+    return (_empty(op, ir, x.dtype, gates * hidden), _empty(op, ir, state_dtype, hidden),
+            _empty(op, ir, x.dtype, hidden))
+
+
+# low_memory changes only what the backward reads, so the graph is the same.
 def lstm_layer_forward(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse: bool,
-                       save_activations: bool, plan=None):
+                       save_activations: bool, plan=None, low_memory: bool = False):
     """seqcls_fast::lstm_layer_forward -> one ONNX LSTM node."""
     op, ir = _onnx()
     hidden, weights, recurrent, bias = _onnx_rnn_inputs(op, ir, w_ih, w_hh, b_ih, b_hh,
                                                         _LSTM_GATES)
-    lens = _lengths_int64(op, ir, lengths, plan)
-    sequence_lens = op.Cast(lens, to=ir.DataType.INT32) if lens is not None else None
-    initial_h = op.Unsqueeze(h0, [0]) if h0 is not None else None
+    lens, sequence_lens, initial_h = _sequence_inputs(op, ir, lengths, plan, h0)
     initial_c = op.Unsqueeze(c0, [0]) if c0 is not None else None
     y, y_h, y_c = op.LSTM(x, weights, recurrent, bias, sequence_lens, initial_h, initial_c,
                           direction="reverse" if reverse else "forward", hidden_size=hidden)
-    output = _masked_output(op, ir, y, x, lens)                               # [T, B, H]
-    # The saved activations feed only the backward, which an ONNX graph lacks.
-    state_dtype = ir.DataType.FLOAT if _is_half(x) else x.dtype
-    return (output, op.Squeeze(y_h, [0]), op.Squeeze(y_c, [0]),
-            _empty(op, ir, x.dtype, 4 * hidden), _empty(op, ir, state_dtype, hidden),
-            _empty(op, ir, x.dtype, hidden))
+    return (_masked_output(op, ir, y, x, lens), op.Squeeze(y_h, [0]), op.Squeeze(y_c, [0]),
+            *_empty_saved(op, ir, x, 4, hidden))
 
 
 def gru_layer_forward(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse: bool,
-                      save_activations: bool, plan=None):
+                      save_activations: bool, plan=None, low_memory: bool = False):
     """seqcls_fast::gru_layer_forward -> one ONNX GRU node, linear_before_reset=1
     (b_hn inside the reset product, as nn.GRU)."""
     op, ir = _onnx()
     hidden, weights, recurrent, bias = _onnx_rnn_inputs(op, ir, w_ih, w_hh, b_ih, b_hh,
                                                         _GRU_GATES)
-    lens = _lengths_int64(op, ir, lengths, plan)
-    sequence_lens = op.Cast(lens, to=ir.DataType.INT32) if lens is not None else None
-    initial_h = op.Unsqueeze(h0, [0]) if h0 is not None else None
+    lens, sequence_lens, initial_h = _sequence_inputs(op, ir, lengths, plan, h0)
     y, y_h = op.GRU(x, weights, recurrent, bias, sequence_lens, initial_h,
                     direction="reverse" if reverse else "forward", hidden_size=hidden,
                     linear_before_reset=1)
-    state_dtype = ir.DataType.FLOAT if _is_half(x) else x.dtype
     return (_masked_output(op, ir, y, x, lens), op.Squeeze(y_h, [0]),
-            _empty(op, ir, x.dtype, 3 * hidden), _empty(op, ir, state_dtype, hidden),
-            _empty(op, ir, x.dtype, hidden))
+            *_empty_saved(op, ir, x, 3, hidden))
 
 
 def lstm_layer_pooled_forward(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, pooling: str, query,
