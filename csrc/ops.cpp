@@ -17,7 +17,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
-#include "cpu/lstm_recurrence_cpu.h"
+#include "cpu/recurrence_cpu.h"
 #include "length_plan.h"
 #include "ops.h"
 #include "recurrent_common.h"

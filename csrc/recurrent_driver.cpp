@@ -120,14 +120,21 @@ optional<Tensor> projection_bias(const CellDef& cell_def, const optional<Tensor>
 }
 
 // W_hh packed for the backend's persistent recurrence, or undefined (a GEMM
-// per step). Only for a cell whose whole recurrent product joins the
-// projection: the persistent kernels take no product kept apart.
+// per step).
 Tensor packed_recurrent_weights(const RecurrentBackend& backend, const CellDef& cell_def,
                                 const Tensor& w_hh, bool backward = false) {
-  if (cell_def.recurrent_apart) return Tensor();
   return backward ? backend.pack_recurrent_weights_backward(cell_def, w_hh)
                   : backend.pack_recurrent_weights(cell_def, w_hh);
 }
+
+// A persistent kernel's b_hh (ForwardRecurrence::recurrent_bias): its
+// contiguous values for a cell that keeps the recurrent product apart, else
+// undefined (b_hh is then in the projection's bias, or there is none).
+Tensor recurrent_bias_of(const CellDef& cell_def, const optional<Tensor>& b_hh) {
+  return cell_def.recurrent_apart && b_hh.has_value() ? b_hh->contiguous() : Tensor();
+}
+
+const void* data_or_null(const Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
 
 // out = rows weight_t (+ bias when defined), into a buffer the driver owns:
 // the input projection (forward and low-memory rebuild) and attention keys.
@@ -350,17 +357,18 @@ void run_forward(const RecurrentBackend& backend, ForwardPass& f, Tensor& h_stat
       every_step ? Tensor() : empty_buffer({most_rows, f.cell_def.gates * H}, f.x.options());
 
   ForwardRunner run{backend, f, f.x.scalar_type(), h_state, w_hh.t()};
+  run.w_hh_packed = packed_recurrent_weights(backend, f.cell_def, w_hh);
   if (f.cell_def.recurrent_apart) {
-    run.recurrent = at::empty({B, f.cell_def.gates * H}, f.x.options());
-    run.recurrent_bias = b_hh.value_or(Tensor());
+    if (!run.w_hh_packed.defined()) run.recurrent = at::empty({B, f.cell_def.gates * H}, f.x.options());
+    run.recurrent_bias = recurrent_bias_of(f.cell_def, b_hh);
   }
   ForwardStep& p = run.step;
   static_cast<StepRows&>(p) = step_rows(f.cell_def, f.dev, B, H, f.reverse);
   p.h_state = h_state.data_ptr();
   p.c_state = c_state.defined() ? c_state.data_ptr() : nullptr;
   p.output = f.output.defined() ? f.output.data_ptr() : nullptr;
-  run.w_hh_packed = packed_recurrent_weights(backend, f.cell_def, w_hh);
   run.fused = forward_recurrence_rows(p, plan, run.w_hh_packed);
+  run.fused.recurrent_bias = data_or_null(run.recurrent_bias);
   if (pool != nullptr && pool->pooling != OnlinePooling::kLast) {
     prepare_pooling(run, *pool, B, most_rows);
   }
@@ -706,6 +714,7 @@ void prepare_rebuild(BackwardPass& b, int64_t most) {
   b.replay.c_state = b.c_replay.data_ptr();
   b.w_hh_packed = packed_recurrent_weights(b.backend, b.cell_def, b.w_hh);
   b.fused_replay = forward_recurrence_rows(b.replay, b.plan, b.w_hh_packed);
+  b.fused_replay.recurrent_bias = data_or_null(b.src.recurrent_bias);
 }
 
 // The forward's pointwise steps [first, last) replayed over a rebuilt
@@ -831,6 +840,10 @@ void recurrence_backward(BackwardPass& b, const ChunkActivations& a, Tensor& gra
     r.cell = a.cell.const_data_ptr();
     r.cell_before = a.cell_before;
     r.grad_gates = grad_gates.data_ptr();
+    if (grad_recurrent.defined()) {
+      r.h_prev = a.h_prev.const_data_ptr();
+      r.grad_recurrent = grad_recurrent.data_ptr();
+    }
     b.backend.backward_recurrence(r, b.dtype);
     return;
   }
@@ -1065,7 +1078,7 @@ GruBackwardResult gru_layer_backward_recompute(
                  h0.has_value() ? to_sorted(*h0, dev, x.scalar_type()) : Tensor(),
                  Tensor(),
                  projection_bias(cell_def, b_ih, b_hh),
-                 b_hh.value_or(Tensor())};
+                 recurrent_bias_of(cell_def, b_hh)};
   return gru_result(run_backward(cell_def, backend, grad_output, grad_h_n, Tensor(), x,
                                  planned->plan, dev, c10::nullopt, w_ih, w_hh, src, reverse,
                                  compute_grad_x));

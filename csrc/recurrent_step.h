@@ -1,7 +1,7 @@
 // One recurrence step of a layer of any cell (cell_def.h): the parameters the
 // shared driver (recurrent_driver.cpp) fills once per step and every backend's
 // pointwise step kernel reads (the LSTM's: csrc/cpu/cell_cpu_kernel.h,
-// csrc/cuda/lstm_cell_cuda.cuh).
+// csrc/cuda/cell_cuda.cuh).
 // Plain data with untyped pointers, so one struct serves every dtype and both
 // compilers; a kernel casts to its element type. No ATen: .cu files include it.
 //
@@ -86,7 +86,7 @@ struct RecurrenceRows : StepRows {  // step: the segment's first (lowest) step; 
 
 // Steps [step, end_step) of the forward run by one persistent kernel, the
 // recurrent product h_{s-1} W_hh^T fused with the cell (RecurrentBackend::
-// forward_recurrence). Workers own hidden units, all four gates of them, so
+// forward_recurrence). Workers own hidden units, all the gates of them, so
 // the cell update is local; they exchange h_s through memory and meet once
 // per step. The input projection of every step is already in `gates`. Every
 // output is what ForwardStep writes for each step in turn.
@@ -95,6 +95,8 @@ struct ForwardRecurrence : RecurrenceRows {  // row0: where every "packed" buffe
   bool product_at_first;          // false: h_{step-1} is zero (step 0 without h0), no product
   void* gates;                    // [.., G] packed; in: x W_ih^T + b; out: activated gates
                                   //   when cell is kept
+  const void* recurrent_bias;     // [G]: b_hh, added to the product kept apart (GRU); or
+                                  //   nullptr (none, or it is in `gates`)
   const void* h_in;               // [.., H] packed: h_{s-1} of each row, read instead of the
                                   //   recurrence's (replaying a forward whose h is known); or nullptr
   void* h_state;                  // [B, H] sorted; in: h_{step-1}, out: h of each row's last step
@@ -109,24 +111,29 @@ struct ForwardRecurrence : RecurrenceRows {  // row0: where every "packed" buffe
 // one persistent kernel: dL/dh_s = dG_{s+1} W_hh fused with the cell
 // backward that consumes it (RecurrentBackend::backward_recurrence). Workers own
 // hidden units: the columns of W_hh whose dh they sum and the same units'
-// four gates whose gradients they write, so dh never leaves its worker; they
+// gates whose gradients they write, so dh never leaves its worker; they
 // meet once per step, when every gate gradient of step s is written. Every
 // step writes what BackwardStep writes; after the last one (s = step),
-// grad_h_state holds dG_step W_hh for the rows active at `step` (what the
-// steps before this segment read).
+// grad_h_state holds dG_step W_hh for the rows active at `step` (GRU:
+// dG_rec,step W_hh plus the part that skips W_hh; what the steps before
+// this segment read).
 struct BackwardRecurrence : RecurrenceRows {  // row0: where gates and grad_gates start
   int64_t cell_row0;              // packed row at which cell starts
   const void* gates;              // [.., G] packed; activated gates
-  const void* cell;               // [.., H] packed, state dtype; c_s
+  const void* cell;               // [.., H] packed, state dtype; the kept value (as BackwardStep)
   const void* cell_before;        // [B, H] sorted, state dtype: c_{step-1}; nullptr: it is
-                                  //   cell's rows of step - 1
+                                  //   cell's rows of step - 1 (LSTM only)
+  const void* h_prev;             // [.., H] packed from row0: h_{s-1} (GRU; else nullptr)
   const void* grad_output;        // as BackwardStep
   int64_t grad_output_stride_t;
   int64_t grad_output_stride_b;
   void* grad_h_state;             // [B, H] sorted; in: dL/dh_{end_step-1} of every row (and
                                   //   h_n's for rows that end inside); out: see above
   void* grad_c_state;             // [B, H] sorted, state dtype; in/out as BackwardStep
-  void* grad_gates;               // [.., G] packed; out: dL/d pre-activations
+  void* grad_gates;               // [.., G] packed; out: dL/d pre-activations (GRU: of the
+                                  //   input projection's part)
+  void* grad_recurrent;           // [.., G] packed from row0; out: dL/d(h_{s-1} W_hh^T + b_hh)
+                                  //   (GRU; else nullptr)
 };
 
 // What lstm_layer_pooled_forward accumulates over the last layer's outputs.

@@ -77,7 +77,7 @@ def test_real_kernels_pass_under_the_sanitizers(real_builds, sanitizer, block_or
 # (name, file under csrc/cuda/, text of the real kernel, planted bug,
 #  build, what the failing run must say)
 MUTATIONS = [
-    ("off_by_one_index", "lstm_cell_cuda.cuh",
+    ("off_by_one_index", "cell_cuda.cuh",
      "if (idx >= static_cast<int32_t>(p.rows) * H) return;",
      "if (idx > static_cast<int32_t>(p.rows) * H) return;",
      "asan_ubsan", "ERROR: AddressSanitizer: heap-buffer-overflow"),
@@ -93,10 +93,10 @@ MUTATIONS = [
      "if (lane == 0) shared[warp] = v;\n  __syncthreads();",
      "if (lane == 0) {\n    shared[warp] = v;\n    __syncthreads();\n  }",
      "plain", "divergent __syncthreads"),
-    ("half_warp_shuffle", "lstm_cell_cuda.cuh",
+    ("half_warp_shuffle", "cell_cuda.cuh",
      "for (int offset = 16; offset > 0; offset /= 2) dot +=",
      "if (threadIdx.x % 32 < 16) for (int offset = 16; offset > 0; offset /= 2) dot +=",
-     "plain", "emulator: deadlock: threads 0-15: a warp shuffle at lstm_cell_cuda.cuh"),
+     "plain", "emulator: deadlock: threads 0-15: a warp shuffle at cell_cuda.cuh"),
     ("lengths_from_the_wrong_row", "attention_pool_cuda_kernels.cuh",
      "return lengths != nullptr ? lengths[b] : steps;",
      "return lengths != nullptr ? lengths[(b + 1) % gridDim.x] : steps;",

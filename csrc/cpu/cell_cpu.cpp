@@ -10,7 +10,7 @@
 
 #include "../cell.h"
 #include "cell_cpu.h"
-#include "lstm_recurrence_cpu.h"
+#include "recurrence_cpu.h"
 
 namespace seqcls_fast {
 

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "cuda/attention_pool_cuda_kernels.cuh"
-#include "cuda/lstm_cell_cuda.cuh"
+#include "cuda/cell_cuda.cuh"
 
 namespace sf = seqcls_fast::SEQCLS_CUDA_NS;
 using seqcls_fast::BackwardStep;

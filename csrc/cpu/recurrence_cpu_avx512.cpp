@@ -1,8 +1,8 @@
 // AVX-512 build of the persistent recurrence (float32, forward and backward;
-// the kernels are lstm_recurrence_cpu_tile.h's): its vector type Float16
+// the kernels are recurrence_cpu_tile.h's): its vector type Float16
 // (16 lanes, 6-row tiles in 32 zmm registers) and the cell's exp and tanh
 // inlined for it. Compiled for AVX-512 by the target pragma only; the caller
-// checks the CPU supports it (lstm_recurrence_cpu.cpp).
+// checks the CPU supports it (recurrence_cpu.cpp).
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <ATen/Parallel.h>
@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "../recurrent_step.h"
-#include "lstm_recurrence_cpu.h"
+#include "recurrence_cpu.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,fma")
@@ -44,7 +44,7 @@ SEQCLS_TILE_TARGET inline __m512 divide(__m512 a, __m512 b) {
 }
 
 // One AVX-512 register of float: the arithmetic the cell needs, and the
-// register-level operations the tile needs (lstm_recurrence_cpu_tile.h).
+// register-level operations the tile needs (recurrence_cpu_tile.h).
 struct Float16 {
   using Raw = __m512;
   using Mask = __mmask16;
@@ -88,7 +88,7 @@ struct Float16 {
 
 }  // namespace seqcls_fast
 
-#include "lstm_recurrence_cpu_tile.h"
+#include "recurrence_cpu_tile.h"
 
 namespace seqcls_fast {
 template <>
@@ -97,11 +97,11 @@ struct CellMath<cpu::persistent_avx512::Float16> : cpu::TileCellMath<cpu::persis
 
 namespace seqcls_fast::cpu::persistent_avx512 {
 
-void lstm_forward_recurrence(const ForwardRecurrence& r, float* h_swap, int64_t workers) {
+void persistent_forward(const ForwardRecurrence& r, float* h_swap, int64_t workers) {
   run_forward_recurrence<Float16>(r, h_swap, workers);
 }
 
-void lstm_backward_recurrence(const BackwardRecurrence& r, int64_t workers) {
+void persistent_backward(const BackwardRecurrence& r, int64_t workers) {
   run_backward_recurrence<Float16>(r, workers);
 }
 

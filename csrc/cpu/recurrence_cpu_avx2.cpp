@@ -1,8 +1,8 @@
 // AVX2 + FMA build of the persistent recurrence (float32, forward and
-// backward; the kernels are lstm_recurrence_cpu_tile.h's): its vector type
+// backward; the kernels are recurrence_cpu_tile.h's): its vector type
 // Float8 (8 lanes, 3-row tiles in 16 ymm registers) and the cell's exp and
 // tanh inlined for it. Compiled for AVX2 + FMA by the target pragma only; the
-// caller checks the CPU supports them (lstm_recurrence_cpu.cpp).
+// caller checks the CPU supports them (recurrence_cpu.cpp).
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <ATen/Parallel.h>
@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "../recurrent_step.h"
-#include "lstm_recurrence_cpu.h"
+#include "recurrence_cpu.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -47,7 +47,7 @@ struct Lanes {
 };
 
 // One AVX2 register of float: the arithmetic the cell needs, and the
-// register-level operations the tile needs (lstm_recurrence_cpu_tile.h).
+// register-level operations the tile needs (recurrence_cpu_tile.h).
 struct Float8 {
   using Raw = __m256;
   using Mask = Lanes;
@@ -107,7 +107,7 @@ struct Float8 {
 
 }  // namespace seqcls_fast
 
-#include "lstm_recurrence_cpu_tile.h"
+#include "recurrence_cpu_tile.h"
 
 namespace seqcls_fast {
 template <>
@@ -116,11 +116,11 @@ struct CellMath<cpu::persistent_avx2::Float8> : cpu::TileCellMath<cpu::persisten
 
 namespace seqcls_fast::cpu::persistent_avx2 {
 
-void lstm_forward_recurrence(const ForwardRecurrence& r, float* h_swap, int64_t workers) {
+void persistent_forward(const ForwardRecurrence& r, float* h_swap, int64_t workers) {
   run_forward_recurrence<Float8>(r, h_swap, workers);
 }
 
-void lstm_backward_recurrence(const BackwardRecurrence& r, int64_t workers) {
+void persistent_backward(const BackwardRecurrence& r, int64_t workers) {
   run_backward_recurrence<Float8>(r, workers);
 }
 

@@ -1,6 +1,6 @@
 // The CPU backend of the recurrent layer driver (../recurrent_driver.h):
 // padding zeroing, the LSTM and GRU cells' vectorized pointwise step kernels
-// (cell_cpu.h), the LSTM's persistent recurrence (lstm_recurrence_cpu.h),
+// (cell_cpu.h), their persistent recurrence (recurrence_cpu.h),
 // and the online-pooling step; registers the LSTM and GRU operators for CPU.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -15,7 +15,7 @@
 #include "../recurrent_driver.h"
 #include "../tensor_identity.h"
 #include "cell_cpu.h"
-#include "lstm_recurrence_cpu.h"
+#include "recurrence_cpu.h"
 
 namespace seqcls_fast::cpu {
 namespace {
@@ -53,15 +53,15 @@ void pool_rows(const PoolStep& p, int64_t begin, int64_t end) {
   }
 }
 
-// W_hh [4H, H] (contiguous float32) in a new tensor, in the layout of the
-// persistent forward (pack_w_hh) or backward (pack_w_hh_backward) of a build
-// with `lanes` units per block.
+// W_hh [gates * H, H] (contiguous float32) in a new tensor, in the layout of
+// the persistent forward (pack_w_hh) or backward (pack_w_hh_backward) of a
+// build with `lanes` units per block.
 at::Tensor packed_weights(const at::Tensor& w, bool backward, int64_t lanes) {
-  const int64_t H = w.size(1);
-  at::Tensor packed = at::empty(
-      {backward ? packed_w_hh_backward_floats(H, lanes) : packed_w_hh_floats(H, lanes)},
-      w.options());
-  (backward ? pack_w_hh_backward : pack_w_hh)(w.const_data_ptr<float>(), H, lanes,
+  const int64_t H = w.size(1), gates = w.size(0) / H;
+  at::Tensor packed = at::empty({backward ? packed_w_hh_backward_floats(H, gates, lanes)
+                                          : packed_w_hh_floats(H, gates, lanes)},
+                                w.options());
+  (backward ? pack_w_hh_backward : pack_w_hh)(w.const_data_ptr<float>(), H, gates, lanes,
                                               packed.data_ptr<float>());
   return packed;
 }
@@ -123,12 +123,6 @@ int64_t recurrence_workers(int64_t hidden, CpuIsa isa) {
 // The build a call of this dtype runs (kBaseline: the per-step path).
 CpuIsa persistent_build(at::ScalarType dtype) { return recurrence_isa(dtype == at::kFloat); }
 
-// The persistent recurrence (its tile) is the LSTM's; the GRU runs per step.
-void check_persistent_cell(CellKind cell) {
-  TORCH_INTERNAL_ASSERT(cell == CellKind::kLstm, "seqcls_fast: no persistent CPU recurrence ",
-                        "for cell ", static_cast<int>(cell));
-}
-
 struct CpuBackend final : RecurrentBackend {
   CpuBackend() : RecurrentBackend(kProjectionChunkRows, kBackwardChunkRows) {}
 
@@ -164,32 +158,31 @@ struct CpuBackend final : RecurrentBackend {
   }
 
   // The driver packs, then runs, within one op call: both ask persistent_build,
-  // and the packed layout follows the build's block width.
-  // The persistent tile is the LSTM's.
-  at::Tensor pack_recurrent_weights(const CellDef& cell, const at::Tensor& w_hh) const override {
+  // and the packed layout follows the build's block width and the cell's
+  // gates (W_hh's rows over its columns). The tile runs both cells.
+  at::Tensor pack_recurrent_weights(const CellDef& /*cell*/,
+                                    const at::Tensor& w_hh) const override {
     const CpuIsa isa = persistent_build(w_hh.scalar_type());
-    if (isa == CpuIsa::kBaseline || cell.kind != CellKind::kLstm) return {};
+    if (isa == CpuIsa::kBaseline) return {};
     return packed_weight_cache().get(w_hh, recurrence_lanes(isa));
   }
 
   void forward_recurrence(const ForwardRecurrence& r, at::ScalarType dtype) const override {
-    check_persistent_cell(r.cell_kind);
     const CpuIsa isa = persistent_build(dtype);
     at::Tensor h_swap = at::empty({r.batch, r.hidden}, at::TensorOptions().dtype(at::kFloat));
-    lstm_forward_recurrence(isa, r, h_swap.data_ptr<float>(), recurrence_workers(r.hidden, isa));
+    persistent_forward(isa, r, h_swap.data_ptr<float>(), recurrence_workers(r.hidden, isa));
   }
 
-  at::Tensor pack_recurrent_weights_backward(const CellDef& cell,
+  at::Tensor pack_recurrent_weights_backward(const CellDef& /*cell*/,
                                              const at::Tensor& w_hh) const override {
     const CpuIsa isa = persistent_build(w_hh.scalar_type());
-    if (isa == CpuIsa::kBaseline || cell.kind != CellKind::kLstm) return {};
+    if (isa == CpuIsa::kBaseline) return {};
     return packed_weights(w_hh.contiguous(), /*backward=*/true, recurrence_lanes(isa));
   }
 
   void backward_recurrence(const BackwardRecurrence& r, at::ScalarType dtype) const override {
-    check_persistent_cell(r.cell_kind);
     const CpuIsa isa = persistent_build(dtype);
-    lstm_backward_recurrence(isa, r, recurrence_workers(r.hidden, isa));
+    persistent_backward(isa, r, recurrence_workers(r.hidden, isa));
   }
 
   void pool_step(const PoolStep& step, at::ScalarType dtype) const override {

@@ -1,6 +1,6 @@
 // The CUDA backend of the recurrent layer driver (../recurrent_driver.h):
 // device and index-range checks, padding zeroing, the LSTM and GRU cells'
-// pointwise step kernels (lstm_cell_cuda.cuh) and the online-pooling step, all on the current
+// pointwise step kernels (cell_cuda.cuh) and the online-pooling step, all on the current
 // stream; registers the LSTM and GRU operators for CUDA (under the CPU emulator, for
 // seqcls_fast_cuda_emu on the CPU: device_compat.h). The driver copies
 // device-side lengths to the host once per call and uploads the plan with one
@@ -19,7 +19,7 @@
 
 #include "../recurrent_driver.h"
 #include "device_compat.h"
-#include "lstm_cell_cuda.cuh"
+#include "cell_cuda.cuh"
 
 namespace seqcls_fast::SEQCLS_CUDA_NS {
 namespace {
