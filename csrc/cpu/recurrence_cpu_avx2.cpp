@@ -100,6 +100,10 @@ struct Float8 {
     const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
     return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23)));
   }
+  SEQCLS_TILE_TARGET static Raw abs(Raw x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
+  SEQCLS_TILE_TARGET static Raw with_sign_of(Raw m, Raw x) {
+    return _mm256_or_ps(m, _mm256_and_ps(_mm256_set1_ps(-0.0f), x));
+  }
   static constexpr float kExpMin = -87.0f;
 };
 

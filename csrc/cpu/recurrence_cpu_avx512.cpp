@@ -81,6 +81,14 @@ struct Float16 {
   }
   // vscalefps: goes to 0 below the float range, so exp's clamp can be low.
   SEQCLS_TILE_TARGET static Raw scale(Raw p, Raw n) { return _mm512_scalef_ps(p, n); }
+  SEQCLS_TILE_TARGET static Raw abs(Raw x) {
+    return _mm512_castsi512_ps(
+        _mm512_and_epi32(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff)));
+  }
+  SEQCLS_TILE_TARGET static Raw with_sign_of(Raw m, Raw x) {
+    const __m512i sign = _mm512_and_epi32(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN));
+    return _mm512_castsi512_ps(_mm512_or_epi32(_mm512_castps_si512(m), sign));
+  }
   static constexpr float kExpMin = -104.0f;
 };
 
