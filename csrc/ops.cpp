@@ -128,6 +128,14 @@ void define_gru_operators(torch::Library& m) {
       "Tensor? lengths, Tensor? h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
       "Tensor output, bool reverse, bool compute_grad_x, Tensor? plan=None) -> (Tensor, Tensor, "
       "Tensor, Tensor, Tensor, Tensor)");
+  // lstm_layer_pooled_forward for the GRU: the last layer of a unidirectional
+  // classifier in inference, pooling its output as it runs, with the same
+  // pooling arguments and state. Returns (h_n, pool_max, pool_denom, pool_sum).
+  m.def(
+      "gru_layer_pooled_forward(Tensor x, Tensor? lengths, Tensor? h0, Tensor w_ih, "
+      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, str pooling, Tensor? query, Tensor? key_weight, "
+      "Tensor? key_bias, Tensor? pool_max, Tensor? pool_denom, Tensor? pool_sum, "
+      "Tensor? plan=None) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 void define_pooling_operators(torch::Library& m) {

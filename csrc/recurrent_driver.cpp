@@ -564,15 +564,24 @@ GruForwardResult gru_layer_forward(const RecurrentBackend& backend, const Tensor
           std::move(out.h_prev)};
 }
 
-LstmPooledForwardResult lstm_layer_pooled_forward(
-    const RecurrentBackend& backend, const Tensor& x, const optional<Tensor>& lengths,
-    const optional<Tensor>& h0, const optional<Tensor>& c0, const Tensor& w_ih,
-    const Tensor& w_hh, const optional<Tensor>& b_ih, const optional<Tensor>& b_hh,
-    c10::string_view pooling, const optional<Tensor>& query, const optional<Tensor>& key_weight,
-    const optional<Tensor>& key_bias, const optional<Tensor>& pool_max,
-    const optional<Tensor>& pool_denom, const optional<Tensor>& pool_sum,
-    const optional<Tensor>& plan_table) {
-  const CellDef& cell_def = kLstmCell;
+namespace {
+
+// What a pooled forward returns: the final states (c undefined for a cell
+// without one) and the pooling state, in caller order.
+struct PooledForward {
+  Tensor h_n, c_n, max, denom, sum;
+};
+
+// The pooled forward of any cell (lstm_layer_pooled_forward's semantics):
+// one forward layer that writes no output and pools it as it runs.
+PooledForward layer_pooled_forward(
+    const CellDef& cell_def, const RecurrentBackend& backend, const Tensor& x,
+    const optional<Tensor>& lengths, const optional<Tensor>& h0, const optional<Tensor>& c0,
+    const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_ih,
+    const optional<Tensor>& b_hh, c10::string_view pooling, const optional<Tensor>& query,
+    const optional<Tensor>& key_weight, const optional<Tensor>& key_bias,
+    const optional<Tensor>& pool_max, const optional<Tensor>& pool_denom,
+    const optional<Tensor>& pool_sum, const optional<Tensor>& plan_table) {
   const LayerSizes sz = check_layer_inputs(cell_def, x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh);
   backend.check_input(x, sz.hidden);
   const int64_t T = sz.steps_total, B = sz.batch, H = sz.hidden;
@@ -602,8 +611,40 @@ LstmPooledForwardResult lstm_layer_pooled_forward(
                                        : at::zeros({B}, state_opts),
                 initial_state(pool_sum, dev, state_opts, sz)};
   if (plan.packed_rows > 0) run_forward(backend, f, h_state, c_state, w_ih, w_hh, b_ih, b_hh, &pool);
-  return {from_sorted(h_state, dev), from_sorted(c_state.to(dtype), dev),
+  return {from_sorted(h_state, dev),
+          c_state.defined() ? from_sorted(c_state.to(dtype), dev) : Tensor(),
           from_sorted(pool.max, dev), from_sorted(pool.denom, dev), from_sorted(pool.sum, dev)};
+}
+
+}  // namespace
+
+LstmPooledForwardResult lstm_layer_pooled_forward(
+    const RecurrentBackend& backend, const Tensor& x, const optional<Tensor>& lengths,
+    const optional<Tensor>& h0, const optional<Tensor>& c0, const Tensor& w_ih,
+    const Tensor& w_hh, const optional<Tensor>& b_ih, const optional<Tensor>& b_hh,
+    c10::string_view pooling, const optional<Tensor>& query, const optional<Tensor>& key_weight,
+    const optional<Tensor>& key_bias, const optional<Tensor>& pool_max,
+    const optional<Tensor>& pool_denom, const optional<Tensor>& pool_sum,
+    const optional<Tensor>& plan_table) {
+  PooledForward r = layer_pooled_forward(kLstmCell, backend, x, lengths, h0, c0, w_ih, w_hh, b_ih,
+                                         b_hh, pooling, query, key_weight, key_bias, pool_max,
+                                         pool_denom, pool_sum, plan_table);
+  return {std::move(r.h_n), std::move(r.c_n), std::move(r.max), std::move(r.denom),
+          std::move(r.sum)};
+}
+
+GruPooledForwardResult gru_layer_pooled_forward(
+    const RecurrentBackend& backend, const Tensor& x, const optional<Tensor>& lengths,
+    const optional<Tensor>& h0, const Tensor& w_ih, const Tensor& w_hh,
+    const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, c10::string_view pooling,
+    const optional<Tensor>& query, const optional<Tensor>& key_weight,
+    const optional<Tensor>& key_bias, const optional<Tensor>& pool_max,
+    const optional<Tensor>& pool_denom, const optional<Tensor>& pool_sum,
+    const optional<Tensor>& plan_table) {
+  PooledForward r = layer_pooled_forward(kGruCell, backend, x, lengths, h0, c10::nullopt, w_ih,
+                                         w_hh, b_ih, b_hh, pooling, query, key_weight, key_bias,
+                                         pool_max, pool_denom, pool_sum, plan_table);
+  return {std::move(r.h_n), std::move(r.max), std::move(r.denom), std::move(r.sum)};
 }
 
 namespace {

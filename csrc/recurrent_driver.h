@@ -81,6 +81,7 @@ using LstmForwardResult =
 using LstmBackwardResult = LstmForwardResult;
 using LstmPooledForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using GruForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using GruPooledForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using GruBackwardResult =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
@@ -128,6 +129,15 @@ GruForwardResult gru_layer_forward(const RecurrentBackend& backend, const at::Te
                                    const c10::optional<at::Tensor>& b_hh, bool reverse,
                                    bool save_activations,
                                    const c10::optional<at::Tensor>& plan_table, bool low_memory);
+
+GruPooledForwardResult gru_layer_pooled_forward(
+    const RecurrentBackend& backend, const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    c10::string_view pooling, const c10::optional<at::Tensor>& query,
+    const c10::optional<at::Tensor>& key_weight, const c10::optional<at::Tensor>& key_bias,
+    const c10::optional<at::Tensor>& pool_max, const c10::optional<at::Tensor>& pool_denom,
+    const c10::optional<at::Tensor>& pool_sum, const c10::optional<at::Tensor>& plan_table);
 
 GruBackwardResult gru_layer_backward(const RecurrentBackend& backend, const at::Tensor& grad_output,
                                      const at::Tensor& grad_h_n, const at::Tensor& x,
@@ -189,4 +199,5 @@ struct BoundToBackend<backend, entry> {
     m.impl("gru_layer_backward", driver_op_##key<&::seqcls_fast::gru_layer_backward>);        \
     m.impl("gru_layer_backward_recompute",                                                    \
            driver_op_##key<&::seqcls_fast::gru_layer_backward_recompute>);                    \
+    m.impl("gru_layer_pooled_forward", driver_op_##key<&::seqcls_fast::gru_layer_pooled_forward>); \
   }

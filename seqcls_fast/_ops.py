@@ -284,14 +284,24 @@ def _lstm_layer_pooled_forward_fake(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, 
                                     key_weight, key_bias, pool_max, pool_denom, pool_sum,
                                     plan=None):
     batch, hidden = x.shape[1], w_hh.shape[1]
+    return (x.new_empty(batch, hidden), x.new_empty(batch, hidden),
+            *_pool_state_fake(x, batch, hidden))
+
+
+@torch.library.register_fake("seqcls_fast::gru_layer_pooled_forward")
+def _gru_layer_pooled_forward_fake(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, pooling, query,
+                                   key_weight, key_bias, pool_max, pool_denom, pool_sum,
+                                   plan=None):
+    batch, hidden = x.shape[1], w_hh.shape[1]
+    return (x.new_empty(batch, hidden), *_pool_state_fake(x, batch, hidden))
+
+
+def _pool_state_fake(x, batch, hidden):
+    """The online pooling state a pooled forward returns: max [B], denom [B],
+    sum [B, H], in the state dtype."""
     state = _state_dtype(x.dtype)
-    return (
-        x.new_empty(batch, hidden),
-        x.new_empty(batch, hidden),
-        x.new_empty(batch, dtype=state),
-        x.new_empty(batch, dtype=state),
-        x.new_empty(batch, hidden, dtype=state),
-    )
+    return (x.new_empty(batch, dtype=state), x.new_empty(batch, dtype=state),
+            x.new_empty(batch, hidden, dtype=state))
 
 
 def lstm_layer_pooled(x, h0, c0, w_ih, w_hh, b_ih, b_hh, pooling, query=None, key_weight=None,
@@ -306,6 +316,16 @@ def lstm_layer_pooled(x, h0, c0, w_ih, w_hh, b_ih, b_hh, pooling, query=None, ke
         x, None, h0, c0, w_ih, w_hh, b_ih, b_hh, pooling, query, key_weight, key_bias,
         pool_max, pool_denom, pool_sum, plan)
     return h_n, c_n, tuple(state)
+
+
+def gru_layer_pooled(x, h0, w_ih, w_hh, b_ih, b_hh, pooling, query=None, key_weight=None,
+                     key_bias=None, pool_state=None, plan=None):
+    """lstm_layer_pooled for a GRU layer: x [T, B, I] -> (h_n, pool_state)."""
+    pool_max, pool_denom, pool_sum = pool_state if pool_state is not None else (None,) * 3
+    h_n, *state = ops.gru_layer_pooled_forward(
+        x, None, h0, w_ih, w_hh, b_ih, b_hh, pooling, query, key_weight, key_bias, pool_max,
+        pool_denom, pool_sum, plan)
+    return h_n, tuple(state)
 
 
 # ------------------------------------------------- masked attention pooling

@@ -68,19 +68,20 @@ class LSTMClassifier(ClassifierLayout):
         return self.head(self.dropout(features))
 
     def _pools_online(self, x):
-        """Whether the top LSTM layer pools as it runs, never writing its
-        [T, B, H] output (seqcls_fast::lstm_layer_pooled_forward): when nothing
-        needs a gradient, the LSTM is ours and unidirectional (a reverse
-        direction's scores need both directions' outputs). On the CPU and on
-        CUDA alike."""
-        lstm = self.rnn
-        if not isinstance(lstm, LSTM) or lstm.bidirectional:
+        """Whether the top recurrent layer pools as it runs, never writing its
+        [T, B, H] output (seqcls_fast::lstm_layer_pooled_forward,
+        gru_layer_pooled_forward): when nothing needs a gradient, the LSTM or
+        GRU is ours and unidirectional (a reverse direction's scores need both
+        directions' outputs). On the CPU and on CUDA alike."""
+        rnn = self.rnn
+        if not isinstance(rnn, (LSTM, GRU)) or rnn.bidirectional:
             return False
         return not torch.is_grad_enabled() or not (
             x.requires_grad or any(p.requires_grad for p in self.parameters()))
 
     def online_pooling(self, pool_state=None):
-        """The keyword arguments of ``_ops.lstm_layer_pooled`` for this
+        """The keyword arguments of ``_ops.lstm_layer_pooled`` (and
+        ``gru_layer_pooled``) for this
         model's pooling, continuing ``pool_state`` (None: start empty)."""
         spec = {"pooling": self.pooling, "pool_state": pool_state}
         if self.pooling == "attention":
@@ -100,14 +101,15 @@ class LSTMClassifier(ClassifierLayout):
         return h_n
 
     def _pooled_online(self, x, plan):
-        pool_state, (h_n, _c_n) = self.lstm._checked_run(x.transpose(0, 1), plan,
-                                                         pool=self.online_pooling())
+        pool_state, states = self.rnn._checked_run(x.transpose(0, 1), plan,
+                                                   pool=self.online_pooling())
+        h_n = states[0]  # (h_n, c_n) or (h_n,)
         return self.pooled_features(pool_state, h_n[-1], step_counts(plan, x)).to(x.dtype)
 
     def stream(self, batch_size):
         """A ``seqcls_fast.streaming.ClassifierStream`` for ``batch_size``
         independent sequences fed in chunks: ``logits = stream.feed(chunk,
         chunk_lengths)`` equals this model on each row's prefix so far. The
-        model must be unidirectional, an LSTM one, and in eval mode."""
+        model must be unidirectional (LSTM or GRU) and in eval mode."""
         from .streaming import ClassifierStream
         return ClassifierStream(self, batch_size)

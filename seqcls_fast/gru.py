@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from ._ops import gru_layer
+from ._ops import gru_layer, gru_layer_pooled
 from .errors import StateTypeError
 from .lstm import check_memory_mode, low_memory_for
 from .recurrent import RecurrentLayers
@@ -28,10 +28,11 @@ class GRU(RecurrentLayers):
     ``AUTO_LOW_MEMORY_BYTES`` per layer-direction (5H values per padded step
     and row).
 
-    Each step is a GEMM and a fused pointwise kernel, on the CPU (float32,
-    float64) and on CUDA (also float16/bfloat16 storage with float32 math;
-    run so far on the CUDA emulator only). Online pooling and the persistent
-    recurrence are not built yet.
+    The kernels are sf.LSTM's paths: on the CPU in float32 the persistent
+    recurrence (AVX-512 or AVX2), else each step a GEMM and a fused pointwise
+    kernel (float64; CUDA, also float16/bfloat16 storage with float32 math,
+    run so far on the CUDA emulator only). A classifier's top layer pools
+    online in inference (``seqcls_fast::gru_layer_pooled_forward``).
     """
 
     _name = "seqcls_fast.GRU"
@@ -58,9 +59,11 @@ class GRU(RecurrentLayers):
         return low_memory_for(self.memory, x, self.hidden_size, kept_per_unit=5)
 
     def _layer(self, x, layer, direction, initial, table, pool, low_memory):
-        if pool is not None:
-            raise NotImplementedError("seqcls_fast.GRU: no online pooling yet")
         h0 = initial[0] if initial is not None else None
+        if pool is not None:
+            h, pool_state = gru_layer_pooled(x, h0, *self._weights(layer, direction), plan=table,
+                                             **pool)
+            return pool_state, (h,)
         out, h = gru_layer(x, None, h0, *self._weights(layer, direction), bool(direction), table,
                            low_memory)
         return out, (h,)

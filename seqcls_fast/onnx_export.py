@@ -21,7 +21,8 @@ What each operator becomes:
   * ``lstm_layer_pooled_forward`` (a unidirectional classifier exported
     under ``torch.no_grad()``): the ``lstm_layer_forward`` translation, then
     the pooling state in closed form over the valid steps (ReduceMax, Exp,
-    ReduceSum), continuing the given state.
+    ReduceSum), continuing the given state; ``gru_layer_pooled_forward``
+    likewise on the ``gru_layer_forward`` translation.
   * ``masked_attention_pool_forward``: MatMul scores, a Softmax masked by
     ``Range(T) < lengths`` (Where), a MatMul for the weighted sum; float32
     inside for float16 inputs, as the kernels.
@@ -161,9 +162,31 @@ def lstm_layer_pooled_forward(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, poolin
                               key_weight, key_bias, pool_max, pool_denom, pool_sum, plan=None):
     """seqcls_fast::lstm_layer_pooled_forward -> the LSTM node of
     lstm_layer_forward and the pooling state over its valid outputs."""
-    op, ir = _onnx()
     output, h_n, c_n, *_saved = lstm_layer_forward(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh,
                                                    False, False, plan)
+    state = _pool_state(x, output, lengths, plan, pooling, query, key_weight, key_bias,
+                        (pool_max, pool_denom, pool_sum))
+    return (h_n, c_n, *state)
+
+
+def gru_layer_pooled_forward(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, pooling: str, query,
+                             key_weight, key_bias, pool_max, pool_denom, pool_sum, plan=None):
+    """seqcls_fast::gru_layer_pooled_forward -> the GRU node of
+    gru_layer_forward and the pooling state over its valid outputs."""
+    output, h_n, *_saved = gru_layer_forward(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, False, False,
+                                             plan)
+    state = _pool_state(x, output, lengths, plan, pooling, query, key_weight, key_bias,
+                        (pool_max, pool_denom, pool_sum))
+    return (h_n, *state)
+
+
+def _pool_state(x, output, lengths, plan, pooling, query, key_weight, key_bias, state):
+    """The online pooling state (max [B], denom [B], sum [B, H], in the state
+    dtype) after a layer's output [T, B, H] (0 past each length), in closed
+    form over the valid steps (ReduceMax, Exp, ReduceSum), continuing `state`
+    (three Nones: empty)."""
+    op, ir = _onnx()
+    pool_max, pool_denom, pool_sum = state
     values = op.Cast(output, to=ir.DataType.FLOAT) if _is_half(x) else output  # state dtype
     if pool_max is None:  # an empty state: -inf, 0, 0
         zeros = op.ReduceSum(op.Mul(values, op.CastLike(0.0, values)), op.Constant(value_ints=[0]),
@@ -195,7 +218,7 @@ def lstm_layer_pooled_forward(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, poolin
                                 op.Constant(value_ints=[0]), keepdims=0)
         pool_sum = op.Add(op.Mul(pool_sum, op.Unsqueeze(keep, [1])), weighted)
         pool_max = merged
-    return h_n, c_n, pool_max, pool_denom, pool_sum
+    return pool_max, pool_denom, pool_sum
 
 
 def masked_attention_pool_forward(values, keys, query, lengths, plan=None):
@@ -234,6 +257,7 @@ def onnx_translation_table():
         _ops.lstm_layer_forward.default: lstm_layer_forward,
         _ops.gru_layer_forward.default: gru_layer_forward,
         _ops.lstm_layer_pooled_forward.default: lstm_layer_pooled_forward,
+        _ops.gru_layer_pooled_forward.default: gru_layer_pooled_forward,
         _ops.masked_attention_pool_forward.default: masked_attention_pool_forward,
         _ops.length_plan.default: length_plan,
     }

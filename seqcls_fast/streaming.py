@@ -4,13 +4,13 @@ few steps at a time; ``stream.reset(rows)`` starts new sequences in some rows.
 
 The logits after any chunking equal ``model(x, lengths)`` on the prefix each row
 has seen. The state per row is O(layers x H) whatever the length so far: the
-(h, c) of every layer and the pooling's online state (running max of the
+h (and the LSTM's c) of every layer and the pooling's online state (running max of the
 scores, softmax denominator, and the weighted sum of outputs for attention, as
 flash attention merges softmax blocks; the running sum for mean; nothing more
 for last). Each chunk runs as the classifier's fused inference path does, on
 the CPU and on CUDA: the top layer pools as it runs
-(seqcls_fast::lstm_layer_pooled_forward, whose merge rule lives in
-csrc/online_pool.h). Unidirectional models only: a reverse direction needs
+(seqcls_fast::lstm_layer_pooled_forward or gru_layer_pooled_forward, whose
+merge rule lives in csrc/online_pool.h). LSTM and GRU models alike. Unidirectional models only: a reverse direction needs
 the future.
 """
 import torch
@@ -25,12 +25,8 @@ class ClassifierStream:
     ``LSTMClassifier.stream``."""
 
     def __init__(self, model, batch_size):
-        if model.cell != "lstm":
-            raise NotImplementedError(f"LSTMClassifier.stream: streaming is built for "
-                                      f"cell='lstm' only so far, this model's cell is "
-                                      f"{model.cell!r}")
-        lstm = model.lstm
-        if lstm.bidirectional:
+        rnn = model.rnn
+        if rnn.bidirectional:
             raise ValueError("LSTMClassifier.stream: the model is bidirectional; streaming needs "
                              "a unidirectional model (the reverse direction reads the future)")
         if model.training:
@@ -41,18 +37,20 @@ class ClassifierStream:
                              f"{batch_size!r}")
         self.model = model
         self.batch_size = batch_size
-        like = lstm.weight_ih_l0.detach()
+        like = rnn.weight_ih_l0.detach()
         self.dtype, self.device = like.dtype, like.device
-        # (h, c) of every layer, [layers, B, H]: sf.LSTM's h_0 / c_0 and h_n / c_n.
-        self.h = like.new_zeros(lstm.num_layers, batch_size, lstm.hidden_size)
-        self.c = like.new_zeros(lstm.num_layers, batch_size, lstm.hidden_size)
+        # h (and the LSTM's c) of every layer, [layers, B, H]: the recurrent
+        # layers' h_0 / c_0 and h_n / c_n. c is None for a GRU.
+        self.h = like.new_zeros(rnn.num_layers, batch_size, rnn.hidden_size)
+        self.c = (like.new_zeros(rnn.num_layers, batch_size, rnn.hidden_size)
+                  if model.cell == "lstm" else None)
         self.seen = torch.zeros(batch_size, dtype=torch.long, device=like.device)
         # The pooling state: (max [B], denom [B], sum [B, H]) in the state
         # dtype, as lstm_layer_pooled_forward takes and returns it.
         state = like.new_empty(0, dtype=_state_dtype(like.dtype))
         self.pool_state = (state.new_full((batch_size,), float("-inf")),
                            state.new_zeros(batch_size),
-                           state.new_zeros(batch_size, lstm.hidden_size))
+                           state.new_zeros(batch_size, rnn.hidden_size))
 
     # ---------------------------------------------------------------- public
     @torch.inference_mode()  # the state may hold inference tensors (see feed)
@@ -61,7 +59,8 @@ class ClassifierStream:
         bool tensor); the other rows go on."""
         rows = self._rows(rows)
         self.h[:, rows] = 0
-        self.c[:, rows] = 0
+        if self.c is not None:
+            self.c[:, rows] = 0
         self.seen[rows] = 0
         pool_max, denom, total = self.pool_state
         pool_max[rows] = float("-inf")
@@ -70,7 +69,8 @@ class ClassifierStream:
 
     def state_numel(self):
         """Elements of state kept per stream (constant: O(B x layers x H))."""
-        return sum(t.numel() for t in (self.h, self.c, self.seen, *self.pool_state))
+        kept = (self.h, self.c, self.seen, *self.pool_state)
+        return sum(t.numel() for t in kept if t is not None)
 
     @torch.inference_mode()
     def feed(self, chunk, chunk_lengths=None):
@@ -111,18 +111,26 @@ class ClassifierStream:
         steps = x.size(1)
         plan = LengthPlan(lengths, steps, x.size(0)) if lengths is not None else None
         every_row = isinstance(rows, slice)
-        state = (self.h, self.c) if every_row else (self.h[:, rows], self.c[:, rows])
+        lstm = self.c is not None
+
+        def of_rows(state):
+            return state if every_row else state[:, rows]
+
+        hx = (of_rows(self.h), of_rows(self.c)) if lstm else of_rows(self.h)
         pool_state = self.pool_state if every_row else tuple(t[rows] for t in self.pool_state)
-        # sf.LSTM's own layer loop, started from the rows' states (inference:
-        # nothing is kept for a backward), behind sf.LSTM's input checks: with
-        # an embedding, or weights cast after the stream was made, x's dtype
-        # is not the one _check_chunk compared.
-        pool_state, (h, c) = model.lstm._checked_run(x.transpose(0, 1), plan, state,
-                                                     pool=model.online_pooling(pool_state))
+        # The recurrent layers' own loop, started from the rows' states
+        # (inference: nothing is kept for a backward), behind their input
+        # checks: with an embedding, or weights cast after the stream was
+        # made, x's dtype is not the one _check_chunk compared.
+        pool_state, states = model.rnn._checked_run(x.transpose(0, 1), plan, hx,
+                                                    pool=model.online_pooling(pool_state))
+        h, c = states if lstm else (states[0], None)
         if every_row:  # rebind, no scatter
             self.h, self.c, self.pool_state = h, c, pool_state
         else:
-            self.h[:, rows], self.c[:, rows] = h, c
+            self.h[:, rows] = h
+            if lstm:
+                self.c[:, rows] = c
             for kept, new in zip(self.pool_state, pool_state):
                 kept[rows] = new
         self.seen[rows] += steps if lengths is None else lengths
@@ -152,9 +160,9 @@ class ClassifierStream:
                 raise ValueError("ClassifierStream.feed: with an embedding, chunk must be [B, t] "
                                  f"token ids, got {chunk.dtype} of shape {tuple(chunk.shape)}")
         else:
-            if chunk.dim() != 3 or chunk.size(2) != model.lstm.input_size:
+            if chunk.dim() != 3 or chunk.size(2) != model.rnn.input_size:
                 raise ValueError(f"ClassifierStream.feed: chunk must have shape [B, t, "
-                                 f"{model.lstm.input_size}], got {tuple(chunk.shape)}")
+                                 f"{model.rnn.input_size}], got {tuple(chunk.shape)}")
             if chunk.dtype != self.dtype:
                 raise TypeError(f"ClassifierStream.feed: chunk dtype {chunk.dtype} does not match "
                                 f"the stream's {self.dtype}")

@@ -126,7 +126,8 @@ def test_bad_pooling_name():
 def test_gru_cell_matches_native(device, pooling, bidirectional, memory):
     """cell="gru": sf.GRU in the classifier (submodule ``gru``) against the
     same model on nn.GRU + packing: logits and every parameter's gradient, in
-    training and without gradients (no online pooling for the GRU yet)."""
+    training and without gradients (then a unidirectional model's top layer
+    pools online: gru_layer_pooled_forward)."""
     settings = dict(num_layers=2, bidirectional=bidirectional, cell="gru",
                     pooling="attention" if pooling == "additive" else pooling,
                     attn_dim=5 if pooling == "additive" else None, device=device,
@@ -146,12 +147,10 @@ def test_gru_cell_matches_native(device, pooling, bidirectional, memory):
     for (name, p), (_, q) in zip(model.named_parameters(), native.named_parameters()):
         torch.testing.assert_close(p.grad, q.grad, **tol, msg=name)
     with torch.no_grad():
-        assert not model._pools_online(x)
+        assert model._pools_online(x) == (not bidirectional)
         torch.testing.assert_close(model.eval()(x, lengths), native.eval()(x, lengths), **tol)
 
 
-def test_gru_cell_options_not_built_yet_are_refused():
+def test_unknown_cell_is_refused():
     with pytest.raises(ValueError, match=r"cell must be one of \('lstm', 'gru'\), got 'rnn'"):
         sf.LSTMClassifier(3, 4, 2, cell="rnn")
-    with pytest.raises(NotImplementedError, match="streaming is built for cell='lstm' only"):
-        sf.LSTMClassifier(3, 4, 2, cell="gru").eval().stream(2)

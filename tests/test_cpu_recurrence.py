@@ -164,12 +164,13 @@ def test_forward_and_backward_match_float64_reference(path, cell, shape, bidirec
     _assert_within_pytorchs_own(native, model, x, lengths, hx)
 
 
-def test_inference_pooling_matches_float64_reference(path):
+def test_inference_pooling_matches_float64_reference(path, cell):
     """LSTMClassifier under no_grad pools in its top layer's kernel (the
     fused recurrence hands the pooling a chunk of h_s at a time); its logits
-    equal nn.LSTM + packing + masked attention in float64."""
-    model = sf.LSTMClassifier(6, 40, 3, num_layers=2, attn_dim=8).eval()
-    native = NativeLSTMClassifier(6, 40, 3, num_layers=2, attn_dim=8, dtype=torch.float64).eval()
+    equal nn.LSTM (nn.GRU) + packing + masked attention in float64."""
+    model = sf.LSTMClassifier(6, 40, 3, num_layers=2, attn_dim=8, cell=cell).eval()
+    native = NativeLSTMClassifier(6, 40, 3, num_layers=2, attn_dim=8, dtype=torch.float64,
+                                  cell=cell).eval()
     native.load_state_dict(model.state_dict())
     x = torch.randn(9, 300, 6)  # batch first
     lengths = torch.randint(150, 301, (9,))  # >= 1350 rows: more than one 1024-row chunk

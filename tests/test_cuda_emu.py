@@ -549,3 +549,24 @@ def test_gru_layer(dtype, reverse):
         on_cpu = CPU_OPS.gru_layer_forward(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, True)
         assert_same_as_cpu_backend(forward, on_cpu, LSTM_TOL, ("output", "h_n", "gates", "cell",
                                                                "h_prev"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_gru_layer_pooled(dtype):
+    """gru_layer_pooled_forward on the emulated CUDA backend (the forward
+    step kernels, then the online pooling step per step, no output written)
+    against the plain-PyTorch GRU and the pooling's closed form, every pooling,
+    fresh and continued; float64 also against the CPU backend."""
+    from test_gru import POOLED_CASES, gru_pooled_args, gru_pooled_reference
+    names = ("h_n", "pool_max", "pool_denom", "pool_sum")
+    judge = Judge(dtype)
+    for case in POOLED_CASES:
+        with sample_named("-".join(map(str, case))):
+            args = gru_pooled_args(*case, dtype)
+            got = run_emulated("gru_layer_pooled_forward", *args)
+            judge(got, lambda d, args=args: gru_pooled_reference(args, d), LSTM_TOL, names)
+            assert got[1].dtype == STATE_DTYPE.get(dtype, dtype)
+            if dtype == F64:
+                assert_same_as_cpu_backend(got, CPU_OPS.gru_layer_pooled_forward(*args), LSTM_TOL,
+                                           names)
+    judge.finish()

@@ -1,8 +1,9 @@
 """sf.GRU against nn.GRU + pack_padded_sequence (seqcls_fast.reference.
 packed_lstm, which packs any native RNN): outputs, h_n and every gradient
 over awkward shapes and every input form; gradcheck, gradgradcheck (through
-the plain-PyTorch reference.gru_layer), opcheck, torch.compile; what sf.GRU
-shares with nn.GRU (state_dict, repr, from_native) and its errors.
+the plain-PyTorch reference.gru_layer), opcheck, torch.compile; the pooled
+last layer (gru_layer_pooled_forward); what sf.GRU shares with nn.GRU
+(state_dict, repr, from_native) and its errors.
 
 On the CPU, and on a GPU where there is one; the CUDA kernels also run on the
 CUDA emulator (tests/test_cuda_emu.py::test_gru_layer)."""
@@ -12,9 +13,11 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import seqcls_fast as sf
-from helpers import (CUDA_ONLY, assert_matches_packed, dtype_id, forward_backward,
-                     random_lengths)
+from helpers import (CUDA_ONLY, assert_float32_within_pytorchs_own, assert_matches_packed,
+                     dtype_id, forward_backward, random_lengths)
+from seqcls_fast import reference
 from seqcls_fast._ops import ops
+from test_ops import pooled_state_reference
 from seqcls_fast.apps.bench.report import cpu_features
 from seqcls_fast.errors import ShapeError, StateTypeError
 
@@ -194,6 +197,68 @@ def test_opcheck(reverse, lengths):
         *upstream, x_, lengths, w_ih_, w_hh_, gates, cell, h_prev, reverse, True))
     torch.library.opcheck(ops.gru_layer_backward_recompute, (
         *upstream, x_, lengths, h0_, w_ih_, w_hh_, b_ih_, b_hh_, out, reverse, True))
+
+
+# (pooling, additive keys, continue a given pooling state)
+POOLED_CASES = [("attention", False, False), ("attention", True, True), ("mean", False, True),
+                ("last", False, False)]
+
+
+def gru_pooled_args(pooling, additive, continued, dtype):
+    """gru_layer_pooled_forward's args: T 9, B 5 (lengths retire rows
+    mid-batch), I 3, H 20 (a partial unit block in both CPU builds), h0."""
+    g = torch.Generator().manual_seed(11)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+    T, B, I, H, A = 9, 5, 3, 20, 4
+    lengths = torch.tensor([9, 4, 9, 1, 6])
+    keys = A if additive else H
+    state = ((randn(B), randn(B).abs() + 0.5, randn(B, H)) if continued else (None,) * 3)
+    # The pooling state is in the state dtype: float32 for float16/bfloat16 x.
+    state_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    state = tuple(t if t is None else t.to(state_dtype) for t in state)
+    return (randn(T, B, I), lengths, randn(B, H), randn(3 * H, I) * 0.4, randn(3 * H, H) * 0.4,
+            randn(3 * H) * 0.4, randn(3 * H) * 0.4, pooling,
+            randn(keys) if pooling == "attention" else None,
+            randn(A, H) if additive else None, randn(A) if additive else None, *state)
+
+
+def gru_pooled_reference(args, dtype):
+    """The plain-PyTorch GRU layer (reference.gru_layer), then the pooling's
+    closed form, on args cast to dtype."""
+    cast = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+            for a in args]
+    x, lengths, h0, w_ih, w_hh, b_ih, b_hh, pooling, query, key_weight, key_bias, *state = cast
+    with torch.no_grad():
+        out, h_n = reference.gru_layer(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, False)
+        return [h_n, *pooled_state_reference(out, lengths, pooling, query, key_weight, key_bias,
+                                             state)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+@pytest.mark.parametrize("case", POOLED_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_pooled_forward_matches_reference(case, dtype):
+    """The GRU's fused last layer (gru_layer_pooled_forward: no output
+    written, the pooling state updated per step) equals the plain-PyTorch GRU
+    followed by the pooling's closed form: h_n and the pooling state, fresh
+    or continued; float64 to 1e-9, float32 (the persistent CPU tile) by the
+    float32 rule."""
+    args = gru_pooled_args(*case, dtype)
+    got = ops.gru_layer_pooled_forward(*args)
+    names = ["h_n", "pool_max", "pool_denom", "pool_sum"]
+    if dtype == torch.float64:
+        for name, a, b in zip(names, got, gru_pooled_reference(args, dtype)):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=name)
+    else:
+        assert_float32_within_pytorchs_own(got, gru_pooled_reference(args, torch.float32),
+                                           gru_pooled_reference(args, torch.float64), names)
+
+
+def test_pooled_forward_opcheck():
+    for case in POOLED_CASES:
+        torch.library.opcheck(ops.gru_layer_pooled_forward, gru_pooled_args(*case, torch.float64))
 
 
 def test_compile_fullgraph_matches_eager():

@@ -204,13 +204,16 @@ def test_classifier_with_embedding_and_additive_attention(tmp_path):
     _assert_matches_eager(path, model, args(9, 4, seed=2))
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("pooling", ["attention", "additive", "mean", "last"])
-def test_classifier_exported_without_grad_pools_online(tmp_path, pooling):
+def test_classifier_exported_without_grad_pools_online(tmp_path, pooling, cell):
     """Exported under no_grad, a unidirectional classifier's top layer is
-    lstm_layer_pooled_forward: its translation gives the eager logits."""
+    lstm_layer_pooled_forward (gru_layer_pooled_forward): its translation
+    gives the eager logits."""
     torch.manual_seed(0)
     model = sf.LSTMClassifier(3, 4, 5, num_layers=2, attn_dim=6 if pooling == "additive" else None,
-                              pooling="attention" if pooling == "additive" else pooling).eval()
+                              pooling="attention" if pooling == "additive" else pooling,
+                              cell=cell).eval()
 
     def args(steps, batch, seed):
         x, lengths = _batch(steps, batch, 3, seed)
@@ -220,7 +223,7 @@ def test_classifier_exported_without_grad_pools_online(tmp_path, pooling):
         assert model._pools_online(args(6, 3, seed=1)[0])
         path = _export(model, args(6, 3, seed=1),
                        {"x": {0: BATCH, 1: STEPS}, "lengths": {0: BATCH}}, tmp_path / "m.onnx")
-    _assert_lstm_nodes(path, 2)
+    _assert_lstm_nodes(path, 2, op_type=cell.upper())
     if model.pooling == "attention":  # the closed form, not the masked-softmax translation
         assert "Softmax" not in [n.op_type for n in _nodes(path)]
     _assert_matches_eager(path, model, args(11, 5, seed=2))

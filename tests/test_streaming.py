@@ -7,12 +7,13 @@ import seqcls_fast as sf
 from helpers import assert_float32_within_pytorchs_own, native_twin
 
 POOLINGS = ["attention", "mean", "last"]
+CELLS = ["lstm", "gru"]
 
 
-def _model(device, dtype, layers, pooling, embedding, attn_dim=None):
+def _model(device, dtype, layers, pooling, embedding, attn_dim=None, cell="lstm"):
     kwargs = {"vocab_size": 11} if embedding else {}
     return sf.LSTMClassifier(4, 5, 3, num_layers=layers, pooling=pooling, attn_dim=attn_dim,
-                             **kwargs).to(device=device, dtype=dtype).eval()
+                             cell=cell, **kwargs).to(device=device, dtype=dtype).eval()
 
 
 def _sequences(batch, steps, embedding, dtype, device, generator):
@@ -51,24 +52,26 @@ def _replay(model, stream, x, generator, resets):
             yield logits[rows.to(logits.device)], model(*prefix), prefix
 
 
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("seed", range(6))
-def test_streamed_logits_equal_the_offline_model_float64(device, seed):
+def test_streamed_logits_equal_the_offline_model_float64(device, seed, cell):
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     layers = 1 + seed % 3
     pooling = POOLINGS[seed % 3]
     embedding = seed % 2 == 1
     model = _model(device, torch.float64, layers, pooling, embedding,
-                   attn_dim=3 if seed == 3 else None)
+                   attn_dim=3 if seed == 3 else None, cell=cell)
     x = _sequences(4, 13, embedding, torch.float64, device, generator)
     for got, want, _ in _replay(model, model.stream(4), x, generator, resets=seed >= 2):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("pooling", POOLINGS)
-def test_streamed_logits_equal_the_offline_model_float32(device, pooling):
+def test_streamed_logits_equal_the_offline_model_float32(device, pooling, cell):
     generator = torch.Generator().manual_seed(7)
-    model = _model(device, torch.float32, 2, pooling, False)
+    model = _model(device, torch.float32, 2, pooling, False, cell=cell)
     x = _sequences(5, 17, False, torch.float32, device, generator)
     twin32, twin64 = native_twin(model, torch.float32), native_twin(model, torch.float64)
     for got, want, (inputs, lengths) in _replay(model, model.stream(5), x, generator,
@@ -86,21 +89,25 @@ def test_streamed_logits_equal_the_offline_model_float32(device, pooling):
                                            compare_to=[want])
 
 
-def test_one_step_chunks_keep_state_per_row_constant():
-    model = _model("cpu", torch.float64, 2, "attention", False)
+@pytest.mark.parametrize("cell", CELLS)
+def test_one_step_chunks_keep_state_per_row_constant(cell):
+    model = _model("cpu", torch.float64, 2, "attention", False, cell=cell)
     stream = model.stream(2)
     sizes = []
     for _ in range(20):
         stream.feed(torch.randn(2, 1, 4, dtype=torch.float64))
         sizes.append(stream.state_numel())
-    # 2 layers x (h, c) x B x H, seen, and the pooling state (max, denom, sum)
-    assert set(sizes) == {2 * 2 * 2 * 5 + 2 + 2 + 2 + 2 * 5}
+    # 2 layers x (h, c; the GRU: h) x B x H, seen, and the pooling state
+    # (max, denom, sum)
+    states = 2 if cell == "lstm" else 1
+    assert set(sizes) == {2 * states * 2 * 5 + 2 + 2 + 2 + 2 * 5}
 
 
-def test_reset_after_whole_chunks_then_partial_chunks():
+@pytest.mark.parametrize("cell", CELLS)
+def test_reset_after_whole_chunks_then_partial_chunks(cell):
     """Whole chunks rebind the state, partial ones scatter into it: mixing
     them with resets still gives the offline result."""
-    model = _model("cpu", torch.float64, 2, "attention", False)
+    model = _model("cpu", torch.float64, 2, "attention", False, cell=cell)
     x = torch.randn(2, 6, 4, dtype=torch.float64)
     stream = model.stream(2)
     stream.feed(x[:, :3])

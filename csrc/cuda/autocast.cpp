@@ -42,6 +42,11 @@ using LstmPooledForwardFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
 using GruForwardFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
     const Tensor&, const optional<Tensor>&, const optional<Tensor>&, const Tensor&, const Tensor&,
     const optional<Tensor>&, const optional<Tensor>&, bool, bool, const optional<Tensor>&, bool);
+using GruPooledForwardFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const optional<Tensor>&, const optional<Tensor>&, const Tensor&, const Tensor&,
+    const optional<Tensor>&, const optional<Tensor>&, c10::string_view, const optional<Tensor>&,
+    const optional<Tensor>&, const optional<Tensor>&, const optional<Tensor>&,
+    const optional<Tensor>&, const optional<Tensor>&, const optional<Tensor>&);
 using PoolForwardFn = std::tuple<Tensor, Tensor>(const Tensor&, const optional<Tensor>&,
                                                  const Tensor&, const optional<Tensor>&,
                                                  const optional<Tensor>&);
@@ -90,7 +95,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_forward_autocast(
 }
 
 // The pooling state (pool_max, pool_denom, pool_sum) is in the state dtype,
-// float32 for a half or bfloat16 x, so it passes uncast like the lengths.
+// float32 for a half or bfloat16 x, so it passes uncast like the lengths
+// (here and in the GRU's below).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_pooled_forward_autocast(
     const Tensor& x, const optional<Tensor>& lengths, const optional<Tensor>& h0,
     const optional<Tensor>& c0, const Tensor& w_ih, const Tensor& w_hh,
@@ -108,6 +114,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_pooled_forward_aut
                  pool_denom, pool_sum, plan);
 }
 
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_layer_pooled_forward_autocast(
+    const Tensor& x, const optional<Tensor>& lengths, const optional<Tensor>& h0,
+    const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_ih,
+    const optional<Tensor>& b_hh, c10::string_view pooling, const optional<Tensor>& query,
+    const optional<Tensor>& key_weight, const optional<Tensor>& key_bias,
+    const optional<Tensor>& pool_max, const optional<Tensor>& pool_denom,
+    const optional<Tensor>& pool_sum, const optional<Tensor>& plan) {
+  static const auto op = find_op<GruPooledForwardFn>("seqcls_fast::gru_layer_pooled_forward");
+  const BelowAutocast below;
+  const at::ScalarType dtype = below.dtype;
+  return op.call(cast(dtype, x), lengths, cast(dtype, h0), cast(dtype, w_ih), cast(dtype, w_hh),
+                 cast(dtype, b_ih), cast(dtype, b_hh), pooling, cast(dtype, query),
+                 cast(dtype, key_weight), cast(dtype, key_bias), pool_max, pool_denom, pool_sum,
+                 plan);
+}
+
 std::tuple<Tensor, Tensor> masked_attention_pool_forward_autocast(
     const Tensor& values, const optional<Tensor>& keys, const Tensor& query,
     const optional<Tensor>& lengths, const optional<Tensor>& plan) {
@@ -123,6 +145,7 @@ TORCH_LIBRARY_IMPL(seqcls_fast, AutocastCUDA, m) {
   m.impl("lstm_layer_forward", &lstm_layer_forward_autocast);
   m.impl("lstm_layer_pooled_forward", &lstm_layer_pooled_forward_autocast);
   m.impl("gru_layer_forward", &gru_layer_forward_autocast);
+  m.impl("gru_layer_pooled_forward", &gru_layer_pooled_forward_autocast);
   m.impl("masked_attention_pool_forward", &masked_attention_pool_forward_autocast);
 }
 

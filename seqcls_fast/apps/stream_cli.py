@@ -77,9 +77,6 @@ def load_streaming_model(path, device):
     is missing or cannot stream."""
     ckpt = load_checkpoint(path)
     config = ckpt["model"]
-    if config.get("cell", "lstm") != "lstm":
-        raise DataError(f"--checkpoint {path}: a {config['cell'].upper()} model; streaming is "
-                        "built for LSTM checkpoints only so far")
     if config.get("bidirectional"):
         raise DataError(f"--checkpoint {path}: the model is bidirectional, and streaming needs "
                         "the past only (its reverse direction reads steps not seen yet); train "

@@ -66,6 +66,20 @@ def test_full_sequence_score_equals_train_checkpoint_evaluation(trained, capsys)
     assert (root / "s" / "early_classification.png").exists() == _has_matplotlib()
 
 
+def test_gru_checkpoint_streams(trained, tmp_path, capsys):
+    """A --cell gru checkpoint streams (gru_layer_pooled_forward per chunk):
+    its whole-sequence accuracy equals train --checkpoint's evaluation."""
+    _, data, _ = trained
+    ckpt = _train(data, tmp_path / "gru", "--no-bidirectional", "--cell", "gru", capsys=capsys)
+    assert train.main(["--data", data, "--checkpoint", ckpt, "--out", str(tmp_path / "eval"),
+                       "--no-progress"]) == 0
+    evaluated = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())["test"]
+    assert cli_main(["stream", "--checkpoint", ckpt, "--data", data, "--steps", "4",
+                     "--out", str(tmp_path / "s")]) == 0
+    result = json.loads((tmp_path / "s" / "stream_metrics.json").read_text())
+    assert result["accuracy"][-1] == evaluated["accuracy"]
+
+
 def test_each_fraction_matches_the_offline_model_on_the_prefix(trained):
     _, _, ckpt = trained
     model, _ = stream_cli.load_streaming_model(ckpt, torch.device("cpu"))
