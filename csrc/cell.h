@@ -1,8 +1,9 @@
-// Cell math (LSTM, GRU), written once; what the driver knows of each cell is
-// in cell_def.h. The CPU kernels instantiate it with scalars and with
-// at::vec::Vectorized<T>; the CUDA kernels with float/double in registers. A backend only supplies exp and tanh for its value type through
-// CellMath<V>; every formula below is shared, so the CPU tests exercise the
-// same expressions the GPU runs.
+// Cell math (LSTM, GRU, Elman RNN), written once; what the driver knows of
+// each cell is in cell_def.h. The CPU kernels instantiate it with scalars and
+// with at::vec::Vectorized<T>; the CUDA kernels with float/double in
+// registers. A backend only supplies exp, tanh and the two relu functions for
+// its value type through CellMath<V>; every formula below is shared, so the
+// CPU tests exercise the same expressions the GPU runs.
 #pragma once
 
 #include <cmath>
@@ -11,19 +12,28 @@
 
 namespace seqcls_fast {
 
-// exp and tanh for a value type V. Specialised here for scalars; the CPU
-// backend adds a specialisation for its vector type.
+// exp, tanh, relu(x) (max(x, 0), NaN stays NaN, as torch.relu) and
+// relu_grad(h, dh) (dh where h > 0, else 0: torch's threshold_backward on
+// relu's result) for a value type V. Specialised here for scalars; the CPU
+// backend adds a specialisation for each of its vector types.
 template <typename V>
 struct CellMath;
 
+// The relu pair for a scalar type.
+template <typename T>
+struct ScalarRelu {
+  SEQCLS_HOST_DEVICE static T relu(T x) { return x < T(0) ? T(0) : x; }
+  SEQCLS_HOST_DEVICE static T relu_grad(T h, T dh) { return h > T(0) ? dh : T(0); }
+};
+
 template <>
-struct CellMath<float> {
+struct CellMath<float> : ScalarRelu<float> {
   SEQCLS_HOST_DEVICE static float exp(float x) { return ::expf(x); }
   SEQCLS_HOST_DEVICE static float tanh(float x) { return ::tanhf(x); }
 };
 
 template <>
-struct CellMath<double> {
+struct CellMath<double> : ScalarRelu<double> {
   SEQCLS_HOST_DEVICE static double exp(double x) { return ::exp(x); }
   SEQCLS_HOST_DEVICE static double tanh(double x) { return ::tanh(x); }
 };
@@ -98,6 +108,30 @@ SEQCLS_HOST_DEVICE void gru_cell_backward(V r, V z, V n, V h_n, V h_prev, V dh, 
   d_r = d_xn * h_n * r * (V(1) - r);
   d_z = dh * (h_prev - n) * z * (V(1) - z);
   dh_prev_direct = dh * z;
+}
+
+// One hidden unit of one Elman RNN step (nn.RNN's), forward: the
+// pre-activation x W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh, activated by tanh
+// or (kRelu) relu; the result is both the gate the backward keeps and h_t.
+template <bool kRelu, typename V>
+SEQCLS_HOST_DEVICE V rnn_cell_forward(V pre) {
+  if constexpr (kRelu) {
+    return CellMath<V>::relu(pre);
+  } else {
+    return CellMath<V>::tanh(pre);
+  }
+}
+
+// Backward: the gradient of the pre-activation from h_t (the forward's
+// result) and dh, the total gradient reaching h_t; dh_{t-1} is the driver's
+// GEMM of it with W_hh.
+template <bool kRelu, typename V>
+SEQCLS_HOST_DEVICE V rnn_cell_backward(V h, V dh) {
+  if constexpr (kRelu) {
+    return CellMath<V>::relu_grad(h, dh);
+  } else {
+    return dh * (V(1) - h * h);
+  }
 }
 
 }  // namespace seqcls_fast

@@ -11,7 +11,7 @@
 namespace seqcls_fast {
 
 // Which cell a step runs (StepRows::cell_kind): backends pick their kernel by it.
-enum class CellKind : int32_t { kLstm = 0, kGru = 1 };
+enum class CellKind : int32_t { kLstm = 0, kGru = 1, kRnnTanh = 2, kRnnRelu = 3 };
 
 struct CellDef {
   CellKind kind;
@@ -24,14 +24,23 @@ struct CellDef {
                         //   W_hn h + b_hn, multiplied by r), so the driver keeps the
                         //   recurrent product in its own buffer instead of adding it to
                         //   x W_ih^T + b_ih before the cell runs
+  bool keeps_value;     // the forward keeps one value per unit and step beside the gates
+                        //   for the backward (ForwardStep::cell: the LSTM's c_s, the GRU's
+                        //   h W_hn^T + b_hn); else the op's `cell` output has 0 rows
 };
 
 // The LSTM: gates i, f, g, o; states h and c; the whole recurrent product
 // adds to the input projection, whose bias is b_ih + b_hh.
-inline constexpr CellDef kLstmCell{CellKind::kLstm, "LSTM", 4, true, false};
+inline constexpr CellDef kLstmCell{CellKind::kLstm, "LSTM", 4, true, false, true};
 
 // The GRU (nn.GRU's): gates r, z, n; state h only; the recurrent product
 // h W_hh^T + b_hh stays apart, since the new gate uses r * (W_hn h + b_hn).
-inline constexpr CellDef kGruCell{CellKind::kGru, "GRU", 3, false, true};
+inline constexpr CellDef kGruCell{CellKind::kGru, "GRU", 3, false, true, true};
+
+// The Elman RNN (nn.RNN's, nonlinearity tanh or relu): one gate, h' =
+// act(x W_ih^T + b_ih + h W_hh^T + b_hh), whose activated value is h' itself,
+// all the backward needs; the recurrent product joins the projection.
+inline constexpr CellDef kRnnTanhCell{CellKind::kRnnTanh, "RNN_TANH", 1, false, false, false};
+inline constexpr CellDef kRnnReluCell{CellKind::kRnnRelu, "RNN_RELU", 1, false, false, false};
 
 }  // namespace seqcls_fast

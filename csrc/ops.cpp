@@ -136,6 +136,30 @@ void define_gru_operators(torch::Library& m) {
       "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, str pooling, Tensor? query, Tensor? key_weight, "
       "Tensor? key_bias, Tensor? pool_max, Tensor? pool_denom, Tensor? pool_sum, "
       "Tensor? plan=None) -> (Tensor, Tensor, Tensor, Tensor)");
+  // One Elman RNN layer-direction (nn.RNN's: h' = act(x W_ih^T + b_ih +
+  // h W_hh^T + b_hh), nonlinearity "tanh" or "relu"), on the same plan and
+  // packed layout. Returns (output [T,B,H], h_n [B,H], gates [N,H], h_prev
+  // [N,H]): gates holds each step's activated value (h_s, all the backward
+  // needs); h_prev as the LSTM's; both empty (0 rows) without
+  // save_activations or with low_memory (then rnn_layer_backward_recompute).
+  m.def(
+      "rnn_layer_forward(Tensor x, Tensor? lengths, Tensor? h0, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, str nonlinearity, bool reverse, bool save_activations, "
+      "Tensor? plan=None, bool low_memory=False) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Returns (grad_x [T,B,I], grad_h0 [B,H], grad_w_ih [H,I], grad_w_hh [H,H],
+  // grad_bias [H]); grad_bias is b_ih's and b_hh's alike; grad_x as
+  // lstm_layer_backward's.
+  m.def(
+      "rnn_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor x, Tensor? lengths, "
+      "Tensor w_ih, Tensor w_hh, Tensor gates, Tensor h_prev, str nonlinearity, bool reverse, "
+      "bool compute_grad_x, Tensor? plan=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // rnn_layer_backward's results for a forward run with low_memory=true,
+  // rebuilt from the output as gru_layer_backward_recompute does.
+  m.def(
+      "rnn_layer_backward_recompute(Tensor grad_output, Tensor grad_h_n, Tensor x, "
+      "Tensor? lengths, Tensor? h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "Tensor output, str nonlinearity, bool reverse, bool compute_grad_x, Tensor? plan=None) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 void define_pooling_operators(torch::Library& m) {

@@ -174,10 +174,11 @@ void check_saved(const CellDef& cell_def, const Tensor& gates, const Tensor& cel
                      gates.sizes());
   const int64_t rows = gates.size(0);
   check_shape(gates, {rows, cell_def.gates * hidden}, "gates");
-  check_shape(cell, {rows, hidden}, "cell");
   check_shape(h_prev, {rows, hidden}, "h_prev");
   check_same_kind(gates, "gates", x, "x");
   check_same_kind(h_prev, "h_prev", x, "x");
+  if (!cell_def.keeps_value) return;  // the RNN's op takes no cell
+  check_shape(cell, {rows, hidden}, "cell");
   check_cell(cell, x, hidden);
 }
 
@@ -207,9 +208,10 @@ struct ForwardPass {
 };
 
 // Packed row `row` of the per-unit values a forward keeps for its backward
-// (ForwardStep::cell), or nullptr (inference, low memory).
+// (ForwardStep::cell), or nullptr (inference, low memory, a cell that keeps
+// none).
 void* kept_cell_row(const ForwardPass& f, int64_t row) {
-  return f.keep == Keep::kEveryStep ? row_ptr(f.cell, row) : nullptr;
+  return f.keep == Keep::kEveryStep && f.cell_def.keeps_value ? row_ptr(f.cell, row) : nullptr;
 }
 
 struct PoolPass {
@@ -465,7 +467,7 @@ ForwardPass forward_pass(const CellDef& cell_def, const RecurrentBackend& backen
   if (keep == Keep::kCheckpoints && N > 0) checkpoints = chunk_steps(plan, backend.backward_chunk_rows);
   const int64_t gate_rows = keep == Keep::kEveryStep ? N : 0;
   // kept per step: c_s or the GRU's h W_hn^T + b_hn; per checkpoint: c.
-  const int64_t cell_rows = keep == Keep::kEveryStep ? N
+  const int64_t cell_rows = keep == Keep::kEveryStep ? (cell_def.keeps_value ? N : 0)
                             : keep == Keep::kCheckpoints && cell_def.has_cell_state
                                 ? checkpoint_rows(checkpoints, B)
                                 : 0;
@@ -845,7 +847,7 @@ void backward_step_rows(BackwardPass& b, const ChunkActivations& a, Tensor& grad
   p.step = s;
   p.rows = active;
   p.gates = row_ptr(a.gates, row - begin);
-  p.cell = row_ptr(a.cell, row - a.cell_begin);
+  p.cell = b.cell_def.keeps_value ? row_ptr(a.cell, row - a.cell_begin) : nullptr;
   if (b.cell_def.has_cell_state) {
     p.cell_prev = s == first && a.cell_before != nullptr
                       ? a.cell_before
@@ -878,7 +880,7 @@ void recurrence_backward(BackwardPass& b, const ChunkActivations& a, Tensor& gra
     r.row0 = b.plan.offset[first];
     r.cell_row0 = a.cell_begin;
     r.gates = a.gates.const_data_ptr();
-    r.cell = a.cell.const_data_ptr();
+    r.cell = data_or_null(a.cell);
     r.cell_before = a.cell_before;
     r.grad_gates = grad_gates.data_ptr();
     if (grad_recurrent.defined()) {
@@ -959,7 +961,7 @@ LayerGrads run_backward(const CellDef& cell_def, const RecurrentBackend& backend
     // The kernels index every saved tensor as contiguous rows (the GRU's
     // step reads h_prev too): an expanded or strided one is copied here.
     b.saved_gates = src.gates.contiguous();
-    b.saved_cell = src.cell.contiguous();
+    b.saved_cell = src.cell.defined() ? src.cell.contiguous() : Tensor();  // none: the RNN
     b.saved_h_prev = src.h_prev.contiguous();
   }
   // grad_output is read through its T and B strides (an expanded or sliced
@@ -1094,13 +1096,16 @@ GruBackwardResult gru_layer_backward(const RecurrentBackend& backend, const Tens
                                    reverse, compute_grad_x, plan_table));
 }
 
-GruBackwardResult gru_layer_backward_recompute(
-    const RecurrentBackend& backend, const Tensor& grad_output, const Tensor& grad_h_n,
-    const Tensor& x, const optional<Tensor>& lengths, const optional<Tensor>& h0,
-    const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_ih,
-    const optional<Tensor>& b_hh, const Tensor& output, bool reverse, bool compute_grad_x,
-    const optional<Tensor>& plan_table) {
-  const CellDef& cell_def = kGruCell;
+namespace {
+
+// The low-memory backward of a cell without a cell state (GRU, RNN): checks,
+// plan, then run_backward rebuilding each chunk from the output.
+LayerGrads stateless_backward_recompute(
+    const CellDef& cell_def, const RecurrentBackend& backend, const Tensor& grad_output,
+    const Tensor& grad_h_n, const Tensor& x, const optional<Tensor>& lengths,
+    const optional<Tensor>& h0, const Tensor& w_ih, const Tensor& w_hh,
+    const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, const Tensor& output,
+    bool reverse, bool compute_grad_x, const optional<Tensor>& plan_table) {
   const LayerSizes sz =
       check_layer_inputs(cell_def, x, lengths, h0, c10::nullopt, w_ih, w_hh, b_ih, b_hh);
   backend.check_input(x, sz.hidden);
@@ -1120,9 +1125,77 @@ GruBackwardResult gru_layer_backward_recompute(
                  Tensor(),
                  projection_bias(cell_def, b_ih, b_hh),
                  recurrent_bias_of(cell_def, b_hh)};
-  return gru_result(run_backward(cell_def, backend, grad_output, grad_h_n, Tensor(), x,
-                                 planned->plan, dev, c10::nullopt, w_ih, w_hh, src, reverse,
-                                 compute_grad_x));
+  return run_backward(cell_def, backend, grad_output, grad_h_n, Tensor(), x, planned->plan, dev,
+                      c10::nullopt, w_ih, w_hh, src, reverse, compute_grad_x);
+}
+
+// The RNN's definition for nn.RNN's nonlinearity argument.
+const CellDef& rnn_cell(c10::string_view nonlinearity) {
+  SEQCLS_CHECK_VALUE(nonlinearity == "tanh" || nonlinearity == "relu",
+                     "nonlinearity must be \"tanh\" or \"relu\", got \"", std::string(nonlinearity),
+                     "\"");
+  return nonlinearity == "relu" ? kRnnReluCell : kRnnTanhCell;
+}
+
+// The RNN backward operators' results: one bias gradient, as the LSTM's.
+RnnBackwardResult rnn_result(LayerGrads g) {
+  return {std::move(g.grad_x), std::move(g.grad_h0), std::move(g.gemm.grad_w_ih),
+          std::move(g.gemm.grad_w_hh), std::move(g.gemm.grad_bias)};
+}
+
+}  // namespace
+
+GruBackwardResult gru_layer_backward_recompute(
+    const RecurrentBackend& backend, const Tensor& grad_output, const Tensor& grad_h_n,
+    const Tensor& x, const optional<Tensor>& lengths, const optional<Tensor>& h0,
+    const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_ih,
+    const optional<Tensor>& b_hh, const Tensor& output, bool reverse, bool compute_grad_x,
+    const optional<Tensor>& plan_table) {
+  return gru_result(stateless_backward_recompute(kGruCell, backend, grad_output, grad_h_n, x,
+                                                 lengths, h0, w_ih, w_hh, b_ih, b_hh, output,
+                                                 reverse, compute_grad_x, plan_table));
+}
+
+RnnForwardResult rnn_layer_forward(const RecurrentBackend& backend, const Tensor& x,
+                                   const optional<Tensor>& lengths, const optional<Tensor>& h0,
+                                   const Tensor& w_ih, const Tensor& w_hh,
+                                   const optional<Tensor>& b_ih, const optional<Tensor>& b_hh,
+                                   c10::string_view nonlinearity, bool reverse,
+                                   bool save_activations, const optional<Tensor>& plan_table,
+                                   bool low_memory) {
+  // Low memory keeps nothing: the backward rebuilds everything from the output.
+  const Keep keep = !save_activations ? Keep::kNothing
+                    : low_memory        ? Keep::kCheckpoints
+                                        : Keep::kEveryStep;
+  LayerForward out = layer_forward(rnn_cell(nonlinearity), backend, x, lengths, h0, c10::nullopt,
+                                   w_ih, w_hh, b_ih, b_hh, reverse, keep, plan_table);
+  return {std::move(out.output), std::move(out.h_n), std::move(out.gates),
+          std::move(out.h_prev)};
+}
+
+RnnBackwardResult rnn_layer_backward(const RecurrentBackend& backend, const Tensor& grad_output,
+                                     const Tensor& grad_h_n, const Tensor& x,
+                                     const optional<Tensor>& lengths, const Tensor& w_ih,
+                                     const Tensor& w_hh, const Tensor& gates,
+                                     const Tensor& h_prev, c10::string_view nonlinearity,
+                                     bool reverse, bool compute_grad_x,
+                                     const optional<Tensor>& plan_table) {
+  return rnn_result(saved_backward(rnn_cell(nonlinearity), backend,
+                                   {grad_output, grad_h_n, Tensor()}, x, lengths, c10::nullopt,
+                                   w_ih, w_hh, {gates, Tensor(), h_prev}, reverse,
+                                   compute_grad_x, plan_table));
+}
+
+RnnBackwardResult rnn_layer_backward_recompute(
+    const RecurrentBackend& backend, const Tensor& grad_output, const Tensor& grad_h_n,
+    const Tensor& x, const optional<Tensor>& lengths, const optional<Tensor>& h0,
+    const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_ih,
+    const optional<Tensor>& b_hh, const Tensor& output, c10::string_view nonlinearity,
+    bool reverse, bool compute_grad_x, const optional<Tensor>& plan_table) {
+  return rnn_result(stateless_backward_recompute(rnn_cell(nonlinearity), backend, grad_output,
+                                                 grad_h_n, x, lengths, h0, w_ih, w_hh, b_ih,
+                                                 b_hh, output, reverse, compute_grad_x,
+                                                 plan_table));
 }
 
 }  // namespace seqcls_fast

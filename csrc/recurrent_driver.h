@@ -82,6 +82,8 @@ using LstmBackwardResult = LstmForwardResult;
 using LstmPooledForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using GruForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using GruPooledForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using RnnForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using RnnBackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using GruBackwardResult =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
@@ -155,6 +157,32 @@ GruBackwardResult gru_layer_backward_recompute(
     const at::Tensor& output, bool reverse, bool compute_grad_x,
     const c10::optional<at::Tensor>& plan_table);
 
+RnnForwardResult rnn_layer_forward(const RecurrentBackend& backend, const at::Tensor& x,
+                                   const c10::optional<at::Tensor>& lengths,
+                                   const c10::optional<at::Tensor>& h0, const at::Tensor& w_ih,
+                                   const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                                   const c10::optional<at::Tensor>& b_hh,
+                                   c10::string_view nonlinearity, bool reverse,
+                                   bool save_activations,
+                                   const c10::optional<at::Tensor>& plan_table, bool low_memory);
+
+RnnBackwardResult rnn_layer_backward(const RecurrentBackend& backend, const at::Tensor& grad_output,
+                                     const at::Tensor& grad_h_n, const at::Tensor& x,
+                                     const c10::optional<at::Tensor>& lengths,
+                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                     const at::Tensor& gates, const at::Tensor& h_prev,
+                                     c10::string_view nonlinearity, bool reverse,
+                                     bool compute_grad_x,
+                                     const c10::optional<at::Tensor>& plan_table);
+
+RnnBackwardResult rnn_layer_backward_recompute(
+    const RecurrentBackend& backend, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+    const at::Tensor& x, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    const at::Tensor& output, c10::string_view nonlinearity, bool reverse, bool compute_grad_x,
+    const c10::optional<at::Tensor>& plan_table);
+
 // A driver entry point bound to the backend `backend()` returns (a function,
 // as a base subobject cannot be a template argument): `call` has the
 // operator's own signature, the entry point's without its first parameter.
@@ -173,8 +201,9 @@ struct BoundToBackend<backend, entry> {
 // Registers the LSTM operators of namespace `ns` (seqcls_fast; the CUDA
 // emulator's seqcls_fast_cuda_emu) for dispatch key `key` (CPU, CUDA) on one
 // default-constructed `Backend`; used once per backend file, at namespace
-// scope. SEQCLS_REGISTER_GRU_OPS after it adds the GRU operators on the same
-// backend, where it has the GRU's step kernels.
+// scope. SEQCLS_REGISTER_GRU_OPS and SEQCLS_REGISTER_RNN_OPS after it add the
+// GRU's and the Elman RNN's operators on the same backend, where it has their
+// step kernels.
 #define SEQCLS_REGISTER_LSTM_BACKEND(ns, key, Backend)                                            \
   namespace {                                                                                 \
   const ::seqcls_fast::RecurrentBackend& recurrent_backend_##key() {                          \
@@ -200,4 +229,12 @@ struct BoundToBackend<backend, entry> {
     m.impl("gru_layer_backward_recompute",                                                    \
            driver_op_##key<&::seqcls_fast::gru_layer_backward_recompute>);                    \
     m.impl("gru_layer_pooled_forward", driver_op_##key<&::seqcls_fast::gru_layer_pooled_forward>); \
+  }
+
+#define SEQCLS_REGISTER_RNN_OPS(ns, key)                                                      \
+  TORCH_LIBRARY_IMPL(ns, key, m) {                                                            \
+    m.impl("rnn_layer_forward", driver_op_##key<&::seqcls_fast::rnn_layer_forward>);          \
+    m.impl("rnn_layer_backward", driver_op_##key<&::seqcls_fast::rnn_layer_backward>);        \
+    m.impl("rnn_layer_backward_recompute",                                                    \
+           driver_op_##key<&::seqcls_fast::rnn_layer_backward_recompute>);                    \
   }

@@ -278,6 +278,94 @@ def gru_layer(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, plan=None, low_me
     return out, h_n
 
 
+# ------------------------------------------------------------------ RNN layer
+@torch.library.register_fake("seqcls_fast::rnn_layer_forward")
+def _rnn_layer_forward_fake(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse,
+                            save_activations, plan=None, low_memory=False):
+    steps, batch, _ = x.shape
+    hidden = w_hh.shape[1]
+    rows = 0 if not save_activations or low_memory else _packed_rows(x, lengths, plan)
+    return (x.new_empty(steps, batch, hidden), x.new_empty(batch, hidden),
+            x.new_empty(rows, hidden), x.new_empty(rows, hidden))
+
+
+@torch.library.register_fake("seqcls_fast::rnn_layer_backward")
+def _rnn_layer_backward_fake(grad_output, grad_h_n, x, lengths, w_ih, w_hh, gates, h_prev,
+                             nonlinearity, reverse, compute_grad_x, plan=None):
+    return _rnn_gradients_fake(x, w_ih, w_hh)
+
+
+@torch.library.register_fake("seqcls_fast::rnn_layer_backward_recompute")
+def _rnn_layer_backward_recompute_fake(grad_output, grad_h_n, x, lengths, h0, w_ih, w_hh, b_ih,
+                                       b_hh, output, nonlinearity, reverse, compute_grad_x,
+                                       plan=None):
+    return _rnn_gradients_fake(x, w_ih, w_hh)
+
+
+def _rnn_gradients_fake(x, w_ih, w_hh):
+    """(grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_bias), both backwards."""
+    batch, hidden = x.shape[1], w_hh.shape[1]
+    return (x.new_empty(x.shape), x.new_empty(batch, hidden), w_ih.new_empty(w_ih.shape),
+            w_hh.new_empty(w_hh.shape), w_hh.new_empty(w_hh.shape[0]))
+
+
+def _rnn_setup_context(ctx, inputs, output):
+    (x, lengths, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse, save_activations, plan,
+     *rest) = inputs
+    if not save_activations:
+        return  # inference call: backward() below raises if reached
+    out, _h_n, gates, h_prev = output
+    ctx.set_materialize_grads(False)  # as for the LSTM: the saved outputs get no gradient
+    ctx.low_memory = bool(rest and rest[0])
+    # Low memory: the output stands in for gates and h_prev, which the
+    # backward rebuilds (for the RNN the gates are the output itself).
+    kept = (out, out) if ctx.low_memory else (gates, h_prev)
+    ctx.save_for_backward(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, *kept, plan)
+    ctx.nonlinearity = nonlinearity
+    ctx.reverse = reverse
+    ctx.has_bias = b_ih is not None
+    ctx.has_h0 = h0 is not None
+
+
+def _rnn_backward(ctx, grad_output, grad_h_n, _grad_gates, _grad_h_prev):
+    _check_differentiable(ctx, "rnn_layer_forward")
+    x, lengths, h0, w_ih, w_hh, b_ih, b_hh, gates, h_prev, plan = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: through the plain-PyTorch RNN
+        outputs = reference.rnn_layer(x, plan[2] if plan is not None else lengths, h0, w_ih,
+                                      w_hh, b_ih, b_hh, ctx.nonlinearity, ctx.reverse)
+        slots = {0: x, 2: h0, 3: w_ih, 4: w_hh, 5: b_ih, 6: b_hh}
+        return _grads_through(ctx, outputs, (grad_output, grad_h_n), slots, num_inputs=12)
+    grad_output, grad_h_n = _upstream_or_zeros(x, w_hh.shape[1], (grad_output, grad_h_n))
+    need = ctx.needs_input_grad
+    if ctx.low_memory:  # `gates` holds the layer's output (see _rnn_setup_context)
+        grads = ops.rnn_layer_backward_recompute(grad_output, grad_h_n, x, lengths, h0, w_ih, w_hh,
+                                                 b_ih, b_hh, gates, ctx.nonlinearity,
+                                                 ctx.reverse, need[0], plan)
+    else:
+        grads = ops.rnn_layer_backward(grad_output, grad_h_n, x, lengths, w_ih, w_hh, gates,
+                                       h_prev, ctx.nonlinearity, ctx.reverse, need[0], plan)
+    grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_bias = grads
+    grad_b = grad_bias if ctx.has_bias else None
+    return (grad_x if need[0] else None, None, grad_h0 if ctx.has_h0 else None, grad_w_ih,
+            grad_w_hh, grad_b, grad_b, None, None, None, None, None)
+
+
+torch.library.register_autograd("seqcls_fast::rnn_layer_forward", _rnn_backward,
+                                setup_context=_rnn_setup_context)
+
+
+def rnn_layer(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse, plan=None,
+              low_memory=False):
+    """One Elman RNN layer (``nonlinearity`` "tanh" or "relu") in one
+    direction, time-major: x [T, B, I] -> (output [T, B, H], h_n [B, H]); as
+    gru_layer otherwise."""
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh))
+    out, h_n, _gates, _h_prev = ops.rnn_layer_forward(
+        x, lengths, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse, save, plan, low_memory)
+    return out, h_n
+
+
 # ------------------------------------------- pooled last layer (inference)
 @torch.library.register_fake("seqcls_fast::lstm_layer_pooled_forward")
 def _lstm_layer_pooled_forward_fake(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, pooling, query,

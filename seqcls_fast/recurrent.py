@@ -1,5 +1,5 @@
-"""What sf.LSTM and sf.GRU share: nn.RNNBase's parameters, every input form
-nn.LSTM / nn.GRU take plus ``lengths``, and the loop over layers and
+"""What sf.LSTM, sf.GRU and sf.RNN share: nn.RNNBase's parameters, every
+input form nn.LSTM / nn.GRU / nn.RNN take plus ``lengths``, and the loop over layers and
 directions. A subclass supplies its hx form (``_to_states``,
 ``_from_states``), what a run's layers share (``_layer_options``) and one
 layer-direction (``_layer``)."""
@@ -24,7 +24,7 @@ class RecurrentLayers(nn.RNNBase):
 
     _name = None         # "seqcls_fast.LSTM", in messages
     _state_names = ()    # the tensors of hx, in order ("h_0", "c_0")
-    _native = None       # the nn module from_native takes (nn.LSTM, nn.GRU)
+    _native = None       # the nn module from_native takes (nn.LSTM, nn.GRU, nn.RNN)
 
     def extra_repr(self):
         text = super().extra_repr()
@@ -40,15 +40,22 @@ class RecurrentLayers(nn.RNNBase):
                             f"{type(native).__name__}")
         cls._check_native(native)
         weight = native.weight_ih_l0
-        module = cls(native.input_size, native.hidden_size, native.num_layers, native.bias,
-                     native.batch_first, native.dropout, native.bidirectional,
-                     device=weight.device, dtype=weight.dtype, memory=memory)
+        module = cls(native.input_size, native.hidden_size, num_layers=native.num_layers,
+                     bias=native.bias, batch_first=native.batch_first, dropout=native.dropout,
+                     bidirectional=native.bidirectional, device=weight.device,
+                     dtype=weight.dtype, memory=memory, **cls._native_options(native))
         module.load_state_dict(native.state_dict())
         return module.train(native.training)
 
     @classmethod
     def _check_native(cls, native):
         """Refuses a native module with options we lack (none by default)."""
+
+    @classmethod
+    def _native_options(cls, native):
+        """Constructor arguments of ours read from the native module beyond
+        nn.RNNBase's (sf.RNN: its nonlinearity)."""
+        return {}
 
     # ------------------------------------------------------------------ forward
     def forward(self, input, hx=None, lengths=None):  # noqa: A002  (nn.LSTM's name)

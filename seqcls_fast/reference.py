@@ -116,6 +116,26 @@ def gru_layer(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse):
     return _outputs_in_time(outputs, valid, source, x, hidden), h
 
 
+def rnn_layer(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse):
+    """One Elman RNN layer in one direction (nn.RNN's math, ``nonlinearity``
+    "tanh" or "relu"), time-major, in plain differentiable PyTorch ops: what
+    ``seqcls_fast.rnn_layer`` computes, x [T, B, I] -> (output [T, B, H] zero
+    past each length, h_n [B, H]); ``reverse`` as in ``lstm_layer``."""
+    batch, hidden = x.shape[1], w_hh.shape[1]
+    x, valid, source = _steps_in_order(x, lengths, reverse)
+    h = h0 if h0 is not None else x.new_zeros(batch, hidden)
+    projected = x @ w_ih.t()
+    if b_ih is not None:
+        projected = projected + b_ih + b_hh
+    activation = torch.relu if nonlinearity == "relu" else torch.tanh
+    outputs = []
+    for s in range(x.shape[0]):
+        h_next = activation(projected[s] + h @ w_hh.t())
+        h = torch.where(valid[s], h_next, h)
+        outputs.append(torch.where(valid[s], h_next, torch.zeros_like(h_next)))
+    return _outputs_in_time(outputs, valid, source, x, hidden), h
+
+
 def valid_steps_mask(lengths, steps, device):
     """[B, T] bool: True where t < lengths[b]."""
     time = torch.arange(steps, device=device)

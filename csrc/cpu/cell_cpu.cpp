@@ -19,6 +19,8 @@ struct CellMath<at::vec::Vectorized<T>> {
   using V = at::vec::Vectorized<T>;
   static V exp(V x) { return x.exp(); }
   static V tanh(V x) { return x.tanh(); }
+  static V relu(V x) { return at::vec::maximum(x, V(T(0))); }  // propagates NaN
+  static V relu_grad(V h, V dh) { return V::blendv(V(T(0)), dh, h > V(T(0))); }
 };
 
 namespace cpu::generic {
@@ -64,6 +66,20 @@ void gru_backward_step_cpu(const BackwardStep& params, c10::ScalarType dtype) {
   if (cpu_isa() >= CpuIsa::kAvx2) return avx2::gru_backward_step(params, dtype);
 #endif
   generic::gru_backward_step(params, dtype);
+}
+
+void rnn_forward_step_cpu(const ForwardStep& params, c10::ScalarType dtype) {
+#if defined(SEQCLS_WITH_X86_KERNELS)
+  if (cpu_isa() >= CpuIsa::kAvx2) return avx2::rnn_forward_step(params, dtype);
+#endif
+  generic::rnn_forward_step(params, dtype);
+}
+
+void rnn_backward_step_cpu(const BackwardStep& params, c10::ScalarType dtype) {
+#if defined(SEQCLS_WITH_X86_KERNELS)
+  if (cpu_isa() >= CpuIsa::kAvx2) return avx2::rnn_backward_step(params, dtype);
+#endif
+  generic::rnn_backward_step(params, dtype);
 }
 
 }  // namespace cpu

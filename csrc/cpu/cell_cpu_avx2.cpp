@@ -109,12 +109,25 @@ template <>
 struct CellMath<cpu::avx2::Float8> {
   SEQCLS_AVX2 static cpu::avx2::Float8 exp(cpu::avx2::Float8 x) { return Sleef_expf8_u10avx2(x.v); }
   SEQCLS_AVX2 static cpu::avx2::Float8 tanh(cpu::avx2::Float8 x) { return Sleef_tanhf8_u10avx2(x.v); }
+  // max_ps returns its second operand when either is NaN: x, as torch.relu.
+  SEQCLS_AVX2 static cpu::avx2::Float8 relu(cpu::avx2::Float8 x) {
+    return _mm256_max_ps(_mm256_setzero_ps(), x.v);
+  }
+  SEQCLS_AVX2 static cpu::avx2::Float8 relu_grad(cpu::avx2::Float8 h, cpu::avx2::Float8 dh) {
+    return _mm256_and_ps(_mm256_cmp_ps(h.v, _mm256_setzero_ps(), _CMP_GT_OQ), dh.v);
+  }
 };
 
 template <>
 struct CellMath<cpu::avx2::Double4> {
   SEQCLS_AVX2 static cpu::avx2::Double4 exp(cpu::avx2::Double4 x) { return Sleef_expd4_u10avx2(x.v); }
   SEQCLS_AVX2 static cpu::avx2::Double4 tanh(cpu::avx2::Double4 x) { return Sleef_tanhd4_u10avx2(x.v); }
+  SEQCLS_AVX2 static cpu::avx2::Double4 relu(cpu::avx2::Double4 x) {
+    return _mm256_max_pd(_mm256_setzero_pd(), x.v);
+  }
+  SEQCLS_AVX2 static cpu::avx2::Double4 relu_grad(cpu::avx2::Double4 h, cpu::avx2::Double4 dh) {
+    return _mm256_and_pd(_mm256_cmp_pd(h.v, _mm256_setzero_pd(), _CMP_GT_OQ), dh.v);
+  }
 };
 
 namespace cpu::avx2 {

@@ -1,4 +1,4 @@
-// Vectorized pointwise step kernels of the LSTM and GRU cells (cell.h's math
+// Vectorized pointwise step kernels of the LSTM, GRU and Elman RNN cells (cell.h's math
 // over the step parameters of recurrent_step.h). Included once per CPU capability
 // (cell_cpu.cpp: generic, cell_cpu_avx2.cpp: AVX2+FMA). The
 // including file opens namespace seqcls_fast::cpu::<capability> and defines
@@ -178,6 +178,52 @@ SEQCLS_CPU_KERNEL void gru_backward_rows(const BackwardStep& p, int64_t begin, i
   }
 }
 
+// The Elman RNN's forward step: gates [rows, H] in: the pre-activations,
+// out: h_s (the activated gate); h_state, output and h_prev_next as the LSTM's.
+template <typename T, bool kRelu>
+SEQCLS_CPU_KERNEL void rnn_forward_rows(const ForwardStep& p, int64_t begin, int64_t end) {
+  const int64_t H = p.hidden;
+  T* gates = static_cast<T*>(p.gates);
+  T* h_state = static_cast<T*>(p.h_state);
+  T* output = static_cast<T*>(p.output);
+  T* h_prev_next = static_cast<T*>(p.h_prev_next);
+  for (int64_t j = begin; j < end; ++j) {
+    T* g = gates + j * H;
+    T* h_row = h_state + j * H;
+    T* out_row = output ? output + output_offset(p, j, p.step) : nullptr;
+    T* h_next_row = h_prev_next && j < p.rows_next ? h_prev_next + j * H : nullptr;
+    for (int64_t k = 0; k < H; k += VecOps<T>::size) {
+      const int64_t n = std::min<int64_t>(VecOps<T>::size, H - k);
+      const Vec<T> h = rnn_cell_forward<kRelu>(load(g + k, n));
+      store(h, g + k, n);
+      store(h, h_row + k, n);
+      if (out_row) store(h, out_row + k, n);
+      if (h_next_row) store(h, h_next_row + k, n);
+    }
+  }
+}
+
+// Its backward step: dG_s = act'(h_s) (dh + the output's gradient).
+template <typename T, bool kRelu>
+SEQCLS_CPU_KERNEL void rnn_backward_rows(const BackwardStep& p, int64_t begin, int64_t end) {
+  const int64_t H = p.hidden;
+  const T* gates = static_cast<const T*>(p.gates);
+  const T* grad_output = static_cast<const T*>(p.grad_output);
+  const T* grad_h = static_cast<const T*>(p.grad_h_state);
+  T* grad_gates = static_cast<T*>(p.grad_gates);
+  for (int64_t j = begin; j < end; ++j) {
+    const T* g = gates + j * H;
+    const T* dout_row = grad_output + grad_output_offset(p, j, p.step);
+    const T* dh_row = grad_h + j * H;
+    T* dg = grad_gates + j * H;
+    for (int64_t k = 0; k < H; k += VecOps<T>::size) {
+      const int64_t n = std::min<int64_t>(VecOps<T>::size, H - k);
+      store(rnn_cell_backward<kRelu>(load(g + k, n), load(dh_row + k, n) + load(dout_row + k, n)),
+            dg + k, n);
+    }
+  }
+}
+
 }  // namespace
 
 void lstm_forward_step(const ForwardStep& params, c10::ScalarType dtype) {
@@ -198,4 +244,20 @@ void gru_forward_step(const ForwardStep& params, c10::ScalarType dtype) {
 void gru_backward_step(const BackwardStep& params, c10::ScalarType dtype) {
   AT_DISPATCH_FLOATING_TYPES(dtype, "gru_backward_step_cpu",
                              [&] { parallel_rows(params, &gru_backward_rows<scalar_t>); });
+}
+
+void rnn_forward_step(const ForwardStep& params, c10::ScalarType dtype) {
+  const bool relu = params.cell_kind == CellKind::kRnnRelu;
+  AT_DISPATCH_FLOATING_TYPES(dtype, "rnn_forward_step_cpu", [&] {
+    parallel_rows(params, relu ? &rnn_forward_rows<scalar_t, true>
+                               : &rnn_forward_rows<scalar_t, false>);
+  });
+}
+
+void rnn_backward_step(const BackwardStep& params, c10::ScalarType dtype) {
+  const bool relu = params.cell_kind == CellKind::kRnnRelu;
+  AT_DISPATCH_FLOATING_TYPES(dtype, "rnn_backward_step_cpu", [&] {
+    parallel_rows(params, relu ? &rnn_backward_rows<scalar_t, true>
+                               : &rnn_backward_rows<scalar_t, false>);
+  });
 }

@@ -1,7 +1,7 @@
 // The CPU backend of the recurrent layer driver (../recurrent_driver.h):
-// padding zeroing, the LSTM and GRU cells' vectorized pointwise step kernels
-// (cell_cpu.h), their persistent recurrence (recurrence_cpu.h),
-// and the online-pooling step; registers the LSTM and GRU operators for CPU.
+// padding zeroing, the LSTM, GRU and RNN cells' vectorized pointwise step
+// kernels (cell_cpu.h), the persistent recurrence (recurrence_cpu.h: LSTM and
+// GRU), and the online-pooling step; registers the recurrent operators for CPU.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -123,6 +123,11 @@ int64_t recurrence_workers(int64_t hidden, CpuIsa isa) {
 // The build a call of this dtype runs (kBaseline: the per-step path).
 CpuIsa persistent_build(at::ScalarType dtype) { return recurrence_isa(dtype == at::kFloat); }
 
+// The cells the persistent tile is written for (recurrence_cpu_tile.h).
+bool has_tile(const CellDef& cell) {
+  return cell.kind == CellKind::kLstm || cell.kind == CellKind::kGru;
+}
+
 struct CpuBackend final : RecurrentBackend {
   CpuBackend() : RecurrentBackend(kProjectionChunkRows, kBackwardChunkRows) {}
 
@@ -148,22 +153,29 @@ struct CpuBackend final : RecurrentBackend {
   }
 
   void forward_step(const ForwardStep& step, at::ScalarType dtype) const override {
-    if (step.cell_kind == CellKind::kGru) return gru_forward_step_cpu(step, dtype);
-    lstm_forward_step_cpu(step, dtype);
+    switch (step.cell_kind) {
+      case CellKind::kLstm: return lstm_forward_step_cpu(step, dtype);
+      case CellKind::kGru: return gru_forward_step_cpu(step, dtype);
+      default: return rnn_forward_step_cpu(step, dtype);
+    }
   }
 
   void backward_step(const BackwardStep& step, at::ScalarType dtype) const override {
-    if (step.cell_kind == CellKind::kGru) return gru_backward_step_cpu(step, dtype);
-    lstm_backward_step_cpu(step, dtype);
+    switch (step.cell_kind) {
+      case CellKind::kLstm: return lstm_backward_step_cpu(step, dtype);
+      case CellKind::kGru: return gru_backward_step_cpu(step, dtype);
+      default: return rnn_backward_step_cpu(step, dtype);
+    }
   }
 
   // The driver packs, then runs, within one op call: both ask persistent_build,
   // and the packed layout follows the build's block width and the cell's
-  // gates (W_hh's rows over its columns). The tile runs both cells.
-  at::Tensor pack_recurrent_weights(const CellDef& /*cell*/,
+  // gates (W_hh's rows over its columns). The tile runs the LSTM and the
+  // GRU; the RNN runs per step.
+  at::Tensor pack_recurrent_weights(const CellDef& cell,
                                     const at::Tensor& w_hh) const override {
     const CpuIsa isa = persistent_build(w_hh.scalar_type());
-    if (isa == CpuIsa::kBaseline) return {};
+    if (isa == CpuIsa::kBaseline || !has_tile(cell)) return {};
     return packed_weight_cache().get(w_hh, recurrence_lanes(isa));
   }
 
@@ -173,10 +185,10 @@ struct CpuBackend final : RecurrentBackend {
     persistent_forward(isa, r, h_swap.data_ptr<float>(), recurrence_workers(r.hidden, isa));
   }
 
-  at::Tensor pack_recurrent_weights_backward(const CellDef& /*cell*/,
+  at::Tensor pack_recurrent_weights_backward(const CellDef& cell,
                                              const at::Tensor& w_hh) const override {
     const CpuIsa isa = persistent_build(w_hh.scalar_type());
-    if (isa == CpuIsa::kBaseline) return {};
+    if (isa == CpuIsa::kBaseline || !has_tile(cell)) return {};
     return packed_weights(w_hh.contiguous(), /*backward=*/true, recurrence_lanes(isa));
   }
 
@@ -198,5 +210,6 @@ struct CpuBackend final : RecurrentBackend {
 
 SEQCLS_REGISTER_LSTM_BACKEND(seqcls_fast, CPU, CpuBackend)
 SEQCLS_REGISTER_GRU_OPS(seqcls_fast, CPU)
+SEQCLS_REGISTER_RNN_OPS(seqcls_fast, CPU)
 
 }  // namespace seqcls_fast::cpu

@@ -13,7 +13,7 @@
 // kernels with the dtypes the forward saved (e.g. the float32 `cell` next to
 // float16 gates), which must not be cast.
 //
-// Without this, sf.LSTM (sf.GRU) under autocast would hand the op float32 weights and
+// Without this, sf.LSTM (sf.GRU, sf.RNN) under autocast would hand the op float32 weights and
 // a float16 input from the previous layer, and MaskedAttentionPooling a
 // float16 input with its float32 query: both dtype errors.
 #include <ATen/autocast_mode.h>
@@ -47,6 +47,10 @@ using GruPooledForwardFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(
     const optional<Tensor>&, const optional<Tensor>&, c10::string_view, const optional<Tensor>&,
     const optional<Tensor>&, const optional<Tensor>&, const optional<Tensor>&,
     const optional<Tensor>&, const optional<Tensor>&, const optional<Tensor>&);
+using RnnForwardFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const optional<Tensor>&, const optional<Tensor>&, const Tensor&, const Tensor&,
+    const optional<Tensor>&, const optional<Tensor>&, c10::string_view, bool, bool,
+    const optional<Tensor>&, bool);
 using PoolForwardFn = std::tuple<Tensor, Tensor>(const Tensor&, const optional<Tensor>&,
                                                  const Tensor&, const optional<Tensor>&,
                                                  const optional<Tensor>&);
@@ -92,6 +96,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_forward_autocast(
   return op.call(cast(dtype, x), lengths, cast(dtype, h0), cast(dtype, w_ih), cast(dtype, w_hh),
                  cast(dtype, b_ih), cast(dtype, b_hh), reverse, save_activations, plan,
                  low_memory);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_layer_forward_autocast(
+    const Tensor& x, const optional<Tensor>& lengths, const optional<Tensor>& h0,
+    const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_ih,
+    const optional<Tensor>& b_hh, c10::string_view nonlinearity, bool reverse,
+    bool save_activations, const optional<Tensor>& plan, bool low_memory) {
+  static const auto op = find_op<RnnForwardFn>("seqcls_fast::rnn_layer_forward");
+  const BelowAutocast below;
+  const at::ScalarType dtype = below.dtype;
+  return op.call(cast(dtype, x), lengths, cast(dtype, h0), cast(dtype, w_ih), cast(dtype, w_hh),
+                 cast(dtype, b_ih), cast(dtype, b_hh), nonlinearity, reverse, save_activations,
+                 plan, low_memory);
 }
 
 // The pooling state (pool_max, pool_denom, pool_sum) is in the state dtype,
@@ -146,6 +163,7 @@ TORCH_LIBRARY_IMPL(seqcls_fast, AutocastCUDA, m) {
   m.impl("lstm_layer_pooled_forward", &lstm_layer_pooled_forward_autocast);
   m.impl("gru_layer_forward", &gru_layer_forward_autocast);
   m.impl("gru_layer_pooled_forward", &gru_layer_pooled_forward_autocast);
+  m.impl("rnn_layer_forward", &rnn_layer_forward_autocast);
   m.impl("masked_attention_pool_forward", &masked_attention_pool_forward_autocast);
 }
 

@@ -1,11 +1,12 @@
-// The pointwise half of one recurrence step on the GPU, for the LSTM and the
-// GRU, and the online-pooling step and padding zeroing: the kernels. The
+// The pointwise half of one recurrence step on the GPU, for the LSTM, the GRU
+// and the Elman RNN, and the online-pooling step and padding zeroing: the
+// kernels. The
 // parameters are the driver's (../recurrent_step.h); the GEMMs are the driver's
 // too (cuBLAS through ATen). No ATen here: the emulator's sanitizer drivers
 // (tests/cuda_emu/) compile these kernels alone.
 //
 // One thread per (row, hidden unit) of the step's active prefix. The math is
-// cell.h's (lstm_cell_*, gru_cell_*), evaluated
+// cell.h's (lstm_cell_*, gru_cell_*, rnn_cell_*), evaluated
 // in acc_t (float for half/bfloat16 storage, else the storage type). Buffers
 // marked "packed" are slices of the op's [N, ...] tensors starting at the
 // step's first packed row; "sorted" buffers are indexed by sorted row j.
@@ -149,6 +150,39 @@ __global__ void __launch_bounds__(kStepThreads)
   dg[2 * H] = static_cast<scalar_t>(d_xn);
   drec[2 * H] = static_cast<scalar_t>(d_hn);
   grad_h[idx] = static_cast<scalar_t>(dh_direct);
+}
+
+// The Elman RNN's forward step (tanh or, kRelu, relu): gates [rows, H]
+// pre-activations in (with the recurrent product and both biases), h_s out;
+// h_state, output and h_prev_next as the LSTM's. Nothing else is kept.
+template <typename scalar_t, typename acc_t, bool kRelu>
+__global__ void __launch_bounds__(kStepThreads)
+    rnn_forward_step_kernel(const ForwardStep p) {
+  const int32_t H = static_cast<int32_t>(p.hidden);
+  const int32_t idx = static_cast<int32_t>(blockIdx.x) * kStepThreads + threadIdx.x;
+  if (idx >= static_cast<int32_t>(p.rows) * H) return;
+  const auto [j, k] = step_unit(idx, H);
+  scalar_t* g = static_cast<scalar_t*>(p.gates);  // [rows, H]: element idx is (j, k)
+  const scalar_t h_out = static_cast<scalar_t>(rnn_cell_forward<kRelu>(static_cast<acc_t>(g[idx])));
+  g[idx] = h_out;
+  static_cast<scalar_t*>(p.h_state)[idx] = h_out;
+  if (p.output != nullptr) static_cast<scalar_t*>(p.output)[output_offset(p, j, p.step) + k] = h_out;
+  if (p.h_prev_next != nullptr && j < p.rows_next) static_cast<scalar_t*>(p.h_prev_next)[idx] = h_out;
+}
+
+// Its backward step: grad_gates [rows, H] = act'(h_s) (dh + dL/d output).
+template <typename scalar_t, typename acc_t, bool kRelu>
+__global__ void __launch_bounds__(kStepThreads)
+    rnn_backward_step_kernel(const BackwardStep p) {
+  const int32_t H = static_cast<int32_t>(p.hidden);
+  const int32_t idx = static_cast<int32_t>(blockIdx.x) * kStepThreads + threadIdx.x;
+  if (idx >= static_cast<int32_t>(p.rows) * H) return;
+  const auto [j, k] = step_unit(idx, H);
+  const acc_t dh = static_cast<acc_t>(static_cast<const scalar_t*>(p.grad_h_state)[idx]) +
+                   static_cast<acc_t>(static_cast<const scalar_t*>(
+                       p.grad_output)[grad_output_offset(p, j, p.step) + k]);
+  const acc_t h = static_cast<acc_t>(static_cast<const scalar_t*>(p.gates)[idx]);
+  static_cast<scalar_t*>(p.grad_gates)[idx] = static_cast<scalar_t>(rnn_cell_backward<kRelu>(h, dh));
 }
 
 constexpr int kPoolStepThreads = 128;

@@ -76,20 +76,30 @@ struct CudaBackend final : RecurrentBackend {
   }
 
   void forward_step(const ForwardStep& step, at::ScalarType dtype) const override {
-    const bool gru = step.cell_kind == CellKind::kGru;
-    launch_step(dtype, step_blocks(step.rows, step.hidden), kStepThreads, step, [gru](auto tag) {
+    const CellKind cell = step.cell_kind;
+    launch_step(dtype, step_blocks(step.rows, step.hidden), kStepThreads, step, [cell](auto tag) {
       using T = decltype(tag);
-      return gru ? gru_forward_step_kernel<T, at::opmath_type<T>>
-                 : lstm_forward_step_kernel<T, at::opmath_type<T>>;
+      using Acc = at::opmath_type<T>;
+      switch (cell) {
+        case CellKind::kLstm: return lstm_forward_step_kernel<T, Acc>;
+        case CellKind::kGru: return gru_forward_step_kernel<T, Acc>;
+        case CellKind::kRnnRelu: return rnn_forward_step_kernel<T, Acc, true>;
+        default: return rnn_forward_step_kernel<T, Acc, false>;
+      }
     });
   }
 
   void backward_step(const BackwardStep& step, at::ScalarType dtype) const override {
-    const bool gru = step.cell_kind == CellKind::kGru;
-    launch_step(dtype, step_blocks(step.rows, step.hidden), kStepThreads, step, [gru](auto tag) {
+    const CellKind cell = step.cell_kind;
+    launch_step(dtype, step_blocks(step.rows, step.hidden), kStepThreads, step, [cell](auto tag) {
       using T = decltype(tag);
-      return gru ? gru_backward_step_kernel<T, at::opmath_type<T>>
-                 : lstm_backward_step_kernel<T, at::opmath_type<T>>;
+      using Acc = at::opmath_type<T>;
+      switch (cell) {
+        case CellKind::kLstm: return lstm_backward_step_kernel<T, Acc>;
+        case CellKind::kGru: return gru_backward_step_kernel<T, Acc>;
+        case CellKind::kRnnRelu: return rnn_backward_step_kernel<T, Acc, true>;
+        default: return rnn_backward_step_kernel<T, Acc, false>;
+      }
     });
   }
 
@@ -106,5 +116,6 @@ struct CudaBackend final : RecurrentBackend {
 
 SEQCLS_REGISTER_LSTM_BACKEND(SEQCLS_CUDA_OPS, SEQCLS_CUDA_KEY, CudaBackend)
 SEQCLS_REGISTER_GRU_OPS(SEQCLS_CUDA_OPS, SEQCLS_CUDA_KEY)
+SEQCLS_REGISTER_RNN_OPS(SEQCLS_CUDA_OPS, SEQCLS_CUDA_KEY)
 
 }  // namespace seqcls_fast::SEQCLS_CUDA_NS
