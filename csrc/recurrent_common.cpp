@@ -13,6 +13,7 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <algorithm>
+#include <string>
 #include <atomic>
 #include <cstring>
 #include <mutex>
@@ -44,15 +45,17 @@ LayerSizes check_layer_inputs(const CellDef& cell, const at::Tensor& x,
                     x.scalar_type());
   const int64_t steps_total = x.size(0), batch = x.size(1), input_size = x.size(2);
   const int64_t gates = cell.gates;
+  // "4H", "3H", or "H" for a one-gate cell, in messages.
+  const std::string rows = gates == 1 ? "H" : std::to_string(gates) + "H";
   SEQCLS_CHECK_VALUE(w_hh.dim() == 2 && w_hh.size(0) % gates == 0 && w_hh.size(0) > 0 &&
                          w_hh.size(1) * gates == w_hh.size(0),
-                     "w_hh must have shape [", gates, "H, H], got ", w_hh.sizes());
+                     "w_hh must have shape [", rows, ", H], got ", w_hh.sizes());
   const int64_t hidden = w_hh.size(1);
   check_same_kind(w_ih, "w_ih", x, "x");
   check_same_kind(w_hh, "w_hh", x, "x");
   SEQCLS_CHECK_VALUE(w_ih.dim() == 2 && w_ih.size(0) == gates * hidden &&
                          w_ih.size(1) == input_size,
-                     "w_ih must have shape [", gates, "H, I] = [", gates * hidden, ", ",
+                     "w_ih must have shape [", rows, ", I] = [", gates * hidden, ", ",
                      input_size, "] (I from x), got ", w_ih.sizes());
   SEQCLS_CHECK_VALUE(b_ih.has_value() == b_hh.has_value(),
                      "b_ih and b_hh must be given together or not at all");
@@ -61,7 +64,7 @@ LayerSizes check_layer_inputs(const CellDef& cell, const at::Tensor& x,
     const char* name = b == &b_ih ? "b_ih" : "b_hh";
     check_same_kind(**b, name, x, "x");
     SEQCLS_CHECK_VALUE((*b)->dim() == 1 && (*b)->size(0) == gates * hidden, name,
-                       " must have shape [", gates, "H] = [", gates * hidden, "], got ",
+                       " must have shape [", rows, "] = [", gates * hidden, "], got ",
                        (*b)->sizes());
   }
   check_state(h0, x, batch, hidden, "h0");

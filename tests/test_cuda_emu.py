@@ -570,3 +570,76 @@ def test_gru_layer_pooled(dtype):
                 assert_same_as_cpu_backend(got, CPU_OPS.gru_layer_pooled_forward(*args), LSTM_TOL,
                                            names)
     judge.finish()
+
+
+# ------------------------------------------------------------------ the RNN
+RNN_NAMES = ("output", "h_n", "grad_x", "grad_h0", "grad_w_ih", "grad_w_hh", "grad_bias")
+
+
+def rnn_reference(case, reverse, nonlinearity, dtype):
+    """The outputs and gradients of reference.rnn_layer (plain PyTorch,
+    autograd) in dtype; one bias gradient (b_ih's, equal to b_hh's)."""
+    x, lengths, h0, weights, upstream = case
+    leaves = [t.to(dtype).requires_grad_(True) for t in (x, h0, *weights)]
+    out, h_n = seqcls_fast.reference.rnn_layer(leaves[0], lengths, leaves[1], *leaves[2:],
+                                               nonlinearity, reverse)
+    grads = torch.autograd.grad((out, h_n), leaves, [u.to(dtype) for u in upstream])
+    return [out, h_n, *grads[:-1]]
+
+
+def rnn_case(nonlinearity):
+    """An RNN layer's inputs in float64 (several step blocks: B * H = 333 >
+    256, lengths that retire rows mid-batch) and its upstream gradients. For
+    relu, b_hh puts each unit's pre-activations well to one side of relu's
+    kink (+-3, alternating units): in half precision a pre-activation within
+    rounding of 0 may land on either side, which changes its row's gradients
+    by O(1) in ours and in PyTorch's own half-precision computation alike, so
+    no error bound could judge it (test_rnn_layer checks the premise)."""
+    g = torch.Generator().manual_seed(5)
+    T, B, I, H = 9, 9, 4, 37
+    x = torch.randn(T, B, I, dtype=F64, generator=g)
+    lengths = torch.tensor([9, 3, 7, 1, 9, 2, 5, 8, 4])
+    h0 = torch.randn(B, H, dtype=F64, generator=g)
+    weights = [torch.randn(shape, dtype=F64, generator=g) * 0.3
+               for shape in ((H, I), (H, H), (H,), (H,))]
+    if nonlinearity == "relu":  # W_hh smaller too: active units' h grows to ~3
+        weights[1] = weights[1] * 0.1
+        weights[3] = weights[3] + 3.0 * (1 - 2 * (torch.arange(H) % 2)).to(F64)
+    upstream = [torch.randn(T, B, H, dtype=F64, generator=g),
+                torch.randn(B, H, dtype=F64, generator=g)]
+    return x, lengths, h0, weights, upstream
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_rnn_layer(dtype, reverse, nonlinearity):
+    """rnn_layer_forward and rnn_layer_backward (and the low-memory pair) on
+    the emulated CUDA backend against the plain-PyTorch RNN, every output and
+    gradient; float64 also against the CPU backend."""
+    case = rnn_case(nonlinearity)
+    x, lengths, h0 = cast_floats(case[:3], dtype)
+    w_ih, w_hh, b_ih, b_hh = cast_floats(case[3], dtype)
+    grad_out, grad_h_n = cast_floats(case[4], dtype)
+    forward = run_emulated("rnn_layer_forward", x, lengths, h0, w_ih, w_hh, b_ih, b_hh,
+                           nonlinearity, reverse, True)
+    out, h_n, gates, h_prev = forward
+    backward = run_emulated("rnn_layer_backward", grad_out, grad_h_n, x, lengths, w_ih, w_hh,
+                            gates, h_prev, nonlinearity, reverse, True)
+    reference = cached_reference(rnn_reference, case, reverse, nonlinearity)
+    if nonlinearity == "relu":  # rnn_case's premise: every unit on relu's side of the truth
+        assert torch.equal(out > 0, reference(F64)[0] > 0)
+    judge = Judge(dtype)
+    judge([out, h_n, *backward], reference, LSTM_TOL, RNN_NAMES)
+    low = run_emulated("rnn_layer_forward", x, lengths, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity,
+                       reverse, True, None, True)
+    assert [t.size(0) for t in low[2:]] == [0, 0]
+    rebuilt = run_emulated("rnn_layer_backward_recompute", grad_out, grad_h_n, x, lengths, h0,
+                           w_ih, w_hh, b_ih, b_hh, low[0], nonlinearity, reverse, True)
+    judge([low[0], low[1], *rebuilt], reference, LSTM_TOL, RNN_NAMES)
+    judge.finish()
+    if dtype == F64:
+        on_cpu = CPU_OPS.rnn_layer_forward(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity,
+                                           reverse, True)
+        assert_same_as_cpu_backend(forward, on_cpu, LSTM_TOL, ("output", "h_n", "gates",
+                                                               "h_prev"))

@@ -23,10 +23,12 @@ from seqcls_fast._build import read_build_record
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPERATORS = ("lstm_layer_forward", "lstm_layer_backward", "lstm_layer_backward_recompute",
              "lstm_layer_pooled_forward", "gru_layer_forward", "gru_layer_backward",
-             "gru_layer_backward_recompute", "gru_layer_pooled_forward",
+             "gru_layer_backward_recompute", "gru_layer_pooled_forward", "rnn_layer_forward",
+             "rnn_layer_backward", "rnn_layer_backward_recompute",
              "masked_attention_pool_forward", "masked_attention_pool_backward")
 AUTOCAST_OPERATORS = ("lstm_layer_forward", "lstm_layer_pooled_forward", "gru_layer_forward",
-                      "gru_layer_pooled_forward", "masked_attention_pool_forward")
+                      "gru_layer_pooled_forward", "rnn_layer_forward",
+                      "masked_attention_pool_forward")
 # Host-only work, one kernel for every device.
 HOST_OPERATORS = ("length_plan",)
 
