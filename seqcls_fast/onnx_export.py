@@ -18,6 +18,7 @@ What each operator becomes:
     three saved-activation outputs (backward only) are empty tensors.
   * ``gru_layer_forward``: one ONNX ``GRU`` node the same way, gate order
     (r, z, n) -> (z, r, h), ``linear_before_reset=1`` (PyTorch's ``b_hn``).
+  * ``rnn_layer_forward``: one ONNX ``RNN`` node, ``activations`` Tanh or Relu.
   * ``lstm_layer_pooled_forward`` (a unidirectional classifier exported
     under ``torch.no_grad()``): the ``lstm_layer_forward`` translation, then
     the pooling state in closed form over the valid steps (ReduceMax, Exp,
@@ -83,7 +84,7 @@ def _onnx_gate_order(op, ir, tensor, hidden, gates=_LSTM_GATES):
 
 
 def _onnx_rnn_inputs(op, ir, w_ih, w_hh, b_ih, b_hh, gates):
-    """W, R and B (None without bias) of an ONNX LSTM or GRU node from
+    """W, R and B (None without bias) of an ONNX LSTM, GRU or RNN node from
     PyTorch's weights: [1, G*H, I], [1, G*H, H], [1, 2*G*H] = [Wb, Rb]."""
     hidden = w_hh.shape[1]
     if not isinstance(hidden, int):
@@ -156,6 +157,20 @@ def gru_layer_forward(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse: bool,
                     linear_before_reset=1)
     return (_masked_output(op, ir, y, x, lens), op.Squeeze(y_h, [0]),
             *_empty_saved(op, ir, x, 3, hidden))
+
+
+def rnn_layer_forward(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity: str, reverse: bool,
+                      save_activations: bool, plan=None, low_memory: bool = False):
+    """seqcls_fast::rnn_layer_forward -> one ONNX RNN node, activation Tanh or
+    Relu."""
+    op, ir = _onnx()
+    hidden, weights, recurrent, bias = _onnx_rnn_inputs(op, ir, w_ih, w_hh, b_ih, b_hh, (0,))
+    lens, sequence_lens, initial_h = _sequence_inputs(op, ir, lengths, plan, h0)
+    y, y_h = op.RNN(x, weights, recurrent, bias, sequence_lens, initial_h,
+                    activations=["Relu" if nonlinearity == "relu" else "Tanh"],
+                    direction="reverse" if reverse else "forward", hidden_size=hidden)
+    gates, _cell, h_prev = _empty_saved(op, ir, x, 1, hidden)
+    return _masked_output(op, ir, y, x, lens), op.Squeeze(y_h, [0]), gates, h_prev
 
 
 def lstm_layer_pooled_forward(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, pooling: str, query,
@@ -256,6 +271,7 @@ def onnx_translation_table():
     return {
         _ops.lstm_layer_forward.default: lstm_layer_forward,
         _ops.gru_layer_forward.default: gru_layer_forward,
+        _ops.rnn_layer_forward.default: rnn_layer_forward,
         _ops.lstm_layer_pooled_forward.default: lstm_layer_pooled_forward,
         _ops.gru_layer_pooled_forward.default: gru_layer_pooled_forward,
         _ops.masked_attention_pool_forward.default: masked_attention_pool_forward,

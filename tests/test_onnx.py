@@ -138,6 +138,8 @@ def test_lstm_without_lengths(tmp_path):
 
 
 class _GRUOutputs(torch.nn.Module):
+    """sf.GRU or sf.RNN (hx one tensor) as the exporters want it."""
+
     def __init__(self, gru):
         super().__init__()
         self.gru = gru
@@ -157,6 +159,23 @@ def test_gru_with_lengths(tmp_path, num_layers, bidirectional):
     _assert_lstm_nodes(path, num_layers * (2 if bidirectional else 1), op_type="GRU")
     for node in (n for n in _nodes(path) if n.op_type == "GRU"):
         assert {a.name: a.i for a in node.attribute}["linear_before_reset"] == 1
+    _assert_matches_eager(path, module, _batch(9, 7, 3, seed=2))
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_rnn_with_lengths(tmp_path, nonlinearity, bidirectional):
+    """sf.RNN: one ONNX RNN node per layer and direction, its activation the
+    module's nonlinearity."""
+    torch.manual_seed(0)
+    module = _GRUOutputs(sf.RNN(3, 4, num_layers=2, nonlinearity=nonlinearity,
+                                bidirectional=bidirectional))
+    path = _export(module, _batch(5, 3, 3, seed=1), {"x": {0: STEPS, 1: BATCH},
+                                                     "lengths": {0: BATCH}}, tmp_path / "m.onnx")
+    _assert_lstm_nodes(path, 2 * (2 if bidirectional else 1), op_type="RNN")
+    for node in (n for n in _nodes(path) if n.op_type == "RNN"):
+        activations = {a.name: list(a.strings) for a in node.attribute}["activations"]
+        assert activations == [nonlinearity.capitalize().encode()]
     _assert_matches_eager(path, module, _batch(9, 7, 3, seed=2))
 
 
