@@ -31,4 +31,4 @@ PYCHECK
 "$PY" -m pytest -q -p no:cacheprovider "$@" \
   tests/test_cpu_recurrence.py tests/test_lstm.py tests/test_ops.py tests/test_pooling.py \
   tests/test_classifier.py tests/test_streaming.py tests/test_double_backward.py \
-  tests/test_gru.py
+  tests/test_gru.py tests/test_rnn.py
