@@ -43,4 +43,14 @@ inline constexpr CellDef kGruCell{CellKind::kGru, "GRU", 3, false, true, true};
 inline constexpr CellDef kRnnTanhCell{CellKind::kRnnTanh, "RNN_TANH", 1, false, false, false};
 inline constexpr CellDef kRnnReluCell{CellKind::kRnnRelu, "RNN_RELU", 1, false, false, false};
 
+// The definition of a step's cell (StepRows::cell_kind).
+inline constexpr const CellDef& cell_def_of(CellKind kind) {
+  switch (kind) {
+    case CellKind::kLstm: return kLstmCell;
+    case CellKind::kGru: return kGruCell;
+    case CellKind::kRnnTanh: return kRnnTanhCell;
+    default: return kRnnReluCell;
+  }
+}
+
 }  // namespace seqcls_fast

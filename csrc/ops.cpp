@@ -75,7 +75,8 @@ void seqcls_fast::define_operators(torch::Library& m) {
   // Returns (grad_x [T,B,I], grad_h0 [B,H], grad_c0 [B,H], grad_w_ih [4H,I],
   // grad_w_hh [4H,H], grad_bias [4H]); grad_bias is the gradient of b_ih and
   // of b_hh alike. grad_x is all zeros when compute_grad_x is false (the
-  // input needs no gradient, e.g. the first layer fed by data).
+  // input needs no gradient, e.g. the first layer fed by data), as a broadcast
+  // of one zero (strides 0: nothing is filled).
   m.def(
       "lstm_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, "
       "Tensor x, Tensor? lengths, Tensor? c0, Tensor w_ih, Tensor w_hh, "

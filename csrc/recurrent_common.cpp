@@ -314,6 +314,10 @@ at::Tensor pack_rows(const at::Tensor& x, int64_t begin, int64_t rows, const Dev
                                    plan.packed_batch.narrow(0, begin, rows)});
 }
 
+at::Tensor unrequested_grad_x(const at::Tensor& x) {
+  return at::zeros({}, x.options()).expand(x.sizes());
+}
+
 void accumulate_gemm_grads(GemmGrads& grads, const at::Tensor& grad_gates,
                            const at::Tensor& grad_recurrent, int64_t begin, const at::Tensor& x,
                            const at::Tensor& h_prev, const at::Tensor& w_ih,
@@ -329,8 +333,9 @@ void accumulate_gemm_grads(GemmGrads& grads, const at::Tensor& grad_gates,
     grads.grad_bias = grad_gates.sum(0);
     if (apart) grads.grad_recurrent_bias = grad_recurrent.sum(0);
     // Every (t, b) not written below stays 0: padding, or no gradient asked for.
-    grads.grad_x = compute_grad_x && !plan.packed_time.defined() ? empty_buffer(x.sizes(), x.options())
-                                                                 : zeros_buffer(x.sizes(), x.options());
+    grads.grad_x = !compute_grad_x                ? unrequested_grad_x(x)
+                   : !plan.packed_time.defined() ? empty_buffer(x.sizes(), x.options())
+                                                 : zeros_buffer(x.sizes(), x.options());
   } else {
     grads.grad_w_ih.addmm_(grad_gates_t, x_packed);
     grads.grad_w_hh.addmm_(grad_recurrent_t, h_prev);

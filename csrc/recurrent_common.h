@@ -116,6 +116,11 @@ at::Tensor pack_rows(const at::Tensor& x, int64_t begin, int64_t rows, const Dev
 // The gradients that are GEMMs over valid steps, from the pre-activation
 // gradients grad_gates [rows, G] of packed rows [begin, begin + rows) and
 // those rows' h_prev [rows, H]: grad_w_ih += dG^T X, grad_w_hh += dG^T H_prev,
+// The grad_x a backward returns when compute_grad_x is false: zeros of x's
+// shape as a broadcast of one element (its strides 0), since autograd drops
+// it; a [T, B, I] buffer zero-filled per call cost ~5% of a training step.
+at::Tensor unrequested_grad_x(const at::Tensor& x);
+
 // grad_bias += sum of dG, and (when compute_grad_x) grad_x [T, B, I] at those
 // rows = dG W_ih (zeros past each length). For a cell whose recurrent product
 // stays apart, grad_recurrent [rows, G] is dL/d(h W_hh^T + b_hh): then

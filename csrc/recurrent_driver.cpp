@@ -920,11 +920,11 @@ struct LayerGrads {
 
 // The gradients of a layer with no packed rows (B = 0): zeros.
 LayerGrads no_rows_grads(const CellDef& cell_def, const BackwardPass& b, const Tensor& x,
-                         int64_t hidden) {
+                         bool compute_grad_x, int64_t hidden) {
   const auto opts = x.options();
   const int64_t G = cell_def.gates * hidden;
   const Tensor bias = at::zeros({G}, opts);
-  return {at::zeros(x.sizes(), opts), b.grad_h_state,
+  return {compute_grad_x ? at::zeros(x.sizes(), opts) : unrequested_grad_x(x), b.grad_h_state,
           b.grad_c_state.defined() ? b.grad_c_state.to(x.scalar_type()) : Tensor(),
           GemmGrads{Tensor(), at::zeros({G, x.size(2)}, opts), at::zeros({G, hidden}, opts), bias,
                     cell_def.recurrent_apart ? at::zeros({G}, opts) : Tensor()}};
@@ -942,7 +942,7 @@ LayerGrads run_backward(const CellDef& cell_def, const RecurrentBackend& backend
   BackwardPass b{cell_def, backend, plan, dev, src, dtype, B, reverse};
   b.grad_h_state = to_sorted(grad_h_n, dev, dtype);
   if (grad_c_n.defined()) b.grad_c_state = to_sorted(grad_c_n, dev, state_dtype);
-  if (plan.packed_rows == 0) return no_rows_grads(cell_def, b, x, H);
+  if (plan.packed_rows == 0) return no_rows_grads(cell_def, b, x, compute_grad_x, H);
   // Full time-major rows are viewed, not gathered, by pack_rows: a transposed
   // (batch_first) x would be copied whole by every chunk's view, so once here.
   b.x_source = plan.packed_is_time_major(reverse) ? x.contiguous() : x;

@@ -69,21 +69,27 @@ def _lstm_layer_forward_fake(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse
 @torch.library.register_fake("seqcls_fast::lstm_layer_backward")
 def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, x, lengths, c0, w_ih, w_hh,
                               gates, cell, h_prev, reverse, compute_grad_x, plan=None):
-    return _lstm_gradients_fake(x, w_ih, w_hh)
+    return _lstm_gradients_fake(x, w_ih, w_hh, compute_grad_x)
 
 
 @torch.library.register_fake("seqcls_fast::lstm_layer_backward_recompute")
 def _lstm_layer_backward_recompute_fake(grad_output, grad_h_n, grad_c_n, x, lengths, h0, c0,
                                         w_ih, w_hh, b_ih, b_hh, output, cell, reverse,
                                         compute_grad_x, plan=None):
-    return _lstm_gradients_fake(x, w_ih, w_hh)
+    return _lstm_gradients_fake(x, w_ih, w_hh, compute_grad_x)
 
 
-def _lstm_gradients_fake(x, w_ih, w_hh):
+def _grad_x_fake(x, compute_grad_x):
+    """A backward's grad_x: x's shape, or, not computed, a broadcast zero
+    (strides 0), as the kernels return it (unrequested_grad_x)."""
+    return x.new_empty(x.shape) if compute_grad_x else x.new_zeros(()).expand(x.shape)
+
+
+def _lstm_gradients_fake(x, w_ih, w_hh, compute_grad_x):
     """(grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias), both backwards."""
     batch, hidden = x.shape[1], w_hh.shape[1]
     return (
-        x.new_empty(x.shape),
+        _grad_x_fake(x, compute_grad_x),
         x.new_empty(batch, hidden),
         x.new_empty(batch, hidden),
         w_ih.new_empty(w_ih.shape),
@@ -206,19 +212,19 @@ def _gru_layer_forward_fake(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, sav
 @torch.library.register_fake("seqcls_fast::gru_layer_backward")
 def _gru_layer_backward_fake(grad_output, grad_h_n, x, lengths, w_ih, w_hh, gates, cell, h_prev,
                              reverse, compute_grad_x, plan=None):
-    return _gru_gradients_fake(x, w_ih, w_hh)
+    return _gru_gradients_fake(x, w_ih, w_hh, compute_grad_x)
 
 
 @torch.library.register_fake("seqcls_fast::gru_layer_backward_recompute")
 def _gru_layer_backward_recompute_fake(grad_output, grad_h_n, x, lengths, h0, w_ih, w_hh, b_ih,
                                        b_hh, output, reverse, compute_grad_x, plan=None):
-    return _gru_gradients_fake(x, w_ih, w_hh)
+    return _gru_gradients_fake(x, w_ih, w_hh, compute_grad_x)
 
 
-def _gru_gradients_fake(x, w_ih, w_hh):
+def _gru_gradients_fake(x, w_ih, w_hh, compute_grad_x):
     """(grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh), both backwards."""
     batch, hidden = x.shape[1], w_hh.shape[1]
-    return (x.new_empty(x.shape), x.new_empty(batch, hidden), w_ih.new_empty(w_ih.shape),
+    return (_grad_x_fake(x, compute_grad_x), x.new_empty(batch, hidden), w_ih.new_empty(w_ih.shape),
             w_hh.new_empty(w_hh.shape), w_hh.new_empty(w_hh.shape[0]),
             w_hh.new_empty(w_hh.shape[0]))
 
@@ -292,20 +298,20 @@ def _rnn_layer_forward_fake(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity
 @torch.library.register_fake("seqcls_fast::rnn_layer_backward")
 def _rnn_layer_backward_fake(grad_output, grad_h_n, x, lengths, w_ih, w_hh, gates, h_prev,
                              nonlinearity, reverse, compute_grad_x, plan=None):
-    return _rnn_gradients_fake(x, w_ih, w_hh)
+    return _rnn_gradients_fake(x, w_ih, w_hh, compute_grad_x)
 
 
 @torch.library.register_fake("seqcls_fast::rnn_layer_backward_recompute")
 def _rnn_layer_backward_recompute_fake(grad_output, grad_h_n, x, lengths, h0, w_ih, w_hh, b_ih,
                                        b_hh, output, nonlinearity, reverse, compute_grad_x,
                                        plan=None):
-    return _rnn_gradients_fake(x, w_ih, w_hh)
+    return _rnn_gradients_fake(x, w_ih, w_hh, compute_grad_x)
 
 
-def _rnn_gradients_fake(x, w_ih, w_hh):
+def _rnn_gradients_fake(x, w_ih, w_hh, compute_grad_x):
     """(grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_bias), both backwards."""
     batch, hidden = x.shape[1], w_hh.shape[1]
-    return (x.new_empty(x.shape), x.new_empty(batch, hidden), w_ih.new_empty(w_ih.shape),
+    return (_grad_x_fake(x, compute_grad_x), x.new_empty(batch, hidden), w_ih.new_empty(w_ih.shape),
             w_hh.new_empty(w_hh.shape), w_hh.new_empty(w_hh.shape[0]))
 
 

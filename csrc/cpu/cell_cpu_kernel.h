@@ -27,16 +27,17 @@ SEQCLS_CPU_KERNEL inline void store(const Vec<T>& v, T* p, int64_t n) {
   VecOps<T>::store(v, p, n);
 }
 
-// Rows per parallel task: about 16K elements of work each, so small batches
-// stay on one thread instead of paying for a fork.
-inline int64_t row_grain(int64_t hidden) {
-  return std::max<int64_t>(1, 16384 / (4 * hidden));
+// Rows per parallel task: about 16K elements of work each (a row is the
+// cell's gates x H), so small batches stay on one thread instead of paying
+// for a fork.
+inline int64_t row_grain(int64_t row_elements) {
+  return std::max<int64_t>(1, 16384 / row_elements);
 }
 
 // Runs `rows(p, begin, end)` over the step's rows in parallel.
 template <typename Step>
 void parallel_rows(const Step& p, void (*rows)(const Step&, int64_t, int64_t)) {
-  at::parallel_for(0, p.rows, row_grain(p.hidden),
+  at::parallel_for(0, p.rows, row_grain(cell_def_of(p.cell_kind).gates * p.hidden),
                    [&](int64_t begin, int64_t end) { rows(p, begin, end); });
 }
 
