@@ -218,13 +218,15 @@ PyObject* cpu_kernel_paths(PyObject* /*self*/, PyObject* /*args*/) {
 }
 
 #ifdef SEQCLS_WITH_CUDA_EMU
-// {"launches": n, "blocks": n, "max_threads": n}: the CUDA emulator's work
-// since the library loaded (tests check that emulated kernels really ran).
+// {"launches": n, "blocks": n, "max_threads": n, "cooperative_launches": n}:
+// the CUDA emulator's work since the library loaded (tests check that
+// emulated kernels really ran, and which path).
 PyObject* cuda_emu_stats(PyObject* /*self*/, PyObject* /*args*/) {
   const seqcls_emu::Stats stats = seqcls_emu::stats();
-  return Py_BuildValue("{s:L,s:L,s:L}", "launches", static_cast<long long>(stats.launches),
+  return Py_BuildValue("{s:L,s:L,s:L,s:L}", "launches", static_cast<long long>(stats.launches),
                        "blocks", static_cast<long long>(stats.blocks), "max_threads",
-                       static_cast<long long>(stats.max_threads));
+                       static_cast<long long>(stats.max_threads), "cooperative_launches",
+                       static_cast<long long>(stats.cooperative_launches));
 }
 #endif
 

@@ -128,8 +128,13 @@ DevicePlan make_device_plan(const LengthPlan& plan, bool reverse, const at::Devi
   const int64_t B = plan.sorted_lengths.numel(), N = plan.packed_rows;
   const bool permuted = plan.order.defined();
   const bool gathered = !plan.packed_is_time_major(reverse);
+  const int64_t steps = plan.steps;
   if (device.is_cpu()) {  // already where the kernels read it
     DevicePlan out;
+    // Views of the plan's vectors (the BatchPlan keeps both alive together).
+    const auto opts = at::TensorOptions().dtype(at::kLong);
+    out.active = at::from_blob(const_cast<int64_t*>(plan.active.data()), {steps}, opts);
+    out.offset = at::from_blob(const_cast<int64_t*>(plan.offset.data()), {steps + 1}, opts);
     out.sorted_lengths = plan.sorted_lengths;
     out.order = plan.order;
     out.inverse_order = plan.inverse_order;
@@ -141,7 +146,8 @@ DevicePlan make_device_plan(const LengthPlan& plan, bool reverse, const at::Devi
     return out;
   }
   const bool has_lengths = plan.lengths.defined();
-  const int64_t total = B * (1 + (permuted ? 2 : 0) + (has_lengths ? 1 : 0)) + N * (gathered ? 2 : 0);
+  const int64_t total = B * (1 + (permuted ? 2 : 0) + (has_lengths ? 1 : 0)) +
+                        N * (gathered ? 2 : 0) + 2 * steps + 1;
   at::Tensor host = at::empty({total}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
   int64_t* dst = host.data_ptr<int64_t>();
   const auto append = [&dst](const at::Tensor& t) {
@@ -158,6 +164,8 @@ DevicePlan make_device_plan(const LengthPlan& plan, bool reverse, const at::Devi
     append(plan.packed_time);
     append(plan.packed_batch);
   }
+  std::memcpy(dst, plan.active.data(), steps * sizeof(int64_t));
+  std::memcpy(dst + steps, plan.offset.data(), (steps + 1) * sizeof(int64_t));
   // Pinned source + non_blocking: the copy is ordered on the current stream
   // and the caching host allocator keeps `host` alive until it completes.
   const at::Tensor on_device = host.to(device, at::kLong, /*non_blocking=*/true);
@@ -178,6 +186,8 @@ DevicePlan make_device_plan(const LengthPlan& plan, bool reverse, const at::Devi
     out.packed_time = take(N);
     out.packed_batch = take(N);
   }
+  out.active = take(steps);
+  out.offset = take(steps + 1);
   return out;
 }
 

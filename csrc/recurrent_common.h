@@ -70,6 +70,8 @@ LengthPlan make_length_plan(const at::Tensor& plan_table, int64_t steps_total, i
 // packed_time / packed_batch when the packed rows are x's own time-major rows
 // (a forward pass over full rows).
 struct DevicePlan {
+  at::Tensor active;          // [steps] LengthPlan::active (read by persistent kernels)
+  at::Tensor offset;          // [steps + 1] LengthPlan::offset
   at::Tensor order;           // [B] sorted row -> caller row
   at::Tensor inverse_order;   // [B] caller row -> sorted row
   at::Tensor sorted_lengths;  // [B]

@@ -74,20 +74,22 @@ StepRows step_rows(const CellDef& cell_def, const DevicePlan& dev, int64_t batch
 // The fields of a persistent recurrence that every segment of a pass shares:
 // the pass's step fields and the plan's rows.
 RecurrenceRows recurrence_rows(const StepRows& step, const LengthPlan& plan,
-                               const Tensor& w_hh_packed) {
+                               const DevicePlan& dev, const Tensor& w_hh_packed) {
   RecurrenceRows r{};
   static_cast<StepRows&>(r) = step;
   r.active = plan.active.data();
   r.offset = plan.offset.data();
+  r.active_device = dev.active.const_data_ptr<int64_t>();
+  r.offset_device = dev.offset.const_data_ptr<int64_t>();
   r.w_hh_packed = w_hh_packed.defined() ? w_hh_packed.const_data_ptr() : nullptr;
   return r;
 }
 
 // The forward's, with the states and output its step parameters point to.
 ForwardRecurrence forward_recurrence_rows(const ForwardStep& step, const LengthPlan& plan,
-                                          const Tensor& w_hh_packed) {
+                                          const DevicePlan& dev, const Tensor& w_hh_packed) {
   ForwardRecurrence r{};
-  static_cast<RecurrenceRows&>(r) = recurrence_rows(step, plan, w_hh_packed);
+  static_cast<RecurrenceRows&>(r) = recurrence_rows(step, plan, dev, w_hh_packed);
   r.steps = plan.steps;
   r.h_state = step.h_state;
   r.c_state = step.c_state;
@@ -98,9 +100,10 @@ ForwardRecurrence forward_recurrence_rows(const ForwardStep& step, const LengthP
 // The backward's, with its upstream gradients; grad_h_state is written too
 // (after each chunk: dG W_hh for the chunk before).
 BackwardRecurrence backward_recurrence_rows(const BackwardStep& step, const LengthPlan& plan,
-                                            const Tensor& w_hh_packed, Tensor& grad_h_state) {
+                                            const DevicePlan& dev, const Tensor& w_hh_packed,
+                                            Tensor& grad_h_state) {
   BackwardRecurrence r{};
-  static_cast<RecurrenceRows&>(r) = recurrence_rows(step, plan, w_hh_packed);
+  static_cast<RecurrenceRows&>(r) = recurrence_rows(step, plan, dev, w_hh_packed);
   r.grad_output = step.grad_output;
   r.grad_output_stride_t = step.grad_output_stride_t;
   r.grad_output_stride_b = step.grad_output_stride_b;
@@ -369,7 +372,7 @@ void run_forward(const RecurrentBackend& backend, ForwardPass& f, Tensor& h_stat
   p.h_state = h_state.data_ptr();
   p.c_state = c_state.defined() ? c_state.data_ptr() : nullptr;
   p.output = f.output.defined() ? f.output.data_ptr() : nullptr;
-  run.fused = forward_recurrence_rows(p, plan, run.w_hh_packed);
+  run.fused = forward_recurrence_rows(p, plan, f.dev, run.w_hh_packed);
   run.fused.recurrent_bias = data_or_null(run.recurrent_bias);
   if (pool != nullptr && pool->pooling != OnlinePooling::kLast) {
     prepare_pooling(run, *pool, B, most_rows);
@@ -756,7 +759,7 @@ void prepare_rebuild(BackwardPass& b, int64_t most) {
   b.replay.h_state = b.h_replay.data_ptr();
   b.replay.c_state = b.c_replay.data_ptr();
   b.w_hh_packed = packed_recurrent_weights(b.backend, b.cell_def, b.w_hh);
-  b.fused_replay = forward_recurrence_rows(b.replay, b.plan, b.w_hh_packed);
+  b.fused_replay = forward_recurrence_rows(b.replay, b.plan, b.dev, b.w_hh_packed);
   b.fused_replay.recurrent_bias = data_or_null(b.src.recurrent_bias);
 }
 
@@ -908,7 +911,7 @@ void prepare_recurrence_backward(BackwardPass& b, const Tensor& grad_out) {
   // chunk in one call.
   b.w_hh_packed_backward = packed_recurrent_weights(b.backend, b.cell_def, b.w_hh,
                                                     /*backward=*/true);
-  b.fused = backward_recurrence_rows(p, b.plan, b.w_hh_packed_backward, b.grad_h_state);
+  b.fused = backward_recurrence_rows(p, b.plan, b.dev, b.w_hh_packed_backward, b.grad_h_state);
 }
 
 // A layer's gradients for any cell: x's, h0's, c0's (cells with a cell

@@ -79,6 +79,8 @@ struct RecurrenceRows : StepRows {  // step: the segment's first (lowest) step; 
   int64_t end_step;               // one past the segment's last (highest) step
   const int64_t* active;          // [steps] host; active rows per step
   const int64_t* offset;          // [steps + 1] host; packed row of each step's first row
+  const int64_t* active_device;   // [steps] the same on the kernel's device (DevicePlan)
+  const int64_t* offset_device;   // [steps + 1] likewise
   int64_t row0;                   // packed row at which the segment's packed buffers start
   const void* w_hh_packed;        // W_hh in the backend's layout (pack_recurrent_weights or
                                   //   pack_recurrent_weights_backward)

@@ -170,7 +170,11 @@ FORWARD_MODES = {"save_activations": (True,), "inference": (False,),
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_lstm_layer_forward_samples(dtype):
+def test_lstm_layer_forward_samples(monkeypatch, dtype):
+    """The per-step path (a GEMM and a step kernel per step), forced: the
+    fallback of the persistent kernel, which test_persistent_* hold to the
+    same samples."""
+    monkeypatch.setenv("SEQCLS_FAST_CUDA_RECURRENCE", "steps")
     judge = Judge(dtype)
     for sample in representative(lstm_layer_forward_samples("cpu", dtype), dtype):
         reference = cached_reference(native_layer_forward, sample.args)
@@ -643,3 +647,105 @@ def test_rnn_layer(dtype, reverse, nonlinearity):
                                            reverse, True)
         assert_same_as_cpu_backend(forward, on_cpu, LSTM_TOL, ("output", "h_n", "gates",
                                                                "h_prev"))
+
+
+# ------------------------------------------------ the persistent recurrence
+def cooperative_launches():
+    return emu_stats()["cooperative_launches"]
+
+
+def runs_persistent(hidden, dtype, cell="lstm"):
+    """The fallback rule of recurrent_cuda.cu (README, "How it works") for the
+    emulator's device (4 multiprocessors, 48 KiB of dynamic shared memory per
+    block): the LSTM, one block per multiprocessor (at most H), each block's
+    4 U H weights in float (double for float64), U = ceil(H / blocks)."""
+    blocks = min(hidden, 4)
+    units = -(-hidden // blocks)
+    acc_bytes = 8 if dtype == F64 else 4
+    return cell == "lstm" and 4 * units * hidden * acc_bytes <= 48 * 1024
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_persistent_forward_samples(monkeypatch, dtype):
+    """Every forward sample (saved activations, inference, low memory) on the
+    persistent kernel (a cooperative grid per segment of steps, W_hh in shared
+    memory, one grid_sync per step) against the plain-PyTorch reference; in
+    float64 also against the per-step path on the same inputs."""
+    monkeypatch.delenv("SEQCLS_FAST_CUDA_RECURRENCE", raising=False)
+    judge = Judge(dtype)
+    for sample in representative(lstm_layer_forward_samples("cpu", dtype), dtype):
+        reference = cached_reference(native_layer_forward, sample.args)
+        x, w_hh = sample.args[0], sample.args[5]
+        assert runs_persistent(w_hh.shape[1], dtype)
+        for mode, extra in FORWARD_MODES.items():
+            with sample_named(f"{sample.name}-{mode}"):
+                before = cooperative_launches()
+                got = run_emulated("lstm_layer_forward", *sample.args, *extra)
+                assert cooperative_launches() > before or x.shape[1] == 0
+                judge(got[:3], reference, LSTM_TOL, FORWARD_NAMES[:3])
+                if dtype == F64:
+                    monkeypatch.setenv("SEQCLS_FAST_CUDA_RECURRENCE", "steps")
+                    per_step = run_emulated("lstm_layer_forward", *sample.args, *extra)
+                    monkeypatch.delenv("SEQCLS_FAST_CUDA_RECURRENCE")
+                    assert_same_as_cpu_backend(got, per_step, LSTM_TOL, FORWARD_NAMES)
+    judge.finish()
+
+
+def test_persistent_forward_is_bitwise_repeatable_across_block_orders(monkeypatch):
+    """Each (row, unit) is one thread's, its sums in a fixed order: the
+    persistent forward (saved activations, a low-memory backward that replays
+    it, the pooled forward) is bitwise the same whatever order the blocks
+    start in, and run after run."""
+    monkeypatch.delenv("SEQCLS_FAST_CUDA_RECURRENCE", raising=False)
+    args = large_lstm_args(**LARGE_LSTM["T100_B3_H60"], reverse=True, dtype=torch.float32)
+    pooled_args = large_pooled_args("T100_B3_H60", "attention_keys", torch.float32)
+    runs = []
+    for order in ("forward", "reverse", "shuffled:3", "shuffled:3"):
+        monkeypatch.setenv("SEQCLS_CUDA_EMU_BLOCK_ORDER", order)
+        before = cooperative_launches()
+        torch.manual_seed(0)
+        results, _ = run_lstm_forward_backward(args)
+        pooled = run_emulated("lstm_layer_pooled_forward", *pooled_args)
+        assert cooperative_launches() - before >= 3  # forward, low-memory replay, pooled
+        runs.append([t for name in ("forward", "low_memory", "recompute")
+                     for t in results[name]] + list(pooled))
+    for order, results in zip(("reverse", "shuffled:3", "shuffled:3 again"), runs[1:]):
+        for i, (a, b) in enumerate(zip(results, runs[0], strict=True)):
+            assert torch.equal(a, b), f"{order}: result {i} differs from the forward order's"
+
+
+@pytest.mark.parametrize("case", [("lstm", 60, torch.float32), ("lstm", 60, F64),
+                                  ("lstm", 257, torch.float32), ("lstm", 90, F64),
+                                  ("gru", 20, torch.float32), ("steps", 20, torch.float32)],
+                         ids=lambda c: f"{c[0]}-H{c[1]}-{dtype_id(c[2])}")
+def test_persistent_fallback_rule(monkeypatch, case):
+    """The persistent kernel runs exactly where the documented rule says
+    (runs_persistent), else the per-step path, with the same results: W_hh
+    rows past 48 KiB per block (H = 257 in float32, 90 in float64 on the
+    emulator's 4 multiprocessors), the GRU (not built for it yet) and
+    SEQCLS_FAST_CUDA_RECURRENCE=steps fall back."""
+    cell, hidden, dtype = case
+    if cell == "steps":
+        monkeypatch.setenv("SEQCLS_FAST_CUDA_RECURRENCE", "steps")
+    else:
+        monkeypatch.delenv("SEQCLS_FAST_CUDA_RECURRENCE", raising=False)
+    gates = 3 if cell == "gru" else 4
+    g = torch.Generator().manual_seed(hidden)
+    x = torch.randn(6, 3, 4, dtype=F64, generator=g).to(dtype)
+    lengths = torch.tensor([6, 2, 5])
+    weights = [(torch.randn(shape, dtype=F64, generator=g) * hidden ** -0.5).to(dtype)
+               for shape in ((gates * hidden, 4), (gates * hidden, hidden), (gates * hidden,),
+                             (gates * hidden,))]
+    before = cooperative_launches()
+    if cell == "gru":
+        got = run_emulated("gru_layer_forward", x, lengths, None, *weights, False, False)
+        want = CPU_OPS.gru_layer_forward(x.double(), lengths, None, *(w.double() for w in weights),
+                                         False, False)
+    else:
+        got = run_emulated("lstm_layer_forward", x, lengths, None, None, *weights, False, False)
+        want = CPU_OPS.lstm_layer_forward(x.double(), lengths, None, None,
+                                          *(w.double() for w in weights), False, False)
+    ran_persistent = cooperative_launches() > before
+    assert ran_persistent == (cell != "steps" and runs_persistent(hidden, dtype, cell))
+    torch.testing.assert_close(got[0].double(), want[0], **tolerance(LSTM_TOL, "cuda", dtype))
+

@@ -1,6 +1,7 @@
 // The host side of the device seam: everything the CUDA backend's host code
 // needs from the device it runs on (the current stream, a device guard, the
-// device check, a checked launch, the dispatcher names it registers under),
+// device check, a checked launch and a checked cooperative launch, the
+// dispatcher names it registers under),
 // for a real GPU (nvcc) and for the test-only CPU emulator
 // (SEQCLS_CUDA_EMULATED: kernels run on CPU threads over CPU tensors; the
 // operators register as seqcls_fast_cuda_emu::* for the CPU dispatch key).
@@ -8,9 +9,13 @@
 #pragma once
 
 #include <c10/core/Device.h>
+#include <c10/core/TensorOptions.h>
 #include <c10/util/Exception.h>
 
 #include <cstddef>
+#include <cstdint>
+#include <tuple>
+#include <type_traits>
 #include <utility>
 
 #include "kernel_compat.cuh"
@@ -20,6 +25,7 @@
 #define SEQCLS_CUDA_KEY CPU
 #else
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #define SEQCLS_CUDA_OPS seqcls_fast
@@ -27,6 +33,14 @@
 #endif
 
 namespace seqcls_fast::SEQCLS_CUDA_NS {
+
+// What a cooperative launch may use on the device (cooperative_limits()):
+// blocks resident at once with one per multiprocessor (0: the device takes no
+// cooperative launch), and dynamic shared memory per block.
+struct CooperativeLimits {
+  int64_t blocks;
+  size_t shared_bytes;
+};
 
 #ifdef SEQCLS_CUDA_EMULATED
 
@@ -38,6 +52,10 @@ struct DeviceGuard {
 // Where this backend's tensors live, and how an error message names it.
 inline bool on_kernel_device(const c10::Device& device) { return device.is_cpu(); }
 constexpr const char* kKernelDevice = "the CPU (the emulated CUDA backend)";
+// A scratch tensor's options on the kernels' device.
+inline c10::TensorOptions kernel_tensor_options(c10::ScalarType dtype) {
+  return c10::TensorOptions().dtype(dtype);
+}
 
 // kernel<<<grid, block, 0, stream>>>(args...), then the launch check.
 template <typename... Params, typename... Args>
@@ -49,6 +67,29 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, Stream /*stream*/,
   }
 }
 
+// A cooperative launch (every block resident at once, so kernels may
+// grid_sync), with dynamic shared memory, then the launch check.
+template <typename... Params, typename... Args>
+void launch_cooperative(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+                        Stream /*stream*/, Args&&... args) {
+  try {
+    seqcls_emu::launch_cooperative(kernel, grid, block, shared_bytes, std::forward<Args>(args)...);
+  } catch (const seqcls_emu::KernelError& error) {
+    TORCH_CHECK(false, "seqcls_fast: emulated CUDA kernel failed: ", error.what());
+  }
+}
+
+// The emulator models a small GPU: 4 multiprocessors (its cooperative grids
+// then run 4 x threads OS threads) and a GPU's default 48 KiB.
+inline CooperativeLimits cooperative_limits() { return {4, 48 * 1024}; }
+
+// Whether `kernel` fits one block per multiprocessor with these resources
+// (a GPU's occupancy query; the emulator has no limit but shared_bytes).
+template <typename... Params>
+bool fits_one_block_per_sm(void (*)(Params...), int /*threads*/, size_t /*shared_bytes*/) {
+  return true;
+}
+
 #else
 
 using Stream = cudaStream_t;
@@ -56,11 +97,45 @@ inline Stream current_stream() { return c10::cuda::getCurrentCUDAStream(); }
 using DeviceGuard = c10::cuda::CUDAGuard;
 inline bool on_kernel_device(const c10::Device& device) { return device.is_cuda(); }
 constexpr const char* kKernelDevice = "a CUDA device";
+inline c10::TensorOptions kernel_tensor_options(c10::ScalarType dtype) {
+  return c10::TensorOptions().dtype(dtype).device(c10::Device(c10::kCUDA,
+                                                              c10::cuda::current_device()));
+}
 
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, Stream stream, Args&&... args) {
   kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+inline CooperativeLimits cooperative_limits() {
+  int device = 0, cooperative = 0, sms = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  // No opt-in above the default 48 KiB per block.
+  return {cooperative ? static_cast<int64_t>(sms) : 0, size_t{48} * 1024};
+}
+
+template <typename... Params>
+bool fits_one_block_per_sm(void (*kernel)(Params...), int threads, size_t shared_bytes) {
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &per_sm, reinterpret_cast<const void*>(kernel), threads, shared_bytes));
+  return per_sm >= 1;
+}
+
+template <typename... Params, typename... Args>
+void launch_cooperative(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+                        Stream stream, Args&&... args) {
+  std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
+  std::apply(
+      [&](auto&... param) {
+        void* pointers[] = {static_cast<void*>(&param)...};
+        C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid,
+                                                   block, pointers, shared_bytes, stream));
+      },
+      params);
 }
 
 #endif

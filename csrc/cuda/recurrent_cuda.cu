@@ -12,14 +12,18 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 
 #include "../recurrent_driver.h"
 #include "device_compat.h"
 #include "cell_cuda.cuh"
+#include "persistent_cuda.cuh"
 
 namespace seqcls_fast::SEQCLS_CUDA_NS {
 namespace {
@@ -37,6 +41,46 @@ void launch_step(at::ScalarType dtype, unsigned int blocks, int threads, const S
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "seqcls_fast_cuda_step", [&] {
     launch(kernel_for(scalar_t{}), blocks, threads, stream, step);
   });
+}
+
+// The persistent recurrence's launch (persistent_cuda.cuh) for a layer, or
+// blocks = 0 for the per-step path. The rule (README, "How it works"): the
+// LSTM, the device takes cooperative launches, SEQCLS_FAST_CUDA_RECURRENCE is
+// not "steps", and with one block per multiprocessor (at most H blocks) each
+// block's rows of W_hh, 16 U H bytes of float (32 of double) for U = ceil(H /
+// blocks) units, fit the block's 48 KiB of dynamic shared memory: H up to ~620
+// in float32 on 132 multiprocessors.
+struct PersistentLaunch {
+  unsigned int blocks = 0;
+  int32_t units = 0;  // per block
+  size_t shared_bytes = 0;
+};
+
+template <typename T>
+PersistentLaunch persistent_launch(int64_t hidden) {
+  using Acc = at::opmath_type<T>;
+  const CooperativeLimits limits = cooperative_limits();
+  if (limits.blocks == 0 || hidden == 0) return {};
+  const int64_t blocks = std::min<int64_t>(hidden, limits.blocks);
+  const int64_t units = (hidden + blocks - 1) / blocks;
+  const size_t shared = static_cast<size_t>(4 * units * hidden) * sizeof(Acc);
+  if (shared > limits.shared_bytes ||
+      !fits_one_block_per_sm(lstm_persistent_forward_kernel<T, Acc>, kPersistentThreads, shared)) {
+    return {};
+  }
+  return {static_cast<unsigned int>(blocks), static_cast<int32_t>(units), shared};
+}
+
+PersistentLaunch persistent_launch(const CellDef& cell, int64_t hidden, at::ScalarType dtype) {
+  const char* choice = std::getenv("SEQCLS_FAST_CUDA_RECURRENCE");
+  if (cell.kind != CellKind::kLstm || (choice != nullptr && std::strcmp(choice, "steps") == 0)) {
+    return {};
+  }
+  PersistentLaunch launch;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "seqcls_fast_persistent", [&] {
+    launch = persistent_launch<scalar_t>(hidden);
+  });
+  return launch;
 }
 
 struct CudaBackend final : RecurrentBackend {
@@ -100,6 +144,25 @@ struct CudaBackend final : RecurrentBackend {
         case CellKind::kRnnRelu: return rnn_backward_step_kernel<T, Acc, true>;
         default: return rnn_backward_step_kernel<T, Acc, false>;
       }
+    });
+  }
+
+  // W_hh as given (contiguous): each block of the persistent kernel loads
+  // its rows into shared memory; or undefined (the per-step path).
+  at::Tensor pack_recurrent_weights(const CellDef& cell, const at::Tensor& w_hh) const override {
+    if (persistent_launch(cell, w_hh.size(1), w_hh.scalar_type()).blocks == 0) return {};
+    return w_hh.contiguous();
+  }
+
+  void forward_recurrence(const ForwardRecurrence& r, at::ScalarType dtype) const override {
+    const PersistentLaunch shape = persistent_launch(cell_def_of(r.cell_kind), r.hidden, dtype);
+    TORCH_INTERNAL_ASSERT(shape.blocks > 0, "seqcls_fast: persistent recurrence not available");
+    const at::Tensor h_swap = at::empty({r.batch, r.hidden}, kernel_tensor_options(dtype));
+    const Stream stream = current_stream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "seqcls_fast_persistent", [&] {
+      launch_cooperative(lstm_persistent_forward_kernel<scalar_t, at::opmath_type<scalar_t>>,
+                         shape.blocks, kPersistentThreads, shape.shared_bytes, stream, r,
+                         h_swap.data_ptr<scalar_t>(), shape.units);
     });
   }
 

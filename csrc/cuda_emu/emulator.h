@@ -1,7 +1,7 @@
 // The CUDA names a kernel uses, on the CPU emulator (emulator_runtime.h):
 // the qualifiers, threadIdx/blockIdx/blockDim/gridDim, __syncthreads, the
-// warp shuffles the kernels in csrc/cuda/ call, dynamic shared memory, and
-// `launch`. Only what those kernels use: anything else fails to compile, or
+// grid barrier of a cooperative launch, the warp shuffles the kernels in
+// csrc/cuda/ call, dynamic shared memory, and `launch` / `launch_cooperative`. Only what those kernels use: anything else fails to compile, or
 // (a partial-mask shuffle, say) throws at run time. Included through
 // csrc/cuda/kernel_compat.cuh when SEQCLS_CUDA_EMULATED is defined.
 #pragma once
@@ -32,8 +32,10 @@ extern thread_local seqcls_emu::Dim3 gridDim;
 
 namespace seqcls_emu {
 
-// The block barrier and the warp exchange behind the CUDA names below.
+// The block barrier, the grid barrier (cooperative grids only) and the warp
+// exchange behind the CUDA names below.
 void block_barrier(const char* file, int line);
+void grid_barrier(const char* file, int line);
 // Lane l receives `in` of lane src_lane(l) (every lane passes its own choice).
 void warp_exchange(unsigned mask, int width, const void* in, void* out, size_t bytes, int src_lane,
                    const char* what, const char* file, int line);
@@ -61,10 +63,23 @@ void launch(void (*kernel)(Params...), Dim3 grid, Dim3 block, size_t dynamic_sha
   run_grid(grid, block, dynamic_shared_bytes, [&] { std::apply(kernel, params); });
 }
 
+// cudaLaunchCooperativeKernel: the same, every block running at once.
+template <typename... Params, typename... Args>
+void launch_cooperative(void (*kernel)(Params...), Dim3 grid, Dim3 block,
+                        size_t dynamic_shared_bytes, Args&&... args) {
+  const std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
+  run_cooperative_grid(grid, block, dynamic_shared_bytes, [&] { std::apply(kernel, params); });
+}
+
 }  // namespace seqcls_emu
 
 inline void __syncthreads(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   seqcls_emu::block_barrier(file, line);
+}
+
+// cooperative_groups::this_grid().sync() (kernel_compat.cuh's grid_sync).
+inline void __emu_grid_sync(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  seqcls_emu::grid_barrier(file, line);
 }
 
 template <typename T>

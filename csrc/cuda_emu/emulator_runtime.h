@@ -5,7 +5,12 @@
 //
 // A grid runs one block at a time; a block's threads are real OS threads from
 // a pool kept across launches, so a thread sanitizer sees the kernel's own
-// synchronisation and nothing else. Blocks run in the order
+// synchronisation and nothing else. A cooperative grid (run_cooperative_grid,
+// CUDA's cudaLaunchCooperativeKernel) runs every block at once instead, each
+// with its own barrier, warps and dynamic shared memory, so its threads can
+// meet at the grid barrier (grid_sync). Static __shared__ variables are one
+// instance per kernel here, shared by concurrent blocks: a cooperative
+// kernel must use dynamic shared memory only. Blocks run in the order
 // SEQCLS_CUDA_EMU_BLOCK_ORDER names: "forward" (default), "reverse", or
 // "shuffled[:seed]" (a fixed permutation per seed); a kernel whose result
 // depends on the order is wrong on a GPU, where blocks run in any order.
@@ -15,7 +20,10 @@
 //     block have returned;
 //   - a warp shuffle with a partial mask, a width other than 32, in a partial
 //     warp, from different lines, or with lanes that returned;
-//   - a deadlock (no thread running, none able to go on): where each waits;
+//   - a deadlock (no thread running, none able to go on): where each waits,
+//     in every block of a cooperative grid;
+//   - a grid_sync in a grid not launched cooperatively, or reached from
+//     different lines, or while threads of the grid have returned;
 //   - a kernel that runs past SEQCLS_CUDA_EMU_WATCHDOG_S seconds (default
 //     600) is reported the same way and the process aborts (a spinning
 //     thread cannot be unwound);
@@ -44,9 +52,10 @@ class KernelError : public std::runtime_error {
 };
 
 struct Stats {
-  int64_t launches;    // grids run
-  int64_t blocks;      // blocks run
-  int64_t max_threads; // largest block
+  int64_t launches;              // grids run
+  int64_t blocks;                // blocks run
+  int64_t max_threads;           // largest block
+  int64_t cooperative_launches;  // of the launches, cooperative grids
 };
 
 // Counts since the library loaded.
@@ -57,5 +66,10 @@ Stats stats();
 // Throws KernelError when a check fails (the grid is abandoned).
 void run_grid(Dim3 grid, Dim3 block, size_t dynamic_shared_bytes,
               const std::function<void()>& thread_body);
+
+// The same with every block running at once (at most 4096 threads in all),
+// blocks started in SEQCLS_CUDA_EMU_BLOCK_ORDER's order.
+void run_cooperative_grid(Dim3 grid, Dim3 block, size_t dynamic_shared_bytes,
+                          const std::function<void()>& thread_body);
 
 }  // namespace seqcls_emu

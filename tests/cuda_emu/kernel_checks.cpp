@@ -446,6 +446,75 @@ __global__ void partial_mask_shuffle(float* out) {
   out[threadIdx.x] = __shfl_xor_sync(0x0000ffffu, 1.0f, 1);
 }
 
+// A cooperative grid: every block runs at once and meets the others at
+// grid_sync. Round r: each thread writes its slot of buffer r % 2, then
+// reads the same slot of the next block (r + 1 blocks on) after the grid
+// barrier; each block also keeps its own index in its dynamic shared memory
+// across the barriers (per-block, not shared by the concurrent blocks).
+__global__ void cooperative_rounds(int rounds, uint32_t* buffers, uint32_t* out) {
+  using seqcls_fast::cuda_emu::grid_sync;
+  auto* shared = static_cast<uint32_t*>(seqcls_emu::dynamic_shared_memory());
+  const uint32_t blocks = gridDim.x, threads = blockDim.x, b = blockIdx.x, t = threadIdx.x;
+  if (t == 0) shared[0] = b;
+  __syncthreads();
+  for (int r = 0; r < rounds; ++r) {
+    uint32_t* buffer = buffers + (r % 2) * blocks * threads;
+    buffer[b * threads + t] = 1000u * r + 100u * b + t + shared[0] - b;  // shared[0] == b
+    grid_sync();
+    const uint32_t from = (b + r + 1) % blocks;
+    out[(r * blocks + b) * threads + t] = buffer[from * threads + t];
+    grid_sync();  // nobody writes buffer r % 2 again before everyone read it
+  }
+}
+
+__global__ void grid_sync_without_cooperative_launch(float*) {
+  seqcls_fast::cuda_emu::grid_sync();
+}
+
+__global__ void block_returns_before_grid_sync(float*) {
+  if (blockIdx.x == 1) return;
+  seqcls_fast::cuda_emu::grid_sync();
+}
+
+// `launch` is expected to throw a KernelError whose message contains `words`.
+template <typename Launch>
+void expect_kernel_error(const std::string& name, const Launch& launch, const std::string& words) {
+  try {
+    launch();
+    std::printf("FAIL %s: ran without an error\n", name.c_str());
+    ++g_failed;
+  } catch (const seqcls_emu::KernelError& error) {
+    const bool named = std::string(error.what()).find(words) != std::string::npos;
+    if (!named) std::printf("FAIL %s: %s\n", name.c_str(), error.what());
+    ++(named ? g_passed : g_failed);
+  }
+}
+
+void check_cooperative() {
+  run_case("emulator: cooperative grid, 5 rounds of grid_sync", [](const std::string& n) {
+    const int blocks = 4, threads = 48, rounds = 5;
+    std::vector<uint32_t> buffers(2 * blocks * threads, 0), out(rounds * blocks * threads, 0);
+    seqcls_emu::launch_cooperative(cooperative_rounds, blocks, threads, sizeof(uint32_t), rounds,
+                                   buffers.data(), out.data());
+    std::vector<double> want(out.size());
+    for (int r = 0; r < rounds; ++r) {
+      for (int b = 0; b < blocks; ++b) {
+        for (int t = 0; t < threads; ++t) {
+          want[(r * blocks + b) * threads + t] = 1000.0 * r + 100.0 * ((b + r + 1) % blocks) + t;
+        }
+      }
+    }
+    expect_close(n, out, want);
+  });
+  std::vector<float> unused(1);
+  expect_kernel_error("emulator: grid_sync outside a cooperative launch", [&] {
+    seqcls_emu::launch(grid_sync_without_cooperative_launch, 2, 32, 0, unused.data());
+  }, "not launched cooperatively");
+  expect_kernel_error("emulator: a block returns while the grid waits", [&] {
+    seqcls_emu::launch_cooperative(block_returns_before_grid_sync, 3, 32, 0, unused.data());
+  }, "grid_sync");
+}
+
 void check_emulator() {
   run_case("emulator: dynamic shared memory poisoned per block", [](const std::string& n) {
     std::vector<uint32_t> first_word(3, 0);
@@ -469,6 +538,7 @@ void check_emulator() {
 
 int main() {
   check_emulator();
+  check_cooperative();
   check_all<float>("float32");
   check_all<double>("float64");
   run_case("zero padding H40", [](const std::string& n) { check_zero_padding(n, 40); });
