@@ -165,22 +165,40 @@ def representative(sample_list, dtype):
 
 
 # ------------------------------------------------- samples.py, every dtype
+@pytest.fixture(params=["persistent", "steps"])
+def recurrence(request, monkeypatch):
+    """Which LSTM recurrence the emulated backend runs: the persistent kernel
+    (cooperative grids; every samples.py shape fits the fallback rule) or the
+    per-step path (a GEMM and a step kernel per step), forced."""
+    if request.param == "steps":
+        monkeypatch.setenv("SEQCLS_FAST_CUDA_RECURRENCE", "steps")
+    else:
+        monkeypatch.delenv("SEQCLS_FAST_CUDA_RECURRENCE", raising=False)
+    return request.param
+
+
+def run_on(recurrence, op, *args):
+    """run_emulated, failing unless `recurrence` is the path that ran (a
+    cooperative grid exactly for the persistent one, when there are rows)."""
+    before = cooperative_launches()
+    result = run_emulated(op, *args)
+    has_rows = args[0].numel() > 0
+    assert (cooperative_launches() > before) == (recurrence == "persistent" and has_rows), op
+    return result
+
+
 FORWARD_MODES = {"save_activations": (True,), "inference": (False,),
                  "low_memory": (True, None, True)}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_lstm_layer_forward_samples(monkeypatch, dtype):
-    """The per-step path (a GEMM and a step kernel per step), forced: the
-    fallback of the persistent kernel, which test_persistent_* hold to the
-    same samples."""
-    monkeypatch.setenv("SEQCLS_FAST_CUDA_RECURRENCE", "steps")
+def test_lstm_layer_forward_samples(recurrence, dtype):
     judge = Judge(dtype)
     for sample in representative(lstm_layer_forward_samples("cpu", dtype), dtype):
         reference = cached_reference(native_layer_forward, sample.args)
         for mode, extra in FORWARD_MODES.items():
             with sample_named(f"{sample.name}-{mode}"):
-                got = run_emulated("lstm_layer_forward", *sample.args, *extra)
+                got = run_on(recurrence, "lstm_layer_forward", *sample.args, *extra)
                 judge(got[:3], reference, LSTM_TOL, FORWARD_NAMES[:3])
                 assert got[4].dtype == STATE_DTYPE.get(dtype, dtype)  # the saved cell states
                 if dtype == F64:  # saved activations too: one layout for both backends
@@ -191,11 +209,11 @@ def test_lstm_layer_forward_samples(monkeypatch, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_lstm_layer_backward_samples(dtype, saved_by_emulated_forward):
+def test_lstm_layer_backward_samples(recurrence, dtype, saved_by_emulated_forward):
     judge = Judge(dtype)
     for sample in representative(lstm_layer_backward_samples("cpu", dtype), dtype):
         with sample_named(sample.name):
-            got = run_emulated("lstm_layer_backward", *sample.args)
+            got = run_on(recurrence, "lstm_layer_backward", *sample.args)
             first = 0 if sample.args[-1] else 1  # compute_grad_x
             judge(got[first:], lambda d: native_layer_backward(sample, d)[first:], LSTM_TOL,
                   LSTM_BACKWARD_NAMES[first:])
@@ -208,14 +226,14 @@ def test_lstm_layer_backward_samples(dtype, saved_by_emulated_forward):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_lstm_layer_backward_recompute_samples(dtype, saved_by_emulated_forward):
+def test_lstm_layer_backward_recompute_samples(recurrence, dtype, saved_by_emulated_forward):
     """From the emulated low-memory forward, against nn.LSTM autograd itself.
     The CPU backend reads these checkpoints too: below 1024 packed rows both
     backends keep one chunk."""
     judge = Judge(dtype)
     for sample in representative(lstm_layer_backward_recompute_samples("cpu", dtype), dtype):
         with sample_named(sample.name):
-            got = run_emulated("lstm_layer_backward_recompute", *sample.args)
+            got = run_on(recurrence, "lstm_layer_backward_recompute", *sample.args)
             first = 0 if sample.args[-1] else 1  # compute_grad_x
             judge(got[first:], lambda d: native_layer_backward(sample.forward, d)[first:],
                   LSTM_TOL, LSTM_BACKWARD_NAMES[first:])
@@ -665,37 +683,11 @@ def runs_persistent(hidden, dtype, cell="lstm"):
     return cell == "lstm" and 4 * units * hidden * acc_bytes <= 48 * 1024
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_persistent_forward_samples(monkeypatch, dtype):
-    """Every forward sample (saved activations, inference, low memory) on the
-    persistent kernel (a cooperative grid per segment of steps, W_hh in shared
-    memory, one grid_sync per step) against the plain-PyTorch reference; in
-    float64 also against the per-step path on the same inputs."""
-    monkeypatch.delenv("SEQCLS_FAST_CUDA_RECURRENCE", raising=False)
-    judge = Judge(dtype)
-    for sample in representative(lstm_layer_forward_samples("cpu", dtype), dtype):
-        reference = cached_reference(native_layer_forward, sample.args)
-        x, w_hh = sample.args[0], sample.args[5]
-        assert runs_persistent(w_hh.shape[1], dtype)
-        for mode, extra in FORWARD_MODES.items():
-            with sample_named(f"{sample.name}-{mode}"):
-                before = cooperative_launches()
-                got = run_emulated("lstm_layer_forward", *sample.args, *extra)
-                assert cooperative_launches() > before or x.shape[1] == 0
-                judge(got[:3], reference, LSTM_TOL, FORWARD_NAMES[:3])
-                if dtype == F64:
-                    monkeypatch.setenv("SEQCLS_FAST_CUDA_RECURRENCE", "steps")
-                    per_step = run_emulated("lstm_layer_forward", *sample.args, *extra)
-                    monkeypatch.delenv("SEQCLS_FAST_CUDA_RECURRENCE")
-                    assert_same_as_cpu_backend(got, per_step, LSTM_TOL, FORWARD_NAMES)
-    judge.finish()
-
-
-def test_persistent_forward_is_bitwise_repeatable_across_block_orders(monkeypatch):
+def test_persistent_recurrence_is_bitwise_repeatable_across_block_orders(monkeypatch):
     """Each (row, unit) is one thread's, its sums in a fixed order: the
-    persistent forward (saved activations, a low-memory backward that replays
-    it, the pooled forward) is bitwise the same whatever order the blocks
-    start in, and run after run."""
+    persistent forward and backward (saved activations, the low-memory
+    backward that replays the forward, the pooled forward) are bitwise the
+    same whatever order the blocks start in, and run after run."""
     monkeypatch.delenv("SEQCLS_FAST_CUDA_RECURRENCE", raising=False)
     args = large_lstm_args(**LARGE_LSTM["T100_B3_H60"], reverse=True, dtype=torch.float32)
     pooled_args = large_pooled_args("T100_B3_H60", "attention_keys", torch.float32)
@@ -706,8 +698,9 @@ def test_persistent_forward_is_bitwise_repeatable_across_block_orders(monkeypatc
         torch.manual_seed(0)
         results, _ = run_lstm_forward_backward(args)
         pooled = run_emulated("lstm_layer_pooled_forward", *pooled_args)
-        assert cooperative_launches() - before >= 3  # forward, low-memory replay, pooled
-        runs.append([t for name in ("forward", "low_memory", "recompute")
+        # forward (x2), the backward, the low-memory replay and backward, pooled
+        assert cooperative_launches() - before >= 6
+        runs.append([t for name in ("forward", "low_memory", "backward", "recompute")
                      for t in results[name]] + list(pooled))
     for order, results in zip(("reverse", "shuffled:3", "shuffled:3 again"), runs[1:]):
         for i, (a, b) in enumerate(zip(results, runs[0], strict=True)):

@@ -49,7 +49,8 @@ void launch_step(at::ScalarType dtype, unsigned int blocks, int threads, const S
 // not "steps", and with one block per multiprocessor (at most H blocks) each
 // block's rows of W_hh, 16 U H bytes of float (32 of double) for U = ceil(H /
 // blocks) units, fit the block's 48 KiB of dynamic shared memory: H up to ~620
-// in float32 on 132 multiprocessors.
+// in float32 on 132 multiprocessors. The backward keeps the same bytes (the
+// block's columns of W_hh instead of its rows), so one rule serves both.
 struct PersistentLaunch {
   unsigned int blocks = 0;
   int32_t units = 0;  // per block
@@ -65,7 +66,8 @@ PersistentLaunch persistent_launch(int64_t hidden) {
   const int64_t units = (hidden + blocks - 1) / blocks;
   const size_t shared = static_cast<size_t>(4 * units * hidden) * sizeof(Acc);
   if (shared > limits.shared_bytes ||
-      !fits_one_block_per_sm(lstm_persistent_forward_kernel<T, Acc>, kPersistentThreads, shared)) {
+      !fits_one_block_per_sm(lstm_persistent_forward_kernel<T, Acc>, kPersistentThreads, shared) ||
+      !fits_one_block_per_sm(lstm_persistent_backward_kernel<T, Acc>, kPersistentThreads, shared)) {
     return {};
   }
   return {static_cast<unsigned int>(blocks), static_cast<int32_t>(units), shared};
@@ -163,6 +165,23 @@ struct CudaBackend final : RecurrentBackend {
       launch_cooperative(lstm_persistent_forward_kernel<scalar_t, at::opmath_type<scalar_t>>,
                          shape.blocks, kPersistentThreads, shape.shared_bytes, stream, r,
                          h_swap.data_ptr<scalar_t>(), shape.units);
+    });
+  }
+
+  // The backward's weights: W_hh as given too (each block loads its columns).
+  at::Tensor pack_recurrent_weights_backward(const CellDef& cell,
+                                             const at::Tensor& w_hh) const override {
+    return pack_recurrent_weights(cell, w_hh);
+  }
+
+  void backward_recurrence(const BackwardRecurrence& r, at::ScalarType dtype) const override {
+    const PersistentLaunch shape = persistent_launch(cell_def_of(r.cell_kind), r.hidden, dtype);
+    TORCH_INTERNAL_ASSERT(shape.blocks > 0, "seqcls_fast: persistent recurrence not available");
+    const Stream stream = current_stream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "seqcls_fast_persistent", [&] {
+      launch_cooperative(lstm_persistent_backward_kernel<scalar_t, at::opmath_type<scalar_t>>,
+                         shape.blocks, kPersistentThreads, shape.shared_bytes, stream, r,
+                         shape.units);
     });
   }
 
