@@ -5,9 +5,13 @@ Covers: all four dtypes, both directions, unsorted lengths on the CPU and on
 the GPU, no lengths, h0/c0 given and not, inference (save_activations=False),
 odd H, T = 1, an empty batch, pooling with and without keys, strided inputs,
 and T > the pooling block size; the classifier in training (both memory
-modes), inference (the fused pooled forward, every pooling) and streaming.
-Exits non-zero on any error.
+modes), inference (the fused pooled forward, every pooling) and streaming;
+each LSTM case on both recurrences: the persistent kernels (cooperative
+grids, where the fallback rule allows: all shapes here) and the per-step
+path (SEQCLS_FAST_CUDA_RECURRENCE=steps). Exits non-zero on any error.
 """
+import os
+
 import torch
 
 import seqcls_fast as sf
@@ -37,6 +41,14 @@ def pool_case(dtype, B, T, D, A, lengths, with_keys):
 
 
 def main():
+    for recurrence in ("", "steps"):  # the persistent kernels, then the per-step path
+        os.environ["SEQCLS_FAST_CUDA_RECURRENCE"] = recurrence
+        run_cases()
+    torch.cuda.synchronize()
+    print("cuda_sanitize_case: ok")
+
+
+def run_cases():
     torch.manual_seed(0)
     for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         for reverse in (False, True):
@@ -68,8 +80,6 @@ def main():
             stream = model.stream(5)
             stream.feed(x[:, :3], torch.tensor([3, 3, 1, 3, 2]))
             stream.feed(x[:, 3:], torch.tensor([4, 0, 0, 4, 0]))
-    torch.cuda.synchronize()
-    print("cuda_sanitize_case: ok")
 
 
 if __name__ == "__main__":

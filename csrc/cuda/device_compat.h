@@ -108,17 +108,31 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, Stream stream, Arg
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// The device's limits; shared memory per block up to its opt-in maximum
+// (227 KiB on Hopper), which allow_dynamic_shared grants a kernel.
 inline CooperativeLimits cooperative_limits() {
-  int device = 0, cooperative = 0, sms = 0;
+  int device = 0, cooperative = 0, sms = 0, shared_optin = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  // No opt-in above the default 48 KiB per block.
-  return {cooperative ? static_cast<int64_t>(sms) : 0, size_t{48} * 1024};
+  C10_CUDA_CHECK(
+      cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return {cooperative ? static_cast<int64_t>(sms) : 0, static_cast<size_t>(shared_optin)};
+}
+
+// Lets `kernel` launch with `shared_bytes` of dynamic shared memory (above
+// the default 48 KiB a kernel must opt in).
+template <typename... Params>
+void allow_dynamic_shared(void (*kernel)(Params...), size_t shared_bytes) {
+  if (shared_bytes <= 48 * 1024) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(shared_bytes)));
 }
 
 template <typename... Params>
 bool fits_one_block_per_sm(void (*kernel)(Params...), int threads, size_t shared_bytes) {
+  allow_dynamic_shared(kernel, shared_bytes);
   int per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
       &per_sm, reinterpret_cast<const void*>(kernel), threads, shared_bytes));
@@ -128,6 +142,7 @@ bool fits_one_block_per_sm(void (*kernel)(Params...), int threads, size_t shared
 template <typename... Params, typename... Args>
 void launch_cooperative(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
                         Stream stream, Args&&... args) {
+  allow_dynamic_shared(kernel, shared_bytes);
   std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
   std::apply(
       [&](auto&... param) {
