@@ -540,7 +540,7 @@ def gru_reference(case, reverse, dtype):
 
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_gru_layer(dtype, reverse):
+def test_gru_layer(recurrence, dtype, reverse):
     """gru_layer_forward and gru_layer_backward (and the low-memory pair,
     gru_layer_backward_recompute) on the emulated CUDA backend against the
     plain-PyTorch GRU, every output and gradient; float64 also against the
@@ -549,22 +549,22 @@ def test_gru_layer(dtype, reverse):
     x, lengths, h0 = cast_floats(case[:3], dtype)
     w_ih, w_hh, b_ih, b_hh = cast_floats(case[3], dtype)
     grad_out, grad_h_n = cast_floats(case[4], dtype)
-    forward = run_emulated("gru_layer_forward", x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse,
-                           True)
+    forward = run_on(recurrence, "gru_layer_forward", x, lengths, h0, w_ih, w_hh, b_ih, b_hh,
+                     reverse, True)
     out, h_n, gates, cell, h_prev = forward
     assert cell.dtype == STATE_DTYPE.get(dtype, dtype)
-    backward = run_emulated("gru_layer_backward", grad_out, grad_h_n, x, lengths, w_ih, w_hh,
-                            gates, cell, h_prev, reverse, True)
+    backward = run_on(recurrence, "gru_layer_backward", grad_out, grad_h_n, x, lengths, w_ih,
+                      w_hh, gates, cell, h_prev, reverse, True)
     got = [out, h_n, *backward]
     reference = cached_reference(gru_reference, case, reverse)
     judge = Judge(dtype)
     judge(got, reference, LSTM_TOL, GRU_NAMES)
     # Low memory: the forward keeps nothing, the backward rebuilds from the output.
-    low = run_emulated("gru_layer_forward", x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse, True,
-                       None, True)
+    low = run_on(recurrence, "gru_layer_forward", x, lengths, h0, w_ih, w_hh, b_ih, b_hh,
+                 reverse, True, None, True)
     assert [t.size(0) for t in low[2:]] == [0, 0, 0]
-    rebuilt = run_emulated("gru_layer_backward_recompute", grad_out, grad_h_n, x, lengths, h0,
-                           w_ih, w_hh, b_ih, b_hh, low[0], reverse, True)
+    rebuilt = run_on(recurrence, "gru_layer_backward_recompute", grad_out, grad_h_n, x, lengths,
+                     h0, w_ih, w_hh, b_ih, b_hh, low[0], reverse, True)
     judge([low[0], low[1], *rebuilt], reference, LSTM_TOL, GRU_NAMES)
     judge.finish()
     if dtype == F64:
@@ -574,7 +574,7 @@ def test_gru_layer(dtype, reverse):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_gru_layer_pooled(dtype):
+def test_gru_layer_pooled(recurrence, dtype):
     """gru_layer_pooled_forward on the emulated CUDA backend (the forward
     step kernels, then the online pooling step per step, no output written)
     against the plain-PyTorch GRU and the pooling's closed form, every pooling,
@@ -585,7 +585,7 @@ def test_gru_layer_pooled(dtype):
     for case in POOLED_CASES:
         with sample_named("-".join(map(str, case))):
             args = gru_pooled_args(*case, dtype)
-            got = run_emulated("gru_layer_pooled_forward", *args)
+            got = run_on(recurrence, "gru_layer_pooled_forward", *args)
             judge(got, lambda d, args=args: gru_pooled_reference(args, d), LSTM_TOL, names)
             assert got[1].dtype == STATE_DTYPE.get(dtype, dtype)
             if dtype == F64:
@@ -675,12 +675,16 @@ def cooperative_launches():
 def runs_persistent(hidden, dtype, cell="lstm"):
     """The fallback rule of recurrent_cuda.cu (README, "How it works") for the
     emulator's device (4 multiprocessors, 48 KiB of dynamic shared memory per
-    block): the LSTM, one block per multiprocessor (at most H), each block's
-    4 U H weights in float (double for float64), U = ceil(H / blocks)."""
+    block): the LSTM or the GRU, one block per multiprocessor (at most H),
+    each block's G U H weights (G = 4, 3) in float (double for float64), U =
+    ceil(H / blocks)."""
+    if cell not in ("lstm", "gru"):
+        return False
     blocks = min(hidden, 4)
     units = -(-hidden // blocks)
     acc_bytes = 8 if dtype == F64 else 4
-    return cell == "lstm" and 4 * units * hidden * acc_bytes <= 48 * 1024
+    gates = 4 if cell == "lstm" else 3
+    return gates * units * hidden * acc_bytes <= 48 * 1024
 
 
 def test_persistent_recurrence_is_bitwise_repeatable_across_block_orders(monkeypatch):
@@ -709,20 +713,23 @@ def test_persistent_recurrence_is_bitwise_repeatable_across_block_orders(monkeyp
 
 @pytest.mark.parametrize("case", [("lstm", 60, torch.float32), ("lstm", 60, F64),
                                   ("lstm", 257, torch.float32), ("lstm", 90, F64),
-                                  ("gru", 20, torch.float32), ("steps", 20, torch.float32)],
+                                  ("gru", 20, torch.float32), ("gru", 60, F64),
+                                  ("gru", 130, torch.float32), ("rnn", 20, torch.float32),
+                                  ("steps", 20, torch.float32)],
                          ids=lambda c: f"{c[0]}-H{c[1]}-{dtype_id(c[2])}")
 def test_persistent_fallback_rule(monkeypatch, case):
     """The persistent kernel runs exactly where the documented rule says
     (runs_persistent), else the per-step path, with the same results: W_hh
-    rows past 48 KiB per block (H = 257 in float32, 90 in float64 on the
-    emulator's 4 multiprocessors), the GRU (not built for it yet) and
+    rows past 48 KiB per block (the LSTM at H = 257 in float32 or 90 in
+    float64, the GRU at 130 in float32, on the emulator's 4
+    multiprocessors), the RNN (not built for it) and
     SEQCLS_FAST_CUDA_RECURRENCE=steps fall back."""
     cell, hidden, dtype = case
     if cell == "steps":
         monkeypatch.setenv("SEQCLS_FAST_CUDA_RECURRENCE", "steps")
     else:
         monkeypatch.delenv("SEQCLS_FAST_CUDA_RECURRENCE", raising=False)
-    gates = 3 if cell == "gru" else 4
+    gates = {"gru": 3, "rnn": 1}.get(cell, 4)
     g = torch.Generator().manual_seed(hidden)
     x = torch.randn(6, 3, 4, dtype=F64, generator=g).to(dtype)
     lengths = torch.tensor([6, 2, 5])
@@ -730,10 +737,12 @@ def test_persistent_fallback_rule(monkeypatch, case):
                for shape in ((gates * hidden, 4), (gates * hidden, hidden), (gates * hidden,),
                              (gates * hidden,))]
     before = cooperative_launches()
-    if cell == "gru":
-        got = run_emulated("gru_layer_forward", x, lengths, None, *weights, False, False)
-        want = CPU_OPS.gru_layer_forward(x.double(), lengths, None, *(w.double() for w in weights),
-                                         False, False)
+    if cell in ("gru", "rnn"):
+        op = f"{cell}_layer_forward"
+        extra = ("tanh",) if cell == "rnn" else ()
+        got = run_emulated(op, x, lengths, None, *weights, *extra, False, False)
+        want = getattr(CPU_OPS, op)(x.double(), lengths, None, *(w.double() for w in weights),
+                                    *extra, False, False)
     else:
         got = run_emulated("lstm_layer_forward", x, lengths, None, None, *weights, False, False)
         want = CPU_OPS.lstm_layer_forward(x.double(), lengths, None, None,

@@ -45,31 +45,34 @@ void launch_step(at::ScalarType dtype, unsigned int blocks, int threads, const S
 
 // The persistent recurrence's launch (persistent_cuda.cuh) for a layer, or
 // blocks = 0 for the per-step path. The rule (README, "How it works"): the
-// LSTM, the device takes cooperative launches, SEQCLS_FAST_CUDA_RECURRENCE is
-// not "steps", and with one block per multiprocessor (at most H blocks) each
-// block's rows of W_hh, 16 U H bytes of float (32 of double) for U = ceil(H /
-// blocks) units, fit the device's dynamic shared memory per block (its opt-in
-// maximum: 227 KiB on an H200, H up to 1320 in float32, 924 in float64 on its
-// 132 multiprocessors; the emulator models 4 multiprocessors and 48 KiB), and
-// both kernels fit one block per multiprocessor. The backward keeps the same
-// bytes (the block's columns of W_hh instead of its rows): one rule serves both.
+// LSTM or the GRU, the device takes cooperative launches,
+// SEQCLS_FAST_CUDA_RECURRENCE is not "steps", and with one block per
+// multiprocessor (at most H blocks) each block's rows of W_hh, G U H values
+// of acc_t (G = 4 for the LSTM, 3 for the GRU; float, or double for float64)
+// for U = ceil(H / blocks) units, fit the device's dynamic shared memory per
+// block (its opt-in maximum: 227 KiB on an H200, an LSTM's H up to 1320 in
+// float32, 924 in float64 on its 132 multiprocessors; the emulator models 4
+// multiprocessors and 48 KiB), and both kernels fit one block per
+// multiprocessor. The backward keeps the same bytes (the block's columns of
+// W_hh instead of its rows): one rule serves both.
 struct PersistentLaunch {
   unsigned int blocks = 0;
   int32_t units = 0;  // per block
   size_t shared_bytes = 0;
 };
 
-template <typename T>
+template <CellKind K, typename T>
 PersistentLaunch persistent_launch(int64_t hidden) {
   using Acc = at::opmath_type<T>;
   const CooperativeLimits limits = cooperative_limits();
   if (limits.blocks == 0 || hidden == 0) return {};
   const int64_t blocks = std::min<int64_t>(hidden, limits.blocks);
   const int64_t units = (hidden + blocks - 1) / blocks;
-  const size_t shared = static_cast<size_t>(4 * units * hidden) * sizeof(Acc);
+  const size_t shared =
+      static_cast<size_t>(kPersistentGates<K> * units * hidden) * sizeof(Acc);
   if (shared > limits.shared_bytes ||
-      !fits_one_block_per_sm(lstm_persistent_forward_kernel<T, Acc>, kPersistentThreads, shared) ||
-      !fits_one_block_per_sm(lstm_persistent_backward_kernel<T, Acc>, kPersistentThreads, shared)) {
+      !fits_one_block_per_sm(persistent_forward_kernel<K, T, Acc>, kPersistentThreads, shared) ||
+      !fits_one_block_per_sm(persistent_backward_kernel<K, T, Acc>, kPersistentThreads, shared)) {
     return {};
   }
   return {static_cast<unsigned int>(blocks), static_cast<int32_t>(units), shared};
@@ -77,12 +80,14 @@ PersistentLaunch persistent_launch(int64_t hidden) {
 
 PersistentLaunch persistent_launch(const CellDef& cell, int64_t hidden, at::ScalarType dtype) {
   const char* choice = std::getenv("SEQCLS_FAST_CUDA_RECURRENCE");
-  if (cell.kind != CellKind::kLstm || (choice != nullptr && std::strcmp(choice, "steps") == 0)) {
+  if ((cell.kind != CellKind::kLstm && cell.kind != CellKind::kGru) ||
+      (choice != nullptr && std::strcmp(choice, "steps") == 0)) {
     return {};
   }
   PersistentLaunch launch;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "seqcls_fast_persistent", [&] {
-    launch = persistent_launch<scalar_t>(hidden);
+    launch = cell.kind == CellKind::kLstm ? persistent_launch<CellKind::kLstm, scalar_t>(hidden)
+                                          : persistent_launch<CellKind::kGru, scalar_t>(hidden);
   });
   return launch;
 }
@@ -164,8 +169,11 @@ struct CudaBackend final : RecurrentBackend {
     const at::Tensor h_swap = at::empty({r.batch, r.hidden}, kernel_tensor_options(dtype));
     const Stream stream = current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "seqcls_fast_persistent", [&] {
-      launch_cooperative(lstm_persistent_forward_kernel<scalar_t, at::opmath_type<scalar_t>>,
-                         shape.blocks, kPersistentThreads, shape.shared_bytes, stream, r,
+      using Acc = at::opmath_type<scalar_t>;
+      const auto kernel = r.cell_kind == CellKind::kLstm
+                              ? persistent_forward_kernel<CellKind::kLstm, scalar_t, Acc>
+                              : persistent_forward_kernel<CellKind::kGru, scalar_t, Acc>;
+      launch_cooperative(kernel, shape.blocks, kPersistentThreads, shape.shared_bytes, stream, r,
                          h_swap.data_ptr<scalar_t>(), shape.units);
     });
   }
@@ -181,8 +189,11 @@ struct CudaBackend final : RecurrentBackend {
     TORCH_INTERNAL_ASSERT(shape.blocks > 0, "seqcls_fast: persistent recurrence not available");
     const Stream stream = current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "seqcls_fast_persistent", [&] {
-      launch_cooperative(lstm_persistent_backward_kernel<scalar_t, at::opmath_type<scalar_t>>,
-                         shape.blocks, kPersistentThreads, shape.shared_bytes, stream, r,
+      using Acc = at::opmath_type<scalar_t>;
+      const auto kernel = r.cell_kind == CellKind::kLstm
+                              ? persistent_backward_kernel<CellKind::kLstm, scalar_t, Acc>
+                              : persistent_backward_kernel<CellKind::kGru, scalar_t, Acc>;
+      launch_cooperative(kernel, shape.blocks, kPersistentThreads, shape.shared_bytes, stream, r,
                          shape.units);
     });
   }
