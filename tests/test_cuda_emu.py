@@ -711,6 +711,33 @@ def test_persistent_recurrence_is_bitwise_repeatable_across_block_orders(monkeyp
             assert torch.equal(a, b), f"{order}: result {i} differs from the forward order's"
 
 
+@pytest.mark.parametrize("dtype", EXACT, ids=dtype_id)
+def test_persistent_at_h257_on_a_larger_emulated_device(monkeypatch, dtype):
+    """H = 257 on the persistent kernels: an emulated device of 16
+    multiprocessors with Hopper's 227 KiB per block (SEQCLS_CUDA_EMU_SMS,
+    _SHARED_KIB) holds 17 units' W_hh rows per block (70 KiB in float, 140 in
+    double); forward, backward and the low-memory pair in both directions
+    against nn.LSTM."""
+    monkeypatch.delenv("SEQCLS_FAST_CUDA_RECURRENCE", raising=False)
+    monkeypatch.setenv("SEQCLS_CUDA_EMU_SMS", "16")
+    monkeypatch.setenv("SEQCLS_CUDA_EMU_SHARED_KIB", "227")
+    for reverse in (False, True):
+        args = large_lstm_args(**LARGE_LSTM["T12_B3_H257"], reverse=reverse, dtype=dtype)
+        before = cooperative_launches()
+        got, backward = run_lstm_forward_backward(args)
+        assert cooperative_launches() - before >= 5, "not the persistent path"
+        judge = Judge(dtype)
+        forward_ref = cached_reference(native_layer_forward, args)
+        backward_ref = cached_reference(native_layer_backward, backward)
+        for mode in ("forward", "low_memory"):
+            with sample_named(f"{mode}-reverse{reverse:d}"):
+                judge(got[mode][:3], forward_ref, LSTM_TOL, FORWARD_NAMES[:3])
+        for mode in ("backward", "recompute"):
+            with sample_named(f"{mode}-reverse{reverse:d}"):
+                judge(got[mode], backward_ref, LSTM_TOL, LSTM_BACKWARD_NAMES)
+        judge.finish()
+
+
 @pytest.mark.parametrize("case", [("lstm", 60, torch.float32), ("lstm", 60, F64),
                                   ("lstm", 257, torch.float32), ("lstm", 90, F64),
                                   ("gru", 20, torch.float32), ("gru", 60, F64),

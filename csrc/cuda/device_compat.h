@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -80,8 +81,18 @@ void launch_cooperative(void (*kernel)(Params...), dim3 grid, dim3 block, size_t
 }
 
 // The emulator models a small GPU: 4 multiprocessors (its cooperative grids
-// then run 4 x threads OS threads) and a GPU's default 48 KiB.
-inline CooperativeLimits cooperative_limits() { return {4, 48 * 1024}; }
+// then run 4 x threads OS threads) and a GPU's default 48 KiB per block;
+// SEQCLS_CUDA_EMU_SMS and SEQCLS_CUDA_EMU_SHARED_KIB model another (read per
+// call, so tests can switch).
+inline int64_t emulated_device_value(const char* name, int64_t fallback) {
+  const char* text = std::getenv(name);
+  const int64_t value = text != nullptr ? std::atoll(text) : 0;
+  return value > 0 ? value : fallback;
+}
+inline CooperativeLimits cooperative_limits() {
+  return {emulated_device_value("SEQCLS_CUDA_EMU_SMS", 4),
+          static_cast<size_t>(emulated_device_value("SEQCLS_CUDA_EMU_SHARED_KIB", 48)) * 1024};
+}
 
 // Whether `kernel` fits one block per multiprocessor with these resources
 // (a GPU's occupancy query; the emulator has no limit but shared_bytes).
