@@ -13,7 +13,8 @@
 # if any step failed. Environment: PYTHON (default python3),
 # TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (default 16), and STEPS: a
 # space-separated subset of "build registration tests_cuda emu_vs_gpu
-# memcheck racecheck synccheck bench" (default: all), to split the run across calls
+# memcheck racecheck synccheck bench bench_persistent bench_per_step
+# bench_flashrnn_shape" (default: all), to split the run across calls
 # that each have a time limit (the in-place build persists between them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -84,6 +85,19 @@ step synccheck "$SANITIZER" --tool synccheck --error-exitcode 1 \
 unset PYTORCH_NO_CUDA_MEMORY_CACHING
 
 step bench "$PY" -m seqcls_fast bench --device cuda --json "$OUTDIR/bench_cuda.json"
+# Issue 29's shapes: the persistent kernels against cuDNN padded and packed
+# (B64 T512 I256 H256, lengths uniform in [T/4, T]), the per-step path on the
+# same cases, and FlashRNN's shape on full-length batches (bf16 inference
+# beside FlashRNN's when its wheel is installed).
+step bench_persistent "$PY" -m seqcls_fast bench --device cuda --batch 64 --seq-len 512 \
+  --input-size 256 --hidden-size 256 --lengths uniform --repeats 7 \
+  --json "$OUTDIR/bench_persistent.json"
+step bench_per_step env SEQCLS_FAST_CUDA_RECURRENCE=steps "$PY" -m seqcls_fast bench \
+  --device cuda --batch 64 --seq-len 512 --input-size 256 --hidden-size 256 --lengths uniform \
+  --repeats 7 --json "$OUTDIR/bench_per_step.json"
+step bench_flashrnn_shape "$PY" -m seqcls_fast bench --device cuda --batch 16 --seq-len 1024 \
+  --input-size 768 --hidden-size 768 --lengths full --dtype bfloat16 --mode inference \
+  --repeats 7 --json "$OUTDIR/bench_flashrnn_shape.json"
 
 echo "--- summary ($OUTDIR)"
 cat "$OUTDIR/summary.txt"
