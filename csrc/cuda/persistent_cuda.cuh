@@ -28,7 +28,14 @@
 
 namespace seqcls_fast::SEQCLS_CUDA_NS {
 
+// Threads per block. The emulator runs a cooperative grid's threads as OS
+// threads meeting at every grid_sync, so it launches one warp per block: the
+// kernels stride over their (row, unit) items by blockDim.x either way.
+#ifdef SEQCLS_CUDA_EMULATED
+constexpr int kPersistentThreads = 32;
+#else
 constexpr int kPersistentThreads = 128;
+#endif
 
 // Gate rows per unit of the cells the persistent kernels run.
 template <CellKind K>
