@@ -1,14 +1,12 @@
 """sf.GRU: a drop-in nn.GRU that also takes a padded batch with lengths."""
-import torch
 from torch import nn
 
 from ._ops import gru_layer, gru_layer_pooled
-from .errors import StateTypeError
 from .lstm import check_memory_mode, low_memory_for
-from .recurrent import RecurrentLayers
+from .recurrent import HiddenStateLayers
 
 
-class GRU(RecurrentLayers):
+class GRU(HiddenStateLayers):
     """Same constructor, parameters, state_dict and repr as ``nn.GRU`` (gate
     order r, z, n; ``b_hn`` inside the reset product), with one more forward
     argument, ``lengths``.
@@ -36,7 +34,6 @@ class GRU(RecurrentLayers):
     """
 
     _name = "seqcls_fast.GRU"
-    _state_names = ("h_0",)
     _native = nn.GRU
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -45,15 +42,6 @@ class GRU(RecurrentLayers):
                          batch_first=batch_first, dropout=float(dropout),
                          bidirectional=bidirectional, device=device, dtype=dtype)
         self.memory = check_memory_mode(memory, "seqcls_fast.GRU")
-
-    def _to_states(self, hx):
-        if not isinstance(hx, torch.Tensor):
-            raise StateTypeError("seqcls_fast.GRU: hx must be a Tensor h_0, got "
-                                 f"{type(hx).__name__}")
-        return (hx,)
-
-    def _from_states(self, states):
-        return states[0]
 
     def _layer_options(self, x):
         return low_memory_for(self.memory, x, self.hidden_size, kept_per_unit=5)

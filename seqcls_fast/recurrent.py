@@ -194,3 +194,20 @@ class RecurrentLayers(nn.RNNBase):
     def _layer(self, x, layer, direction, initial, table, pool, options):
         """One layer-direction: (output [T, B, H], tuple of its final states)."""
         raise NotImplementedError
+
+
+class HiddenStateLayers(RecurrentLayers):
+    """A cell whose only state is h (sf.GRU, sf.RNN): hx is one tensor h_0,
+    and forward returns h_n alone."""
+
+    _state_names = ("h_0",)
+
+    def _to_states(self, hx):
+        if not isinstance(hx, torch.Tensor):
+            raise StateTypeError(f"{self._name}: hx must be a Tensor h_0, got "
+                                 f"{type(hx).__name__}")
+        return (hx,)
+
+    def _from_states(self, states):
+        return states[0]
+

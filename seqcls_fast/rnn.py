@@ -1,17 +1,15 @@
 """sf.RNN: nn.RNN's drop-in (the Elman RNN, tanh or relu) with ``lengths``, on
 the shared recurrent driver (seqcls_fast::rnn_layer_forward)."""
-import torch
 from torch import nn
 
 from ._ops import rnn_layer
-from .errors import StateTypeError
 from .lstm import check_memory_mode, low_memory_for
-from .recurrent import RecurrentLayers
+from .recurrent import HiddenStateLayers
 
 NONLINEARITIES = ("tanh", "relu")
 
 
-class RNN(RecurrentLayers):
+class RNN(HiddenStateLayers):
     """Same constructor, parameters, state_dict and repr as ``nn.RNN``
     (``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, ``nonlinearity`` "tanh" or
     "relu"), with one more forward argument, ``lengths``.
@@ -34,7 +32,6 @@ class RNN(RecurrentLayers):
     """
 
     _name = "seqcls_fast.RNN"
-    _state_names = ("h_0",)
     _native = nn.RNN
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
@@ -53,15 +50,6 @@ class RNN(RecurrentLayers):
     @classmethod
     def _native_options(cls, native):
         return {"nonlinearity": native.nonlinearity}
-
-    def _to_states(self, hx):
-        if not isinstance(hx, torch.Tensor):
-            raise StateTypeError("seqcls_fast.RNN: hx must be a Tensor h_0, got "
-                                 f"{type(hx).__name__}")
-        return (hx,)
-
-    def _from_states(self, states):
-        return states[0]
 
     def _layer_options(self, x):
         return low_memory_for(self.memory, x, self.hidden_size, kept_per_unit=2)
