@@ -41,15 +41,16 @@ constexpr int kPersistentThreads = 128;
 template <CellKind K>
 constexpr int kPersistentGates = K == CellKind::kLstm ? 4 : 3;
 
-// The block's rows of W_hh: w[(g * U + u) * H + k] = W_hh[g H + u0 + u][k].
+// The block's rows of W_hh, k-major: w[(k * G + g) * U + u] = W_hh[g H + u0 +
+// u][k] (threads of one k and g read neighbouring words: no bank conflicts).
 template <int G, typename scalar_t, typename acc_t>
 __device__ void load_block_rows(const scalar_t* w_hh,  // [G H, H]
-                                acc_t* w,               // [G][U][H] shared
+                                acc_t* w,               // [H][G][U] shared
                                 int32_t H, int32_t U, int32_t u0, int32_t units) {
   const int32_t per_gate = units * H;
   for (int32_t i = threadIdx.x; i < G * per_gate; i += blockDim.x) {
     const int32_t g = i / per_gate, rest = i - g * per_gate, u = rest / H, k = rest - u * H;
-    w[(g * U + u) * H + k] = static_cast<acc_t>(w_hh[static_cast<int64_t>(g * H + u0 + u) * H + k]);
+    w[(k * G + g) * U + u] = static_cast<acc_t>(w_hh[static_cast<int64_t>(g * H + u0 + u) * H + k]);
   }
 }
 
@@ -95,7 +96,7 @@ __device__ void persistent_unit(const ForwardRecurrence& r, const acc_t* w, int3
     for (int32_t k = 0; k < H; ++k) {
       const acc_t hk = static_cast<acc_t>(h_row[k]);
 #pragma unroll
-      for (int g = 0; g < G; ++g) acc[g] += hk * w[(g * U + u) * H + k];
+      for (int g = 0; g < G; ++g) acc[g] += hk * w[(k * G + g) * U + u];
     }
   }
   scalar_t* gates = static_cast<scalar_t*>(r.gates) + packed_row * G * H + unit;

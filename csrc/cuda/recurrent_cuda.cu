@@ -66,8 +66,10 @@ PersistentLaunch persistent_launch(int64_t hidden) {
   using Acc = at::opmath_type<T>;
   const CooperativeLimits limits = cooperative_limits();
   if (limits.blocks == 0 || hidden == 0) return {};
-  const int64_t blocks = std::min<int64_t>(hidden, limits.blocks);
-  const int64_t units = (hidden + blocks - 1) / blocks;
+  // U from one block per multiprocessor, then only the blocks that own units.
+  const int64_t most = std::min<int64_t>(hidden, limits.blocks);
+  const int64_t units = (hidden + most - 1) / most;
+  const int64_t blocks = (hidden + units - 1) / units;
   const size_t shared =
       static_cast<size_t>(kPersistentGates<K> * units * hidden) * sizeof(Acc);
   if (shared > limits.shared_bytes ||
