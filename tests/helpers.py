@@ -203,6 +203,27 @@ def forward_backward(module, x, lengths, hx, packed, seed=7):
     return result
 
 
+def check_hidden_state_cell_matches_packed(native, dtype, steps, batch, lengths, with_hx=True,
+                                           memory="fast"):
+    """Our twin of ``native`` (an nn.GRU or nn.RNN in dtype: sf.GRU / sf.RNN
+    from_native, training memory mode ``memory``) with ``lengths`` (None:
+    none) against ``native`` on the packed batch (on the padded tensor
+    without lengths): every output and gradient, on the CPU; float32 by the
+    float32 rule against ``native`` in float64."""
+    ours = (sf.GRU if isinstance(native, nn.GRU) else sf.RNN).from_native(native, memory=memory)
+    inputs, hidden = native.input_size, native.hidden_size
+    x = torch.randn((batch, steps, inputs) if native.batch_first else (steps, batch, inputs),
+                    dtype=dtype)
+    hx = None
+    if with_hx:
+        states = native.num_layers * (2 if native.bidirectional else 1)
+        hx = (torch.randn(states, batch, hidden, dtype=dtype),)
+    got = forward_backward(ours, x, lengths, hx, packed=False)
+    for name in got:
+        assert got[name].dtype == dtype, name
+    assert_matches_packed(got, native, x, lengths, hx, "cpu", dtype)
+
+
 def assert_matches_packed(got, native, x, lengths, hx, device, dtype):
     """got (forward_backward of our LSTM or GRU in dtype) against `native` (nn.LSTM, nn.GRU)
     on the packed batch (the padded tensor without lengths), weights, inputs

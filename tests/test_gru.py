@@ -14,14 +14,14 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import seqcls_fast as sf
 from helpers import (CUDA_ONLY, assert_float32_within_pytorchs_own, assert_matches_packed,
-                     dtype_id, forward_backward, random_lengths)
+                     check_hidden_state_cell_matches_packed, dtype_id, forward_backward,
+                     random_lengths)
 from seqcls_fast import reference
 from seqcls_fast._ops import ops
 from test_ops import pooled_state_reference
 from seqcls_fast.apps.bench.report import cpu_features
 from seqcls_fast.errors import ShapeError, StateTypeError
 
-CPU = torch.device("cpu")
 
 
 def make_native_gru(input_size, hidden_size, num_layers=1, bidirectional=False,
@@ -34,20 +34,9 @@ def make_native_gru(input_size, hidden_size, num_layers=1, bidirectional=False,
 
 def check_matches_packed(dtype, T, B, I, H, lengths, layers=1, bidirectional=False,
                          batch_first=False, bias=True, with_hx=True, memory="fast"):
-    """sf.GRU (training memory mode `memory`) with `lengths` (None: none)
-    against nn.GRU on the packed batch (on the padded tensor without lengths):
-    every output and gradient. Float32: the float32 rule against nn.GRU in
-    float64 on the same weights."""
+    """sf.GRU against nn.GRU + packing (helpers.check_hidden_state_cell_matches_packed)."""
     native = make_native_gru(I, H, layers, bidirectional, batch_first, bias, dtype)
-    ours = sf.GRU.from_native(native, memory=memory)
-    x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=dtype)
-    hx = None
-    if with_hx:
-        hx = (torch.randn(layers * (2 if bidirectional else 1), B, H, dtype=dtype),)
-    got = forward_backward(ours, x, lengths, hx, packed=False)
-    for name in got:
-        assert got[name].dtype == dtype, name
-    assert_matches_packed(got, native, x, lengths, hx, CPU, dtype)
+    check_hidden_state_cell_matches_packed(native, dtype, T, B, lengths, with_hx, memory)
 
 
 # (T, B, I, H, num_layers, bidirectional)

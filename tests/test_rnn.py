@@ -13,13 +13,12 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import seqcls_fast as sf
-from helpers import (CUDA_ONLY, assert_matches_packed, dtype_id, forward_backward,
-                     random_lengths)
+from helpers import (CUDA_ONLY, assert_matches_packed, check_hidden_state_cell_matches_packed,
+                     dtype_id, forward_backward, random_lengths)
 from seqcls_fast._ops import ops
 from seqcls_fast.apps.bench.report import cpu_features
 from seqcls_fast.errors import ShapeError, StateTypeError
 
-CPU = torch.device("cpu")
 NONLINEARITIES = ["tanh", "relu"]
 
 
@@ -34,20 +33,9 @@ def make_native_rnn(input_size, hidden_size, num_layers=1, nonlinearity="tanh",
 
 def check_matches_packed(dtype, T, B, I, H, lengths, nonlinearity, layers=1, bidirectional=False,
                          batch_first=False, bias=True, with_hx=True, memory="fast"):
-    """sf.RNN (memory mode `memory`) with `lengths` (None: none) against
-    nn.RNN on the packed batch (on the padded tensor without lengths): every
-    output and gradient. Float32: the float32 rule against nn.RNN in float64
-    on the same weights."""
+    """sf.RNN against nn.RNN + packing (helpers.check_hidden_state_cell_matches_packed)."""
     native = make_native_rnn(I, H, layers, nonlinearity, bidirectional, batch_first, bias, dtype)
-    ours = sf.RNN.from_native(native, memory=memory)
-    x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=dtype)
-    hx = None
-    if with_hx:
-        hx = (torch.randn(layers * (2 if bidirectional else 1), B, H, dtype=dtype),)
-    got = forward_backward(ours, x, lengths, hx, packed=False)
-    for name in got:
-        assert got[name].dtype == dtype, name
-    assert_matches_packed(got, native, x, lengths, hx, CPU, dtype)
+    check_hidden_state_cell_matches_packed(native, dtype, T, B, lengths, with_hx, memory)
 
 
 # (T, B, I, H, num_layers, bidirectional)
