@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <mutex>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -119,16 +120,27 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, Stream stream, Arg
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// The device's limits; shared memory per block up to its opt-in maximum
-// (227 KiB on Hopper), which allow_dynamic_shared grants a kernel.
-inline CooperativeLimits cooperative_limits() {
-  int device = 0, cooperative = 0, sms = 0, shared_optin = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
+// The current device's limits, read once per device; shared memory per
+// block up to its opt-in maximum (227 KiB on Hopper), which
+// allow_dynamic_shared grants a kernel.
+inline CooperativeLimits read_cooperative_limits(int device) {
+  int cooperative = 0, sms = 0, shared_optin = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   C10_CUDA_CHECK(
       cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   return {cooperative ? static_cast<int64_t>(sms) : 0, static_cast<size_t>(shared_optin)};
+}
+
+inline CooperativeLimits cooperative_limits() {
+  constexpr int kDevices = 64;
+  static std::once_flag once[kDevices];
+  static CooperativeLimits limits[kDevices];
+  const int device = c10::cuda::current_device();
+  TORCH_CHECK(device >= 0 && device < kDevices, "seqcls_fast: CUDA device index ", device,
+              " beyond the ", kDevices, " this backend keeps limits for");
+  std::call_once(once[device], [&] { limits[device] = read_cooperative_limits(device); });
+  return limits[device];
 }
 
 // Lets `kernel` launch with `shared_bytes` of dynamic shared memory (above

@@ -61,29 +61,45 @@ struct PersistentLaunch {
   size_t shared_bytes = 0;
 };
 
+// The launch shape for H on this device: U from one block per
+// multiprocessor, then only the blocks that own units; shared_bytes the
+// block's G U H values of acc_t.
+template <CellKind K, typename T>
+PersistentLaunch persistent_shape(int64_t hidden, const CooperativeLimits& limits) {
+  if (limits.blocks == 0 || hidden == 0) return {};
+  const int64_t most = std::min<int64_t>(hidden, limits.blocks);
+  const int64_t units = (hidden + most - 1) / most;
+  const int64_t blocks = (hidden + units - 1) / units;
+  const size_t shared = static_cast<size_t>(kPersistentGates<K> * units * hidden) *
+                        sizeof(at::opmath_type<T>);
+  return {static_cast<unsigned int>(blocks), static_cast<int32_t>(units), shared};
+}
+
+// The rule's device half: the shape, if its shared memory fits and both
+// kernels fit one block per multiprocessor.
 template <CellKind K, typename T>
 PersistentLaunch persistent_launch(int64_t hidden) {
   using Acc = at::opmath_type<T>;
   const CooperativeLimits limits = cooperative_limits();
-  if (limits.blocks == 0 || hidden == 0) return {};
-  // U from one block per multiprocessor, then only the blocks that own units.
-  const int64_t most = std::min<int64_t>(hidden, limits.blocks);
-  const int64_t units = (hidden + most - 1) / most;
-  const int64_t blocks = (hidden + units - 1) / units;
-  const size_t shared =
-      static_cast<size_t>(kPersistentGates<K> * units * hidden) * sizeof(Acc);
-  if (shared > limits.shared_bytes ||
-      !fits_one_block_per_sm(persistent_forward_kernel<K, T, Acc>, kPersistentThreads, shared) ||
-      !fits_one_block_per_sm(persistent_backward_kernel<K, T, Acc>, kPersistentThreads, shared)) {
+  const PersistentLaunch shape = persistent_shape<K, T>(hidden, limits);
+  if (shape.blocks == 0 || shape.shared_bytes > limits.shared_bytes ||
+      !fits_one_block_per_sm(persistent_forward_kernel<K, T, Acc>, kPersistentThreads,
+                             shape.shared_bytes) ||
+      !fits_one_block_per_sm(persistent_backward_kernel<K, T, Acc>, kPersistentThreads,
+                             shape.shared_bytes)) {
     return {};
   }
-  return {static_cast<unsigned int>(blocks), static_cast<int32_t>(units), shared};
+  return shape;
 }
 
+bool has_persistent_kernels(const CellDef& cell) {
+  return cell.kind == CellKind::kLstm || cell.kind == CellKind::kGru;
+}
+
+// The rule, asked once per call when the driver packs the weights.
 PersistentLaunch persistent_launch(const CellDef& cell, int64_t hidden, at::ScalarType dtype) {
   const char* choice = std::getenv("SEQCLS_FAST_CUDA_RECURRENCE");
-  if ((cell.kind != CellKind::kLstm && cell.kind != CellKind::kGru) ||
-      (choice != nullptr && std::strcmp(choice, "steps") == 0)) {
+  if (!has_persistent_kernels(cell) || (choice != nullptr && std::strcmp(choice, "steps") == 0)) {
     return {};
   }
   PersistentLaunch launch;
@@ -92,6 +108,19 @@ PersistentLaunch persistent_launch(const CellDef& cell, int64_t hidden, at::Scal
                                           : persistent_launch<CellKind::kGru, scalar_t>(hidden);
   });
   return launch;
+}
+
+// The shape a launch uses, once the rule chose the persistent path (the
+// driver only calls forward/backward_recurrence after packing the weights):
+// no occupancy queries per segment.
+template <typename T>
+PersistentLaunch launch_shape(CellKind cell, int64_t hidden) {
+  const CooperativeLimits limits = cooperative_limits();
+  const PersistentLaunch shape = cell == CellKind::kLstm
+                                     ? persistent_shape<CellKind::kLstm, T>(hidden, limits)
+                                     : persistent_shape<CellKind::kGru, T>(hidden, limits);
+  TORCH_INTERNAL_ASSERT(shape.blocks > 0, "seqcls_fast: persistent recurrence not available");
+  return shape;
 }
 
 struct CudaBackend final : RecurrentBackend {
@@ -166,12 +195,11 @@ struct CudaBackend final : RecurrentBackend {
   }
 
   void forward_recurrence(const ForwardRecurrence& r, at::ScalarType dtype) const override {
-    const PersistentLaunch shape = persistent_launch(cell_def_of(r.cell_kind), r.hidden, dtype);
-    TORCH_INTERNAL_ASSERT(shape.blocks > 0, "seqcls_fast: persistent recurrence not available");
     const at::Tensor h_swap = at::empty({r.batch, r.hidden}, kernel_tensor_options(dtype));
     const Stream stream = current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "seqcls_fast_persistent", [&] {
       using Acc = at::opmath_type<scalar_t>;
+      const PersistentLaunch shape = launch_shape<scalar_t>(r.cell_kind, r.hidden);
       const auto kernel = r.cell_kind == CellKind::kLstm
                               ? persistent_forward_kernel<CellKind::kLstm, scalar_t, Acc>
                               : persistent_forward_kernel<CellKind::kGru, scalar_t, Acc>;
@@ -187,11 +215,10 @@ struct CudaBackend final : RecurrentBackend {
   }
 
   void backward_recurrence(const BackwardRecurrence& r, at::ScalarType dtype) const override {
-    const PersistentLaunch shape = persistent_launch(cell_def_of(r.cell_kind), r.hidden, dtype);
-    TORCH_INTERNAL_ASSERT(shape.blocks > 0, "seqcls_fast: persistent recurrence not available");
     const Stream stream = current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "seqcls_fast_persistent", [&] {
       using Acc = at::opmath_type<scalar_t>;
+      const PersistentLaunch shape = launch_shape<scalar_t>(r.cell_kind, r.hidden);
       const auto kernel = r.cell_kind == CellKind::kLstm
                               ? persistent_backward_kernel<CellKind::kLstm, scalar_t, Acc>
                               : persistent_backward_kernel<CellKind::kGru, scalar_t, Acc>;
