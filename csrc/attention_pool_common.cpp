@@ -49,14 +49,17 @@ void check_attention_pool_backward_inputs(const PoolSizes& sizes, const at::Tens
 
 at::Tensor pool_lengths(const c10::optional<at::Tensor>& lengths,
                         const c10::optional<at::Tensor>& plan, int64_t steps, int64_t batch,
-                        const at::Device& device) {
+                        const at::Device& device, bool resident) {
   // A plan table: its forward-direction expansion, which the recurrent
   // layers already made and uploaded for this batch. Raw lengths: planned
   // here, only their caller-order row uploaded.
+  // A resident plan's device expansion is the one the persistent layers made.
+  const PlanAccess access{resident, /*device_steps=*/true};
   if (plan.has_value()) {
-    return batch_plan(lengths, plan, steps, batch, /*reverse=*/false, device)->dev.lengths;
+    return batch_plan(lengths, plan, steps, batch, /*reverse=*/false, device, access)->dev.lengths;
   }
   if (!lengths.has_value()) return at::Tensor();
+  if (resident) return make_device_plan_table(*lengths, steps)[2];
   return make_plan_table(*lengths, steps)[2].to(device, at::kLong, /*non_blocking=*/true);
 }
 

@@ -32,10 +32,11 @@ void check_attention_pool_backward_inputs(const PoolSizes& sizes, const at::Tens
 
 // Each row's length as contiguous int64 [B] on `device`, from the plan when
 // given, else from lengths (validated on the host); undefined when neither is
-// given (every row has T steps).
+// given (every row has T steps). `resident`: lengths or plan live on the
+// device (GPU lengths), read and checked there with no host copy.
 at::Tensor pool_lengths(const c10::optional<at::Tensor>& lengths,
                         const c10::optional<at::Tensor>& plan, int64_t steps, int64_t batch,
-                        const at::Device& device);
+                        const at::Device& device, bool resident = false);
 
 // The strided view of a [B, T, F] tensor of element type T.
 template <typename T>

@@ -19,6 +19,7 @@
 #include <mutex>
 #include <numeric>
 #include <optional>
+#include <utility>
 
 namespace seqcls_fast {
 
@@ -204,24 +205,58 @@ std::shared_ptr<const BatchPlan> expand(const at::Tensor& table, int64_t steps_t
   return made;
 }
 
+// A device-resident table's expansion, made on the device with no host copy
+// (LengthPlan::on_device): T x B slots; step s's active rows counted there.
+std::shared_ptr<const BatchPlan> expand_on_device(const at::Tensor& table, int64_t steps_total,
+                                                  int64_t batch, bool reverse) {
+  ++g_expansions;
+  auto made = std::make_shared<BatchPlan>();
+  LengthPlan& plan = made->plan;
+  const int64_t T = steps_total, B = batch;
+  plan.steps = B > 0 ? T : 0;
+  plan.active.assign(plan.steps, B);
+  plan.offset.resize(plan.steps + 1);
+  for (int64_t s = 0; s <= plan.steps; ++s) plan.offset[s] = s * B;
+  plan.packed_rows = plan.steps * B;
+  plan.all_full = false;
+  plan.on_device = true;
+  DevicePlan& dev = made->dev;
+  const auto opts = table.options();
+  dev.order = table[0];
+  dev.sorted_lengths = table[1];
+  dev.lengths = table[2];
+  dev.inverse_order = at::empty({B}, opts).index_copy_(0, dev.order, at::arange(B, opts));
+  const at::Tensor steps = at::arange(plan.steps, opts).unsqueeze(1);                 // [T, 1]
+  const at::Tensor running = dev.sorted_lengths.unsqueeze(0) > steps;                // [T, B]
+  dev.active = running.sum(1).to(at::kLong);
+  dev.offset = at::arange(plan.steps + 1, opts) * B;
+  const at::Tensor time = reverse ? dev.sorted_lengths.unsqueeze(0) - 1 - steps
+                                  : steps.expand({plan.steps, B});
+  dev.packed_time = at::where(running, time, at::zeros({}, opts)).reshape({-1});
+  dev.packed_batch = dev.order.unsqueeze(0).expand({plan.steps, B}).reshape({-1});
+  dev.slots = true;
+  return made;
+}
+
 // Expanded plans of the last few plan tables, while those live unmodified.
 // The stream is part of the key: a device plan is uploaded on the stream
 // current when it was made, and only work on that stream is ordered after it.
 class PlanCache {
  public:
   std::shared_ptr<const BatchPlan> get(const at::Tensor& given, int64_t steps_total,
-                                       int64_t batch, bool reverse, const at::Device& device) {
+                                       int64_t batch, bool reverse, const at::Device& device,
+                                       PlanAccess access) {
     // The plan is checked and used as a copy, so no later write to the
     // caller's tensor (from another thread, or unseen by its version
     // counter) can reach a checked plan (3B int64: cheap).
     const std::optional<TensorIdentity> identity = TensorIdentity::of(given);
-    if (!identity) return expand(checked_copy(given, steps_total, batch), steps_total, batch,
-                                 reverse, device);
-    const Key key{steps_total, batch, reverse, current_stream(device)};
+    if (!identity) return checked_expansion(given, steps_total, batch, reverse, device, access);
+    const Key key{steps_total, batch, reverse, access.resident && access.device_steps,
+                  current_stream(device)};
     if (auto found = find(given, key)) return found;
     // Checked (a plan that is not this batch's raises, and nothing is kept).
     std::shared_ptr<const BatchPlan> made =
-        expand(checked_copy(given, steps_total, batch), steps_total, batch, reverse, device);
+        checked_expansion(given, steps_total, batch, reverse, device, access);
     std::lock_guard<std::mutex> lock(mutex_);
     for (const Entry& e : entries_) {  // another thread made it meanwhile: one entry
       if (e.key == key && e.table.matches(given)) return e.plan;
@@ -235,10 +270,11 @@ class PlanCache {
   static constexpr size_t kEntries = 16;  // both directions of a few batches in flight
   struct Key {
     int64_t steps, batch;
-    bool reverse;
+    bool reverse, on_device;
     c10::Stream stream;
     bool operator==(const Key& o) const {
-      return steps == o.steps && batch == o.batch && reverse == o.reverse && stream == o.stream;
+      return steps == o.steps && batch == o.batch && reverse == o.reverse &&
+             on_device == o.on_device && stream == o.stream;
     }
   };
   struct Entry {
@@ -248,11 +284,40 @@ class PlanCache {
   };
 
   // A copy keeps shape, dtype and values, so read_plan_table reports a bad
-  // plan on it as on the tensor given (one not on the CPU it refuses as is).
-  static at::Tensor checked_copy(const at::Tensor& given, int64_t steps_total, int64_t batch) {
-    return read_plan_table(
-        given.device().is_cpu() ? given.clone(at::MemoryFormat::Contiguous) : given,
-        steps_total, batch);
+  // plan on it as on the tensor given (one not on the CPU it refuses as is,
+  // unless it is device-resident: then checked and expanded on the device,
+  // or brought to the host for host-planned steps).
+  std::shared_ptr<const BatchPlan> checked_expansion(const at::Tensor& given, int64_t steps_total,
+                                                     int64_t batch, bool reverse,
+                                                     const at::Device& device, PlanAccess access) {
+    if (access.resident && access.device_steps) {
+      const at::Tensor copy = given.clone(at::MemoryFormat::Contiguous);
+      return expand_on_device(read_plan_table(copy, steps_total, batch, /*resident=*/true),
+                              steps_total, batch, reverse);
+    }
+    const at::Tensor host = access.resident                ? host_table(given)
+                            : given.device().is_cpu() ? given.clone(at::MemoryFormat::Contiguous)
+                                                      : given;
+    return expand(read_plan_table(host, steps_total, batch), steps_total, batch, reverse, device);
+  }
+
+  // A device-resident table on the host: one copy per table while it lives
+  // unmodified, however many directions and passes expand it.
+  at::Tensor host_table(const at::Tensor& given) {
+    const std::optional<TensorIdentity> identity = TensorIdentity::of(given);
+    std::lock_guard<std::mutex> lock(mutex_);
+    host_tables_.erase(std::remove_if(host_tables_.begin(), host_tables_.end(),
+                                      [](const auto& e) { return e.first.expired(); }),
+                       host_tables_.end());
+    for (const auto& [table, host] : host_tables_) {
+      if (table.matches(given)) return host;
+    }
+    at::Tensor host = host_copy_of_plan(given);
+    if (identity) {
+      host_tables_.insert(host_tables_.begin(), {*identity, host});
+      if (host_tables_.size() > kEntries) host_tables_.pop_back();
+    }
+    return host;
   }
 
   // The kept expansion of `given` for `key`, most recent first; expired
@@ -278,6 +343,7 @@ class PlanCache {
 
   std::mutex mutex_;
   std::vector<Entry> entries_;
+  std::vector<std::pair<TensorIdentity, at::Tensor>> host_tables_;
 };
 
 }  // namespace
@@ -285,16 +351,20 @@ class PlanCache {
 std::shared_ptr<const BatchPlan> batch_plan(const c10::optional<at::Tensor>& lengths,
                                             const c10::optional<at::Tensor>& plan,
                                             int64_t steps_total, int64_t batch, bool reverse,
-                                            const at::Device& device) {
+                                            const at::Device& device, PlanAccess access) {
   if (plan.has_value()) {
     SEQCLS_CHECK_VALUE(!lengths.has_value(),
                        "lengths must be None when a plan is given (the plan carries them)");
     static PlanCache cache;
-    return cache.get(*plan, steps_total, batch, reverse, device);
+    return cache.get(*plan, steps_total, batch, reverse, device, access);
   }
-  const at::Tensor table =
-      lengths.has_value() ? make_plan_table(*lengths, steps_total) : at::Tensor();
-  return expand(table, steps_total, batch, reverse, device);
+  if (!lengths.has_value()) return expand(at::Tensor(), steps_total, batch, reverse, device);
+  if (access.resident && access.device_steps) {
+    return expand_on_device(make_device_plan_table(*lengths, steps_total), steps_total, batch,
+                            reverse);
+  }
+  return expand(make_plan_table(*lengths, steps_total, access.resident), steps_total, batch,
+                reverse, device);
 }
 
 int64_t length_plan_expansions() { return g_expansions.load(); }
@@ -357,10 +427,12 @@ void accumulate_gemm_grads(GemmGrads& grads, const at::Tensor& grad_gates,
     at::Tensor rows_out = grads.grad_x.view({x.size(0) * x.size(1), x.size(2)}).narrow(0, begin, rows);
     at::mm_out(rows_out, grad_gates, w_ih);
   } else {
-    // Every valid (t, b) is one packed row: unique indices, a deterministic scatter.
+    // Every valid (t, b) is one packed row: unique indices, a deterministic
+    // scatter. Slots (DevicePlan::slots) past a row's length repeat its step 0
+    // with a zero gradient: added, which leaves the sum unchanged.
     grads.grad_x.index_put_({plan.packed_time.narrow(0, begin, rows),
                              plan.packed_batch.narrow(0, begin, rows)},
-                            at::mm(grad_gates, w_ih));
+                            at::mm(grad_gates, w_ih), /*accumulate=*/plan.slots);
   }
 }
 

@@ -52,6 +52,13 @@ struct LengthPlan {
   int64_t steps = 0;               // longest length
   int64_t packed_rows = 0;         // N = sum of lengths
   bool all_full = true;            // every row has length T (order is the identity)
+  // A plan expanded on the device (PlanAccess::device_steps): the host knows
+  // T and B only, so the packed layout is T x B slots, step s at rows
+  // [s B, s B + B) (active[s] = B, offset[s] = s B, N = T B, steps = T); the
+  // rows still running are the DevicePlan's exact active[s], and the other
+  // slots hold nothing the backward adds (zero gradients, zero h_prev). The
+  // order, lengths and packed indices exist only in the DevicePlan.
+  bool on_device = false;
 
   // Packed row q of a forward pass over full rows is x.view(T * B, I)[q]: no gather needed.
   bool packed_is_time_major(bool reverse) const { return all_full && !reverse; }
@@ -70,7 +77,8 @@ LengthPlan make_length_plan(const at::Tensor& plan_table, int64_t steps_total, i
 // packed_time / packed_batch when the packed rows are x's own time-major rows
 // (a forward pass over full rows).
 struct DevicePlan {
-  at::Tensor active;          // [steps] LengthPlan::active (read by persistent kernels)
+  at::Tensor active;          // [steps] LengthPlan::active (read by persistent kernels;
+                              //   exact, where the LengthPlan's is an upper bound)
   at::Tensor offset;          // [steps + 1] LengthPlan::offset
   at::Tensor order;           // [B] sorted row -> caller row
   at::Tensor inverse_order;   // [B] caller row -> sorted row
@@ -78,6 +86,9 @@ struct DevicePlan {
   at::Tensor lengths;         // [B] caller order (as LengthPlan::lengths)
   at::Tensor packed_time;     // [N] time index of each packed row
   at::Tensor packed_batch;    // [N] caller row of each packed row
+  // T x B slots (LengthPlan::on_device): a slot past its row's length points
+  // at the row's step 0 (a valid x row; its gradient there is zero, added).
+  bool slots = false;
 };
 
 DevicePlan make_device_plan(const LengthPlan& plan, bool reverse, const at::Device& device);
@@ -89,16 +100,28 @@ struct BatchPlan {
   DevicePlan dev;
 };
 
+// How an operator call may read its plan.
+struct PlanAccess {
+  // The lengths or plan table live on the kernel device (GPU lengths): host
+  // code cannot read them without a copy.
+  bool resident = false;
+  // Its kernels take the step plan from the device (the persistent CUDA
+  // recurrence): a resident plan is then made and expanded there, with no
+  // host copy (LengthPlan::on_device); otherwise it is copied to the host
+  // once per table (counted: length_plan_stats).
+  bool device_steps = false;
+};
+
 // The plan of one operator call, from what it was handed: a plan table
 // (an sf.LengthPlan's) is checked, expanded and uploaded once per (table,
-// T, B, direction, device and stream), then kept while the table lives
-// unmodified (TensorIdentity), so every later layer, direction and pass of
-// the batch costs a lookup; raw lengths are planned for this call alone
-// (length_plan.h); neither: every row runs all T steps.
+// T, B, direction, device, stream and access), then kept while the table
+// lives unmodified (TensorIdentity), so every later layer, direction and
+// pass of the batch costs a lookup; raw lengths are planned for this call
+// alone (length_plan.h); neither: every row runs all T steps.
 std::shared_ptr<const BatchPlan> batch_plan(const c10::optional<at::Tensor>& lengths,
                                             const c10::optional<at::Tensor>& plan,
                                             int64_t steps_total, int64_t batch, bool reverse,
-                                            const at::Device& device);
+                                            const at::Device& device, PlanAccess access = {});
 
 // How many times a plan was expanded (make_length_plan) since the library
 // loaded (test hook: seqcls_fast._C.length_plan_stats()).

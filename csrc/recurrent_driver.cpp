@@ -457,6 +457,19 @@ void check_pool_inputs(OnlinePooling pooling, const Tensor& x, int64_t batch, in
   }
 }
 
+// How a call may read its plan (PlanAccess): resident when its lengths or
+// plan table live on the backend's device; steps on the device when the pass
+// can run on a plan known only there (`device_pass`: every step of it is a
+// kernel that reads the device plan, not the pooled or low-memory passes,
+// whose host code walks the steps) and the backend's kernels for this cell do.
+PlanAccess plan_access(const RecurrentBackend& backend, const CellDef& cell_def, const Tensor& x,
+                       int64_t hidden, const optional<Tensor>& lengths,
+                       const optional<Tensor>& plan_table, bool device_pass) {
+  const optional<Tensor>& given = plan_table.has_value() ? plan_table : lengths;
+  if (!given.has_value() || !backend.resident_on_device(given->device())) return {};
+  return {true, device_pass && backend.reads_steps_on_device(cell_def, hidden, x.scalar_type())};
+}
+
 // A forward's pass and buffers for `keep`: the output [T, B, H] (not for
 // pooled inference), and what the backward reads (Keep) in the layout of
 // ForwardPass.
@@ -479,7 +492,9 @@ ForwardPass forward_pass(const CellDef& cell_def, const RecurrentBackend& backen
   f.output = empty_buffer({T, B, H}, opts);
   f.gates = empty_buffer({gate_rows, cell_def.gates * H}, opts);
   f.cell = empty_buffer({cell_rows, H}, state_opts);
-  f.h_prev = empty_buffer({gate_rows, H}, opts);
+  // Slots of a device plan past their row's length are never written, but
+  // the backward's GEMMs read them (times a zero gradient): zeros, not NaN.
+  f.h_prev = plan.on_device ? zeros_buffer({gate_rows, H}, opts) : empty_buffer({gate_rows, H}, opts);
   if (!plan.all_full) backend.zero_output_padding(f.output, dev);
   return f;
 }
@@ -517,8 +532,10 @@ LayerForward layer_forward(const CellDef& cell_def, const RecurrentBackend& back
   const LayerSizes sz = check_layer_inputs(cell_def, x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh);
   backend.check_input(x, sz.hidden);
   const at::OptionalDeviceGuard device_guard(at::device_of(x));
+  const PlanAccess access = plan_access(backend, cell_def, x, sz.hidden, lengths, plan_table,
+                                        /*device_pass=*/keep != Keep::kCheckpoints);
   const std::shared_ptr<const BatchPlan> planned =
-      batch_plan(lengths, plan_table, sz.steps_total, sz.batch, reverse, x.device());
+      batch_plan(lengths, plan_table, sz.steps_total, sz.batch, reverse, x.device(), access);
   const LengthPlan& plan = planned->plan;
   const DevicePlan& dev = planned->dev;
   ForwardPass f = forward_pass(cell_def, backend, x, sz, plan, dev, h0.has_value(), reverse, keep,
@@ -596,8 +613,10 @@ PooledForward layer_pooled_forward(
   const at::ScalarType dtype = x.scalar_type(), state_dtype = at::toOpMathType(dtype);
   const auto opts = x.options();
   const auto state_opts = opts.dtype(state_dtype);
+  const PlanAccess access =
+      plan_access(backend, cell_def, x, H, lengths, plan_table, /*device_pass=*/false);
   const std::shared_ptr<const BatchPlan> planned =
-      batch_plan(lengths, plan_table, T, B, false, x.device());
+      batch_plan(lengths, plan_table, T, B, false, x.device(), access);
   const LengthPlan& plan = planned->plan;
   const DevicePlan& dev = planned->dev;
 
@@ -972,7 +991,7 @@ LayerGrads run_backward(const CellDef& cell_def, const RecurrentBackend& backend
   const Tensor grad_out = grad_output.stride(2) == 1 || H == 1 ? grad_output
                                                                : grad_output.contiguous();
   prepare_recurrence_backward(b, grad_out);
-  Tensor grad_gates = empty_buffer({most, G}, opts);  // every row written below
+  Tensor grad_gates = empty_buffer({most, G}, opts);  // every (running) row written below
   Tensor grad_recurrent = cell_def.recurrent_apart ? empty_buffer({most, G}, opts) : Tensor();
   GemmGrads grads;
   for (size_t c = chunk_starts.size() - 1; c-- > 0;) {
@@ -983,6 +1002,10 @@ LayerGrads run_backward(const CellDef& cell_def, const RecurrentBackend& backend
     Tensor chunk_grad_gates = grad_gates.narrow(0, 0, rows);
     Tensor chunk_grad_recurrent =
         grad_recurrent.defined() ? grad_recurrent.narrow(0, 0, rows) : Tensor();
+    if (plan.on_device) {  // slots past their row's length: a zero gradient for the GEMMs
+      chunk_grad_gates.zero_();
+      if (chunk_grad_recurrent.defined()) chunk_grad_recurrent.zero_();
+    }
     recurrence_backward(b, a, chunk_grad_gates, chunk_grad_recurrent, first, last);
     // Weight and input gradients: GEMMs over the chunk's valid steps.
     accumulate_gemm_grads(grads, chunk_grad_gates, chunk_grad_recurrent, begin, b.x_source,
@@ -1023,8 +1046,10 @@ LayerGrads saved_backward(const CellDef& cell_def, const RecurrentBackend& backe
   check_upstream(up.grad_output, up.grad_h_n, up.grad_c_n, x, H);
   check_saved(cell_def, saved.gates, saved.cell, saved.h_prev, x, H);
   const at::OptionalDeviceGuard device_guard(at::device_of(x));
+  const PlanAccess access =
+      plan_access(backend, cell_def, x, H, lengths, plan_table, /*device_pass=*/true);
   const std::shared_ptr<const BatchPlan> planned =
-      batch_plan(lengths, plan_table, T, B, reverse, x.device());
+      batch_plan(lengths, plan_table, T, B, reverse, x.device(), access);
   check_shape(saved.gates, {planned->plan.packed_rows, cell_def.gates * H}, "gates");
   GateSource src{saved.gates, saved.cell, saved.h_prev, Tensor(), Tensor(), Tensor(),
                  c10::nullopt, Tensor()};
@@ -1069,8 +1094,10 @@ LstmBackwardResult lstm_layer_backward_recompute(
   check_same_kind(output, "output", x, "x");
   check_cell(cell, x, H);  // [C * B, H]: the low-memory forward's checkpoints
   const at::OptionalDeviceGuard device_guard(at::device_of(x));
+  const PlanAccess access =
+      plan_access(backend, cell_def, x, H, lengths, plan_table, /*device_pass=*/false);
   const std::shared_ptr<const BatchPlan> planned =
-      batch_plan(lengths, plan_table, T, B, reverse, x.device());
+      batch_plan(lengths, plan_table, T, B, reverse, x.device(), access);
   const LengthPlan& plan = planned->plan;
   const DevicePlan& dev = planned->dev;
   const std::vector<int64_t> chunks =
@@ -1117,8 +1144,10 @@ LayerGrads stateless_backward_recompute(
   check_shape(output, {T, B, H}, "output");
   check_same_kind(output, "output", x, "x");
   const at::OptionalDeviceGuard device_guard(at::device_of(x));
+  const PlanAccess access =
+      plan_access(backend, cell_def, x, H, lengths, plan_table, /*device_pass=*/false);
   const std::shared_ptr<const BatchPlan> planned =
-      batch_plan(lengths, plan_table, T, B, reverse, x.device());
+      batch_plan(lengths, plan_table, T, B, reverse, x.device(), access);
   const DevicePlan& dev = planned->dev;
   GateSource src{Tensor(),
                  Tensor(),

@@ -69,6 +69,16 @@ struct RecurrentBackend {
   virtual void backward_recurrence(const BackwardRecurrence& r, at::ScalarType dtype) const;
   // One online-pooling step after a forward step (lstm_layer_pooled_forward).
   virtual void pool_step(const PoolStep& step, at::ScalarType dtype) const = 0;
+  // Whether lengths or a plan table on `where` live on this backend's
+  // device (GPU lengths), where host code cannot read them without a copy.
+  virtual bool resident_on_device(const at::Device& /*where*/) const { return false; }
+  // Whether this cell's recurrence at H in dtype runs kernels that take the
+  // step plan from the device (the persistent ones): then a device-resident
+  // plan is expanded there (PlanAccess), with no host copy.
+  virtual bool reads_steps_on_device(const CellDef& /*cell*/, int64_t /*hidden*/,
+                                     at::ScalarType /*dtype*/) const {
+    return false;
+  }
 
  protected:
   RecurrentBackend(int64_t projection_rows, int64_t backward_rows)

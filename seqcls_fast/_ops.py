@@ -479,4 +479,6 @@ def masked_attention_pool(values, keys, query, lengths, plan=None):
 # ------------------------------------------------------------- length plan
 @torch.library.register_fake("seqcls_fast::length_plan")
 def _length_plan_fake(lengths, steps, batch, device=None):
-    return lengths.new_empty(3, batch, dtype=torch.long, device="cpu")
+    # Made where the lengths are: on a GPU for GPU lengths (no host copy).
+    where = lengths.device if lengths.device.type != "cpu" else torch.device("cpu")
+    return lengths.new_empty(3, batch, dtype=torch.long, device=where)

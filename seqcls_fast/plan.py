@@ -4,8 +4,15 @@ PackedSequence).
 
 ``sf.LSTM``, ``sf.MaskedAttentionPooling`` and ``sf.LSTMClassifier`` accept a
 plan wherever they accept ``lengths``; given raw lengths they make one plan per
-call. Making it is the only place lengths are validated, sorted, and (for
-lengths on a GPU) copied to the host.
+call. Making it is the only place lengths are validated and sorted.
+
+Lengths on a GPU are planned on the GPU, with no host copy and no
+synchronization: the persistent CUDA recurrence reads the plan there. A length
+outside [1, T] is then caught by an asynchronous device assertion (as PyTorch
+catches a bad index on a GPU): the error surfaces at the next synchronization,
+and no kernel after it runs. Pass lengths on the CPU for an immediate error.
+The per-step CUDA path (shapes outside the persistent rule, low memory,
+pooled inference) copies a GPU plan to the host once per batch.
 """
 import torch
 
@@ -19,8 +26,9 @@ class LengthPlan:
     input's, where lengths may be besides the CPU, default wherever they are).
 
     ``plan.lengths`` is the lengths tensor as given, ``plan.steps`` the padded
-    length T, ``plan.table`` the ``[3, B]`` int64 CPU tensor the operators read
-    (sorted order, sorted lengths, lengths in caller order).
+    length T, ``plan.table`` the ``[3, B]`` int64 tensor the operators read
+    (sorted order, sorted lengths, lengths in caller order): on the CPU for
+    lengths on the CPU, on the GPU for lengths there.
     """
 
     def __init__(self, lengths, steps, batch=None, device=None):

@@ -5,6 +5,8 @@ Skipped without a GPU. Parity, opcheck and gradcheck on CUDA run in the
 device-parametrized tests (test_lstm, test_pooling, test_classifier, test_ops).
 """
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -109,17 +111,64 @@ def test_classifier_trains_under_autocast():
 
 
 def test_lengths_values_checked_on_either_device():
+    """CPU lengths are checked on the host: a ValueError at once. GPU lengths
+    are checked on the GPU with no synchronization (csrc/length_plan.h): a
+    device-side assertion that surfaces at the next synchronization, which
+    leaves the process's CUDA context unusable, so each runs in a child
+    process."""
     x = torch.randn(5, 3, 4, device=CUDA)
     lstm = sf.LSTM(4, 6, device=CUDA)
     values = torch.randn(3, 5, 4, device=CUDA)
     query = torch.randn(4, device=CUDA)
     for bad in ([0, 2, 3], [1, 6, 2], [-1, 2, 2]):
-        for device in ("cpu", "cuda"):
-            lengths = torch.tensor(bad, device=device)
-            with pytest.raises(ValueError, match="lengths"):
-                lstm(x, lengths=lengths)
-            with pytest.raises(ValueError, match="lengths"):
-                sf.masked_attention_pool(values, None, query, lengths)
+        lengths = torch.tensor(bad)
+        with pytest.raises(ValueError, match="lengths"):
+            lstm(x, lengths=lengths)
+        with pytest.raises(ValueError, match="lengths"):
+            sf.masked_attention_pool(values, None, query, lengths)
+    for call in ("sf.LSTM(4, 6, device='cuda')(x, lengths=lengths)",
+                 "sf.masked_attention_pool(x.transpose(0, 1), None, torch.randn(4, device='cuda'), "
+                 "lengths)"):
+        script = ("import torch, seqcls_fast as sf\n"
+                  "x = torch.randn(5, 3, 4, device='cuda')\n"
+                  "lengths = torch.tensor([1, 6, 2], device='cuda')\n"
+                  "try:\n"
+                  f"    {call}\n"
+                  "    torch.cuda.synchronize()\n"
+                  "except RuntimeError as e:\n"
+                  "    print('raised:', e)\n")
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=300)
+        assert "raised:" in done.stdout and "assert" in done.stdout.lower(), (call, done.stdout,
+                                                                            done.stderr)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_training_step_with_gpu_lengths_never_synchronizes(cell):
+    """Lengths made on the GPU (from a padding mask, as a model computes them):
+    a classifier's training step (bidirectional, 2 layers, attention pooling,
+    forward and backward) runs with no host synchronization at all, under
+    torch.cuda.set_sync_debug_mode("error"), which raises on any; and gives
+    the step the same lengths on the CPU give."""
+    torch.manual_seed(0)
+    model = sf.LSTMClassifier(5, 32, 3, num_layers=2, bidirectional=True, cell=cell).to(CUDA)
+    x = torch.randn(6, 9, 5, device=CUDA)
+    mask = torch.arange(9, device=CUDA) < torch.tensor([9, 2, 5, 1, 9, 7], device=CUDA)[:, None]
+    labels = torch.tensor([0, 1, 2, 1, 0, 2], device=CUDA)
+    model(x, mask.sum(1))  # warm-up: cuBLAS handles, cached device limits
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        lengths = mask.sum(1)  # on the GPU
+        loss = nn.functional.cross_entropy(model(x, lengths), labels)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x, mask.sum(1).cpu()), labels).backward()
+    for got, want in zip(grads, (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(got, want, **LSTM_TOL[("cuda", torch.float32)])
 
 
 def test_mismatched_devices_are_errors():

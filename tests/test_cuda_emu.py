@@ -14,6 +14,7 @@ emulator (csrc/cuda_emu/), as torch.ops.seqcls_fast_cuda_emu on CPU tensors:
 
 The emulator's own checks (barriers, shuffles, deadlocks) are tested elsewhere.
 """
+import contextlib
 import functools
 
 import pytest
@@ -778,3 +779,180 @@ def test_persistent_fallback_rule(monkeypatch, case):
     assert ran_persistent == (cell != "steps" and runs_persistent(hidden, dtype, cell))
     torch.testing.assert_close(got[0].double(), want[0], **tolerance(LSTM_TOL, "cuda", dtype))
 
+
+
+# ---------------------------------------- lengths on the device (no host copy)
+def training_step_case(cell):
+    """A bidirectional layer of `cell` with attention pooling over its
+    outputs, in float64: inputs, per-direction weights, the pooling query and
+    the upstream gradients of the pooled features and of h_n. Lengths retire
+    rows mid-batch, one row runs all T steps, one runs 1."""
+    g = torch.Generator().manual_seed(11)
+    T, B, I, H = 8, 5, 3, 6
+    gates = 4 if cell == "lstm" else 3
+    randn = lambda *shape: torch.randn(*shape, dtype=F64, generator=g)  # noqa: E731
+    return dict(
+        x=randn(T, B, I), lengths=torch.tensor([3, 8, 1, 5, 8]), h0=randn(B, H),
+        c0=randn(B, H) if cell == "lstm" else None,
+        weights=[[randn(*shape) * 0.3 for shape in ((gates * H, I), (gates * H, H),
+                                                     (gates * H,), (gates * H,))]
+                 for _ in range(2)],
+        query=randn(2 * H), grad_pooled=randn(B, 2 * H), grad_h_n=randn(B, H))
+
+
+@contextlib.contextmanager
+def deterministic_with_nan_filled_buffers():
+    """torch.empty (and the kernels' own at::empty) returns NaN-filled memory."""
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert torch.utils.deterministic.fill_uninitialized_memory
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
+def emulated_training_step(cell, case, lengths_arg, plan):
+    """One training step of training_step_case's model on the emulated ops,
+    as the modules run it: both directions forward (saved activations), the
+    pooling forward and backward, both directions backward. Returns pooled,
+    then h_n of each direction, then grad_x, grad_h0 and the weight gradients
+    (both directions, sorted as the reference's)."""
+    x, h0, c0 = case["x"], case["h0"], case["c0"]
+    states = (h0, c0) if cell == "lstm" else (h0,)
+    forward = [run_emulated(f"{cell}_layer_forward", x, lengths_arg, *states, *w, reverse, True,
+                            plan) for reverse, w in ((False, case["weights"][0]),
+                                                     (True, case["weights"][1]))]
+    values = torch.cat([f[0] for f in forward], dim=2).transpose(0, 1)  # [B, T, 2H]
+    pooled, weights = run_emulated("masked_attention_pool_forward", values, None, case["query"],
+                                   lengths_arg, plan)
+    grad_values, _, _ = run_emulated("masked_attention_pool_backward", case["grad_pooled"],
+                                     torch.zeros_like(weights), values, None, case["query"],
+                                     lengths_arg, weights, plan)
+    H = h0.shape[1]
+    grad_x, grads = torch.zeros_like(x), []
+    for direction, f in enumerate(forward):
+        grad_out = grad_values.transpose(0, 1)[..., direction * H:(direction + 1) * H]
+        w_ih, w_hh = case["weights"][direction][:2]
+        saved = f[-3:]
+        if cell == "lstm":
+            got = run_emulated("lstm_layer_backward", grad_out, case["grad_h_n"],
+                               torch.zeros_like(h0), x, lengths_arg, c0, w_ih, w_hh, *saved,
+                               bool(direction), True, plan)
+            grad_x += got[0]
+            grads += [got[1], got[2], got[3], got[4], got[5], got[5]]
+        else:
+            got = run_emulated("gru_layer_backward", grad_out, case["grad_h_n"], x, lengths_arg,
+                               w_ih, w_hh, *saved, bool(direction), True, plan)
+            grad_x += got[0]
+            grads += list(got[1:])
+    return [pooled, forward[0][1], forward[1][1], grad_x, *grads]
+
+
+def reference_training_step(cell, case):
+    """emulated_training_step's results from plain PyTorch (reference.*_layer,
+    masked attention pooling, autograd), in float64."""
+    lengths = case["lengths"]
+    x = case["x"].clone().requires_grad_(True)
+    per_direction = []
+    for direction in range(2):
+        states = [s.clone().requires_grad_(True) for s in (case["h0"], case["c0"]) if s is not None]
+        weights = [w.clone().requires_grad_(True) for w in case["weights"][direction]]
+        layer = seqcls_fast.reference.lstm_layer if cell == "lstm" else seqcls_fast.reference.gru_layer
+        out, h_n, *_ = layer(x, lengths, *states, *weights, bool(direction))
+        per_direction.append((out, h_n, states, weights))
+    values = torch.cat([p[0] for p in per_direction], dim=2).transpose(0, 1)
+    pooled, _ = masked_attention_pool(values, None, case["query"], lengths)
+    loss = (pooled * case["grad_pooled"]).sum() + sum((p[1] * case["grad_h_n"]).sum()
+                                                     for p in per_direction)
+    leaves = [x] + [t for p in per_direction for t in (*p[2], *p[3])]
+    grads = torch.autograd.grad(loss, leaves)
+    return [pooled.detach(), per_direction[0][1].detach(), per_direction[1][1].detach(), *grads]
+
+
+@pytest.mark.parametrize("given", ["plan", "lengths"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_persistent_training_step_with_device_lengths_makes_no_host_copy(monkeypatch, cell, given):
+    """Lengths on the device (SEQCLS_CUDA_EMU_DEVICE_LENGTHS=1, the
+    emulator's model of GPU lengths): a training step (both directions'
+    persistent forward and backward, the attention pooling) plans and runs on
+    the device: zero host copies counted (length_plan_stats), the step plan
+    expanded there (T x B slots, the saved activations T B rows), and every
+    result as plain PyTorch's in float64."""
+    monkeypatch.delenv("SEQCLS_FAST_CUDA_RECURRENCE", raising=False)
+    monkeypatch.setenv("SEQCLS_CUDA_EMU_DEVICE_LENGTHS", "1")
+    case = training_step_case(cell)
+    T, B = case["x"].shape[:2]
+    before, launches = seqcls_fast._C.length_plan_stats(), cooperative_launches()
+    plan = EMU.length_plan(case["lengths"], T, B) if given == "plan" else None
+    # Every uninitialized buffer NaN (torch.utils.deterministic): a slot the
+    # kernels leave unwritten and the GEMMs read shows.
+    with deterministic_with_nan_filled_buffers():
+        got = emulated_training_step(cell, case, case["lengths"] if given == "lengths" else None,
+                                     plan)
+    after = seqcls_fast._C.length_plan_stats()
+    assert after["host_copies"] == before["host_copies"]
+    assert after["plans_made"] > before["plans_made"]  # made, on the device
+    assert cooperative_launches() - launches == 4  # forward and backward, both directions
+    want = reference_training_step(cell, case)
+    names = [f"result{i}" for i in range(len(want))]
+    assert_close_named(got, want, tolerance(LSTM_TOL, "cuda", F64), names)
+
+
+def test_device_plan_layout_holds_the_packed_rows_in_its_slots(monkeypatch):
+    """A device plan's saved activations are T x B slots, step s of sorted
+    row j at s B + j; the running slots, in order, are the host plan's packed
+    rows (the same kernel; the input projection's GEMM over T B rows instead
+    of N may round differently), the others zero h_prev."""
+    monkeypatch.delenv("SEQCLS_FAST_CUDA_RECURRENCE", raising=False)
+    case = training_step_case("lstm")
+    x, lengths = case["x"], case["lengths"]
+    T, B = x.shape[:2]
+    args = (x, None, case["h0"], case["c0"], *case["weights"][0], True, True)
+    host = run_emulated("lstm_layer_forward", *args, EMU.length_plan(lengths, T, B))
+    monkeypatch.setenv("SEQCLS_CUDA_EMU_DEVICE_LENGTHS", "1")
+    device = run_emulated("lstm_layer_forward", *args, EMU.length_plan(lengths, T, B))
+    sorted_lengths = torch.sort(lengths, descending=True, stable=True).values
+    running = (sorted_lengths.unsqueeze(0) > torch.arange(T).unsqueeze(1)).reshape(-1)
+    assert device[3].shape[0] == T * B and host[3].shape[0] == int(lengths.sum())
+    for name, h, d in zip(("gates", "cell", "h_prev"), host[3:], device[3:]):
+        torch.testing.assert_close(d[running], h, **tolerance(LSTM_TOL, "cuda", F64), msg=name)
+    assert not device[5][~running].any()
+
+
+def test_device_lengths_on_the_per_step_path_cross_to_the_host_once(monkeypatch):
+    """Where the kernels plan on the host (the per-step path here, forced),
+    a device plan is copied to the host once per batch (counted), however
+    many directions and passes read it; results as plain PyTorch's."""
+    monkeypatch.setenv("SEQCLS_FAST_CUDA_RECURRENCE", "steps")
+    monkeypatch.setenv("SEQCLS_CUDA_EMU_DEVICE_LENGTHS", "1")
+    case = training_step_case("gru")
+    T, B = case["x"].shape[:2]
+    before = seqcls_fast._C.length_plan_stats()["host_copies"]
+    got = emulated_training_step("gru", case, None, EMU.length_plan(case["lengths"], T, B))
+    assert seqcls_fast._C.length_plan_stats()["host_copies"] - before == 1
+    want = reference_training_step("gru", case)
+    assert_close_named(got, want, tolerance(LSTM_TOL, "cuda", F64),
+                       [f"result{i}" for i in range(len(want))])
+
+
+def test_bad_device_lengths_and_plans_raise(monkeypatch):
+    """Lengths and plans on the device are checked there (a GPU raises at the
+    next synchronization, the emulator at once), naming what is wrong."""
+    monkeypatch.delenv("SEQCLS_FAST_CUDA_RECURRENCE", raising=False)
+    monkeypatch.setenv("SEQCLS_CUDA_EMU_DEVICE_LENGTHS", "1")
+    case = training_step_case("lstm")
+    x = case["x"]
+    T, B = x.shape[:2]
+    args = (case["h0"], case["c0"], *case["weights"][0], False, True)
+    for bad in ([3, 8, 0, 5, 8], [3, 9, 1, 5, 8]):
+        with pytest.raises(RuntimeError, match=r"lengths must lie in \[1, T\] = \[1, 8\]"):
+            EMU.length_plan(torch.tensor(bad), T, B)
+        with pytest.raises(RuntimeError, match=r"lengths must lie in \[1, T\]"):
+            EMU.lstm_layer_forward(x, torch.tensor(bad), *args)
+    plan = EMU.length_plan(case["lengths"], T, B)
+    for row, column, value in ((0, 0, 0), (1, 0, 7), (2, 1, 2)):  # a repeated row, a wrong length
+        broken = plan.clone()
+        broken[row, column] = value
+        with pytest.raises(RuntimeError, match="plan is not a length plan of this batch"):
+            EMU.lstm_layer_forward(x, None, *args, broken)

@@ -53,6 +53,11 @@ struct DeviceGuard {
 };
 // Where this backend's tensors live, and how an error message names it.
 inline bool on_kernel_device(const c10::Device& device) { return device.is_cpu(); }
+// Whether lengths on `where` live on the device (not readable by the host
+// without a copy): the emulator's model (SEQCLS_CUDA_EMU_DEVICE_LENGTHS).
+inline bool resident_on_device(const c10::Device& /*where*/) {
+  return seqcls_emu::device_resident_lengths();
+}
 constexpr const char* kKernelDevice = "the CPU (the emulated CUDA backend)";
 // A scratch tensor's options on the kernels' device.
 inline c10::TensorOptions kernel_tensor_options(c10::ScalarType dtype) {
@@ -108,6 +113,7 @@ using Stream = cudaStream_t;
 inline Stream current_stream() { return c10::cuda::getCurrentCUDAStream(); }
 using DeviceGuard = c10::cuda::CUDAGuard;
 inline bool on_kernel_device(const c10::Device& device) { return device.is_cuda(); }
+inline bool resident_on_device(const c10::Device& where) { return where.is_cuda(); }
 constexpr const char* kKernelDevice = "a CUDA device";
 inline c10::TensorOptions kernel_tensor_options(c10::ScalarType dtype) {
   return c10::TensorOptions().dtype(dtype).device(c10::Device(c10::kCUDA,

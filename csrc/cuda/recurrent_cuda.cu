@@ -2,9 +2,10 @@
 // device and index-range checks, padding zeroing, the LSTM and GRU cells'
 // pointwise step kernels (cell_cuda.cuh) and the online-pooling step, all on the current
 // stream; registers the LSTM and GRU operators for CUDA (under the CPU emulator, for
-// seqcls_fast_cuda_emu on the CPU: device_compat.h). The driver copies
-// device-side lengths to the host once per call and uploads the plan with one
-// asynchronous copy; the step loop only enqueues work.
+// seqcls_fast_cuda_emu on the CPU: device_compat.h). Lengths on the GPU are
+// planned on the GPU for the persistent kernels (no host copy); the per-step
+// path copies them to the host once per batch and uploads its step plan with
+// one asynchronous copy; the step loop only enqueues work.
 //
 // dtypes: float32, float64, float16, bfloat16. For half/bfloat16 the cell
 // state and the saved `cell` are float32 (acc_t); h, the gates and every GEMM
@@ -225,6 +226,16 @@ struct CudaBackend final : RecurrentBackend {
       launch_cooperative(kernel, shape.blocks, kPersistentThreads, shape.shared_bytes, stream, r,
                          shape.units);
     });
+  }
+
+  bool resident_on_device(const at::Device& where) const override {
+    return SEQCLS_CUDA_NS::resident_on_device(where);
+  }
+
+  // The persistent kernels read the active rows and offsets on the device.
+  bool reads_steps_on_device(const CellDef& cell, int64_t hidden,
+                             at::ScalarType dtype) const override {
+    return persistent_launch(cell, hidden, dtype).blocks > 0;
   }
 
   // One block per active row.

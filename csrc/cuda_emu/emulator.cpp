@@ -452,6 +452,11 @@ Stats stats() {
   return {g_launches.load(), g_blocks.load(), g_max_threads.load(), g_cooperative.load()};
 }
 
+bool device_resident_lengths() {
+  const char* text = std::getenv("SEQCLS_CUDA_EMU_DEVICE_LENGTHS");
+  return text != nullptr && std::string(text) == "1";
+}
+
 void* dynamic_shared_memory() { return t_block->dynamic_shared.data(); }
 
 void block_barrier(const char* file, int line) {

@@ -61,6 +61,13 @@ struct Stats {
 // Counts since the library loaded.
 Stats stats();
 
+// Whether lengths and plans count as living on the emulated device, as GPU
+// lengths do (SEQCLS_CUDA_EMU_DEVICE_LENGTHS=1, read per call): the emulated
+// operators then plan on the "device" and count a host copy wherever a GPU
+// would make one. Every emulated tensor is a CPU tensor, so the device alone
+// cannot tell; default: host lengths.
+bool device_resident_lengths();
+
 // Runs `thread_body` once on every thread of every block of `grid`, blocks
 // one after another; returns when the grid is done. Launches are serialised.
 // Throws KernelError when a check fails (the grid is abandoned).
