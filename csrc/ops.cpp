@@ -34,11 +34,14 @@ void define_pooling_operators(torch::Library& m);
 
 void seqcls_fast::define_operators(torch::Library& m) {
   // lengths [B] (any integer dtype, on the CPU or on `device`, the input's)
-  // validated against `steps` and `batch` and sorted: the plan [3, B] int64 on
-  // the CPU (csrc/length_plan.h). The only device-to-host copy of a batch's lengths.
+  // validated against `steps` and `batch` and sorted: the plan [3, B] int64
+  // where the lengths are (csrc/length_plan.h): on the CPU, or on the GPU
+  // with no host copy (checked there by an asynchronous device assertion).
   m.def("length_plan(Tensor lengths, SymInt steps, SymInt batch, Device? device=None) -> Tensor");
   // Returns (output [T,B,H], h_n [B,H], c_n [B,H], gates [N,4H], cell [N,H],
-  // h_prev [N,H]) with N = sum(lengths) (T*B without lengths); output is 0
+  // h_prev [N,H]) with N = sum(lengths) (T*B without lengths, and for a plan
+  // on the GPU that the persistent recurrence expands there: T x B slots,
+  // step s of sorted row j at row s*B + j; README "How it works"); output is 0
   // past each row's length. The last three are what the backward needs, in
   // the packed layout of a PackedSequence: step s of the recurrence holds rows
   // offset[s] .. offset[s] + active[s] - 1 (the rows still running, sorted by
