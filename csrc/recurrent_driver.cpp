@@ -259,6 +259,7 @@ void prepare_pooling(ForwardRunner& run, const PoolPass& pool, int64_t batch, in
   q.max = pool.max.data_ptr();
   q.denom = pool.denom.data_ptr();
   q.sum = pool.sum.data_ptr();
+  q.active_device = run.f.plan.on_device ? run.f.dev.active.const_data_ptr<int64_t>() : nullptr;
 }
 
 // The attention keys of h_rows, when they are not h: one GEMM.
@@ -272,9 +273,10 @@ void compute_keys(ForwardRunner& run, const Tensor& h_rows) {
 // Pools one step's h_s: `rows` rows from row `row` of h_rows (and of the
 // keys). Pointers, not a Tensor per step: at B = 1 two narrows a step cost
 // as much as the step's recurrence.
-void pool_rows(ForwardRunner& run, const Tensor& h_rows, int64_t row, int64_t rows) {
+void pool_rows(ForwardRunner& run, const Tensor& h_rows, int64_t row, int64_t s, int64_t rows) {
   PoolStep& q = run.pool_step;
   q.rows = rows;
+  q.step = s;
   q.h = row_ptr(h_rows, row);
   q.keys = run.keys.defined() ? row_ptr(run.keys, row) : q.h;
   run.backend.pool_step(q, run.dtype);
@@ -318,7 +320,7 @@ void run_segment(ForwardRunner& run, const Tensor& chunk_gates, int64_t chunk_be
     const Tensor h_rows = run.h_chunk.narrow(0, 0, plan.offset[seg_end] - plan.offset[seg]);
     compute_keys(run, h_rows);  // one GEMM for the segment
     for (int64_t s = seg; s < seg_end; ++s) {
-      pool_rows(run, h_rows, plan.offset[s] - plan.offset[seg], plan.active[s]);
+      pool_rows(run, h_rows, plan.offset[s] - plan.offset[seg], s, plan.active[s]);
     }
     return;
   }
@@ -338,7 +340,7 @@ void run_segment(ForwardRunner& run, const Tensor& chunk_gates, int64_t chunk_be
     if (run.pool == nullptr) continue;
     const Tensor h_rows = run.h_state.narrow(0, 0, rows);
     compute_keys(run, h_rows);
-    pool_rows(run, h_rows, 0, rows);
+    pool_rows(run, h_rows, 0, s, rows);
   }
 }
 
@@ -460,8 +462,8 @@ void check_pool_inputs(OnlinePooling pooling, const Tensor& x, int64_t batch, in
 // How a call may read its plan (PlanAccess): resident when its lengths or
 // plan table live on the backend's device; steps on the device when the pass
 // can run on a plan known only there (`device_pass`: every step of it is a
-// kernel that reads the device plan, not the pooled or low-memory passes,
-// whose host code walks the steps) and the backend's kernels for this cell do.
+// kernel that reads the device plan; not the low-memory passes, whose host
+// code walks the steps) and the backend's kernels for this cell do.
 PlanAccess plan_access(const RecurrentBackend& backend, const CellDef& cell_def, const Tensor& x,
                        int64_t hidden, const optional<Tensor>& lengths,
                        const optional<Tensor>& plan_table, bool device_pass) {
@@ -614,7 +616,7 @@ PooledForward layer_pooled_forward(
   const auto opts = x.options();
   const auto state_opts = opts.dtype(state_dtype);
   const PlanAccess access =
-      plan_access(backend, cell_def, x, H, lengths, plan_table, /*device_pass=*/false);
+      plan_access(backend, cell_def, x, H, lengths, plan_table, /*device_pass=*/true);
   const std::shared_ptr<const BatchPlan> planned =
       batch_plan(lengths, plan_table, T, B, false, x.device(), access);
   const LengthPlan& plan = planned->plan;

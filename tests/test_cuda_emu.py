@@ -956,3 +956,38 @@ def test_bad_device_lengths_and_plans_raise(monkeypatch):
         broken[row, column] = value
         with pytest.raises(RuntimeError, match="plan is not a length plan of this batch"):
             EMU.lstm_layer_forward(x, None, *args, broken)
+
+
+@pytest.mark.parametrize("pooling", ["attention_keys", "mean", "last"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_persistent_pooled_inference_with_device_lengths_makes_no_host_copy(monkeypatch, cell,
+                                                                           pooling):
+    """The fused pooled forward on a plan expanded on the device pools each
+    step's running rows only (the pool step reads the step's active rows
+    there): no host copy, and the pooling state and final states are the
+    host plan's (the same kernels; the projection GEMM over T B rows may
+    round differently). Uninitialized buffers are NaN-filled."""
+    monkeypatch.delenv("SEQCLS_FAST_CUDA_RECURRENCE", raising=False)
+    case = training_step_case(cell)
+    x, lengths = case["x"], case["lengths"]
+    T, B, H = x.shape[0], x.shape[1], case["h0"].shape[1]
+    g = torch.Generator().manual_seed(5)
+    mode = "attention" if pooling == "attention_keys" else pooling
+    attention = mode == "attention"
+    query = torch.randn(4, dtype=F64, generator=g) if attention else None
+    key_weight = torch.randn(4, H, dtype=F64, generator=g) if attention else None
+    key_bias = torch.randn(4, dtype=F64, generator=g) if attention else None
+    states = (case["h0"], case["c0"]) if cell == "lstm" else (case["h0"],)
+    args = (x, None, *states, *case["weights"][0], mode, query, key_weight, key_bias, None, None,
+            None)
+    op = f"{cell}_layer_pooled_forward"
+    host = run_emulated(op, *args, EMU.length_plan(lengths, T, B))
+    monkeypatch.setenv("SEQCLS_CUDA_EMU_DEVICE_LENGTHS", "1")
+    before = seqcls_fast._C.length_plan_stats()["host_copies"]
+    launches = cooperative_launches()
+    with deterministic_with_nan_filled_buffers():
+        device = run_emulated(op, *args, EMU.length_plan(lengths, T, B))
+    assert seqcls_fast._C.length_plan_stats()["host_copies"] == before
+    assert cooperative_launches() > launches
+    names = [f"result{i}" for i in range(len(host))]
+    assert_close_named(device, host, tolerance(LSTM_TOL, "cuda", F64), names)

@@ -194,6 +194,7 @@ constexpr int kPoolStepThreads = 128;
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kPoolStepThreads) lstm_pool_step_kernel(const PoolStep p) {
   const int64_t j = blockIdx.x, H = p.hidden, A = p.key_size;
+  if (p.active_device != nullptr && j >= p.active_device[p.step]) return;  // the whole block
   const scalar_t* h_row = static_cast<const scalar_t*>(p.h) + j * H;
   acc_t* acc = static_cast<acc_t*>(p.sum) + j * H;
   if (p.pooling == OnlinePooling::kMean) {
