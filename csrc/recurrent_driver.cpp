@@ -282,6 +282,18 @@ void pool_rows(ForwardRunner& run, const Tensor& h_rows, int64_t row, int64_t s,
   run.backend.pool_step(q, run.dtype);
 }
 
+// Pools steps [seg, seg_end) of a persistent segment from its packed h_rows
+// in one backend call, where the backend has one.
+bool pool_segment(ForwardRunner& run, const Tensor& h_rows, int64_t seg, int64_t seg_end) {
+  PoolStep q = run.pool_step;
+  q.rows = run.f.plan.active[seg];
+  q.step = seg;
+  q.h = h_rows.const_data_ptr();
+  q.keys = run.keys.defined() ? run.keys.const_data_ptr() : q.h;
+  return run.backend.pool_segment(q, seg_end, run.f.dev.active.const_data_ptr<int64_t>(),
+                                  run.f.dev.offset.const_data_ptr<int64_t>(), run.dtype);
+}
+
 // The recurrent product h_{s-1} W_hh^T of step s's rows, added to its gates'
 // pre-activations, or, for a cell that keeps it apart, with b_hh in its own
 // buffer (run.step.recurrent). No product when h_{s-1} is zero (step 0
@@ -319,6 +331,7 @@ void run_segment(ForwardRunner& run, const Tensor& chunk_gates, int64_t chunk_be
     if (run.pool == nullptr) return;
     const Tensor h_rows = run.h_chunk.narrow(0, 0, plan.offset[seg_end] - plan.offset[seg]);
     compute_keys(run, h_rows);  // one GEMM for the segment
+    if (pool_segment(run, h_rows, seg, seg_end)) return;
     for (int64_t s = seg; s < seg_end; ++s) {
       pool_rows(run, h_rows, plan.offset[s] - plan.offset[seg], s, plan.active[s]);
     }

@@ -69,6 +69,16 @@ struct RecurrentBackend {
   virtual void backward_recurrence(const BackwardRecurrence& r, at::ScalarType dtype) const;
   // One online-pooling step after a forward step (lstm_layer_pooled_forward).
   virtual void pool_step(const PoolStep& step, at::ScalarType dtype) const = 0;
+  // The pooling of steps [step.step, end_step) after a persistent segment,
+  // row by row in step order (step.h and step.keys: the segment's packed rows
+  // from its first; active and offset: the plan's, on the device), in one
+  // launch; false when the backend has none (the driver then calls pool_step
+  // per step, which costs a GPU a launch per step).
+  virtual bool pool_segment(const PoolStep& /*step*/, int64_t /*end_step*/,
+                            const int64_t* /*active*/, const int64_t* /*offset*/,
+                            at::ScalarType /*dtype*/) const {
+    return false;
+  }
   // Whether lengths or a plan table on `where` live on this backend's
   // device (GPU lengths), where host code cannot read them without a copy.
   virtual bool resident_on_device(const at::Device& /*where*/) const { return false; }

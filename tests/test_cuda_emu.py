@@ -991,3 +991,21 @@ def test_persistent_pooled_inference_with_device_lengths_makes_no_host_copy(monk
     assert cooperative_launches() > launches
     names = [f"result{i}" for i in range(len(host))]
     assert_close_named(device, host, tolerance(LSTM_TOL, "cuda", F64), names)
+
+
+@pytest.mark.parametrize("pooling", ["attention_keys", "mean"])
+def test_persistent_pooled_forward_pools_a_segment_in_one_launch(monkeypatch, pooling):
+    """After a persistent segment the pooling of all its steps is one launch
+    (pool_segment_kernel: each row's steps in order), not one per step, which
+    would cost a GPU a launch per step: the pooled forward of 100 steps makes
+    a handful of launches, and pools as the per-step path does."""
+    monkeypatch.delenv("SEQCLS_FAST_CUDA_RECURRENCE", raising=False)
+    args = large_pooled_args("T100_B3_H60", pooling, torch.float32)
+    before = emu_stats()
+    got = run_emulated("lstm_layer_pooled_forward", *args)
+    after = emu_stats()
+    assert after["cooperative_launches"] - before["cooperative_launches"] == 1
+    assert after["launches"] - before["launches"] <= 4  # padding, recurrence, pooling
+    monkeypatch.setenv("SEQCLS_FAST_CUDA_RECURRENCE", "steps")
+    per_step = run_emulated("lstm_layer_pooled_forward", *args)
+    assert_close_named(got, per_step, tolerance(LSTM_TOL, "cuda", torch.float32), POOLED_NAMES)

@@ -187,21 +187,21 @@ __global__ void __launch_bounds__(kStepThreads)
 
 constexpr int kPoolStepThreads = 128;
 
-// One online-pooling step (PoolStep), one block per active row: the block
-// reduces score = keys_j . query in acc_t, one thread merges it into the row's
-// (max, denom) with online_pool.h's rule, then every thread rescales its units
-// of the row's weighted sum. Mean pooling only adds h_s.
+// Row j's online-pooling step on its h_s (h_row [H]) and keys (key [A]),
+// by the whole block: the block reduces score = key . query in acc_t, one
+// thread merges it into the row's (max, denom) with online_pool.h's rule,
+// then every thread rescales its units of the row's weighted sum. Mean
+// pooling only adds h_s. Ends with the block's threads past every read of
+// its shared values, so the block may pool its next step at once.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kPoolStepThreads) lstm_pool_step_kernel(const PoolStep p) {
-  const int64_t j = blockIdx.x, H = p.hidden, A = p.key_size;
-  if (p.active_device != nullptr && j >= p.active_device[p.step]) return;  // the whole block
-  const scalar_t* h_row = static_cast<const scalar_t*>(p.h) + j * H;
+__device__ void pool_row_step(const PoolStep& p, int64_t j, const scalar_t* h_row,
+                              const scalar_t* key) {
+  const int64_t H = p.hidden, A = p.key_size;
   acc_t* acc = static_cast<acc_t*>(p.sum) + j * H;
   if (p.pooling == OnlinePooling::kMean) {
     for (int64_t k = threadIdx.x; k < H; k += kPoolStepThreads) acc[k] += static_cast<acc_t>(h_row[k]);
     return;
   }
-  const scalar_t* key = static_cast<const scalar_t*>(p.keys) + j * A;
   const scalar_t* query = static_cast<const scalar_t*>(p.query);
   acc_t dot = 0;
   for (int64_t a = threadIdx.x; a < A; a += kPoolStepThreads) {
@@ -222,6 +222,35 @@ __global__ void __launch_bounds__(kPoolStepThreads) lstm_pool_step_kernel(const 
   const acc_t keep = keep_weight[0], weight = keep_weight[1];
   for (int64_t k = threadIdx.x; k < H; k += kPoolStepThreads) {
     acc[k] = acc[k] * keep + weight * static_cast<acc_t>(h_row[k]);
+  }
+  __syncthreads();  // keep_weight is read: the next step may overwrite it
+}
+
+// One online-pooling step (PoolStep), one block per row (the step's active
+// rows; with active_device, those the device counts).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kPoolStepThreads) lstm_pool_step_kernel(const PoolStep p) {
+  const int64_t j = blockIdx.x;
+  if (p.active_device != nullptr && j >= p.active_device[p.step]) return;  // the whole block
+  pool_row_step<scalar_t, acc_t>(p, j, static_cast<const scalar_t*>(p.h) + j * p.hidden,
+                                 static_cast<const scalar_t*>(p.keys) + j * p.key_size);
+}
+
+// The pooling of steps [p.step, end_step) of a persistent segment, in one
+// launch: block j pools row j's steps in order (as the per-step kernel
+// would, the same sums) until its row stops. p.h and p.keys hold the
+// segment's packed rows from packed row offset[p.step]; active and offset
+// are the plan's on the device.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kPoolStepThreads)
+    pool_segment_kernel(const PoolStep p, int64_t end_step,
+                        const int64_t* active,   // [steps] rows running at each step
+                        const int64_t* offset) {  // [steps + 1] first packed row of each step
+  const int64_t j = blockIdx.x, base = offset[p.step];
+  for (int64_t s = p.step; s < end_step && j < active[s]; ++s) {  // uniform in the block
+    const int64_t row = offset[s] - base + j;
+    pool_row_step<scalar_t, acc_t>(p, j, static_cast<const scalar_t*>(p.h) + row * p.hidden,
+                                   static_cast<const scalar_t*>(p.keys) + row * p.key_size);
   }
 }
 
