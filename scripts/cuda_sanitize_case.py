@@ -4,8 +4,8 @@
 Covers: all four dtypes, both directions, unsorted lengths on the CPU and on
 the GPU, no lengths, h0/c0 given and not, inference (save_activations=False),
 odd H, T = 1, an empty batch, pooling with and without keys, strided inputs,
-and T > the pooling block size; the classifier in training (both memory
-modes), inference (the fused pooled forward, every pooling) and streaming;
+and T > the pooling block size; the classifier (LSTM and GRU) in training
+(both memory modes, GPU and CPU lengths), inference (the fused pooled forward, every pooling) and streaming;
 each LSTM case on both recurrences: the persistent kernels (cooperative
 grids, where the fallback rule allows: all shapes here) and the per-step
 path (SEQCLS_FAST_CUDA_RECURRENCE=steps). Exits non-zero on any error.
@@ -67,12 +67,19 @@ def run_cases():
     # The modules end to end: training (both memory modes), then inference
     # pooling as the top layer runs (lstm_layer_pooled_forward) and streaming.
     x, lengths = torch.randn(5, 7, 4, device=dev), torch.tensor([7, 3, 1, 7, 2], device=dev)
-    for memory in ("fast", "low"):
-        model = sf.LSTMClassifier(4, 6, 3, num_layers=2, bidirectional=True, device=dev,
-                                  memory=memory)
-        model(x, lengths).sum().backward()
+    # Lengths on the GPU: the plan is made and expanded on the GPU for the
+    # persistent kernels (T x B slots), the pooling of a segment is one launch.
+    for cell in ("lstm", "gru"):
+        for memory in ("fast", "low"):
+            model = sf.LSTMClassifier(4, 6, 3, num_layers=2, bidirectional=True, device=dev,
+                                      memory=memory, cell=cell)
+            model(x, lengths).sum().backward()
+            model(x, lengths.cpu()).sum().backward()
     for pooling, attn_dim in (("attention", None), ("attention", 5), ("mean", None),
                               ("last", None)):
+        with torch.no_grad():
+            sf.LSTMClassifier(4, 6, 3, pooling=pooling, attn_dim=attn_dim, device=dev,
+                              cell="gru").eval()(x, lengths)
         model = sf.LSTMClassifier(4, 6, 3, num_layers=2, pooling=pooling, attn_dim=attn_dim,
                                   device=dev).eval()
         with torch.no_grad():
