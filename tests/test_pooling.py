@@ -119,6 +119,31 @@ def test_padding_values_do_not_matter(device):
     torch.testing.assert_close(pool(values, lengths)[0], pool(noisy, lengths)[0])
 
 
+@pytest.mark.parametrize("with_keys", [False, True])
+def test_gradients_are_zero_at_padding(device, with_keys):
+    """The backward writes every element of grad_values and grad_keys once,
+    zeros past each length, into uninitialized memory: run with PyTorch's
+    uninitialized memory NaN-filled (deterministic mode), the padding's
+    gradients are exactly zero."""
+    values = torch.randn(3, 7, 4, dtype=torch.float64, device=device)
+    keys = torch.randn(3, 7, 2, dtype=torch.float64, device=device) if with_keys else None
+    query = torch.randn(2 if with_keys else 4, dtype=torch.float64, device=device)
+    lengths = torch.tensor([7, 1, 4], device=device)
+    pooled, weights = sf.masked_attention_pool(values, keys, query, lengths)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        grads = torch.ops.seqcls_fast.masked_attention_pool_backward(
+            torch.ones_like(pooled), torch.zeros_like(weights), values, keys, query, lengths,
+            weights)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    for grad in grads[:2] if with_keys else grads[:1]:
+        assert grad.isfinite().all()
+        assert not grad[1, 1:].any() and not grad[2, 4:].any()
+        assert grad[0].abs().sum() > 0
+
+
 def test_large_scores_are_stable(device):
     values = torch.randn(2, 7, 3, dtype=torch.float32, device=device) * 1e3
     query = torch.ones(3, device=device)
