@@ -23,11 +23,34 @@ namespace {
 using at::Tensor;
 using c10::optional;
 
+// sum_k a[k] b[k] in Acc. Unit strides (the usual case) sum in 4 interleaved
+// partial sums, so the adds do not wait on each other and the loop
+// vectorizes; the order is fixed either way.
 template <typename T, typename Acc>
 Acc dot(const T* a, int64_t stride_a, const T* b, int64_t stride_b, int64_t n) {
-  Acc acc = 0;
-  for (int64_t k = 0; k < n; ++k) acc += Acc(a[k * stride_a]) * Acc(b[k * stride_b]);
-  return acc;
+  if (stride_a != 1 || stride_b != 1) {
+    Acc acc = 0;
+    for (int64_t k = 0; k < n; ++k) acc += Acc(a[k * stride_a]) * Acc(b[k * stride_b]);
+    return acc;
+  }
+  Acc part[4] = {0, 0, 0, 0};
+  int64_t k = 0;
+  for (; k + 4 <= n; k += 4) {
+    for (int i = 0; i < 4; ++i) part[i] += Acc(a[k + i]) * Acc(b[k + i]);
+  }
+  for (; k < n; ++k) part[0] += Acc(a[k]) * Acc(b[k]);
+  return (part[0] + part[1]) + (part[2] + part[3]);
+}
+
+// y[k] += alpha x[k * stride] for k < n; unit stride in its own loop, which
+// vectorizes.
+template <typename T, typename Acc>
+void add_scaled(Acc* y, Acc alpha, const T* x, int64_t stride, int64_t n) {
+  if (stride == 1) {
+    for (int64_t k = 0; k < n; ++k) y[k] += alpha * Acc(x[k]);
+  } else {
+    for (int64_t k = 0; k < n; ++k) y[k] += alpha * Acc(x[k * stride]);
+  }
 }
 
 void check_cpu(const Tensor& values) {
@@ -77,7 +100,7 @@ std::tuple<Tensor, Tensor> masked_attention_pool_forward_cpu(const Tensor& value
           const acc_t w = score[t] / total;
           weights_ptr[b * T + t] = static_cast<scalar_t>(w);
           const scalar_t* vr = v.row(b, t);
-          for (int64_t d = 0; d < D; ++d) acc[d] += w * acc_t(vr[d * v.stride_f]);
+          add_scaled(acc.data(), w, vr, v.stride_f, D);
         }
         for (int64_t d = 0; d < D; ++d) pooled_ptr[b * D + d] = static_cast<scalar_t>(acc[d]);
       }
@@ -141,13 +164,15 @@ std::tuple<Tensor, Tensor, Tensor> masked_attention_pool_backward_cpu(
             for (int64_t d = 0; d < D; ++d) gv[d] = static_cast<scalar_t>(w * acc_t(gpb[d]));
             scalar_t* gk = gk_ptr + (b * T + t) * A;
             for (int64_t a = 0; a < A; ++a) gk[a] = static_cast<scalar_t>(ds * acc_t(q[a * q_stride]));
-          } else {  // keys are the values: their gradient adds to grad_values (one rounding)
+          } else if (q_stride == 1) {  // keys are the values: their gradient adds to
+                                       // grad_values (one rounding)
+            for (int64_t d = 0; d < D; ++d)
+              gv[d] = static_cast<scalar_t>(w * acc_t(gpb[d]) + ds * acc_t(q[d]));
+          } else {
             for (int64_t d = 0; d < D; ++d)
               gv[d] = static_cast<scalar_t>(w * acc_t(gpb[d]) + ds * acc_t(q[d * q_stride]));
           }
-          const scalar_t* kr = k.row(b, t);
-          acc_t* gq = gq_rows + b * A;
-          for (int64_t a = 0; a < A; ++a) gq[a] += ds * acc_t(kr[a * k.stride_f]);
+          add_scaled(gq_rows + b * A, ds, k.row(b, t), k.stride_f, A);
         }
         std::fill(gv_ptr + (b * T + L) * D, gv_ptr + (b + 1) * T * D, scalar_t(0));
         if (gk_ptr != nullptr) std::fill(gk_ptr + (b * T + L) * A, gk_ptr + (b + 1) * T * A, scalar_t(0));
