@@ -58,11 +58,10 @@ void check_plan_on_device(const at::Tensor& table, int64_t steps_total, int64_t 
                           const std::string& message) {
   if (batch == 0) return;
   const at::Tensor order = table[0], sorted = table[1], caller = table[2];
-  const at::Tensor in_range = at::logical_and(order >= 0, order < batch);
+  // A permutation sorts to 0 .. B-1 (a sort, not a scatter: no atomics, and
+  // nothing that synchronizes in deterministic mode).
+  at::Tensor ok = at::eq(std::get<0>(at::sort(order)), at::arange(batch, table.options()));
   const at::Tensor safe_order = order.clamp(0, batch - 1);
-  const at::Tensor hits = at::zeros({batch}, table.options()).index_add_(
-      0, safe_order, at::ones({batch}, table.options()));
-  at::Tensor ok = at::logical_and(in_range, hits == 1);
   ok = at::logical_and(ok, caller.index_select(0, safe_order) == sorted);
   ok = at::logical_and(ok, at::logical_and(sorted >= 1, sorted <= steps_total));
   ok = ok.all();
@@ -123,7 +122,7 @@ at::Tensor read_plan_table(const at::Tensor& plan, int64_t steps_total, int64_t 
   SEQCLS_CHECK_VALUE(resident || plan.device().is_cpu(), "plan must be on the CPU, got ",
                      plan.device());
   SEQCLS_CHECK_VALUE(plan.dim() == 2 && plan.size(0) == 3 && plan.size(1) == batch,
-                     "plan must have shape [3, B] = [", batch, "], got ", plan.sizes());
+                     "plan must have shape [3, B] = [3, ", batch, "], got ", plan.sizes());
   const at::Tensor table = plan.contiguous();
   const std::string not_a_plan = "plan is not a length plan of this batch (B = " +
                                  std::to_string(batch) + ", T = " + std::to_string(steps_total) +

@@ -218,21 +218,26 @@ std::shared_ptr<const BatchPlan> expand_on_device(const at::Tensor& table, int64
   plan.offset.resize(plan.steps + 1);
   for (int64_t s = 0; s <= plan.steps; ++s) plan.offset[s] = s * B;
   plan.packed_rows = plan.steps * B;
-  plan.all_full = false;
+  plan.all_full = B == 0;  // else unknown on the host: the padding is zeroed
   plan.on_device = true;
   DevicePlan& dev = made->dev;
   const auto opts = table.options();
   dev.order = table[0];
   dev.sorted_lengths = table[1];
   dev.lengths = table[2];
-  dev.inverse_order = at::empty({B}, opts).index_copy_(0, dev.order, at::arange(B, opts));
+  dev.inverse_order = at::argsort(dev.order);  // a permutation's inverse, no scatter
   const at::Tensor steps = at::arange(plan.steps, opts).unsqueeze(1);                 // [T, 1]
   const at::Tensor running = dev.sorted_lengths.unsqueeze(0) > steps;                // [T, B]
   dev.active = running.sum(1).to(at::kLong);
   dev.offset = at::arange(plan.steps + 1, opts) * B;
   const at::Tensor time = reverse ? dev.sorted_lengths.unsqueeze(0) - 1 - steps
                                   : steps.expand({plan.steps, B});
+  // Gathers read a slot past its row's length at the row's step 0 (x's
+  // padding may hold anything, NaN too, and the GEMMs multiply it by zero);
+  // grad_x's scatter writes it to a padding position of its own (time s
+  // past the length, both directions): every (t, b) exactly once.
   dev.packed_time = at::where(running, time, at::zeros({}, opts)).reshape({-1});
+  dev.scatter_time = at::where(running, time, steps.expand({plan.steps, B})).reshape({-1});
   dev.packed_batch = dev.order.unsqueeze(0).expand({plan.steps, B}).reshape({-1});
   dev.slots = true;
   return made;
@@ -305,15 +310,19 @@ class PlanCache {
   // unmodified, however many directions and passes expand it.
   at::Tensor host_table(const at::Tensor& given) {
     const std::optional<TensorIdentity> identity = TensorIdentity::of(given);
-    std::lock_guard<std::mutex> lock(mutex_);
-    host_tables_.erase(std::remove_if(host_tables_.begin(), host_tables_.end(),
-                                      [](const auto& e) { return e.first.expired(); }),
-                       host_tables_.end());
-    for (const auto& [table, host] : host_tables_) {
-      if (table.matches(given)) return host;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      host_tables_.erase(std::remove_if(host_tables_.begin(), host_tables_.end(),
+                                        [](const auto& e) { return e.first.expired(); }),
+                         host_tables_.end());
+      for (const auto& [table, host] : host_tables_) {
+        if (table.matches(given)) return host;
+      }
     }
+    // The copy waits for the device: not under the lock other threads take.
     at::Tensor host = host_copy_of_plan(given);
     if (identity) {
+      std::lock_guard<std::mutex> lock(mutex_);
       host_tables_.insert(host_tables_.begin(), {*identity, host});
       if (host_tables_.size() > kEntries) host_tables_.pop_back();
     }
@@ -355,6 +364,9 @@ std::shared_ptr<const BatchPlan> batch_plan(const c10::optional<at::Tensor>& len
   if (plan.has_value()) {
     SEQCLS_CHECK_VALUE(!lengths.has_value(),
                        "lengths must be None when a plan is given (the plan carries them)");
+    SEQCLS_CHECK_VALUE(!access.resident || plan->device() == device,
+                       "plan must be on the CPU or on the input's device (", device, "), got ",
+                       plan->device());
     static PlanCache cache;
     return cache.get(*plan, steps_total, batch, reverse, device, access);
   }
@@ -413,9 +425,10 @@ void accumulate_gemm_grads(GemmGrads& grads, const at::Tensor& grad_gates,
     grads.grad_bias = grad_gates.sum(0);
     if (apart) grads.grad_recurrent_bias = grad_recurrent.sum(0);
     // Every (t, b) not written below stays 0: padding, or no gradient asked for.
-    grads.grad_x = !compute_grad_x                ? unrequested_grad_x(x)
-                   : !plan.packed_time.defined() ? empty_buffer(x.sizes(), x.options())
-                                                 : zeros_buffer(x.sizes(), x.options());
+    const bool every_position_written = !plan.packed_time.defined() || plan.slots;
+    grads.grad_x = !compute_grad_x          ? unrequested_grad_x(x)
+                   : every_position_written ? empty_buffer(x.sizes(), x.options())
+                                            : zeros_buffer(x.sizes(), x.options());
   } else {
     grads.grad_w_ih.addmm_(grad_gates_t, x_packed);
     grads.grad_w_hh.addmm_(grad_recurrent_t, h_prev);
@@ -428,11 +441,11 @@ void accumulate_gemm_grads(GemmGrads& grads, const at::Tensor& grad_gates,
     at::mm_out(rows_out, grad_gates, w_ih);
   } else {
     // Every valid (t, b) is one packed row: unique indices, a deterministic
-    // scatter. Slots (DevicePlan::slots) past a row's length repeat its step 0
-    // with a zero gradient: added, which leaves the sum unchanged.
-    grads.grad_x.index_put_({plan.packed_time.narrow(0, begin, rows),
-                             plan.packed_batch.narrow(0, begin, rows)},
-                            at::mm(grad_gates, w_ih), /*accumulate=*/plan.slots);
+    // scatter. Slots (DevicePlan::slots) cover every (t, b) once, those past a
+    // row's length with a zero gradient.
+    const at::Tensor& time = plan.slots ? plan.scatter_time : plan.packed_time;
+    grads.grad_x.index_put_({time.narrow(0, begin, rows), plan.packed_batch.narrow(0, begin, rows)},
+                            at::mm(grad_gates, w_ih));
   }
 }
 

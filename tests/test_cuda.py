@@ -136,7 +136,7 @@ def test_lengths_values_checked_on_either_device():
                   f"    {call}\n"
                   "    torch.cuda.synchronize()\n"
                   "except RuntimeError as e:\n"
-                  "    print('raised:', e)\n")
+                  "    print('raised:', e, flush=True)\n")
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                               timeout=300)
         assert "raised:" in done.stdout and "assert" in done.stdout.lower(), (call, done.stdout,

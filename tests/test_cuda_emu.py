@@ -885,14 +885,18 @@ def test_persistent_training_step_with_device_lengths_makes_no_host_copy(monkeyp
     T, B = case["x"].shape[:2]
     before, launches = seqcls_fast._C.length_plan_stats(), cooperative_launches()
     plan = EMU.length_plan(case["lengths"], T, B) if given == "plan" else None
-    # Every uninitialized buffer NaN (torch.utils.deterministic): a slot the
-    # kernels leave unwritten and the GEMMs read shows.
+    # Every uninitialized buffer NaN (torch.utils.deterministic), and x's
+    # padding NaN: a slot the kernels leave unwritten, or padding the GEMMs
+    # read (times a zero gradient), shows.
+    padding = torch.arange(T)[:, None] >= case["lengths"][None, :]
+    nan_padded = dict(case, x=case["x"].masked_fill(padding[:, :, None], float("nan")))
     with deterministic_with_nan_filled_buffers():
-        got = emulated_training_step(cell, case, case["lengths"] if given == "lengths" else None,
-                                     plan)
+        got = emulated_training_step(cell, nan_padded,
+                                     case["lengths"] if given == "lengths" else None, plan)
     after = seqcls_fast._C.length_plan_stats()
     assert after["host_copies"] == before["host_copies"]
-    assert after["plans_made"] > before["plans_made"]  # made, on the device
+    # Made on the device: once (a plan), or by each of the 6 calls (raw lengths).
+    assert after["plans_made"] - before["plans_made"] == (1 if given == "plan" else 6)
     assert cooperative_launches() - launches == 4  # forward and backward, both directions
     want = reference_training_step(cell, case)
     names = [f"result{i}" for i in range(len(want))]
@@ -1009,3 +1013,28 @@ def test_persistent_pooled_forward_pools_a_segment_in_one_launch(monkeypatch, po
     monkeypatch.setenv("SEQCLS_FAST_CUDA_RECURRENCE", "steps")
     per_step = run_emulated("lstm_layer_pooled_forward", *args)
     assert_close_named(got, per_step, tolerance(LSTM_TOL, "cuda", torch.float32), POOLED_NAMES)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_persistent_empty_batch_with_device_lengths(monkeypatch, cell):
+    """B = 0 with device lengths: nothing to launch (a GPU refuses a grid of
+    0 blocks, and so does the emulator), empty results of the right shapes."""
+    monkeypatch.delenv("SEQCLS_FAST_CUDA_RECURRENCE", raising=False)
+    monkeypatch.setenv("SEQCLS_CUDA_EMU_DEVICE_LENGTHS", "1")
+    T, I, H = 5, 3, 4
+    gates = 4 if cell == "lstm" else 3
+    x, lengths = torch.randn(T, 0, I, dtype=F64), torch.zeros(0, dtype=torch.long)
+    weights = [torch.randn(gates * H, n, dtype=F64) for n in (I, H)]
+    states = (None, None) if cell == "lstm" else (None,)
+    plan = EMU.length_plan(lengths, T, 0)
+    forward = getattr(EMU, f"{cell}_layer_forward")(x, None, *states, *weights, None, None, True,
+                                                    True, plan)
+    assert forward[0].shape == (T, 0, H) and forward[1].shape == (0, H)
+    grad_out, grad_h = torch.zeros(T, 0, H, dtype=F64), torch.zeros(0, H, dtype=F64)
+    if cell == "lstm":
+        grads = EMU.lstm_layer_backward(grad_out, grad_h, grad_h, x, None, None, *weights,
+                                        *forward[3:], True, True, plan)
+    else:
+        grads = EMU.gru_layer_backward(grad_out, grad_h, x, None, *weights, *forward[2:], True,
+                                       True, plan)
+    assert grads[0].shape == x.shape and not grads[-3].any()

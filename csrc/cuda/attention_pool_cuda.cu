@@ -24,6 +24,13 @@ namespace {
 using at::Tensor;
 using c10::optional;
 
+// Whether the lengths or plan given live on the device (GPU lengths): read
+// there with no host copy. CPU lengths and plans are read on the host.
+bool lengths_resident(const optional<Tensor>& lengths, const optional<Tensor>& plan) {
+  const optional<Tensor>& given = plan.has_value() ? plan : lengths;
+  return given.has_value() && resident_on_device(given->device());
+}
+
 // The kernels index T, D and A as int32 (the params structs above).
 void check_cuda(const Tensor& values, const PoolSizes& sz) {
   SEQCLS_CHECK_VALUE(on_kernel_device(values.device()), "values must be on ", kKernelDevice,
@@ -46,8 +53,8 @@ std::tuple<Tensor, Tensor> masked_attention_pool_forward_cuda(const Tensor& valu
   Tensor pooled = at::empty({B, D}, values.options());
   Tensor weights = at::empty({B, T}, values.options());
   if (B == 0) return {pooled, weights};
-  const Tensor len = pool_lengths(lengths, plan, T, B, values.device(),
-                                  resident_on_device(values.device()));
+  const Tensor len =
+      pool_lengths(lengths, plan, T, B, values.device(), lengths_resident(lengths, plan));
   const Tensor& key_tensor = keys.has_value() ? *keys : values;
   const at::ScalarType acc_dtype = at::toOpMathType(values.scalar_type());
   Tensor workspace = at::empty({B, T}, values.options().dtype(acc_dtype));
@@ -86,8 +93,8 @@ std::tuple<Tensor, Tensor, Tensor> masked_attention_pool_backward_cuda(
   Tensor grad_keys = at::empty({keys.has_value() ? B * T * A : 0}, values.options());
   if (keys.has_value()) grad_keys = grad_keys.view({B, T, A});
   if (B == 0) return {grad_values, grad_keys, at::zeros({A}, values.options())};
-  const Tensor len = pool_lengths(lengths, plan, T, B, values.device(),
-                                  resident_on_device(values.device()));
+  const Tensor len =
+      pool_lengths(lengths, plan, T, B, values.device(), lengths_resident(lengths, plan));
   const Tensor& key_tensor = keys.has_value() ? *keys : values;
   const Tensor gp = grad_pooled.contiguous(), gw = grad_weights.contiguous(),
                w_all = weights.contiguous();
