@@ -7,6 +7,8 @@ from the same weights and run on the same inputs:
 - ``ours``: ``sf.LSTMClassifier`` (``sf.LSTM`` with ``lengths`` + attention
   pooling; in inference on the CPU the top layer pools as it runs);
 - ``ours-low``: the same with ``memory="low"`` (training only);
+- ``ours-cpu-lengths`` (GPU only): ours given the lengths on the CPU, so the
+  length plan is made on the host instead of on the GPU;
 - ``packed``: ``nn.LSTM`` on a ``PackedSequence`` (``pack_padded_sequence`` with
   ``enforce_sorted=False``, then ``pad_packed_sequence``:
   :func:`seqcls_fast.reference.packed_lstm`) + the pooling written in plain
@@ -41,8 +43,8 @@ from .measure import (AUTO_REPEATS, AUTO_SECONDS_PER_CASE, CUDA_WARMUP_ROUNDS,
                       time_call, time_interleaved)
 from .memory import cpu_peak_growth_supported, exact_rss_accounting, measure_peak_memory
 from .methods import (FLASHRNN_BACKEND, METHODS, REFERENCE_METHOD, Classifier, FlashRNN,
-                      Haste, MethodSpec, OnnxRuntime, Ours, OursLowMemory, Packed, Padded,
-                      Reference, Unavailable, build_methods, plain_pooling)
+                      Haste, MethodSpec, OnnxRuntime, Ours, OursHostLengths, OursLowMemory,
+                      Packed, Padded, Reference, Unavailable, build_methods, plain_pooling)
 from .report import (Progress, cpu_name, environment, format_table, git_commit,
                      write_memory_plot, write_plot)
 
@@ -53,7 +55,8 @@ __all__ = [
     "Batch", "make_batch",
     # methods
     "FLASHRNN_BACKEND", "Reference", "Unavailable", "Classifier", "plain_pooling", "Ours",
-    "OursLowMemory", "Packed", "Padded", "FlashRNN", "Haste", "OnnxRuntime", "MethodSpec", "METHODS",
+    "OursLowMemory", "OursHostLengths", "Packed", "Padded", "FlashRNN", "Haste", "OnnxRuntime",
+    "MethodSpec", "METHODS",
     "REFERENCE_METHOD", "build_methods",
     # memory
     "exact_rss_accounting", "cpu_peak_growth_supported", "measure_peak_memory",

@@ -101,6 +101,21 @@ class OursLowMemory(Ours):
     memory = "low"
 
 
+class OursHostLengths(Ours):
+    """Ours given the batch's lengths on the CPU instead of on x's device: on
+    a GPU the plan is then made on the host (exact packed rows, a pinned
+    upload, no synchronization either) instead of on the GPU (T x B slots; see
+    README, "How it works"). On the CPU it is ours exactly, so not run."""
+
+    def __init__(self, reference, case):
+        if reference.query.device.type == "cpu":
+            raise Unavailable("lengths are on the CPU already: the same as ours")
+        super().__init__(reference, case)
+
+    def forward(self, batch):
+        return self.model(batch.x, batch.lengths_cpu)
+
+
 class Packed(Classifier):
     """nn.LSTM (nn.GRU) on a PackedSequence (reference.packed_lstm) + the plain
     pooling."""
@@ -328,6 +343,8 @@ METHODS = {
         MethodSpec("ours", "sf.LSTMClassifier (sf.LSTM with lengths + attention pooling)", Ours),
         MethodSpec("ours-low", "sf.LSTMClassifier(memory='low'): gates rebuilt in the backward",
                    OursLowMemory, modes=("train",)),
+        MethodSpec("ours-cpu-lengths", "sf.LSTMClassifier given CPU lengths (GPU only: the plan "
+                   "made on the host)", OursHostLengths),
         MethodSpec("packed", "nn.LSTM on pack_padded_sequence + PyTorch masked pooling", Packed),
         MethodSpec("padded", "nn.LSTM on the padded batch + PyTorch masked pooling", Padded),
         MethodSpec("flashrnn", "FlashRNN LSTM (no lengths) + PyTorch masked pooling", FlashRNN),

@@ -16,9 +16,10 @@ from .cases import Case
 
 
 def format_table(result):
+    width = max([len("method")] + [len(record["name"]) for record in result["methods"]])
     lines = [f"{result['label']} (mean length {result['mean_length_first_batch']:.0f}), "
              f"{result['dtype']}, {result['mode']}, {result['repeats']} repeats",
-             f"  {'method':9s} {'status':8s} {'median ms':>10s} {'IQR ms':>19s} "
+             f"  {'method':{width}s} {'status':8s} {'median ms':>10s} {'IQR ms':>19s} "
              f"{'speedup':>8s} {'peak MiB':>9s}"]
     for record in result["methods"]:
         if "median_ms" in record:
@@ -27,12 +28,12 @@ def format_table(result):
                        else "-")
             peak = record["peak_memory_bytes"]
             memory = f"{peak / 2**20:.1f}" if peak is not None else "n/a"
-            lines.append(f"  {record['name']:9s} {record['status']:8s} "
+            lines.append(f"  {record['name']:{width}s} {record['status']:8s} "
                          f"{record['median_ms']:10.2f} {iqr:>19s} {speedup:>8s} {memory:>9s}")
         else:
-            lines.append(f"  {record['name']:9s} {record['status']:8s} {record['note']}")
+            lines.append(f"  {record['name']:{width}s} {record['status']:8s} {record['note']}")
         if record["status"] == "wrong" and "median_ms" in record:
-            lines.append(f"  {'':9s} {'':8s} {record['note']}")
+            lines.append(f"  {'':{width}s} {'':8s} {record['note']}")
     return "\n".join(lines)
 
 
