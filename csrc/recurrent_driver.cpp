@@ -473,16 +473,15 @@ void check_pool_inputs(OnlinePooling pooling, const Tensor& x, int64_t batch, in
 }
 
 // How a call may read its plan (PlanAccess): resident when its lengths or
-// plan table live on the backend's device; steps on the device when the pass
-// can run on a plan known only there (`device_pass`: every step of it is a
-// kernel that reads the device plan; not the low-memory passes, whose host
-// code walks the steps) and the backend's kernels for this cell do.
+// plan table live on the backend's device; steps on the device when the
+// backend's kernels for this cell read them there (every pass then does:
+// forward, pooled, both backwards and the low-memory rebuild).
 PlanAccess plan_access(const RecurrentBackend& backend, const CellDef& cell_def, const Tensor& x,
                        int64_t hidden, const optional<Tensor>& lengths,
-                       const optional<Tensor>& plan_table, bool device_pass) {
+                       const optional<Tensor>& plan_table) {
   const optional<Tensor>& given = plan_table.has_value() ? plan_table : lengths;
   if (!given.has_value() || !backend.resident_on_device(given->device())) return {};
-  return {true, device_pass && backend.reads_steps_on_device(cell_def, hidden, x.scalar_type())};
+  return {true, backend.reads_steps_on_device(cell_def, hidden, x.scalar_type())};
 }
 
 // A forward's pass and buffers for `keep`: the output [T, B, H] (not for
@@ -547,8 +546,7 @@ LayerForward layer_forward(const CellDef& cell_def, const RecurrentBackend& back
   const LayerSizes sz = check_layer_inputs(cell_def, x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh);
   backend.check_input(x, sz.hidden);
   const at::OptionalDeviceGuard device_guard(at::device_of(x));
-  const PlanAccess access = plan_access(backend, cell_def, x, sz.hidden, lengths, plan_table,
-                                        /*device_pass=*/keep != Keep::kCheckpoints);
+  const PlanAccess access = plan_access(backend, cell_def, x, sz.hidden, lengths, plan_table);
   const std::shared_ptr<const BatchPlan> planned =
       batch_plan(lengths, plan_table, sz.steps_total, sz.batch, reverse, x.device(), access);
   const LengthPlan& plan = planned->plan;
@@ -629,7 +627,7 @@ PooledForward layer_pooled_forward(
   const auto opts = x.options();
   const auto state_opts = opts.dtype(state_dtype);
   const PlanAccess access =
-      plan_access(backend, cell_def, x, H, lengths, plan_table, /*device_pass=*/true);
+      plan_access(backend, cell_def, x, H, lengths, plan_table);
   const std::shared_ptr<const BatchPlan> planned =
       batch_plan(lengths, plan_table, T, B, false, x.device(), access);
   const LengthPlan& plan = planned->plan;
@@ -737,8 +735,11 @@ Tensor rebuild_h_prev(const GateSource& src, const DevicePlan& dev, int64_t begi
       parts.push_back(out.reshape({out.size(0) * batch, H}).narrow(0, first - batch, count));
     } else {  // the same (row, time -+ 1) of the output
       const Tensor time = dev.packed_time.narrow(0, first, count);
-      parts.push_back(at::index(out, {reverse ? time + 1 : time - 1,
-                                      dev.packed_batch.narrow(0, first, count)}));
+      Tensor previous = reverse ? time + 1 : time - 1;
+      // A slot past its row's length (DevicePlan::slots) reads any valid
+      // output row: its gradient is zero, and only running rows are replayed.
+      if (dev.slots) previous.clamp_(0, out.size(0) - 1);
+      parts.push_back(at::index(out, {previous, dev.packed_batch.narrow(0, first, count)}));
     }
   }
   return parts.size() == 1 ? parts[0].contiguous() : at::cat(parts);
@@ -1062,7 +1063,7 @@ LayerGrads saved_backward(const CellDef& cell_def, const RecurrentBackend& backe
   check_saved(cell_def, saved.gates, saved.cell, saved.h_prev, x, H);
   const at::OptionalDeviceGuard device_guard(at::device_of(x));
   const PlanAccess access =
-      plan_access(backend, cell_def, x, H, lengths, plan_table, /*device_pass=*/true);
+      plan_access(backend, cell_def, x, H, lengths, plan_table);
   const std::shared_ptr<const BatchPlan> planned =
       batch_plan(lengths, plan_table, T, B, reverse, x.device(), access);
   check_shape(saved.gates, {planned->plan.packed_rows, cell_def.gates * H}, "gates");
@@ -1110,7 +1111,7 @@ LstmBackwardResult lstm_layer_backward_recompute(
   check_cell(cell, x, H);  // [C * B, H]: the low-memory forward's checkpoints
   const at::OptionalDeviceGuard device_guard(at::device_of(x));
   const PlanAccess access =
-      plan_access(backend, cell_def, x, H, lengths, plan_table, /*device_pass=*/false);
+      plan_access(backend, cell_def, x, H, lengths, plan_table);
   const std::shared_ptr<const BatchPlan> planned =
       batch_plan(lengths, plan_table, T, B, reverse, x.device(), access);
   const LengthPlan& plan = planned->plan;
@@ -1160,7 +1161,7 @@ LayerGrads stateless_backward_recompute(
   check_same_kind(output, "output", x, "x");
   const at::OptionalDeviceGuard device_guard(at::device_of(x));
   const PlanAccess access =
-      plan_access(backend, cell_def, x, H, lengths, plan_table, /*device_pass=*/false);
+      plan_access(backend, cell_def, x, H, lengths, plan_table);
   const std::shared_ptr<const BatchPlan> planned =
       batch_plan(lengths, plan_table, T, B, reverse, x.device(), access);
   const DevicePlan& dev = planned->dev;

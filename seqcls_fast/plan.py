@@ -11,8 +11,8 @@ synchronization: the persistent CUDA recurrence reads the plan there. A length
 outside [1, T] is then caught by an asynchronous device assertion (as PyTorch
 catches a bad index on a GPU): the error surfaces at the next synchronization,
 and no kernel after it runs. Pass lengths on the CPU for an immediate error.
-The per-step CUDA path (shapes outside the persistent rule, low memory)
-copies a GPU plan to the host once per batch.
+The per-step CUDA path (shapes outside the persistent rule) copies a GPU
+plan to the host once per batch.
 """
 import torch
 

@@ -812,17 +812,18 @@ def deterministic_with_nan_filled_buffers():
         torch.use_deterministic_algorithms(was)
 
 
-def emulated_training_step(cell, case, lengths_arg, plan):
+def emulated_training_step(cell, case, lengths_arg, plan, low_memory=False):
     """One training step of training_step_case's model on the emulated ops,
-    as the modules run it: both directions forward (saved activations), the
-    pooling forward and backward, both directions backward. Returns pooled,
-    then h_n of each direction, then grad_x, grad_h0 and the weight gradients
-    (both directions, sorted as the reference's)."""
+    as the modules run it: both directions forward (saved activations, or
+    with low_memory the checkpoints the backward rebuilds from), the pooling
+    forward and backward, both directions backward. Returns pooled, then h_n
+    of each direction, then grad_x, grad_h0 and the weight gradients (both
+    directions, sorted as the reference's)."""
     x, h0, c0 = case["x"], case["h0"], case["c0"]
     states = (h0, c0) if cell == "lstm" else (h0,)
     forward = [run_emulated(f"{cell}_layer_forward", x, lengths_arg, *states, *w, reverse, True,
-                            plan) for reverse, w in ((False, case["weights"][0]),
-                                                     (True, case["weights"][1]))]
+                            plan, low_memory)
+               for reverse, w in ((False, case["weights"][0]), (True, case["weights"][1]))]
     values = torch.cat([f[0] for f in forward], dim=2).transpose(0, 1)  # [B, T, 2H]
     pooled, weights = run_emulated("masked_attention_pool_forward", values, None, case["query"],
                                    lengths_arg, plan)
@@ -833,17 +834,24 @@ def emulated_training_step(cell, case, lengths_arg, plan):
     grad_x, grads = torch.zeros_like(x), []
     for direction, f in enumerate(forward):
         grad_out = grad_values.transpose(0, 1)[..., direction * H:(direction + 1) * H]
-        w_ih, w_hh = case["weights"][direction][:2]
-        saved = f[-3:]
+        weights_here = case["weights"][direction]
+        w_ih, w_hh = weights_here[:2]
+        reverse = bool(direction)
         if cell == "lstm":
-            got = run_emulated("lstm_layer_backward", grad_out, case["grad_h_n"],
-                               torch.zeros_like(h0), x, lengths_arg, c0, w_ih, w_hh, *saved,
-                               bool(direction), True, plan)
+            upstream = (grad_out, case["grad_h_n"], torch.zeros_like(h0))
+            got = (run_emulated("lstm_layer_backward_recompute", *upstream, x, lengths_arg, h0,
+                                c0, *weights_here, f[0], f[4], reverse, True, plan)
+                   if low_memory else
+                   run_emulated("lstm_layer_backward", *upstream, x, lengths_arg, c0, w_ih, w_hh,
+                                *f[3:], reverse, True, plan))
             grad_x += got[0]
             grads += [got[1], got[2], got[3], got[4], got[5], got[5]]
         else:
-            got = run_emulated("gru_layer_backward", grad_out, case["grad_h_n"], x, lengths_arg,
-                               w_ih, w_hh, *saved, bool(direction), True, plan)
+            got = (run_emulated("gru_layer_backward_recompute", grad_out, case["grad_h_n"], x,
+                                lengths_arg, h0, *weights_here, f[0], reverse, True, plan)
+                   if low_memory else
+                   run_emulated("gru_layer_backward", grad_out, case["grad_h_n"], x, lengths_arg,
+                                w_ih, w_hh, *f[2:], reverse, True, plan))
             grad_x += got[0]
             grads += list(got[1:])
     return [pooled, forward[0][1], forward[1][1], grad_x, *grads]
@@ -870,15 +878,18 @@ def reference_training_step(cell, case):
     return [pooled.detach(), per_direction[0][1].detach(), per_direction[1][1].detach(), *grads]
 
 
+@pytest.mark.parametrize("memory", ["fast", "low"])
 @pytest.mark.parametrize("given", ["plan", "lengths"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_persistent_training_step_with_device_lengths_makes_no_host_copy(monkeypatch, cell, given):
+def test_persistent_training_step_with_device_lengths_makes_no_host_copy(monkeypatch, cell, given,
+                                                                         memory):
     """Lengths on the device (SEQCLS_CUDA_EMU_DEVICE_LENGTHS=1, the
     emulator's model of GPU lengths): a training step (both directions'
-    persistent forward and backward, the attention pooling) plans and runs on
+    persistent forward and backward, or the low-memory forward and the
+    backward that replays it, and the attention pooling) plans and runs on
     the device: zero host copies counted (length_plan_stats), the step plan
-    expanded there (T x B slots, the saved activations T B rows), and every
-    result as plain PyTorch's in float64."""
+    expanded there (T x B slots), and every result as plain PyTorch's in
+    float64."""
     monkeypatch.delenv("SEQCLS_FAST_CUDA_RECURRENCE", raising=False)
     monkeypatch.setenv("SEQCLS_CUDA_EMU_DEVICE_LENGTHS", "1")
     case = training_step_case(cell)
@@ -892,12 +903,14 @@ def test_persistent_training_step_with_device_lengths_makes_no_host_copy(monkeyp
     nan_padded = dict(case, x=case["x"].masked_fill(padding[:, :, None], float("nan")))
     with deterministic_with_nan_filled_buffers():
         got = emulated_training_step(cell, nan_padded,
-                                     case["lengths"] if given == "lengths" else None, plan)
+                                     case["lengths"] if given == "lengths" else None, plan,
+                                     low_memory=memory == "low")
     after = seqcls_fast._C.length_plan_stats()
     assert after["host_copies"] == before["host_copies"]
     # Made on the device: once (a plan), or by each of the 6 calls (raw lengths).
     assert after["plans_made"] - before["plans_made"] == (1 if given == "plan" else 6)
-    assert cooperative_launches() - launches == 4  # forward and backward, both directions
+    # forward and backward, both directions (low memory: and the replay)
+    assert cooperative_launches() - launches == (4 if memory == "fast" else 6)
     want = reference_training_step(cell, case)
     names = [f"result{i}" for i in range(len(want))]
     assert_close_named(got, want, tolerance(LSTM_TOL, "cuda", F64), names)
