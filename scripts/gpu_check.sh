@@ -12,7 +12,7 @@
 # (except that nothing runs after a failed build); the exit status is non-zero
 # if any step failed. Environment: PYTHON (default python3),
 # TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (default 16), and STEPS: a
-# space-separated subset of "build registration tests_cuda emu_vs_gpu
+# space-separated subset of "build wheels registration tests_cuda emu_vs_gpu
 # memcheck racecheck synccheck bench bench_persistent bench_per_step
 # bench_flashrnn_shape" (default: all), to split the run across calls
 # that each have a time limit (the in-place build persists between them).
@@ -65,6 +65,12 @@ step build "$PY" -m pip install --no-build-isolation --no-deps -v -e .
 if [ ${#failed[@]} -ne 0 ]; then
   echo "gpu_check: the build failed; see $OUTDIR/build.log" >&2
   exit 1
+fi
+
+# Wheels brought along (no network there): scripts/gpu_wheels.sh fills
+# .gpu_wheels/ on the CPU machine.
+if compgen -G ".gpu_wheels/*.whl" > /dev/null; then
+  step wheels "$PY" -m pip install --no-deps --no-index .gpu_wheels/*.whl
 fi
 
 step registration "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda_registration.py
