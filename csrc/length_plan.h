@@ -48,6 +48,14 @@ at::Tensor read_plan_table(const at::Tensor& plan, int64_t steps_total, int64_t 
 // there (the per-step path): one device-to-host copy, counted.
 at::Tensor host_copy_of_plan(const at::Tensor& plan);
 
+// What carries a call's lengths: its plan table when given, else its raw
+// lengths (neither: every row runs all T steps). Where that tensor lives
+// decides whether host code may read the lengths without a copy.
+inline const c10::optional<at::Tensor>& lengths_source(const c10::optional<at::Tensor>& lengths,
+                                                       const c10::optional<at::Tensor>& plan) {
+  return plan.has_value() ? plan : lengths;
+}
+
 // How often plans were made from raw lengths and how many device-to-host
 // copies that took, since the library was loaded (test hook:
 // seqcls_fast._C.length_plan_stats()).

@@ -259,7 +259,8 @@ void prepare_pooling(ForwardRunner& run, const PoolPass& pool, int64_t batch, in
   q.max = pool.max.data_ptr();
   q.denom = pool.denom.data_ptr();
   q.sum = pool.sum.data_ptr();
-  q.active_device = run.f.plan.on_device ? run.f.dev.active.const_data_ptr<int64_t>() : nullptr;
+  q.active = run.f.dev.active.const_data_ptr<int64_t>();
+  q.offset = run.f.dev.offset.const_data_ptr<int64_t>();
 }
 
 // The attention keys of h_rows, when they are not h: one GEMM.
@@ -290,8 +291,7 @@ bool pool_segment(ForwardRunner& run, const Tensor& h_rows, int64_t seg, int64_t
   q.step = seg;
   q.h = h_rows.const_data_ptr();
   q.keys = run.keys.defined() ? run.keys.const_data_ptr() : q.h;
-  return run.backend.pool_segment(q, seg_end, run.f.dev.active.const_data_ptr<int64_t>(),
-                                  run.f.dev.offset.const_data_ptr<int64_t>(), run.dtype);
+  return run.backend.pool_segment(q, seg_end, run.dtype);
 }
 
 // The recurrent product h_{s-1} W_hh^T of step s's rows, added to its gates'
@@ -479,7 +479,7 @@ void check_pool_inputs(OnlinePooling pooling, const Tensor& x, int64_t batch, in
 PlanAccess plan_access(const RecurrentBackend& backend, const CellDef& cell_def, const Tensor& x,
                        int64_t hidden, const optional<Tensor>& lengths,
                        const optional<Tensor>& plan_table) {
-  const optional<Tensor>& given = plan_table.has_value() ? plan_table : lengths;
+  const optional<Tensor>& given = lengths_source(lengths, plan_table);
   if (!given.has_value() || !backend.resident_on_device(given->device())) return {};
   return {true, backend.reads_steps_on_device(cell_def, hidden, x.scalar_type())};
 }

@@ -71,11 +71,9 @@ struct RecurrentBackend {
   virtual void pool_step(const PoolStep& step, at::ScalarType dtype) const = 0;
   // The pooling of steps [step.step, end_step) after a persistent segment,
   // row by row in step order (step.h and step.keys: the segment's packed rows
-  // from its first; active and offset: the plan's, on the device), in one
-  // launch; false when the backend has none (the driver then calls pool_step
-  // per step, which costs a GPU a launch per step).
+  // from its first), in one launch; false when the backend has none (the
+  // driver then calls pool_step per step, which costs a GPU a launch per step).
   virtual bool pool_segment(const PoolStep& /*step*/, int64_t /*end_step*/,
-                            const int64_t* /*active*/, const int64_t* /*offset*/,
                             at::ScalarType /*dtype*/) const {
     return false;
   }

@@ -146,12 +146,12 @@ enum class OnlinePooling : int32_t { kLast = 0, kMean = 1, kAttention = 2 };
 // query, merged into the running max, denominator and weighted sum of h;
 // mean: sum += h_s. The state is sorted and in the state dtype.
 struct PoolStep {
-  int64_t rows;                   // active rows at this step (an upper bound when
-                                  //   active_device is set)
+  int64_t rows;                   // active rows at this step (an upper bound for a
+                                  //   plan expanded on the device: LengthPlan::on_device)
   int64_t step;                   // s
-  const int64_t* active_device;   // [steps] on the device: a plan expanded there
-                                  //   (LengthPlan::on_device), whose exact active rows
-                                  //   only the device knows; nullptr: `rows` is exact
+  const int64_t* active;          // [steps] the plan's active rows on the kernels' device
+                                  //   (DevicePlan): exact
+  const int64_t* offset;          // [steps + 1] its packed-row offsets there
   int64_t hidden;                 // H
   int64_t key_size;               // A: keys_j's size (H when the keys are h_s)
   OnlinePooling pooling;          // kMean or kAttention

@@ -66,28 +66,48 @@ def _outputs_in_time(outputs, valid, source, x, hidden):
     return output
 
 
+def _recurrence(x, lengths, reverse, states, project, step):
+    """The step loop every reference layer runs: x [T, B, I] in each row's
+    step order (``reverse``: from its own last valid step down), ``project``
+    (x -> the input projection [T, B, G], once), then per step ``step``
+    (projection of the step, states) -> new states, h first; a row past its
+    length keeps its states. Returns (output [T, B, H] in time order, zero
+    past each length, *final states)."""
+    hidden = states[0].shape[1]
+    x, valid, source = _steps_in_order(x, lengths, reverse)
+    projected = project(x)
+    outputs = []
+    for s in range(x.shape[0]):
+        new = step(projected[s], states)
+        states = tuple(torch.where(valid[s], n, old) for n, old in zip(new, states))
+        outputs.append(torch.where(valid[s], new[0], torch.zeros_like(new[0])))
+    return (_outputs_in_time(outputs, valid, source, x, hidden), *states)
+
+
+def _initial(state, x, hidden):
+    return state if state is not None else x.new_zeros(x.shape[1], hidden)
+
+
 def lstm_layer(x, lengths, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
     """One LSTM layer in one direction, time-major, in plain differentiable
     PyTorch ops: what ``seqcls_fast.lstm_layer`` computes, x [T, B, I] ->
     (output [T, B, H] zero past each length, h_n [B, H], c_n [B, H]). With
     ``reverse`` each row runs from its own last valid step down to 0. Any
     order of derivative works (the double-backward path uses it)."""
-    batch, hidden = x.shape[1], w_hh.shape[1]
-    x, valid, source = _steps_in_order(x, lengths, reverse)
-    h = h0 if h0 is not None else x.new_zeros(batch, hidden)
-    c = c0 if c0 is not None else x.new_zeros(batch, hidden)
-    projected = x @ w_ih.t()
-    if b_ih is not None:
-        projected = projected + (b_ih + b_hh)
-    outputs = []
-    for s in range(x.shape[0]):
-        i, f, g, o = (projected[s] + h @ w_hh.t()).chunk(4, dim=1)
+    hidden = w_hh.shape[1]
+
+    def project(x):
+        projected = x @ w_ih.t()
+        return projected + (b_ih + b_hh) if b_ih is not None else projected
+
+    def step(projected, states):
+        h, c = states
+        i, f, g, o = (projected + h @ w_hh.t()).chunk(4, dim=1)
         c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h_next = torch.sigmoid(o) * torch.tanh(c_next)
-        h = torch.where(valid[s], h_next, h)
-        c = torch.where(valid[s], c_next, c)
-        outputs.append(torch.where(valid[s], h_next, torch.zeros_like(h_next)))
-    return _outputs_in_time(outputs, valid, source, x, hidden), h, c
+        return torch.sigmoid(o) * torch.tanh(c_next), c_next
+
+    return _recurrence(x, lengths, reverse, (_initial(h0, x, hidden), _initial(c0, x, hidden)),
+                       project, step)
 
 
 def gru_layer(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse):
@@ -95,25 +115,23 @@ def gru_layer(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, reverse):
     time-major, in plain differentiable PyTorch ops: what
     ``seqcls_fast.gru_layer`` computes, x [T, B, I] -> (output [T, B, H] zero
     past each length, h_n [B, H]); ``reverse`` as in ``lstm_layer``."""
-    batch, hidden = x.shape[1], w_hh.shape[1]
-    x, valid, source = _steps_in_order(x, lengths, reverse)
-    h = h0 if h0 is not None else x.new_zeros(batch, hidden)
-    projected = x @ w_ih.t()
-    if b_ih is not None:
-        projected = projected + b_ih
-    outputs = []
-    for s in range(x.shape[0]):
+
+    def project(x):
+        projected = x @ w_ih.t()
+        return projected + b_ih if b_ih is not None else projected
+
+    def step(projected, states):
+        (h,) = states
         recurrent = h @ w_hh.t()
         if b_hh is not None:
             recurrent = recurrent + b_hh
-        x_r, x_z, x_n = projected[s].chunk(3, dim=1)
+        x_r, x_z, x_n = projected.chunk(3, dim=1)
         h_r, h_z, h_n = recurrent.chunk(3, dim=1)
         r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
         n = torch.tanh(x_n + r * h_n)
-        h_next = (1 - z) * n + z * h
-        h = torch.where(valid[s], h_next, h)
-        outputs.append(torch.where(valid[s], h_next, torch.zeros_like(h_next)))
-    return _outputs_in_time(outputs, valid, source, x, hidden), h
+        return ((1 - z) * n + z * h,)
+
+    return _recurrence(x, lengths, reverse, (_initial(h0, x, w_hh.shape[1]),), project, step)
 
 
 def rnn_layer(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse):
@@ -121,19 +139,17 @@ def rnn_layer(x, lengths, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse):
     "tanh" or "relu"), time-major, in plain differentiable PyTorch ops: what
     ``seqcls_fast.rnn_layer`` computes, x [T, B, I] -> (output [T, B, H] zero
     past each length, h_n [B, H]); ``reverse`` as in ``lstm_layer``."""
-    batch, hidden = x.shape[1], w_hh.shape[1]
-    x, valid, source = _steps_in_order(x, lengths, reverse)
-    h = h0 if h0 is not None else x.new_zeros(batch, hidden)
-    projected = x @ w_ih.t()
-    if b_ih is not None:
-        projected = projected + b_ih + b_hh
     activation = torch.relu if nonlinearity == "relu" else torch.tanh
-    outputs = []
-    for s in range(x.shape[0]):
-        h_next = activation(projected[s] + h @ w_hh.t())
-        h = torch.where(valid[s], h_next, h)
-        outputs.append(torch.where(valid[s], h_next, torch.zeros_like(h_next)))
-    return _outputs_in_time(outputs, valid, source, x, hidden), h
+
+    def project(x):
+        projected = x @ w_ih.t()
+        return projected + b_ih + b_hh if b_ih is not None else projected
+
+    def step(projected, states):
+        (h,) = states
+        return (activation(projected + h @ w_hh.t()),)
+
+    return _recurrence(x, lengths, reverse, (_initial(h0, x, w_hh.shape[1]),), project, step)
 
 
 def valid_steps_mask(lengths, steps, device):

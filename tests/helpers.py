@@ -238,6 +238,20 @@ def assert_matches_packed(got, native, x, lengths, hx, device, dtype):
     assert_matches_reference(list(got.values()), reference, device, dtype, LSTM_TOL, list(got))
 
 @contextlib.contextmanager
+def deterministic_with_nan_filled_buffers():
+    """Inside, torch.empty (and the kernels' own at::empty) returns NaN-filled
+    memory (deterministic mode with fill_uninitialized_memory): a read of an
+    element nobody wrote shows."""
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert torch.utils.deterministic.fill_uninitialized_memory
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
+@contextlib.contextmanager
 def sample_named(name):
     """Adds the sample's name to any failure inside (tests that loop over samples)."""
     try:

@@ -14,7 +14,6 @@ emulator (csrc/cuda_emu/), as torch.ops.seqcls_fast_cuda_emu on CPU tensors:
 
 The emulator's own checks (barriers, shuffles, deadlocks) are tested elsewhere.
 """
-import contextlib
 import functools
 
 import pytest
@@ -23,7 +22,8 @@ import torch
 import samples
 import seqcls_fast
 from helpers import (LSTM_TOL, POOL_TOL, assert_close_named, assert_matches_reference,
-                     cast_floats, dtype_id, sample_named, tolerance)
+                     cast_floats, deterministic_with_nan_filled_buffers, dtype_id, sample_named,
+                     tolerance)
 from samples import (Sample, lstm_layer_backward_recompute_samples, lstm_layer_backward_samples,
                      lstm_layer_forward_samples, lstm_layer_pooled_forward_samples,
                      masked_attention_pool_backward_samples,
@@ -515,19 +515,25 @@ GRU_NAMES = ("output", "h_n", "grad_x", "grad_h0", "grad_w_ih", "grad_w_hh", "gr
              "grad_b_hh")
 
 
-def gru_case():
-    """A GRU layer's inputs in float64 (several step blocks: B * H = 333 > 256,
-    lengths that retire rows mid-batch) and its upstream gradients."""
-    g = torch.Generator().manual_seed(3)
+def hidden_state_case(seed, gates):
+    """A layer's inputs in float64 for a cell of `gates` gates whose only
+    state is h (several step blocks: B * H = 333 > 256, lengths that retire
+    rows mid-batch): (x, lengths, h0, [w_ih, w_hh, b_ih, b_hh], its upstream
+    gradients [of the output, of h_n])."""
+    g = torch.Generator().manual_seed(seed)
     T, B, I, H = 9, 9, 4, 37
     x = torch.randn(T, B, I, dtype=F64, generator=g)
     lengths = torch.tensor([9, 3, 7, 1, 9, 2, 5, 8, 4])
     h0 = torch.randn(B, H, dtype=F64, generator=g)
     weights = [torch.randn(shape, dtype=F64, generator=g) * 0.3
-               for shape in ((3 * H, I), (3 * H, H), (3 * H,), (3 * H,))]
+               for shape in ((gates * H, I), (gates * H, H), (gates * H,), (gates * H,))]
     upstream = [torch.randn(T, B, H, dtype=F64, generator=g),
                 torch.randn(B, H, dtype=F64, generator=g)]
     return x, lengths, h0, weights, upstream
+
+
+def gru_case():
+    return hidden_state_case(seed=3, gates=3)
 
 
 def gru_reference(case, reverse, dtype):
@@ -611,25 +617,17 @@ def rnn_reference(case, reverse, nonlinearity, dtype):
 
 
 def rnn_case(nonlinearity):
-    """An RNN layer's inputs in float64 (several step blocks: B * H = 333 >
-    256, lengths that retire rows mid-batch) and its upstream gradients. For
+    """An RNN layer's inputs and upstream gradients (hidden_state_case). For
     relu, b_hh puts each unit's pre-activations well to one side of relu's
     kink (+-3, alternating units): in half precision a pre-activation within
     rounding of 0 may land on either side, which changes its row's gradients
     by O(1) in ours and in PyTorch's own half-precision computation alike, so
     no error bound could judge it (test_rnn_layer checks the premise)."""
-    g = torch.Generator().manual_seed(5)
-    T, B, I, H = 9, 9, 4, 37
-    x = torch.randn(T, B, I, dtype=F64, generator=g)
-    lengths = torch.tensor([9, 3, 7, 1, 9, 2, 5, 8, 4])
-    h0 = torch.randn(B, H, dtype=F64, generator=g)
-    weights = [torch.randn(shape, dtype=F64, generator=g) * 0.3
-               for shape in ((H, I), (H, H), (H,), (H,))]
+    x, lengths, h0, weights, upstream = hidden_state_case(seed=5, gates=1)
     if nonlinearity == "relu":  # W_hh smaller too: active units' h grows to ~3
+        H = h0.shape[1]
         weights[1] = weights[1] * 0.1
         weights[3] = weights[3] + 3.0 * (1 - 2 * (torch.arange(H) % 2)).to(F64)
-    upstream = [torch.randn(T, B, H, dtype=F64, generator=g),
-                torch.randn(B, H, dtype=F64, generator=g)]
     return x, lengths, h0, weights, upstream
 
 
@@ -798,18 +796,6 @@ def training_step_case(cell):
                                                      (gates * H,), (gates * H,))]
                  for _ in range(2)],
         query=randn(2 * H), grad_pooled=randn(B, 2 * H), grad_h_n=randn(B, H))
-
-
-@contextlib.contextmanager
-def deterministic_with_nan_filled_buffers():
-    """torch.empty (and the kernels' own at::empty) returns NaN-filled memory."""
-    was = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        assert torch.utils.deterministic.fill_uninitialized_memory
-        yield
-    finally:
-        torch.use_deterministic_algorithms(was)
 
 
 def emulated_training_step(cell, case, lengths_arg, plan, low_memory=False):

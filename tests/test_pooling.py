@@ -7,7 +7,8 @@ import torch
 
 import seqcls_fast as sf
 from helpers import (POOL_TOL, assert_float32_within_pytorchs_own, assert_matches_reference,
-                     dtype_id, place_lengths, random_lengths, tolerance)
+                     deterministic_with_nan_filled_buffers, dtype_id, place_lengths,
+                     random_lengths, tolerance)
 from seqcls_fast.reference import MaskedAttentionPooling, masked_attention_pool
 
 # (B, T, D, A)
@@ -130,14 +131,10 @@ def test_gradients_are_zero_at_padding(device, with_keys):
     query = torch.randn(2 if with_keys else 4, dtype=torch.float64, device=device)
     lengths = torch.tensor([7, 1, 4], device=device)
     pooled, weights = sf.masked_attention_pool(values, keys, query, lengths)
-    was = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic_with_nan_filled_buffers():
         grads = torch.ops.seqcls_fast.masked_attention_pool_backward(
             torch.ones_like(pooled), torch.zeros_like(weights), values, keys, query, lengths,
             weights)
-    finally:
-        torch.use_deterministic_algorithms(was)
     for grad in grads[:2] if with_keys else grads[:1]:
         assert grad.isfinite().all()
         assert not grad[1, 1:].any() and not grad[2, 4:].any()

@@ -198,7 +198,6 @@ struct CpuBackend final : RecurrentBackend {
   }
 
   void pool_step(const PoolStep& step, at::ScalarType dtype) const override {
-    TORCH_INTERNAL_ASSERT(step.active_device == nullptr, "a CPU plan is never on a device");
     const int64_t grain = std::max<int64_t>(1, 16384 / (2 * step.hidden + step.key_size));
     AT_DISPATCH_FLOATING_TYPES(dtype, "lstm_pool_step_cpu", [&] {
       at::parallel_for(0, step.rows, grain,

@@ -15,6 +15,7 @@
 #include <limits>
 
 #include "../attention_pool_common.h"
+#include "../length_plan.h"
 #include "attention_pool_cuda_kernels.cuh"
 #include "device_compat.h"
 
@@ -27,7 +28,7 @@ using c10::optional;
 // Whether the lengths or plan given live on the device (GPU lengths): read
 // there with no host copy. CPU lengths and plans are read on the host.
 bool lengths_resident(const optional<Tensor>& lengths, const optional<Tensor>& plan) {
-  const optional<Tensor>& given = plan.has_value() ? plan : lengths;
+  const optional<Tensor>& given = lengths_source(lengths, plan);
   return given.has_value() && resident_on_device(given->device());
 }
 

@@ -227,11 +227,11 @@ __device__ void pool_row_step(const PoolStep& p, int64_t j, const scalar_t* h_ro
 }
 
 // One online-pooling step (PoolStep), one block per row (the step's active
-// rows; with active_device, those the device counts).
+// rows, as the device counts them).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kPoolStepThreads) lstm_pool_step_kernel(const PoolStep p) {
   const int64_t j = blockIdx.x;
-  if (p.active_device != nullptr && j >= p.active_device[p.step]) return;  // the whole block
+  if (j >= p.active[p.step]) return;  // past its length (rows: an upper bound); the whole block
   pool_row_step<scalar_t, acc_t>(p, j, static_cast<const scalar_t*>(p.h) + j * p.hidden,
                                  static_cast<const scalar_t*>(p.keys) + j * p.key_size);
 }
@@ -239,16 +239,13 @@ __global__ void __launch_bounds__(kPoolStepThreads) lstm_pool_step_kernel(const 
 // The pooling of steps [p.step, end_step) of a persistent segment, in one
 // launch: block j pools row j's steps in order (as the per-step kernel
 // would, the same sums) until its row stops. p.h and p.keys hold the
-// segment's packed rows from packed row offset[p.step]; active and offset
-// are the plan's on the device.
+// segment's packed rows from packed row p.offset[p.step].
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kPoolStepThreads)
-    pool_segment_kernel(const PoolStep p, int64_t end_step,
-                        const int64_t* active,   // [steps] rows running at each step
-                        const int64_t* offset) {  // [steps + 1] first packed row of each step
-  const int64_t j = blockIdx.x, base = offset[p.step];
-  for (int64_t s = p.step; s < end_step && j < active[s]; ++s) {  // uniform in the block
-    const int64_t row = offset[s] - base + j;
+    pool_segment_kernel(const PoolStep p, int64_t end_step) {
+  const int64_t j = blockIdx.x, base = p.offset[p.step];
+  for (int64_t s = p.step; s < end_step && j < p.active[s]; ++s) {  // uniform in the block
+    const int64_t row = p.offset[s] - base + j;
     pool_row_step<scalar_t, acc_t>(p, j, static_cast<const scalar_t*>(p.h) + row * p.hidden,
                                    static_cast<const scalar_t*>(p.keys) + row * p.key_size);
   }

@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <tuple>
 #include <type_traits>
@@ -159,13 +160,26 @@ void allow_dynamic_shared(void (*kernel)(Params...), size_t shared_bytes) {
                                       static_cast<int>(shared_bytes)));
 }
 
+// Asked once per (device, kernel, threads, bytes) and kept: the rule asks on
+// every operator call (the plan's access and the weights' packing).
 template <typename... Params>
 bool fits_one_block_per_sm(void (*kernel)(Params...), int threads, size_t shared_bytes) {
+  // Kernels of one signature share this instantiation: the kernel is in the key.
+  static std::mutex mutex;
+  static std::map<std::tuple<int, const void*, int, size_t>, bool> known;
+  const auto key = std::make_tuple(c10::cuda::current_device(),
+                                   reinterpret_cast<const void*>(kernel), threads, shared_bytes);
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto it = known.find(key);
+    if (it != known.end()) return it->second;
+  }
   allow_dynamic_shared(kernel, shared_bytes);
   int per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
       &per_sm, reinterpret_cast<const void*>(kernel), threads, shared_bytes));
-  return per_sm >= 1;
+  std::lock_guard<std::mutex> lock(mutex);
+  return known.emplace(key, per_sm >= 1).first->second;
 }
 
 template <typename... Params, typename... Args>

@@ -239,14 +239,13 @@ struct CudaBackend final : RecurrentBackend {
   }
 
   // One block per row running at the segment's first step.
-  bool pool_segment(const PoolStep& step, int64_t end_step, const int64_t* active,
-                    const int64_t* offset, at::ScalarType dtype) const override {
+  bool pool_segment(const PoolStep& step, int64_t end_step,
+                    at::ScalarType dtype) const override {
     if (step.rows == 0) return true;
     const Stream stream = current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "seqcls_fast_pool_segment", [&] {
       launch(pool_segment_kernel<scalar_t, at::opmath_type<scalar_t>>,
-             static_cast<unsigned int>(step.rows), kPoolStepThreads, stream, step, end_step,
-             active, offset);
+             static_cast<unsigned int>(step.rows), kPoolStepThreads, stream, step, end_step);
     });
     return true;
   }

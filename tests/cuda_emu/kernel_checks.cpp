@@ -278,11 +278,15 @@ void check_pool_step(const std::string& name, OnlinePooling pooling, int64_t row
     }
     for (int64_t k = 0; k < H; ++k) want_sum[j * H + k] = want_sum[j * H + k] * keep + weight * h[j * H + k];
   }
+  // Launched for all B rows, as for a plan expanded on the device: the
+  // step's active count (rows) keeps row `rows` out.
+  const int64_t active[1] = {rows}, offset[2] = {0, rows};
   PoolStep p{};
-  p.rows = rows, p.hidden = H, p.key_size = A, p.pooling = pooling;
+  p.rows = B, p.step = 0, p.active = active, p.offset = offset;
+  p.hidden = H, p.key_size = A, p.pooling = pooling;
   p.h = h.data(), p.keys = keys.data(), p.query = query.data();
   p.max = max.data(), p.denom = denom.data(), p.sum = sum.data();
-  seqcls_emu::launch(sf::lstm_pool_step_kernel<T, T>, static_cast<unsigned>(rows),
+  seqcls_emu::launch(sf::lstm_pool_step_kernel<T, T>, static_cast<unsigned>(B),
                      sf::kPoolStepThreads, 0, p);
   expect_close(name + " max", max, want_max);
   expect_close(name + " denom", denom, want_denom);
