@@ -141,7 +141,7 @@ DevicePlan make_device_plan(const LengthPlan& plan, bool reverse, const at::Devi
     out.inverse_order = plan.inverse_order;
     out.lengths = plan.lengths;
     if (gathered) {
-      out.packed_time = plan.packed_time;
+      out.packed_time = out.scatter_time = plan.packed_time;
       out.packed_batch = plan.packed_batch;
     }
     return out;
@@ -184,7 +184,7 @@ DevicePlan make_device_plan(const LengthPlan& plan, bool reverse, const at::Devi
   }
   if (has_lengths) out.lengths = take(B);
   if (gathered) {
-    out.packed_time = take(N);
+    out.packed_time = out.scatter_time = take(N);
     out.packed_batch = take(N);
   }
   out.active = take(steps);
@@ -443,8 +443,8 @@ void accumulate_gemm_grads(GemmGrads& grads, const at::Tensor& grad_gates,
     // Every valid (t, b) is one packed row: unique indices, a deterministic
     // scatter. Slots (DevicePlan::slots) cover every (t, b) once, those past a
     // row's length with a zero gradient.
-    const at::Tensor& time = plan.slots ? plan.scatter_time : plan.packed_time;
-    grads.grad_x.index_put_({time.narrow(0, begin, rows), plan.packed_batch.narrow(0, begin, rows)},
+    grads.grad_x.index_put_({plan.scatter_time.narrow(0, begin, rows),
+                             plan.packed_batch.narrow(0, begin, rows)},
                             at::mm(grad_gates, w_ih));
   }
 }

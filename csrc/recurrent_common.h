@@ -86,10 +86,11 @@ struct DevicePlan {
   at::Tensor lengths;         // [B] caller order (as LengthPlan::lengths)
   at::Tensor packed_time;     // [N] time index of each packed row
   at::Tensor packed_batch;    // [N] caller row of each packed row
-  // T x B slots (LengthPlan::on_device): packed_time sends a slot past its
-  // row's length to the row's step 0 (a valid x row, for gathers); scatter_time
-  // [N] to a padding position of its own (time s), so grad_x's scatter writes
-  // every (t, b) once, zeros in the padding.
+  // [N] where grad_x's scatter writes each packed row: packed_time itself,
+  // except for T x B slots (LengthPlan::on_device), where packed_time sends a
+  // slot past its row's length to the row's step 0 (a valid x row, for
+  // gathers) and scatter_time to a padding position of its own (time s), so
+  // the scatter writes every (t, b) once, zeros in the padding.
   at::Tensor scatter_time;
   bool slots = false;
 };
