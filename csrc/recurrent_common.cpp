@@ -397,13 +397,40 @@ at::Tensor pack_rows(const at::Tensor& x, int64_t packed_rows, const DevicePlan&
   return pack_rows(x, 0, packed_rows, plan);
 }
 
+namespace {
+
+// Where x[time[n], batch[n]] starts, counted in rows of a [R, I] view of x's
+// storage (rows_view), when every x[t, b] is such a whole row (time- or
+// batch-major alike); undefined otherwise. One index_select / index_copy_ of
+// contiguous rows through it is several times faster on the CPU than
+// indexing x with two index tensors.
+at::Tensor flat_row_index(const at::Tensor& x, const at::Tensor& time, const at::Tensor& batch) {
+  const int64_t I = x.size(2);
+  if (x.numel() == 0 || x.stride(2) != 1 || x.stride(0) % I != 0 || x.stride(1) % I != 0) return {};
+  return time * (x.stride(0) / I) + batch * (x.stride(1) / I);
+}
+
+// x's storage as [R, I] rows, from x's first element to its last (x as
+// flat_row_index accepts it).
+at::Tensor rows_view(const at::Tensor& x) {
+  const int64_t I = x.size(2);
+  const int64_t span =
+      ((x.size(0) - 1) * x.stride(0) + (x.size(1) - 1) * x.stride(1)) / I + 1;
+  return x.as_strided({span, I}, {I, 1});
+}
+
+}  // namespace
+
 at::Tensor pack_rows(const at::Tensor& x, int64_t begin, int64_t rows, const DevicePlan& plan) {
   if (!plan.packed_time.defined()) {
     return x.reshape({x.size(0) * x.size(1), x.size(2)}).narrow(0, begin, rows);
   }
+  const at::Tensor time = plan.packed_time.narrow(0, begin, rows);
+  const at::Tensor batch = plan.packed_batch.narrow(0, begin, rows);
   at::Tensor packed = empty_buffer({rows, x.size(2)}, x.options());
-  return at::index_out(packed, x, {plan.packed_time.narrow(0, begin, rows),
-                                   plan.packed_batch.narrow(0, begin, rows)});
+  const at::Tensor flat = flat_row_index(x, time, batch);
+  if (flat.defined()) return at::index_select_out(packed, rows_view(x), 0, flat);
+  return at::index_out(packed, x, {time, batch});
 }
 
 at::Tensor unrequested_grad_x(const at::Tensor& x) {
@@ -443,9 +470,15 @@ void accumulate_gemm_grads(GemmGrads& grads, const at::Tensor& grad_gates,
     // Every valid (t, b) is one packed row: unique indices, a deterministic
     // scatter. Slots (DevicePlan::slots) cover every (t, b) once, those past a
     // row's length with a zero gradient.
-    grads.grad_x.index_put_({plan.scatter_time.narrow(0, begin, rows),
-                             plan.packed_batch.narrow(0, begin, rows)},
-                            at::mm(grad_gates, w_ih));
+    const at::Tensor time = plan.scatter_time.narrow(0, begin, rows);
+    const at::Tensor batch = plan.packed_batch.narrow(0, begin, rows);
+    const at::Tensor flat = flat_row_index(grads.grad_x, time, batch);  // grad_x is ours: contiguous
+    at::Tensor grad_rows = at::mm(grad_gates, w_ih);
+    if (flat.defined()) {
+      rows_view(grads.grad_x).index_copy_(0, flat, grad_rows);
+    } else {
+      grads.grad_x.index_put_({time, batch}, grad_rows);
+    }
   }
 }
 

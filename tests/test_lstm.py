@@ -321,19 +321,33 @@ def test_unbatched_input(device, with_hx):
     assert out[3:].abs().sum() == 0
 
 
-def test_non_contiguous_input_and_states(device):
+@pytest.mark.parametrize("view", ["strided features", "feature slice", "whole rows, offset"])
+def test_non_contiguous_input_and_states(device, view):
+    """x as a view: features strided, or unit-stride features that are not a
+    whole row of x's storage (both gathered by two-index indexing), or whole
+    rows at a storage offset (gathered as rows of the storage). Outputs and
+    x's gradient against nn.LSTM on the contiguous copy."""
     native = make_native(4, 5, 1, True, device=device)
     ours = sf.LSTM.from_native(native)
     big = torch.randn(6, 8, 9, dtype=torch.float64, device=device)
-    x = big[:, ::2, 1:9:2]  # [6, 4, 4], strided in batch and features
-    assert not x.is_contiguous()
+    x = {"strided features": big[:, ::2, 1:9:2],  # [6, 4, 4]
+         "feature slice": big[:, ::2, 2:6],        # batch stride 18, not a multiple of 4
+         # strides (32, 8, 1), storage offset 4
+         "whole rows, offset": big.flatten()[:192].view(6, 4, 2, 4)[:, :, 1]}[view]
+    assert x.shape == (6, 4, 4) and not x.is_contiguous()
+    x.requires_grad_(True)
     h0 = torch.randn(4, 2, 5, dtype=torch.float64, device=device).transpose(0, 1)  # [2, 4, 5]
     c0 = torch.randn(2, 4, 5, dtype=torch.float64, device=device)
     lengths = torch.tensor([6, 3, 5, 2])
     out, (h, c) = ours(x, (h0, c0), lengths=lengths)
-    ref, (rh, rc) = packed_lstm(native, x.contiguous(), lengths, (h0.contiguous(), c0))
+    x_ref = x.detach().contiguous().requires_grad_(True)
+    ref, (rh, rc) = packed_lstm(native, x_ref, lengths, (h0.contiguous(), c0))
+    tol = tolerance(LSTM_TOL, device, torch.float64)
     for a, b in [(out, ref), (h, rh), (c, rc)]:
-        torch.testing.assert_close(a, b, **tolerance(LSTM_TOL, device, torch.float64))
+        torch.testing.assert_close(a, b, **tol)
+    grad_x, = torch.autograd.grad((out * out).sum() + h.sum() + c.sum(), x)
+    grad_ref, = torch.autograd.grad((ref * ref).sum() + rh.sum() + rc.sum(), x_ref)
+    torch.testing.assert_close(grad_x, grad_ref, **tol)
 
 
 def test_empty_batch(device):
