@@ -52,8 +52,15 @@ def test_bench_runs_end_to_end_and_writes_a_valid_record(tmp_path, capsys):
         for name in ("flashrnn", "haste"):
             assert methods[name]["status"] in ("skipped", "error")
             assert methods[name]["note"] and not methods[name]["times_ms"]
+        # The probe ran before each kept round of each group (ORT's rounds,
+        # timed apart, are a group of their own).
+        probe = result["machine_probe"]
+        groups = 1 + bool(methods["ort"]["times_ms"])
+        assert len(probe["times_ms"]) == 2 * groups and all(t > 0 for t in probe["times_ms"])
+        assert probe["min_ms"] <= probe["median_ms"] and probe["median_gflops"] > 0
+    assert "torch.mm" in record["machine_probe"]
     table = capsys.readouterr().out
-    assert "speedup" in table and "packed" in table
+    assert "speedup" in table and "packed" in table and "machine probe" in table
 
 
 def test_onnx_runtime_agrees_in_inference_and_is_skipped_in_train(tmp_path):

@@ -12,7 +12,7 @@ import torch
 
 from .cases import (CELLS, CUDA_EXTRA_CASES, DTYPES, LENGTH_DISTRIBUTIONS,
                     LONG_SWEEP_MAX_SECONDS, MODES, SWEEPS, Case)
-from .measure import AUTO_REPEATS, AUTO_SECONDS_PER_CASE, IDLE_RULE, run_case
+from .measure import AUTO_REPEATS, AUTO_SECONDS_PER_CASE, IDLE_RULE, PROBE_RULE, run_case
 from .report import (Progress, environment, format_table, kernels_line, write_memory_plot,
                      write_plot)
 
@@ -154,6 +154,7 @@ def main(argv=None):
               "argv": list(argv) if argv is not None else sys.argv[1:],
               "environment": env, "elapsed_s": time.perf_counter() - started,
               "timing": IDLE_RULE,
+              "machine_probe": PROBE_RULE,
               "memory_meaning": ("bytes above the level just before one call, at its peak: "
                                  "CUDA allocator allocated bytes on GPU, resident set (VmHWM) "
                                  "on CPU; null where not measurable"),

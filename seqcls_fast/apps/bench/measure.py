@@ -34,6 +34,16 @@ IDLE_LIMIT_S = 2.0
 # others' blocks, each followed by this much rest before anything else is timed.
 APART_REST_S = 1.0
 APART_BLOCK = 3  # rounds per block: theirs alternate with the others' blocks
+# On the CPU, before each round: a fixed FMA-bound GEMM (PROBE_SIZE^3,
+# float32, torch's threads), timed, so the record shows what the machine
+# delivered while the round ran. Shared CPUs switch within seconds between
+# states ~1.6x apart (another tenant on the cores' SMT siblings, presumably:
+# benchmarks/NOTES.md), and FMA-bound methods slow more than overhead-bound
+# ones, so a ratio is read with the probe beside it.
+PROBE_SIZE = 512
+PROBE_RULE = (f"on the CPU, each round starts with machine_probe: one {PROBE_SIZE}^3 float32 "
+              f"torch.mm on torch's threads, timed (the same work every round: its time "
+              f"shows what the cores delivered then)")
 IDLE_RULE = (f"on the CPU, each timed call starts once the process's CPU time (all threads, "
              f"time.process_time) grows by < {IDLE_FRACTION:g} core over {IDLE_WINDOW_S * 1e3:g} "
              f"ms (at most {IDLE_LIMIT_S:g} s): spinning pool threads never share the cores with "
@@ -130,14 +140,42 @@ def run_case(case, mode, dtype, device, repeats=None, progress=None, skip=None):
                                           TOLERANCES[dtype])
     repeats = repeats or auto_repeats(seconds_per_round)
     warmup = CUDA_WARMUP_ROUNDS if device.type == "cuda" else 0
-    time_interleaved(runnable, records, batches, mode, device, warmup, repeats, progress)
+    probe = MachineProbe() if device.type == "cpu" else None
+    time_interleaved(runnable, records, batches, mode, device, warmup, repeats, progress, probe)
     summarize(records)
     lengths = batches[0].lengths_cpu.double()
     return {"case": asdict(case), "label": case.label(), "mode": mode,
             "dtype": str(dtype).removeprefix("torch."), "repeats": repeats,
             "warmup_rounds": warmup, "rotated_batches": len(batches),
             "mean_length_first_batch": lengths.mean().item(), "tolerance": TOLERANCES[dtype],
+            "machine_probe": probe.summary() if probe is not None else None,
             "methods": list(records.values())}
+
+
+class MachineProbe:
+    """PROBE_RULE: the same GEMM before every round, its times kept."""
+
+    def __init__(self):
+        generator = torch.Generator().manual_seed(0)
+        self.a, self.b = (torch.randn(PROBE_SIZE, PROBE_SIZE, generator=generator)
+                          for _ in range(2))
+        self.out = torch.empty(PROBE_SIZE, PROBE_SIZE)
+        torch.mm(self.a, self.b, out=self.out)  # untimed: MKL's set-up
+        self.times_ms = []
+
+    def measure(self):
+        self.times_ms.append(time_call(lambda: torch.mm(self.a, self.b, out=self.out),
+                                       torch.device("cpu")))
+
+    def summary(self):
+        """times_ms, their median and minimum, and the GFLOP/s those stand for."""
+        times = self.times_ms
+        flops = 2 * PROBE_SIZE ** 3
+        median, best = (statistics.median(times), min(times)) if times else (None, None)
+        return {"what": f"{PROBE_SIZE}^3 float32 torch.mm, {torch.get_num_threads()} threads",
+                "times_ms": times, "median_ms": median, "min_ms": best,
+                "median_gflops": flops / median / 1e6 if median else None,
+                "best_gflops": flops / best / 1e6 if best else None}
 
 
 def check_and_measure(runnable, records, batch, mode, device, tolerance):
@@ -191,7 +229,8 @@ def wait_until_idle():
     return time.perf_counter() - started
 
 
-def time_interleaved(runnable, records, batches, mode, device, warmup, repeats, progress):
+def time_interleaved(runnable, records, batches, mode, device, warmup, repeats, progress,
+                     probe=None):
     """Rounds of one call per method on the same batch, the batches taken in
     turn and a different method first each round; the first ``warmup`` rounds
     are not kept. Methods marked ``timed_apart`` run the same rounds alone,
@@ -199,7 +238,8 @@ def time_interleaved(runnable, records, batches, mode, device, warmup, repeats, 
     drift of the machine still falls on both), each block followed by
     APART_REST_S of rest. On the CPU, each timed call starts on an idle
     process (wait_until_idle; the waits are recorded per method as
-    idle_wait_ms)."""
+    idle_wait_ms). ``probe`` (a MachineProbe, or None) is measured before each
+    kept round of each group."""
     together = [name for name, model in runnable.items() if not model.timed_apart]
     apart = [name for name, model in runnable.items() if model.timed_apart]
     rounds = warmup + repeats
@@ -210,6 +250,9 @@ def time_interleaved(runnable, records, batches, mode, device, warmup, repeats, 
         span = range(first, min(first + block, rounds))
         for names in [together] + [[name] for name in apart]:
             for round_index in span if names else ():
+                if probe is not None and round_index >= warmup:
+                    wait_until_idle()
+                    probe.measure()
                 batch = batches[round_index % len(batches)]
                 shift = round_index % len(names)
                 for name in names[shift:] + names[:shift]:

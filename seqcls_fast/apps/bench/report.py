@@ -34,6 +34,11 @@ def format_table(result):
             lines.append(f"  {record['name']:{width}s} {record['status']:8s} {record['note']}")
         if record["status"] == "wrong" and "median_ms" in record:
             lines.append(f"  {'':{width}s} {'':8s} {record['note']}")
+    probe = result.get("machine_probe")
+    if probe and probe["times_ms"]:
+        lines.append(f"  machine probe ({probe['what']}, before each round): median "
+                     f"{probe['median_ms']:.2f} ms ({probe['median_gflops']:.0f} GFLOP/s), best "
+                     f"{probe['min_ms']:.2f} ms ({probe['best_gflops']:.0f} GFLOP/s)")
     return "\n".join(lines)
 
 
