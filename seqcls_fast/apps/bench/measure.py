@@ -37,7 +37,7 @@ APART_BLOCK = 3  # rounds per block: theirs alternate with the others' blocks
 # On the CPU, before each round: a fixed FMA-bound GEMM (PROBE_SIZE^3,
 # float32, torch's threads), timed, so the record shows what the machine
 # delivered while the round ran. Shared CPUs switch within seconds between
-# states ~1.6x apart (another tenant on the cores' SMT siblings, presumably:
+# states up to ~1.7x apart (another tenant on the cores' SMT siblings, presumably:
 # benchmarks/NOTES.md), and FMA-bound methods slow more than overhead-bound
 # ones, so a ratio is read with the probe beside it.
 PROBE_SIZE = 512
