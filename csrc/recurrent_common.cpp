@@ -421,16 +421,19 @@ at::Tensor rows_view(const at::Tensor& x) {
 
 }  // namespace
 
+at::Tensor gather_rows(const at::Tensor& x, const at::Tensor& time, const at::Tensor& batch) {
+  at::Tensor rows = empty_buffer({time.size(0), x.size(2)}, x.options());
+  const at::Tensor flat = flat_row_index(x, time, batch);
+  if (flat.defined()) return at::index_select_out(rows, rows_view(x), 0, flat);
+  return at::index_out(rows, x, {time, batch});
+}
+
 at::Tensor pack_rows(const at::Tensor& x, int64_t begin, int64_t rows, const DevicePlan& plan) {
   if (!plan.packed_time.defined()) {
     return x.reshape({x.size(0) * x.size(1), x.size(2)}).narrow(0, begin, rows);
   }
-  const at::Tensor time = plan.packed_time.narrow(0, begin, rows);
-  const at::Tensor batch = plan.packed_batch.narrow(0, begin, rows);
-  at::Tensor packed = empty_buffer({rows, x.size(2)}, x.options());
-  const at::Tensor flat = flat_row_index(x, time, batch);
-  if (flat.defined()) return at::index_select_out(packed, rows_view(x), 0, flat);
-  return at::index_out(packed, x, {time, batch});
+  return gather_rows(x, plan.packed_time.narrow(0, begin, rows),
+                     plan.packed_batch.narrow(0, begin, rows));
 }
 
 at::Tensor unrequested_grad_x(const at::Tensor& x) {
@@ -469,16 +472,13 @@ void accumulate_gemm_grads(GemmGrads& grads, const at::Tensor& grad_gates,
   } else {
     // Every valid (t, b) is one packed row: unique indices, a deterministic
     // scatter. Slots (DevicePlan::slots) cover every (t, b) once, those past a
-    // row's length with a zero gradient.
-    const at::Tensor time = plan.scatter_time.narrow(0, begin, rows);
-    const at::Tensor batch = plan.packed_batch.narrow(0, begin, rows);
-    const at::Tensor flat = flat_row_index(grads.grad_x, time, batch);  // grad_x is ours: contiguous
-    at::Tensor grad_rows = at::mm(grad_gates, w_ih);
-    if (flat.defined()) {
-      rows_view(grads.grad_x).index_copy_(0, flat, grad_rows);
-    } else {
-      grads.grad_x.index_put_({time, batch}, grad_rows);
-    }
+    // row's length with a zero gradient. grad_x is ours, contiguous: every
+    // (t, b) is a whole row of its storage.
+    if (grads.grad_x.numel() == 0) return;  // I = 0: nothing to write
+    const at::Tensor flat = flat_row_index(grads.grad_x, plan.scatter_time.narrow(0, begin, rows),
+                                           plan.packed_batch.narrow(0, begin, rows));
+    TORCH_INTERNAL_ASSERT(flat.defined(), "grad_x must be contiguous");
+    rows_view(grads.grad_x).index_copy_(0, flat, at::mm(grad_gates, w_ih));
   }
 }
 

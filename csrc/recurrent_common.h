@@ -137,6 +137,10 @@ at::Tensor to_sorted(const at::Tensor& t, const DevicePlan& plan, at::ScalarType
 // Sorted rows back in caller order.
 at::Tensor from_sorted(const at::Tensor& sorted, const DevicePlan& plan);
 
+// x [T, B, I] -> [n, I]: row k is x[time[k], batch[k]] (time, batch: [n]
+// int64 on x's device). A new tensor.
+at::Tensor gather_rows(const at::Tensor& x, const at::Tensor& time, const at::Tensor& batch);
+
 // x [T, B, I] -> its rows in packed order, [N, I]; or packed rows
 // [begin, begin + rows) only.
 at::Tensor pack_rows(const at::Tensor& x, int64_t packed_rows, const DevicePlan& plan);

@@ -739,7 +739,7 @@ Tensor rebuild_h_prev(const GateSource& src, const DevicePlan& dev, int64_t begi
       // A slot past its row's length (DevicePlan::slots) reads any valid
       // output row: its gradient is zero, and only running rows are replayed.
       if (dev.slots) previous.clamp_(0, out.size(0) - 1);
-      parts.push_back(at::index(out, {previous, dev.packed_batch.narrow(0, first, count)}));
+      parts.push_back(gather_rows(out, previous, dev.packed_batch.narrow(0, first, count)));
     }
   }
   return parts.size() == 1 ? parts[0].contiguous() : at::cat(parts);
